@@ -1,0 +1,1 @@
+//! FerryMQ broker core.

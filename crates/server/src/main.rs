@@ -1,0 +1,2 @@
+//! The `ferrymq` binary.
+fn main() {}

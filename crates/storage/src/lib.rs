@@ -1,0 +1,1 @@
+//! FerryMQ storage engine.
