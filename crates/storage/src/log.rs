@@ -1,0 +1,1000 @@
+//! `Log`: an append-only, segmented log of CRC'd batches. Appends (one `pwrite` each), segment
+//! rolling, zero-copy reads by offset and by timestamp, segment deletion, and recovery on open.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::IoContext;
+use crate::format::{
+    self, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
+};
+use crate::metrics::Counters;
+use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
+use crate::storage::Ctx;
+use crate::sync::{lock, Commit, IntervalSync, LogHealth};
+use crate::vfs::{sync_dir, FileIo};
+use crate::{Durability, Result, StorageError};
+
+static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Smallest and largest read chunk.
+const READ_CHUNK_MIN: usize = 64 << 10;
+const READ_CHUNK_MAX: usize = 16 << 20;
+
+/// One batch as read back: header fields plus the record bytes, sliced without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub base_offset: u64,
+    pub record_count: u32,
+    pub timestamp_ms: i64,
+    payload: Bytes,
+}
+
+impl Batch {
+    /// `(offset, body)` of every record; bodies are slices of one read buffer.
+    pub fn records(&self) -> impl Iterator<Item = (u64, Bytes)> + '_ {
+        format::RecordIter {
+            payload: &self.payload,
+            at: 0,
+            remaining: self.record_count,
+            next_offset: self.base_offset,
+        }
+    }
+
+    /// One past the last offset of the batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    /// Encoded size on disk, header included.
+    pub fn size_bytes(&self) -> usize {
+        self.payload.len() + BATCH_HEADER_LEN
+    }
+}
+
+/// Result of an append: the offsets given to the records and when they are durable.
+#[derive(Debug)]
+#[must_use = "the Commit says when the append is durable"]
+pub struct Appended {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub commit: Commit,
+}
+
+struct Active {
+    base: u64,
+    paths: SegPaths,
+    file: Arc<dyn FileIo>,
+    idx: Arc<dyn FileIo>,
+    tix: Arc<dyn FileIo>,
+    entries: Vec<IndexEntry>,
+    len: u64,
+    max_ts: i64,
+    last_index_pos: Option<u64>,
+}
+
+struct State {
+    sealed: Arc<Vec<SegMeta>>,
+    sealed_bytes: u64,
+    active: Active,
+    next_offset: u64,
+    buf: Vec<u8>,
+}
+
+/// What a reader needs of the active segment, copied under the lock.
+struct ActiveSnap {
+    base: u64,
+    file: Arc<dyn FileIo>,
+    len: u64,
+    start_pos: u64,
+    max_ts: i64,
+}
+
+/// An append-only segmented log (one directory). Cheap to share: `Arc<Log>`; all methods
+/// take `&self` and are thread-safe.
+pub struct Log {
+    id: u64,
+    dir: PathBuf,
+    durability: Durability,
+    segment_bytes: u64,
+    ctx: Arc<Ctx>,
+    health: Arc<LogHealth>,
+    state: Mutex<State>,
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` and recovers it.
+    pub(crate) fn open(
+        ctx: Arc<Ctx>,
+        dir: PathBuf,
+        durability: Durability,
+        segment_bytes: u64,
+    ) -> Result<Arc<Log>> {
+        let cfg = &ctx.config;
+        fs::create_dir_all(&dir).at(&dir)?;
+        let mut bases = Vec::new();
+        let mut others = Vec::new();
+        for ent in fs::read_dir(&dir).at(&dir)? {
+            let ent = ent.at(&dir)?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match segment::parse_file_name(name) {
+                Some((b, "seg")) => bases.push(b),
+                Some((b, ext)) if ext.ends_with(".tmp") => others.push((b, ent.path(), true)),
+                Some((b, _)) => others.push((b, ent.path(), false)),
+                None => {}
+            }
+        }
+        bases.sort_unstable();
+        for (b, path, tmp) in others {
+            if tmp || bases.binary_search(&b).is_err() {
+                tracing::info!(file = %path.display(), "removing orphan file");
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
+        if bases.is_empty() {
+            bases.push(0);
+            let p = SegPaths::new(&dir, 0);
+            let f = ctx.vfs.open(&p.seg, true).at(&p.seg)?;
+            f.write_all_at(&format::segment_header(0), 0).at(&p.seg)?;
+            f.sync_data().at(&p.seg)?;
+            sync_dir(&dir).at(&dir)?;
+        }
+        let (active_base, sealed_bases) = match bases.split_last() {
+            Some((a, s)) => (*a, s),
+            None => unreachable!("bases is non-empty"),
+        };
+        let mut sealed = Vec::with_capacity(sealed_bases.len());
+        let mut sealed_bytes = 0;
+        for &b in sealed_bases {
+            let m = segment::open_sealed_meta(
+                ctx.vfs.as_ref(),
+                &SegPaths::new(&dir, b),
+                b,
+                cfg.index_interval_bytes,
+                cfg.batch_bytes_max,
+                &ctx.counters,
+            )?;
+            sealed_bytes += m.size;
+            sealed.push(m);
+        }
+        for w in sealed.windows(2) {
+            if w[0].end > w[1].base {
+                return Err(StorageError::Corrupt {
+                    path: SegPaths::new(&dir, w[1].base).seg,
+                    position: 0,
+                    reason: format!("segment overlaps its predecessor ending at {}", w[0].end),
+                });
+            }
+        }
+        if let Some(last) = sealed.last() {
+            if last.end > active_base {
+                return Err(StorageError::Corrupt {
+                    path: SegPaths::new(&dir, active_base).seg,
+                    position: 0,
+                    reason: format!("segment overlaps its predecessor ending at {}", last.end),
+                });
+            }
+        }
+        let paths = SegPaths::new(&dir, active_base);
+        let r = segment::recover_active(
+            ctx.vfs.as_ref(),
+            &paths,
+            active_base,
+            cfg.index_interval_bytes,
+            cfg.batch_bytes_max,
+            &ctx.counters,
+        )?;
+        let state = State {
+            sealed: Arc::new(sealed),
+            sealed_bytes,
+            next_offset: r.next_offset,
+            buf: Vec::new(),
+            active: Active {
+                base: active_base,
+                paths,
+                file: r.file,
+                idx: r.idx,
+                tix: r.tix,
+                entries: r.entries,
+                len: r.len,
+                max_ts: r.max_ts,
+                last_index_pos: r.last_index_pos,
+            },
+        };
+        let log = Arc::new(Log {
+            id: NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed),
+            health: LogHealth::new(dir.clone()),
+            dir,
+            durability,
+            segment_bytes,
+            ctx: ctx.clone(),
+            state: Mutex::new(state),
+            dirty: AtomicBool::new(false),
+        });
+        if let Durability::Interval(p) = durability {
+            let weak: std::sync::Weak<dyn IntervalSync> = Arc::downgrade(&log) as _;
+            ctx.syncer
+                .register_interval(weak, p.max(crate::config::INTERVAL_MIN));
+        }
+        tracing::debug!(dir = %log.dir.display(), next_offset = log.next_offset(), "log opened");
+        Ok(log)
+    }
+
+    /// Appends one batch: all records share one CRC'd header and get consecutive offsets.
+    /// Costs one `pwrite` (plus one per index file every `index_interval_bytes`).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty batch, `TooLarge` above `batch_bytes_max`, `NoSpace`/`Io`
+    /// if the write failed (it was rolled back), `LogFailed` if the log is failed.
+    pub fn append(&self, records: &[Bytes], timestamp_ms: i64) -> Result<Appended> {
+        if records.is_empty() {
+            return Err(StorageError::InvalidArgument("empty batch".into()));
+        }
+        let limit = self.ctx.config.batch_bytes_max;
+        let len = match format::batch_len(records) {
+            Some(l) if l <= u64::from(limit) && records.len() <= u32::MAX as usize => l as u32,
+            l => {
+                return Err(StorageError::TooLarge {
+                    what: "batch",
+                    size: l.unwrap_or(u64::MAX),
+                    limit: u64::from(limit),
+                })
+            }
+        };
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        self.health.check()?;
+        if st.active.len > SEG_HEADER_LEN && st.active.len + u64::from(len) > self.segment_bytes {
+            self.roll(st)?;
+        }
+        let base_offset = st.next_offset;
+        format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, records);
+        let a = &mut st.active;
+        let pos = a.len;
+        if let Err(e) = a.file.write_all_at(&st.buf, pos) {
+            return Err(self.write_failed(a, pos, &a.paths.seg.clone(), e));
+        }
+        let index_due = a
+            .last_index_pos
+            .is_none_or(|l| pos - l >= u64::from(self.ctx.config.index_interval_bytes));
+        if index_due {
+            let e = IndexEntry {
+                rel: segment::rel_of(a.base, base_offset),
+                pos: segment::pos_u32(pos),
+                max_ts_before: a.max_ts,
+            };
+            let n = a.entries.len() as u64;
+            let r = a
+                .idx
+                .write_all_at(&format::encode_idx(&e), n * IDX_ENTRY_LEN as u64)
+                .at(&a.paths.idx)
+                .and_then(|_| {
+                    a.tix
+                        .write_all_at(&format::encode_tix(&e), n * TIX_ENTRY_LEN as u64)
+                        .at(&a.paths.tix)
+                });
+            if let Err(err) = r {
+                // Undo the batch so that data and index stay in step.
+                let _ = a.idx.set_len(n * IDX_ENTRY_LEN as u64);
+                let _ = a.tix.set_len(n * TIX_ENTRY_LEN as u64);
+                self.rollback(a, pos);
+                Counters::add(&self.ctx.counters.append_errors, 1);
+                return Err(err);
+            }
+            a.entries.push(e);
+            a.last_index_pos = Some(pos);
+        }
+        a.len += u64::from(len);
+        a.max_ts = a.max_ts.max(timestamp_ms);
+        st.next_offset += records.len() as u64;
+        let next_offset = st.next_offset;
+        let sync_file = (self.durability == Durability::T2).then(|| a.file.clone());
+        drop(guard);
+        Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
+        Counters::add(&self.ctx.counters.batches_written, 1);
+        let commit = match sync_file {
+            Some(f) => self
+                .ctx
+                .syncer
+                .submit(f, &self.health, true)
+                .unwrap_or_else(Commit::failed),
+            None => {
+                if matches!(self.durability, Durability::Interval(_)) {
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                Commit::ready()
+            }
+        };
+        Ok(Appended {
+            base_offset,
+            next_offset,
+            commit,
+        })
+    }
+
+    fn write_failed(&self, a: &Active, pos: u64, path: &Path, e: std::io::Error) -> StorageError {
+        Counters::add(&self.ctx.counters.append_errors, 1);
+        tracing::warn!(file = %path.display(), position = pos, error = %e, "append failed; rolling back");
+        self.rollback(a, pos);
+        StorageError::io(path, e)
+    }
+
+    /// Cuts the active segment back to `pos`; if even that fails, the log is failed so that a
+    /// half-written batch can never be followed by acknowledged ones.
+    fn rollback(&self, a: &Active, pos: u64) {
+        if let Err(e) = a.file.set_len(pos) {
+            self.health.fail(format!(
+                "could not truncate {} back to {pos} after a failed write: {e}",
+                a.paths.seg.display()
+            ));
+        }
+    }
+
+    /// Seals the active segment and starts a new one at `next_offset`.
+    fn roll(&self, st: &mut State) -> Result<()> {
+        let a = &st.active;
+        let t2 = self.durability == Durability::T2;
+        if t2 {
+            if let Err(e) = a.file.sync_data() {
+                Counters::add(&self.ctx.counters.fsync_errors, 1);
+                self.health
+                    .fail(format!("fdatasync at segment roll failed: {e}"));
+                return Err(self.health.error());
+            }
+            Counters::add(&self.ctx.counters.fsync_count, 1);
+        }
+        let seal = IndexEntry {
+            rel: segment::rel_of(a.base, st.next_offset),
+            pos: segment::pos_u32(a.len),
+            max_ts_before: a.max_ts,
+        };
+        let n = a.entries.len() as u64;
+        a.idx
+            .write_all_at(&format::encode_idx(&seal), n * IDX_ENTRY_LEN as u64)
+            .at(&a.paths.idx)?;
+        a.tix
+            .write_all_at(&format::encode_tix(&seal), n * TIX_ENTRY_LEN as u64)
+            .at(&a.paths.tix)?;
+        if t2 {
+            a.idx.sync_data().at(&a.paths.idx)?;
+            a.tix.sync_data().at(&a.paths.tix)?;
+        } else {
+            // T1/Interval: make the sealed segment durable in the background.
+            for f in [&a.file, &a.idx, &a.tix] {
+                let _ = self.ctx.syncer.submit(f.clone(), &self.health, false);
+            }
+        }
+        let base = st.next_offset;
+        let paths = SegPaths::new(&self.dir, base);
+        let created = (|| -> Result<_> {
+            let file = self.ctx.vfs.open(&paths.seg, true).at(&paths.seg)?;
+            file.set_len(0).at(&paths.seg)?;
+            file.write_all_at(&format::segment_header(base), 0)
+                .at(&paths.seg)?;
+            let (idx, tix) = segment::open_index_files(self.ctx.vfs.as_ref(), &paths)?;
+            idx.set_len(0).at(&paths.idx)?;
+            tix.set_len(0).at(&paths.tix)?;
+            if t2 {
+                file.sync_data().at(&paths.seg)?;
+                sync_dir(&self.dir).at(&self.dir)?;
+            }
+            Ok((file, idx, tix))
+        })();
+        let (file, idx, tix) = match created {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = fs::remove_file(&paths.seg);
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(
+            &mut st.active,
+            Active {
+                base,
+                paths,
+                file,
+                idx,
+                tix,
+                entries: Vec::new(),
+                len: SEG_HEADER_LEN,
+                max_ts: i64::MIN,
+                last_index_pos: None,
+            },
+        );
+        let meta = SegMeta {
+            base: old.base,
+            end: base,
+            size: old.len,
+            max_ts: old.max_ts,
+        };
+        Arc::make_mut(&mut st.sealed).push(meta);
+        st.sealed_bytes += old.len;
+        Counters::add(&self.ctx.counters.segments_created, 1);
+        tracing::debug!(dir = %self.dir.display(), base, "segment rolled");
+        Ok(())
+    }
+
+    fn snapshot(&self, from: u64) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
+        let st = lock(&self.state);
+        let a = &st.active;
+        let start_pos = if from > a.base {
+            segment::lookup_offset(&a.entries, a.base, from)
+        } else {
+            SEG_HEADER_LEN
+        };
+        let snap = ActiveSnap {
+            base: a.base,
+            file: a.file.clone(),
+            len: a.len,
+            start_pos,
+            max_ts: a.max_ts,
+        };
+        (st.sealed.clone(), snap, st.next_offset)
+    }
+
+    /// The open file and index of a sealed segment (from the shared cache); `None` if it has
+    /// been deleted meanwhile.
+    fn sealed_handle(&self, m: &SegMeta) -> Result<Option<Arc<SealedHandle>>> {
+        let key = (self.id, m.base);
+        if let Some(h) = lock(&self.ctx.cache).get(key) {
+            Counters::add(&self.ctx.counters.index_cache_hits, 1);
+            return Ok(Some(h));
+        }
+        Counters::add(&self.ctx.counters.index_cache_misses, 1);
+        let paths = SegPaths::new(&self.dir, m.base);
+        let cfg = &self.ctx.config;
+        match segment::load_sealed(
+            self.ctx.vfs.as_ref(),
+            &paths,
+            *m,
+            cfg.index_interval_bytes,
+            cfg.batch_bytes_max,
+            &self.ctx.counters,
+        ) {
+            Ok(h) => {
+                let h = Arc::new(h);
+                lock(&self.ctx.cache).insert(key, h.clone());
+                Ok(Some(h))
+            }
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads batches starting with the one that holds `from_offset` (or the first one after
+    /// it, if that offset is gone), until `max_bytes` are collected. Returns at least one
+    /// batch if any exists at or after `from_offset`, even one bigger than `max_bytes`;
+    /// the first may start before `from_offset`. Corrupt batches are skipped (and counted).
+    pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        let (sealed, active, next) = self.snapshot(from_offset);
+        let mut out = Vec::new();
+        if from_offset >= next {
+            return Ok(out);
+        }
+        let mut acc = Acc {
+            out: &mut out,
+            bytes: 0,
+            max_bytes,
+        };
+        let first = sealed.partition_point(|m| m.end <= from_offset);
+        for m in &sealed[first..] {
+            if m.end == m.base {
+                continue;
+            }
+            let Some(h) = self.sealed_handle(m)? else {
+                continue;
+            };
+            let pos = if from_offset > m.base {
+                segment::lookup_offset(&h.entries, m.base, from_offset)
+            } else {
+                SEG_HEADER_LEN
+            };
+            let path = SegPaths::new(&self.dir, m.base).seg;
+            self.read_range(
+                h.file.as_ref(),
+                &path,
+                pos,
+                h.meta.size,
+                from_offset,
+                &mut acc,
+            )?;
+            if acc.full() {
+                return Ok(out);
+            }
+        }
+        let path = SegPaths::new(&self.dir, active.base).seg;
+        self.read_range(
+            active.file.as_ref(),
+            &path,
+            active.start_pos,
+            active.len,
+            from_offset,
+            &mut acc,
+        )?;
+        Ok(out)
+    }
+
+    /// Reads verified batches from `pos` to `limit` into `acc`, in chunks: one `pread` into one
+    /// buffer, frozen, with every batch a slice of it.
+    fn read_range(
+        &self,
+        file: &dyn FileIo,
+        path: &Path,
+        mut pos: u64,
+        limit: u64,
+        from: u64,
+        acc: &mut Acc<'_>,
+    ) -> Result<()> {
+        let batch_max = self.ctx.config.batch_bytes_max;
+        let mut expected = 0u64;
+        while pos < limit && !acc.full() {
+            let want = (acc.max_bytes.saturating_sub(acc.bytes) + BATCH_HEADER_LEN)
+                .clamp(READ_CHUNK_MIN, READ_CHUNK_MAX) as u64;
+            let mut n = want.min(limit - pos) as usize;
+            // A batch bigger than the chunk: read exactly that batch.
+            let mut head = [0u8; BATCH_HEADER_LEN];
+            if n >= BATCH_HEADER_LEN {
+                file.read_exact_at(&mut head, pos).at(path)?;
+                if let Some(h) = format::parse_header(&head, batch_max) {
+                    if u64::from(h.len) <= limit - pos {
+                        n = n.max(h.len as usize);
+                    }
+                }
+            }
+            let mut buf = BytesMut::zeroed(n);
+            file.read_exact_at(&mut buf, pos).at(path)?;
+            Counters::add(&self.ctx.counters.bytes_read, n as u64);
+            let chunk = buf.freeze();
+            let mut off = 0usize;
+            let mut bad = false;
+            while off + BATCH_HEADER_LEN <= chunk.len() && !acc.full() {
+                let Some(h) = format::parse_header(&chunk[off..], batch_max) else {
+                    bad = true;
+                    break;
+                };
+                let end = off + h.len as usize;
+                if end > chunk.len() {
+                    if pos + end as u64 > limit {
+                        bad = true;
+                    }
+                    break;
+                }
+                if h.base_offset < expected
+                    || format::verify_batch(&chunk[off..end], batch_max).is_none()
+                {
+                    bad = true;
+                    break;
+                }
+                expected = h.next_offset();
+                if h.next_offset() > from {
+                    acc.bytes += h.len as usize;
+                    acc.out.push(Batch {
+                        base_offset: h.base_offset,
+                        record_count: h.count,
+                        timestamp_ms: h.timestamp_ms,
+                        payload: chunk.slice(off + BATCH_HEADER_LEN..end),
+                    });
+                }
+                off = end;
+            }
+            if !bad
+                && off + BATCH_HEADER_LEN > chunk.len()
+                && pos + (off + BATCH_HEADER_LEN) as u64 > limit
+                && pos + (off as u64) < limit
+            {
+                bad = true; // trailing bytes too short for a header
+            }
+            pos += off as u64;
+            if bad && !acc.full() {
+                Counters::add(&self.ctx.counters.corrupt_batches_total, 1);
+                let mut sc = segment::Scanner::new(file, limit, batch_max);
+                match sc.resync(pos, expected).at(path)? {
+                    Some(q) => {
+                        tracing::warn!(file = %path.display(), position = pos, skipped_bytes = q - pos,
+                            "corrupt batch skipped on read");
+                        pos = q;
+                    }
+                    None => {
+                        tracing::warn!(file = %path.display(), position = pos,
+                            "corrupt data up to the end of the segment skipped on read");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// First offset whose batch timestamp is >= `timestamp_ms` (the batch's base offset),
+    /// or `None` if every batch is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let (sealed, active, _) = self.snapshot(0);
+        let batch_max = self.ctx.config.batch_bytes_max;
+        for m in sealed
+            .iter()
+            .filter(|m| m.max_ts >= timestamp_ms && m.end > m.base)
+        {
+            let Some(h) = self.sealed_handle(m)? else {
+                continue;
+            };
+            let pos = segment::lookup_time(&h.entries, timestamp_ms);
+            let path = SegPaths::new(&self.dir, m.base).seg;
+            if let Some(o) = scan_for_time(
+                h.file.as_ref(),
+                &path,
+                pos,
+                h.meta.size,
+                timestamp_ms,
+                batch_max,
+            )? {
+                return Ok(Some(o));
+            }
+        }
+        if active.max_ts >= timestamp_ms {
+            let pos = {
+                let st = lock(&self.state);
+                if st.active.base == active.base {
+                    segment::lookup_time(&st.active.entries, timestamp_ms)
+                } else {
+                    SEG_HEADER_LEN
+                }
+            };
+            let path = SegPaths::new(&self.dir, active.base).seg;
+            return scan_for_time(
+                active.file.as_ref(),
+                &path,
+                pos,
+                active.len,
+                timestamp_ms,
+                batch_max,
+            );
+        }
+        Ok(None)
+    }
+
+    /// First offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        let st = lock(&self.state);
+        st.sealed
+            .iter()
+            .find(|m| m.end > m.base)
+            .map_or(st.active.base.min(st.next_offset), |m| m.base)
+    }
+
+    /// The offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        lock(&self.state).next_offset
+    }
+
+    /// Bytes of all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        let st = lock(&self.state);
+        st.sealed_bytes + st.active.len
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        lock(&self.state).sealed.len() + 1
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True once a fault made the log refuse writes.
+    pub fn is_failed(&self) -> bool {
+        self.health.is_failed()
+    }
+
+    pub(crate) fn health(&self) -> &Arc<LogHealth> {
+        &self.health
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Sealed segments plus `(active base, next offset)`.
+    pub(crate) fn segments(&self) -> (Arc<Vec<SegMeta>>, u64, u64) {
+        let st = lock(&self.state);
+        (st.sealed.clone(), st.active.base, st.next_offset)
+    }
+
+    /// Queues `file` for this log's next fsync round: a Commit for T2, ready otherwise.
+    pub(crate) fn sync_file_at_tier(&self, file: Arc<dyn FileIo>) -> Commit {
+        match self.durability {
+            Durability::T2 => self
+                .ctx
+                .syncer
+                .submit(file, &self.health, true)
+                .unwrap_or_else(Commit::failed),
+            _ => Commit::ready(),
+        }
+    }
+
+    /// fdatasyncs the active segment now (graceful shutdown); a failure fails the log.
+    pub fn sync(&self) -> Result<()> {
+        self.health.check()?;
+        let (file, path) = {
+            let st = lock(&self.state);
+            (st.active.file.clone(), st.active.paths.seg.clone())
+        };
+        if let Err(e) = file.sync_data() {
+            self.health.fail(format!("fdatasync failed: {e}"));
+            return Err(StorageError::io(&path, e));
+        }
+        Counters::add(&self.ctx.counters.fsync_count, 1);
+        Ok(())
+    }
+
+    /// Deletes a sealed segment (never the active one). Returns false if it was not there.
+    pub(crate) fn delete_sealed(&self, base: u64) -> Result<bool> {
+        {
+            let mut st = lock(&self.state);
+            assert!(base != st.active.base, "never delete the active segment");
+            let Some(i) = st.sealed.iter().position(|m| m.base == base) else {
+                return Ok(false);
+            };
+            let m = Arc::make_mut(&mut st.sealed).remove(i);
+            st.sealed_bytes -= m.size;
+        }
+        lock(&self.ctx.cache).remove((self.id, base));
+        let p = SegPaths::new(&self.dir, base);
+        remove_if_exists(&p.seg)?;
+        sync_dir(&self.dir).at(&self.dir)?;
+        remove_if_exists(&p.idx)?;
+        remove_if_exists(&p.tix)?;
+        Counters::add(&self.ctx.counters.segments_deleted, 1);
+        tracing::debug!(dir = %self.dir.display(), base, "segment deleted");
+        Ok(true)
+    }
+}
+
+pub(crate) fn remove_if_exists(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(p, e)),
+        _ => Ok(()),
+    }
+}
+
+struct Acc<'a> {
+    out: &'a mut Vec<Batch>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Acc<'_> {
+    fn full(&self) -> bool {
+        !self.out.is_empty() && self.bytes >= self.max_bytes
+    }
+}
+
+fn scan_for_time(
+    file: &dyn FileIo,
+    path: &Path,
+    mut pos: u64,
+    limit: u64,
+    ts: i64,
+    batch_max: u32,
+) -> Result<Option<u64>> {
+    let mut sc = segment::Scanner::new(file, limit, batch_max);
+    let mut expected = 0;
+    while pos < limit {
+        match sc.probe(pos, expected).at(path)? {
+            Some(h) if h.timestamp_ms >= ts => return Ok(Some(h.base_offset)),
+            Some(h) => {
+                expected = h.next_offset();
+                pos += u64::from(h.len);
+            }
+            None => match sc.resync(pos, expected).at(path)? {
+                Some(q) => pos = q,
+                None => break,
+            },
+        }
+    }
+    Ok(None)
+}
+
+impl IntervalSync for Log {
+    fn background_sync(&self) {
+        if self.dirty.swap(false, Ordering::Relaxed) && !self.health.is_failed() {
+            let _ = self.sync();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        lock(&self.ctx.cache).remove_log(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogOptions, Storage, StorageConfig};
+
+    fn cfg() -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            ..Default::default()
+        }
+    }
+
+    fn recs(n: usize, tag: u64) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(format!("rec-{tag}-{i}"))).collect()
+    }
+
+    fn all(log: &Log) -> Vec<(u64, Bytes)> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let b = log.read(from, 1000).unwrap();
+            if b.is_empty() {
+                return out;
+            }
+            for batch in &b {
+                for (o, r) in batch.records() {
+                    if o >= from {
+                        out.push((o, r));
+                    }
+                }
+                from = from.max(batch.next_offset());
+            }
+        }
+    }
+
+    #[test]
+    fn append_read_roll_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expect = Vec::new();
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let log = s.open_log("logs", "a/b", LogOptions::default()).unwrap();
+            for i in 0..200u64 {
+                let r = recs(3, i);
+                let a = log.append(&r, i as i64 * 10).unwrap();
+                assert_eq!(a.base_offset, i * 3);
+                assert_eq!(a.next_offset, i * 3 + 3);
+                a.commit.wait().unwrap();
+                expect.extend(r.into_iter().enumerate().map(|(j, b)| (i * 3 + j as u64, b)));
+            }
+            assert!(log.segment_count() > 3, "rolled");
+            assert_eq!(all(&log), expect);
+            // Reads from the middle start at the batch holding the offset.
+            let b = log.read(301, 1).unwrap();
+            assert_eq!(b[0].base_offset, 300);
+            assert_eq!(b.len(), 1);
+            assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+            assert_eq!(log.offset_for_timestamp(995).unwrap(), Some(300));
+            assert_eq!(log.offset_for_timestamp(1990).unwrap(), Some(597));
+            assert_eq!(log.offset_for_timestamp(1991).unwrap(), None);
+            assert!(s.metrics().fsync_count > 0);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "a/b", LogOptions::default()).unwrap();
+        assert_eq!(log.next_offset(), 600);
+        assert_eq!(all(&log), expect);
+        assert_eq!(log.offset_for_timestamp(995).unwrap(), Some(300));
+        let a = log.append(&recs(1, 999), 5).unwrap();
+        assert_eq!(a.base_offset, 600);
+        assert_eq!(s.list_logs("logs").unwrap(), vec!["a/b".to_string()]);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_middle_corruption_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = StorageConfig { segment_bytes: 1 << 20, ..cfg() };
+        let seg;
+        {
+            let s = Storage::open(dir.path(), c.clone()).unwrap();
+            let log = s.open_log("logs", "x", LogOptions { durability: Some(Durability::T1), ..Default::default() }).unwrap();
+            for i in 0..50u64 {
+                let _ = log.append(&recs(2, i), 0).unwrap();
+            }
+            seg = SegPaths::new(log.dir(), 0).seg;
+        }
+        let len = fs::metadata(&seg).unwrap().len();
+        // Tear the last batch.
+        let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        // Flip a bit in the 10th batch's body.
+        let data = fs::read(&seg).unwrap();
+        let mut pos = SEG_HEADER_LEN as usize;
+        for _ in 0..10 {
+            pos += u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        }
+        let mut d = data.clone();
+        d[pos + 40] ^= 0x10;
+        fs::write(&seg, &d).unwrap();
+        let s = Storage::open(dir.path(), c).unwrap();
+        let log = s.open_log("logs", "x", LogOptions::default()).unwrap();
+        assert_eq!(log.next_offset(), 98, "torn last batch removed");
+        let got = all(&log);
+        let offs: Vec<u64> = got.iter().map(|x| x.0).collect();
+        let want: Vec<u64> = (0..98).filter(|o| !(20..22).contains(o)).collect();
+        assert_eq!(offs, want);
+        let m = s.metrics();
+        assert!(m.corrupt_batches_total >= 1);
+        assert!(m.truncated_tail_bytes > 0);
+        assert_eq!(log.append(&recs(1, 7), 0).unwrap().base_offset, 98);
+    }
+
+    #[test]
+    fn damaged_or_missing_indexes_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expect = Vec::new();
+        let logdir;
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let log = s.open_log("logs", "i", LogOptions { durability: Some(Durability::T1), ..Default::default() }).unwrap();
+            for i in 0..300u64 {
+                let r = recs(1, i);
+                let _ = log.append(&r, i as i64).unwrap();
+                expect.push((i, r[0].clone()));
+            }
+            logdir = log.dir().to_path_buf();
+        }
+        let mut n = 0;
+        for e in fs::read_dir(&logdir).unwrap() {
+            let p = e.unwrap().path();
+            match p.extension().and_then(|x| x.to_str()) {
+                Some("idx") if n % 2 == 0 => fs::remove_file(&p).unwrap(),
+                Some("idx") | Some("tix") => {
+                    let mut d = fs::read(&p).unwrap();
+                    if !d.is_empty() {
+                        let k = d.len() / 2;
+                        d[k] ^= 0xff;
+                        fs::write(&p, d).unwrap();
+                    }
+                }
+                _ => {}
+            }
+            n += 1;
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "i", LogOptions::default()).unwrap();
+        assert_eq!(all(&log), expect);
+        for o in [0u64, 57, 123, 299] {
+            assert_eq!(log.read(o, 1).unwrap()[0].base_offset, o);
+            assert_eq!(log.offset_for_timestamp(o as i64).unwrap(), Some(o));
+        }
+        assert!(s.metrics().index_rebuilds > 0);
+    }
+
+    #[test]
+    fn limits_and_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), StorageConfig { batch_bytes_max: 100, ..cfg() }).unwrap();
+        let log = s.open_log("logs", "l", LogOptions::default()).unwrap();
+        assert!(matches!(log.append(&[], 0), Err(StorageError::InvalidArgument(_))));
+        assert!(matches!(
+            log.append(&[Bytes::from(vec![0u8; 100])], 0),
+            Err(StorageError::TooLarge { .. })
+        ));
+        assert!(log.read(0, 10).unwrap().is_empty());
+        assert!(matches!(Storage::open(dir.path(), cfg()), Err(StorageError::Locked { .. })));
+    }
+}

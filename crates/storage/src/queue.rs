@@ -1,0 +1,606 @@
+//! `QueueLog`: a log plus per-message delivery state (settled bitmap, delivery counts,
+//! not-before times), persisted in an append-only CRC'd journal per segment, compacted by
+//! rewrite-and-rename; fully settled sealed segments are deleted.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::error::IoContext;
+use crate::format::{self, JournalEntry, JournalOp, JOURNAL_ENTRY_LEN};
+use crate::log::{remove_if_exists, Appended, Log};
+use crate::metrics::Counters;
+use crate::segment::{SegMeta, SegPaths};
+use crate::sync::lock;
+use crate::vfs::{sync_dir, FileIo};
+use crate::{Durability, Result, StorageError};
+
+/// Bytes read per chunk by `recover()`.
+const RECOVER_CHUNK_BYTES: usize = 1 << 20;
+/// Journal read chunk at open (a multiple of the entry size).
+const JOURNAL_READ_BYTES: usize = JOURNAL_ENTRY_LEN * 4096;
+/// Compact a journal once it holds more than `2 * live + this` entries.
+const COMPACT_SLACK_ENTRIES: u64 = 1024;
+
+/// A message to hand out again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMessage {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub delivery_count: u32,
+    pub not_before_ms: Option<i64>,
+    pub body: Bytes,
+}
+
+/// Delivery state of one segment: 1 bit per message plus small maps for the exceptions.
+#[derive(Default)]
+struct SegState {
+    settled: Vec<u64>,
+    settled_count: u64,
+    delivery: HashMap<u32, u32>,
+    not_before: HashMap<u32, i64>,
+    journal: Option<Arc<dyn FileIo>>,
+    journal_len: u64,
+    journal_entries: u64,
+}
+
+impl SegState {
+    fn is_settled(&self, rel: u32) -> bool {
+        let (w, b) = (rel as usize / 64, rel % 64);
+        self.settled.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// Applies an entry; returns false if it was a no-op.
+    fn apply(&mut self, e: &JournalEntry) -> bool {
+        match e.op {
+            JournalOp::Settle => self.settle(e.rel),
+            JournalOp::SettleRange => {
+                let n = u32::try_from(e.value).unwrap_or(0);
+                let mut any = false;
+                for r in e.rel..e.rel.saturating_add(n) {
+                    any |= self.settle(r);
+                }
+                any
+            }
+            JournalOp::Delivered => {
+                if self.is_settled(e.rel) {
+                    return false;
+                }
+                self.delivery
+                    .insert(e.rel, u32::try_from(e.value).unwrap_or(u32::MAX));
+                true
+            }
+            JournalOp::NotBefore => {
+                if self.is_settled(e.rel) {
+                    return false;
+                }
+                self.not_before.insert(e.rel, e.value);
+                true
+            }
+        }
+    }
+
+    fn settle(&mut self, rel: u32) -> bool {
+        if self.is_settled(rel) {
+            return false;
+        }
+        let (w, b) = (rel as usize / 64, rel % 64);
+        if self.settled.len() <= w {
+            self.settled.resize(w + 1, 0);
+        }
+        self.settled[w] |= 1 << b;
+        self.settled_count += 1;
+        self.delivery.remove(&rel);
+        self.not_before.remove(&rel);
+        true
+    }
+
+    /// Entries that reproduce the current state.
+    fn snapshot_entries(&self) -> Vec<JournalEntry> {
+        let mut out = Vec::new();
+        let mut run: Option<(u32, u32)> = None;
+        let bits = self.settled.len() as u64 * 64;
+        for r in 0..bits.min(u64::from(u32::MAX)) as u32 {
+            if self.is_settled(r) {
+                run = Some(match run {
+                    Some((s, n)) => (s, n + 1),
+                    None => (r, 1),
+                });
+            } else if let Some((s, n)) = run.take() {
+                out.push(JournalEntry {
+                    op: JournalOp::SettleRange,
+                    rel: s,
+                    value: i64::from(n),
+                });
+            }
+        }
+        if let Some((s, n)) = run {
+            out.push(JournalEntry {
+                op: JournalOp::SettleRange,
+                rel: s,
+                value: i64::from(n),
+            });
+        }
+        let mut d: Vec<_> = self.delivery.iter().collect();
+        d.sort_unstable();
+        out.extend(d.into_iter().map(|(&rel, &c)| JournalEntry {
+            op: JournalOp::Delivered,
+            rel,
+            value: i64::from(c),
+        }));
+        let mut nb: Vec<_> = self.not_before.iter().collect();
+        nb.sort_unstable();
+        out.extend(nb.into_iter().map(|(&rel, &v)| JournalEntry {
+            op: JournalOp::NotBefore,
+            rel,
+            value: v,
+        }));
+        out
+    }
+
+    fn live_estimate(&self) -> u64 {
+        // Settled runs are not counted exactly (that needs a pass over the bitmap).
+        (self.delivery.len() + self.not_before.len()) as u64 + self.settled.len() as u64
+    }
+}
+
+struct QState {
+    segs: BTreeMap<u64, SegState>,
+    /// Number of sealed segments when fully-settled segments were last swept.
+    swept_sealed: usize,
+}
+
+/// A queue: a `Log` plus delivery state.
+///
+/// Journal writes (`settle`, `record_delivery`, `set_not_before`) are T1 (one `pwrite`
+/// per touched segment per call); under T2 they are queued for the log's next fsync round
+/// without waiting. Each segment's journal is a sequence of CRC'd entries read up to the
+/// first bad one, so after a crash a segment's state is a prefix of what was written: a lost
+/// settle means a redelivery (allowed by at-least-once), never a lost message. On a journal
+/// write error the in-memory state keeps the change (so it is not redelivered before a
+/// restart) and the error is returned.
+pub struct QueueLog {
+    log: Arc<Log>,
+    state: Mutex<QState>,
+}
+
+impl std::fmt::Debug for QueueLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueLog").field("log", &self.log).finish()
+    }
+}
+
+/// The segment holding `offset`, if it is stored.
+fn seg_of(sealed: &[SegMeta], active_base: u64, offset: u64) -> Option<(u64, u64)> {
+    if offset >= active_base {
+        return Some((active_base, u64::MAX));
+    }
+    let i = sealed.partition_point(|m| m.end <= offset);
+    sealed
+        .get(i)
+        .filter(|m| m.base <= offset)
+        .map(|m| (m.base, m.end))
+}
+
+impl QueueLog {
+    pub(crate) fn open(log: Arc<Log>) -> Result<Arc<QueueLog>> {
+        let (sealed, active_base, next) = log.segments();
+        let mut segs = BTreeMap::new();
+        let ends = sealed
+            .iter()
+            .map(|m| (m.base, m.end))
+            .chain(std::iter::once((active_base, next)));
+        for (base, end) in ends {
+            let paths = SegPaths::new(log.dir(), base);
+            if !paths.state.exists() {
+                continue;
+            }
+            let ss = load_journal(&log, &paths, base, end)?;
+            segs.insert(base, ss);
+        }
+        let q = Arc::new(QueueLog {
+            log,
+            state: Mutex::new(QState {
+                segs,
+                swept_sealed: usize::MAX,
+            }),
+        });
+        {
+            let mut st = lock(&q.state);
+            q.sweep(&mut st, None)?;
+        }
+        Ok(q)
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Appends one batch (see `Log::append`).
+    pub fn append(&self, records: &[Bytes], timestamp_ms: i64) -> Result<Appended> {
+        self.log.append(records, timestamp_ms)
+    }
+
+    /// Applies `make(segment state, rel)` to every offset, journals the resulting entries.
+    fn update(
+        &self,
+        offsets: &[u64],
+        mut make: impl FnMut(&SegState, u32) -> Option<JournalEntry>,
+    ) -> Result<Vec<u64>> {
+        let (sealed, active_base, next) = self.log.segments();
+        if let Some(&bad) = offsets.iter().find(|&&o| o >= next) {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: bad,
+                next_offset: next,
+            });
+        }
+        let mut st = lock(&self.state);
+        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for &o in offsets {
+            let Some((base, _)) = seg_of(&sealed, active_base, o) else {
+                continue;
+            };
+            let ss = st.segs.entry(base).or_default();
+            let rel = crate::segment::rel_of(base, o);
+            if let Some(e) = make(ss, rel) {
+                if ss.apply(&e) {
+                    format::encode_journal(&e, pending.entry(base).or_default());
+                }
+            }
+        }
+        let touched: Vec<u64> = pending.keys().copied().collect();
+        let mut first_err = None;
+        for (base, bytes) in pending {
+            if let Err(e) = self.write_journal(&mut st, base, &bytes) {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.sweep(&mut st, Some(&touched))?;
+        first_err.map_or(Ok(touched), Err)
+    }
+
+    fn write_journal(&self, st: &mut QState, base: u64, bytes: &[u8]) -> Result<()> {
+        let paths = SegPaths::new(self.log.dir(), base);
+        let Some(ss) = st.segs.get_mut(&base) else {
+            return Ok(());
+        };
+        let file = match &ss.journal {
+            Some(f) => f.clone(),
+            None => {
+                let f = self
+                    .log
+                    .ctx()
+                    .vfs
+                    .open(&paths.state, true)
+                    .at(&paths.state)?;
+                ss.journal_len = f.size().at(&paths.state)?;
+                ss.journal_len -= ss.journal_len % JOURNAL_ENTRY_LEN as u64;
+                if self.log.durability() == Durability::T2 {
+                    sync_dir(self.log.dir()).at(self.log.dir())?;
+                }
+                ss.journal = Some(f.clone());
+                f
+            }
+        };
+        if let Err(e) = file.write_all_at(bytes, ss.journal_len) {
+            // Later writes go to journal_len again and overwrite a partial entry.
+            let _ = file.set_len(ss.journal_len);
+            return Err(StorageError::io(&paths.state, e));
+        }
+        ss.journal_len += bytes.len() as u64;
+        ss.journal_entries += (bytes.len() / JOURNAL_ENTRY_LEN) as u64;
+        if self.log.durability() == Durability::T2 {
+            let _ = self.log.ctx().syncer.submit(file, self.log.health(), false);
+        }
+        if ss.journal_entries > 2 * ss.live_estimate() + COMPACT_SLACK_ENTRIES {
+            compact(&self.log, &paths, ss)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose messages are all settled: those in `touched`, or all of
+    /// them if segments were sealed since the last sweep (or `touched` is `None`).
+    fn sweep(&self, st: &mut QState, touched: Option<&[u64]>) -> Result<()> {
+        let (sealed, _, _) = self.log.segments();
+        let all = touched.is_none() || sealed.len() != st.swept_sealed;
+        let mut doomed = Vec::new();
+        for m in sealed.iter() {
+            if !all && !touched.is_some_and(|t| t.contains(&m.base)) {
+                continue;
+            }
+            let settled = st.segs.get(&m.base).map_or(0, |s| s.settled_count);
+            if settled >= m.end - m.base {
+                doomed.push(m.base);
+            }
+        }
+        for base in doomed {
+            self.log.delete_sealed(base)?;
+            st.segs.remove(&base);
+            remove_if_exists(&SegPaths::new(self.log.dir(), base).state)?;
+        }
+        st.swept_sealed = self.log.segments().0.len();
+        Ok(())
+    }
+
+    /// Marks messages settled (acked, expired or dead-lettered): they are never delivered
+    /// again. Offsets already gone are ignored; fully settled sealed segments are deleted.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` (nothing changed) if an offset was never assigned; I/O errors
+    /// from the journal.
+    pub fn settle(&self, offsets: &[u64]) -> Result<()> {
+        self.update(offsets, |_, rel| {
+            Some(JournalEntry {
+                op: JournalOp::Settle,
+                rel,
+                value: 0,
+            })
+        })
+        .map(|_| ())
+    }
+
+    /// Increments the delivery count of each (unsettled) message.
+    pub fn record_delivery(&self, offsets: &[u64]) -> Result<()> {
+        self.update(offsets, |ss, rel| {
+            let c = ss
+                .delivery
+                .get(&rel)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(1);
+            Some(JournalEntry {
+                op: JournalOp::Delivered,
+                rel,
+                value: i64::from(c),
+            })
+        })
+        .map(|_| ())
+    }
+
+    /// Sets the time before which the message must not be delivered.
+    pub fn set_not_before(&self, offset: u64, not_before_ms: i64) -> Result<()> {
+        self.update(&[offset], |_, rel| {
+            Some(JournalEntry {
+                op: JournalOp::NotBefore,
+                rel,
+                value: not_before_ms,
+            })
+        })
+        .map(|_| ())
+    }
+
+    /// Settles `[start, end)` as lost (their batches failed verification).
+    fn settle_lost(&self, start: u64, end: u64) -> Result<()> {
+        let (sealed, active_base, _) = self.log.segments();
+        let mut st = lock(&self.state);
+        let mut o = start;
+        let mut touched = Vec::new();
+        while o < end {
+            let Some((base, seg_end)) = seg_of(&sealed, active_base, o) else {
+                // In a hole: jump to the next segment.
+                o = sealed
+                    .iter()
+                    .map(|m| m.base)
+                    .chain(std::iter::once(active_base))
+                    .find(|&b| b > o)
+                    .unwrap_or(end);
+                continue;
+            };
+            let stop = end.min(seg_end);
+            let rel = crate::segment::rel_of(base, o);
+            let n = stop - o;
+            tracing::warn!(dir = %self.log.dir().display(), first = o, count = n, "messages lost to corruption settled");
+            let e = JournalEntry {
+                op: JournalOp::SettleRange,
+                rel,
+                value: n as i64,
+            };
+            let ss = st.segs.entry(base).or_default();
+            if ss.apply(&e) {
+                let mut b = Vec::new();
+                format::encode_journal(&e, &mut b);
+                self.write_journal(&mut st, base, &b)?;
+                touched.push(base);
+            }
+            o = stop;
+        }
+        self.sweep(&mut st, Some(&touched))
+    }
+
+    /// The unsettled messages in offset order with their delivery state, streamed from disk
+    /// in chunks of about 1 MiB. Messages whose batch failed verification are settled as lost.
+    pub fn recover(&self) -> impl Iterator<Item = Result<PendingMessage>> + '_ {
+        RecoverIter {
+            q: self,
+            next: 0,
+            buf: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The body of one message, if still stored (settled or not).
+    pub fn read_message(&self, offset: u64) -> Result<Option<Bytes>> {
+        for b in self.log.read(offset, 1)? {
+            if b.base_offset > offset {
+                break;
+            }
+            if let Some((_, body)) = b.records().find(|(o, _)| *o == offset) {
+                return Ok(Some(body));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Messages stored and not settled.
+    pub fn unsettled_count(&self) -> u64 {
+        let (sealed, active_base, next) = self.log.segments();
+        let st = lock(&self.state);
+        sealed
+            .iter()
+            .map(|m| (m.base, m.end))
+            .chain(std::iter::once((active_base, next)))
+            .map(|(b, e)| (e - b).saturating_sub(st.segs.get(&b).map_or(0, |s| s.settled_count)))
+            .sum()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// fdatasyncs every journal (graceful shutdown).
+    pub fn sync_journals(&self) -> Result<()> {
+        let files: Vec<_> = lock(&self.state)
+            .segs
+            .iter()
+            .filter_map(|(b, s)| s.journal.clone().map(|f| (*b, f)))
+            .collect();
+        for (b, f) in files {
+            f.sync_data().at(&SegPaths::new(self.log.dir(), b).state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a segment's journal, truncating it at the first bad entry; entries beyond the
+/// segment's end (its tail was truncated by recovery) are dropped by a compaction.
+fn load_journal(log: &Log, paths: &SegPaths, base: u64, end: u64) -> Result<SegState> {
+    let f = log.ctx().vfs.open(&paths.state, false).at(&paths.state)?;
+    let size = f.size().at(&paths.state)?;
+    let count = end - base;
+    let mut ss = SegState::default();
+    let mut pos = 0u64;
+    let mut stale = false;
+    let mut buf = vec![0u8; JOURNAL_READ_BYTES];
+    'outer: while pos < size {
+        let n = (size - pos).min(JOURNAL_READ_BYTES as u64) as usize;
+        f.read_exact_at(&mut buf[..n], pos).at(&paths.state)?;
+        for chunk in buf[..n].chunks(JOURNAL_ENTRY_LEN) {
+            match format::decode_journal(chunk) {
+                Some(e) => {
+                    let last = u64::from(e.rel)
+                        + if e.op == JournalOp::SettleRange {
+                            (e.value.max(1) as u64) - 1
+                        } else {
+                            0
+                        };
+                    if last >= count {
+                        stale = true;
+                    } else {
+                        ss.apply(&e);
+                    }
+                    ss.journal_entries += 1;
+                    pos += JOURNAL_ENTRY_LEN as u64;
+                }
+                None => break 'outer,
+            }
+        }
+    }
+    if pos < size {
+        if size - pos >= JOURNAL_ENTRY_LEN as u64 {
+            Counters::add(&log.ctx().counters.corrupt_batches_total, 1);
+            tracing::warn!(file = %paths.state.display(), position = pos, "corrupt state journal entry: journal truncated");
+        }
+        f.set_len(pos).at(&paths.state)?;
+    }
+    ss.journal_len = pos;
+    ss.journal = Some(f);
+    if stale || ss.journal_entries > 2 * ss.live_estimate() + COMPACT_SLACK_ENTRIES {
+        compact(log, paths, &mut ss)?;
+    }
+    Ok(ss)
+}
+
+/// Rewrites a journal with only the live state: write tmp, fsync, rename, fsync dir.
+fn compact(log: &Log, paths: &SegPaths, ss: &mut SegState) -> Result<()> {
+    let entries = ss.snapshot_entries();
+    let mut bytes = Vec::with_capacity(entries.len() * JOURNAL_ENTRY_LEN);
+    for e in &entries {
+        format::encode_journal(e, &mut bytes);
+    }
+    let tmp = paths.state.with_extension("state.tmp");
+    let f = log.ctx().vfs.open(&tmp, true).at(&tmp)?;
+    f.set_len(0).at(&tmp)?;
+    f.write_all_at(&bytes, 0).at(&tmp)?;
+    f.sync_data().at(&tmp)?;
+    fs::rename(&tmp, &paths.state).at(&paths.state)?;
+    sync_dir(log.dir()).at(log.dir())?;
+    ss.journal = Some(f);
+    ss.journal_len = bytes.len() as u64;
+    ss.journal_entries = entries.len() as u64;
+    Counters::add(&log.ctx().counters.journal_compactions, 1);
+    Ok(())
+}
+
+struct RecoverIter<'a> {
+    q: &'a QueueLog,
+    next: u64,
+    buf: VecDeque<PendingMessage>,
+    done: bool,
+}
+
+impl RecoverIter<'_> {
+    fn fill(&mut self) -> Result<()> {
+        while self.buf.is_empty() && !self.done {
+            let batches = self.q.log.read(self.next, RECOVER_CHUNK_BYTES)?;
+            if batches.is_empty() {
+                self.done = true;
+                break;
+            }
+            let mut gaps = Vec::new();
+            {
+                let (sealed, active_base, _) = self.q.log.segments();
+                let st = lock(&self.q.state);
+                for b in &batches {
+                    if b.next_offset() <= self.next {
+                        continue;
+                    }
+                    if b.base_offset > self.next {
+                        gaps.push((self.next, b.base_offset));
+                    }
+                    let seg = seg_of(&sealed, active_base, b.base_offset).map(|(base, _)| base);
+                    let ss = seg.and_then(|base| st.segs.get(&base).map(|s| (base, s)));
+                    for (off, body) in b.records().filter(|(o, _)| *o >= self.next) {
+                        let (dc, nb) = match ss {
+                            Some((base, s)) => {
+                                let rel = crate::segment::rel_of(base, off);
+                                if s.is_settled(rel) {
+                                    continue;
+                                }
+                                (
+                                    s.delivery.get(&rel).copied().unwrap_or(0),
+                                    s.not_before.get(&rel).copied(),
+                                )
+                            }
+                            None => (0, None),
+                        };
+                        self.buf.push_back(PendingMessage {
+                            offset: off,
+                            timestamp_ms: b.timestamp_ms,
+                            delivery_count: dc,
+                            not_before_ms: nb,
+                            body,
+                        });
+                    }
+                    self.next = b.next_offset();
+                }
+            }
+            for (s, e) in gaps {
+                self.q.settle_lost(s, e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for RecoverIter<'_> {
+    type Item = Result<PendingMessage>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Err(e) = self.fill() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        self.buf.pop_front().map(Ok)
+    }
+}
