@@ -844,7 +844,9 @@ mod tests {
     }
 
     fn recs(n: usize, tag: u64) -> Vec<Bytes> {
-        (0..n).map(|i| Bytes::from(format!("rec-{tag}-{i}"))).collect()
+        (0..n)
+            .map(|i| Bytes::from(format!("rec-{tag}-{i}")))
+            .collect()
     }
 
     fn all(log: &Log) -> Vec<(u64, Bytes)> {
@@ -879,7 +881,11 @@ mod tests {
                 assert_eq!(a.base_offset, i * 3);
                 assert_eq!(a.next_offset, i * 3 + 3);
                 a.commit.wait().unwrap();
-                expect.extend(r.into_iter().enumerate().map(|(j, b)| (i * 3 + j as u64, b)));
+                expect.extend(
+                    r.into_iter()
+                        .enumerate()
+                        .map(|(j, b)| (i * 3 + j as u64, b)),
+                );
             }
             assert!(log.segment_count() > 3, "rolled");
             assert_eq!(all(&log), expect);
@@ -906,11 +912,23 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_and_middle_corruption_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = StorageConfig { segment_bytes: 1 << 20, ..cfg() };
+        let c = StorageConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        };
         let seg;
         {
             let s = Storage::open(dir.path(), c.clone()).unwrap();
-            let log = s.open_log("logs", "x", LogOptions { durability: Some(Durability::T1), ..Default::default() }).unwrap();
+            let log = s
+                .open_log(
+                    "logs",
+                    "x",
+                    LogOptions {
+                        durability: Some(Durability::T1),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             for i in 0..50u64 {
                 let _ = log.append(&recs(2, i), 0).unwrap();
             }
@@ -949,7 +967,16 @@ mod tests {
         let logdir;
         {
             let s = Storage::open(dir.path(), cfg()).unwrap();
-            let log = s.open_log("logs", "i", LogOptions { durability: Some(Durability::T1), ..Default::default() }).unwrap();
+            let log = s
+                .open_log(
+                    "logs",
+                    "i",
+                    LogOptions {
+                        durability: Some(Durability::T1),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             for i in 0..300u64 {
                 let r = recs(1, i);
                 let _ = log.append(&r, i as i64).unwrap();
@@ -957,8 +984,7 @@ mod tests {
             }
             logdir = log.dir().to_path_buf();
         }
-        let mut n = 0;
-        for e in fs::read_dir(&logdir).unwrap() {
+        for (n, e) in fs::read_dir(&logdir).unwrap().enumerate() {
             let p = e.unwrap().path();
             match p.extension().and_then(|x| x.to_str()) {
                 Some("idx") if n % 2 == 0 => fs::remove_file(&p).unwrap(),
@@ -972,7 +998,6 @@ mod tests {
                 }
                 _ => {}
             }
-            n += 1;
         }
         let s = Storage::open(dir.path(), cfg()).unwrap();
         let log = s.open_log("logs", "i", LogOptions::default()).unwrap();
@@ -987,14 +1012,27 @@ mod tests {
     #[test]
     fn limits_and_bad_input() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path(), StorageConfig { batch_bytes_max: 100, ..cfg() }).unwrap();
+        let s = Storage::open(
+            dir.path(),
+            StorageConfig {
+                batch_bytes_max: 100,
+                ..cfg()
+            },
+        )
+        .unwrap();
         let log = s.open_log("logs", "l", LogOptions::default()).unwrap();
-        assert!(matches!(log.append(&[], 0), Err(StorageError::InvalidArgument(_))));
+        assert!(matches!(
+            log.append(&[], 0),
+            Err(StorageError::InvalidArgument(_))
+        ));
         assert!(matches!(
             log.append(&[Bytes::from(vec![0u8; 100])], 0),
             Err(StorageError::TooLarge { .. })
         ));
         assert!(log.read(0, 10).unwrap().is_empty());
-        assert!(matches!(Storage::open(dir.path(), cfg()), Err(StorageError::Locked { .. })));
+        assert!(matches!(
+            Storage::open(dir.path(), cfg()),
+            Err(StorageError::Locked { .. })
+        ));
     }
 }
