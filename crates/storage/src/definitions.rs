@@ -90,3 +90,28 @@ impl DefinitionsStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Storage, StorageConfig, StorageError};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn store_load_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let d = s.definitions();
+        assert_eq!(d.load::<BTreeMap<String, u32>>().unwrap(), None);
+        let mut m = BTreeMap::new();
+        m.insert("q1".to_string(), 1u32);
+        d.store(&m).unwrap();
+        m.insert("q2".to_string(), 2);
+        d.store(&m).unwrap();
+        assert_eq!(d.load::<BTreeMap<String, u32>>().unwrap(), Some(m));
+        assert!(!dir.path().join("definitions.json.tmp").exists());
+        assert!(matches!(
+            d.load::<Vec<u8>>(),
+            Err(StorageError::Json { .. })
+        ));
+    }
+}

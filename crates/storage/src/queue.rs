@@ -604,3 +604,124 @@ impl Iterator for RecoverIter<'_> {
         self.buf.pop_front().map(Ok)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogOptions, Storage, StorageConfig};
+
+    fn cfg() -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 512,
+            ..Default::default()
+        }
+    }
+
+    fn body(i: u64) -> Bytes {
+        Bytes::from(format!("message-{i:05}-{}", "x".repeat(40)))
+    }
+
+    #[test]
+    fn delivery_state_survives_restart_and_settled_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 400u64;
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let q = s.open_queue("/vh/q1", LogOptions::default()).unwrap();
+            for i in 0..n {
+                q.append(&[body(i)], i as i64)
+                    .unwrap()
+                    .commit
+                    .wait()
+                    .unwrap();
+            }
+            let segs = q.log().segment_count();
+            assert!(segs > 4);
+            // Settle the first 150, deliver 150..160 twice, delay 170.
+            q.settle(&(0..150).collect::<Vec<_>>()).unwrap();
+            q.record_delivery(&(150..160).collect::<Vec<_>>()).unwrap();
+            q.record_delivery(&(150..160).collect::<Vec<_>>()).unwrap();
+            q.set_not_before(170, 12345).unwrap();
+            q.settle(&[155, 155, 399]).unwrap();
+            assert!(
+                q.log().segment_count() < segs,
+                "fully settled sealed segments deleted"
+            );
+            assert_eq!(q.unsettled_count(), n - 152);
+            assert!(matches!(
+                q.settle(&[n]),
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+            assert_eq!(q.read_message(200).unwrap(), Some(body(200)));
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let q = s.open_queue("/vh/q1", LogOptions::default()).unwrap();
+        assert_eq!(q.unsettled_count(), n - 152);
+        let pending: Vec<_> = q.recover().collect::<Result<_>>().unwrap();
+        let offs: Vec<u64> = pending.iter().map(|p| p.offset).collect();
+        let want: Vec<u64> = (150..399).filter(|&o| o != 155).collect();
+        assert_eq!(offs, want);
+        for p in &pending {
+            assert_eq!(p.body, body(p.offset));
+            assert_eq!(p.timestamp_ms, p.offset as i64);
+            assert_eq!(p.delivery_count, if p.offset < 160 { 2 } else { 0 });
+            assert_eq!(p.not_before_ms, (p.offset == 170).then_some(12345));
+        }
+        assert_eq!(s.list_queues().unwrap(), vec!["/vh/q1".to_string()]);
+        assert!(matches!(
+            s.remove_queue("/vh/q1"),
+            Err(StorageError::InUse { .. })
+        ));
+        drop(q);
+        s.remove_queue("/vh/q1").unwrap();
+        assert!(s.list_queues().unwrap().is_empty());
+    }
+
+    #[test]
+    fn journal_compaction_keeps_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = StorageConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        };
+        {
+            let s = Storage::open(dir.path(), c.clone()).unwrap();
+            let q = s
+                .open_queue(
+                    "q",
+                    LogOptions {
+                        durability: Some(Durability::T1),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let recs: Vec<Bytes> = (0..100).map(body).collect();
+            let _ = q.append(&recs, 0).unwrap();
+            for _ in 0..40 {
+                q.record_delivery(&(0..100).collect::<Vec<_>>()).unwrap();
+            }
+            q.settle(&(0..50).collect::<Vec<_>>()).unwrap();
+            assert!(s.metrics().journal_compactions > 0);
+        }
+        let s = Storage::open(dir.path(), c).unwrap();
+        let q = s.open_queue("q", LogOptions::default()).unwrap();
+        let pending: Vec<_> = q.recover().collect::<Result<_>>().unwrap();
+        assert_eq!(pending.len(), 50);
+        assert!(pending
+            .iter()
+            .all(|p| p.delivery_count == 40 && p.offset >= 50));
+    }
+
+    #[test]
+    fn bitmap_state_is_compact() {
+        // 1 bit per message: a million settled messages cost about 128 KiB.
+        let mut ss = SegState::default();
+        for r in 0..1_000_000u32 {
+            ss.settle(r);
+        }
+        assert_eq!(ss.settled.len() * 8, 125_000);
+        assert!(ss.delivery.is_empty());
+        assert_eq!(ss.snapshot_entries().len(), 1);
+    }
+}

@@ -201,3 +201,94 @@ impl StreamLog {
         f.sync_data().at(&self.offsets_path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogOptions, Storage, StorageConfig};
+
+    fn cfg() -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 512,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retention_by_count_bytes_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = s
+            .open_stream(
+                "s",
+                LogOptions {
+                    durability: Some(crate::Durability::T1),
+                    ..Default::default()
+                },
+                Retention::default(),
+            )
+            .unwrap();
+        let rec = Bytes::from(vec![7u8; 200]);
+        for i in 0..200i64 {
+            let _ = st.append(std::slice::from_ref(&rec), i * 1000).unwrap();
+        }
+        let segs = st.log().segment_count();
+        assert!(segs > 8);
+        assert_eq!(st.apply_retention(1_000_000).unwrap(), 0, "no limits");
+        st.set_retention(Retention {
+            max_messages: Some(150),
+            ..Default::default()
+        });
+        assert!(st.apply_retention(0).unwrap() > 0);
+        let held = st.log().next_offset() - st.log().start_offset();
+        assert!((150..170).contains(&held), "{held}");
+        st.set_retention(Retention {
+            max_bytes: Some(10_000),
+            ..Default::default()
+        });
+        st.apply_retention(0).unwrap();
+        assert!(st.log().size_bytes() >= 10_000 && st.log().size_bytes() < 10_000 + 4096 + 300);
+        st.set_retention(Retention {
+            max_age_ms: Some(10_000),
+            ..Default::default()
+        });
+        st.apply_retention(200_000).unwrap();
+        assert_eq!(
+            st.log().segment_count(),
+            1,
+            "everything old but the active segment"
+        );
+        let first = st.log().read(0, 1).unwrap();
+        assert_eq!(first[0].base_offset, st.log().start_offset());
+    }
+
+    #[test]
+    fn consumer_offsets_are_durable_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let st = s
+                .open_stream("s", LogOptions::default(), Retention::default())
+                .unwrap();
+            for i in 0..1000u64 {
+                st.commit_offset(if i % 2 == 0 { "even" } else { "odd" }, i)
+                    .unwrap()
+                    .wait()
+                    .unwrap();
+            }
+            assert!(s.metrics().journal_compactions > 0);
+            assert!(st.commit_offset("", 1).is_err());
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = s
+            .open_stream("s", LogOptions::default(), Retention::default())
+            .unwrap();
+        assert_eq!(st.committed_offset("even"), Some(998));
+        assert_eq!(
+            st.committed_offsets(),
+            vec![("even".to_string(), 998), ("odd".to_string(), 999)]
+        );
+        assert_eq!(st.committed_offset("none"), None);
+    }
+}
