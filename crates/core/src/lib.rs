@@ -1,1 +1,38 @@
-//! FerryMQ broker core.
+//! FerryMQ broker core: the protocol-neutral model (messages, virtual hosts,
+//! exchanges, bindings, queues, streams, consumers), routing, message lifecycle,
+//! flow control and definitions. No wire type enters this crate; protocol
+//! adapters translate at their boundary and depend on it, never the reverse.
+//!
+//! Layers, inward to outward:
+//! - [`message`]: the neutral message and typed header values;
+//! - [`codec`]: the message's own storage encoding (pure);
+//! - [`routing`]: topic and headers matching (pure);
+//! - [`exchange`]: exchanges and bindings;
+//! - [`queue`]: queues with consumers, credit, acks and lifecycle;
+//! - [`stream`]: partitioned append-only streams and their consumers;
+//! - [`vhost`]: namespaces, the publish path, dead-lettering;
+//! - [`broker`]: opening, recovery, users, connections, flow control, shutdown.
+
+pub mod broker;
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod routing;
+pub mod stream;
+mod timer;
+pub mod vhost;
+
+pub use broker::{
+    Broker, ConnectionHandle, ConnectionInfo, Definitions, FlowState, Permission, User,
+};
+pub use config::{BrokerConfig, VhostLimits};
+pub use error::{CoreError, Result};
+pub use exchange::{Binding, Destination, ExchangeDecl, ExchangeKind};
+pub use message::{FieldTable, Message, Properties, Value};
+pub use queue::{ConsumerEvent, ConsumerOptions, Delivery, QueueDecl};
+pub use stream::StreamOffset;
+pub use vhost::{DeclareOk, Published, QueueRef, VHost};

@@ -1,0 +1,109 @@
+//! In-process core throughput: publish → route → queue → deliver → ack, on one
+//! core (a current-thread runtime), for 16 B and 1 KiB messages, 1 and 16 queues,
+//! transient (T0) and persistent on durable queues at T1.
+//!
+//! Run: `cargo bench -p ferrymq-core --bench core_throughput` (set
+//! `FERRYMQ_BENCH_MESSAGES` to change the message count, default 1,000,000).
+
+use std::time::Instant;
+
+use ferrymq_core::queue::{ConsumerOptions, QueueDecl};
+use ferrymq_core::{Broker, BrokerConfig, ConsumerEvent, Message, QueueRef};
+use ferrymq_storage::{Durability, StorageConfig};
+
+async fn scenario(total: usize, size: usize, queues: usize, persistent: bool) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        storage: StorageConfig {
+            default_durability: Durability::T1,
+            ..StorageConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let b = Broker::open(cfg).await.expect("open");
+    let vh = b.vhost("/").expect("vhost");
+    let mut consumers = Vec::new();
+    for i in 0..queues {
+        let name = format!("q{i}");
+        let decl = if persistent {
+            QueueDecl::durable(&name)
+        } else {
+            QueueDecl::transient(&name)
+        };
+        vh.declare_queue(decl, 1, false).expect("declare");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let opts = ConsumerOptions {
+            tag: name.clone(),
+            prefetch_count: 2000,
+            ..Default::default()
+        };
+        let (_, q) = vh.consume(&name, opts, None, tx).expect("consume");
+        let QueueRef::Classic(q) = q else {
+            unreachable!()
+        };
+        let per_queue = total / queues;
+        consumers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < per_queue {
+                match rx.recv().await {
+                    Some(ConsumerEvent::Deliver(batch)) => {
+                        got += batch.len();
+                        let ids: Vec<u64> = batch.iter().map(|d| d.id).collect();
+                        q.ack(&ids, 0);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    let body = bytes::Bytes::from(vec![b'x'; size]);
+    let keys: Vec<String> = (0..queues).map(|i| format!("q{i}")).collect();
+    let start = Instant::now();
+    for i in 0..total {
+        let mut m = Message::new(keys[i % queues].clone(), body.clone());
+        m.properties.persistent = persistent;
+        vh.publish("", m).expect("publish");
+        if i % 1024 == 1023 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    b.shutdown().await.expect("shutdown");
+    rate
+}
+
+fn main() {
+    let total: usize = std::env::var("FERRYMQ_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("| messages | size | queues | tier | msgs/s |");
+    println!("|---:|---:|---:|---|---:|");
+    for &(size, queues, persistent) in &[
+        (16, 1, false),
+        (16, 16, false),
+        (1024, 1, false),
+        (1024, 16, false),
+        (16, 1, true),
+        (16, 16, true),
+        (1024, 1, true),
+        (1024, 16, true),
+    ] {
+        let n = if persistent { total / 4 } else { total };
+        let rate = rt.block_on(scenario(n, size, queues, persistent));
+        let tier = if persistent {
+            "T1 persistent"
+        } else {
+            "T0 transient"
+        };
+        println!("| {n} | {size} B | {queues} | {tier} | {:.0} |", rate);
+    }
+}

@@ -1,0 +1,787 @@
+//! The broker: opens storage, recovers definitions and messages, owns virtual
+//! hosts, users, connections, flow control and the background tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ferrymq_storage::Storage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::clock::now_ms;
+use crate::config::{BrokerConfig, VhostLimits};
+use crate::error::{CoreError, Result};
+use crate::exchange::{Binding, ExchangeDecl};
+use crate::queue::{ConnectionId, ConsumerId, QueueArgs, QueueDecl};
+use crate::timer::Timer;
+use crate::vhost::{QueueRef, VHost};
+
+/// A user account. Passwords are compared in constant time; hashing them at rest
+/// arrives with the security issue (argon2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// RabbitMQ-style permissions of a user on a vhost: regular expressions over
+/// resource names for configure, write and read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A vhost as stored in the definitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostDef {
+    pub name: String,
+    #[serde(default)]
+    pub limits: VhostLimits,
+}
+
+/// An exchange as stored in the definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeDef {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub decl: ExchangeDecl,
+}
+
+/// A queue as stored in the definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDef {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub decl: QueueDecl,
+}
+
+/// A binding as stored in the definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingDef {
+    pub vhost: String,
+    #[serde(flatten)]
+    pub binding: Binding,
+}
+
+/// Everything durable except messages: persisted atomically on every change,
+/// exported and imported as one document.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Definitions {
+    #[serde(default)]
+    pub vhosts: Vec<VhostDef>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeDef>,
+    #[serde(default)]
+    pub queues: Vec<QueueDef>,
+    #[serde(default)]
+    pub bindings: Vec<BindingDef>,
+}
+
+/// Resource alarms. While any is raised, adapters block publishers and let
+/// consumers drain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub memory_alarm: bool,
+    pub disk_alarm: bool,
+}
+
+impl FlowState {
+    pub fn blocked(&self) -> bool {
+        self.memory_alarm || self.disk_alarm
+    }
+}
+
+/// A client connection as management sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub protocol: String,
+    pub peer: String,
+    pub user: String,
+    pub vhost: String,
+}
+
+/// Counters an adapter keeps for its connection.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub channels: AtomicU64,
+}
+
+/// A registered connection: its identity, counters and a close request signal.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    pub id: ConnectionId,
+    pub info: ConnectionInfo,
+    pub connected_at_ms: i64,
+    pub stats: ConnectionStats,
+    close: watch::Sender<Option<String>>,
+}
+
+impl ConnectionHandle {
+    /// Resolves with a reason when management asks to close the connection.
+    pub fn close_requested(&self) -> watch::Receiver<Option<String>> {
+        self.close.subscribe()
+    }
+}
+
+/// State shared by the broker, its vhosts and its queues.
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) timer: Arc<Timer>,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<HashMap<String, User>>,
+    permissions: RwLock<HashMap<(String, String), Permission>>,
+    connections: RwLock<HashMap<ConnectionId, Arc<ConnectionHandle>>>,
+    defs_lock: Mutex<()>,
+    next_id: AtomicU64,
+    flow: watch::Sender<FlowState>,
+}
+
+impl Shared {
+    pub(crate) fn next_consumer_id(&self) -> ConsumerId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn definitions(&self) -> Definitions {
+        let mut d = Definitions::default();
+        let mut vhosts: Vec<Arc<VHost>> = self
+            .vhosts
+            .read()
+            .map(|v| v.values().cloned().collect())
+            .unwrap_or_default();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for vh in vhosts {
+            d.vhosts.push(VhostDef {
+                name: vh.name.clone(),
+                limits: vh.limits(),
+            });
+            let (xs, qs, bs) = vh.durable_definitions();
+            d.exchanges.extend(xs.into_iter().map(|decl| ExchangeDef {
+                vhost: vh.name.clone(),
+                decl,
+            }));
+            d.queues.extend(qs.into_iter().map(|decl| QueueDef {
+                vhost: vh.name.clone(),
+                decl,
+            }));
+            d.bindings.extend(bs.into_iter().map(|binding| BindingDef {
+                vhost: vh.name.clone(),
+                binding,
+            }));
+        }
+        d.users = self
+            .users
+            .read()
+            .map(|u| u.values().cloned().collect())
+            .unwrap_or_default();
+        d.users.sort_by(|a, b| a.name.cmp(&b.name));
+        d.permissions = self
+            .permissions
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        d.permissions
+            .sort_by(|a, b| (&a.user, &a.vhost).cmp(&(&b.user, &b.vhost)));
+        d
+    }
+
+    /// Writes the current definitions atomically (write, fsync, rename).
+    pub(crate) fn persist_definitions(&self) -> Result<()> {
+        let _g = self.defs_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let d = self.definitions();
+        self.storage.definitions().store(&d)?;
+        Ok(())
+    }
+}
+
+/// The broker. Cheap to share (`Arc<Broker>`); every adapter holds one.
+pub struct Broker {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("data_dir", &self.shared.config.data_dir)
+            .finish()
+    }
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+fn resident_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+impl Broker {
+    /// Opens (or creates) the broker over `config.data_dir`: recovers definitions,
+    /// queue contents and streams, then starts the timer and resource monitor.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// Storage errors, or damaged definitions.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            CoreError::Storage(ferrymq_storage::StorageError::Io {
+                path: config.data_dir.clone(),
+                source: e,
+            })
+        })?;
+        let storage = Storage::open(&config.data_dir, config.storage.clone())?;
+        let (flow, _) = watch::channel(FlowState::default());
+        let shared = Arc::new(Shared {
+            config,
+            storage,
+            timer: Timer::new(),
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            permissions: RwLock::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
+            defs_lock: Mutex::new(()),
+            next_id: AtomicU64::new(1),
+            flow,
+        });
+        let (stop, _) = watch::channel(false);
+        let broker = Arc::new(Broker {
+            shared,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let defs: Option<Definitions> = broker.shared.storage.definitions().load()?;
+        match defs {
+            Some(d) => broker.restore(d)?,
+            None => broker.bootstrap()?,
+        }
+        broker.remove_orphan_logs();
+        broker.start_tasks();
+        Ok(broker)
+    }
+
+    /// First start: the default vhost and user with full permissions.
+    fn bootstrap(&self) -> Result<()> {
+        let c = &self.shared.config;
+        self.add_vhost(&c.default_vhost)?;
+        self.put_user(User {
+            name: c.default_user.clone(),
+            password: c.default_password.clone(),
+            tags: vec!["administrator".into()],
+        })?;
+        self.set_permission(Permission {
+            user: c.default_user.clone(),
+            vhost: c.default_vhost.clone(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })?;
+        tracing::info!(vhost = %c.default_vhost, user = %c.default_user, "initialised a new data directory");
+        Ok(())
+    }
+
+    /// Rebuilds vhosts, exchanges, queues (with their messages) and bindings.
+    fn restore(&self, d: Definitions) -> Result<()> {
+        let now = now_ms();
+        {
+            let mut vs = self
+                .shared
+                .vhosts
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for v in &d.vhosts {
+                vs.insert(
+                    v.name.clone(),
+                    VHost::new(
+                        v.name.clone(),
+                        v.limits.clone(),
+                        Arc::downgrade(&self.shared),
+                    ),
+                );
+            }
+        }
+        for x in d.exchanges {
+            if let Some(vh) = self.vhost(&x.vhost) {
+                vh.insert_exchange(x.decl);
+            }
+        }
+        for q in d.queues {
+            let Some(vh) = self.vhost(&q.vhost) else {
+                continue;
+            };
+            let args = QueueArgs::parse(&q.decl.name, &q.decl.arguments)?;
+            let qref = vh.create_queue(q.decl, args, None, now)?;
+            vh.insert_queue(qref);
+        }
+        for b in d.bindings {
+            if let Some(x) = self
+                .vhost(&b.vhost)
+                .and_then(|vh| vh.exchange(&b.binding.source))
+            {
+                x.bind(b.binding);
+            }
+        }
+        {
+            let mut us = self.shared.users.write().unwrap_or_else(|p| p.into_inner());
+            for u in d.users {
+                us.insert(u.name.clone(), u);
+            }
+        }
+        let mut ps = self
+            .shared
+            .permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in d.permissions {
+            ps.insert((p.user.clone(), p.vhost.clone()), p);
+        }
+        Ok(())
+    }
+
+    /// Deletes queue and stream logs no definition refers to (left by a crash
+    /// between deleting a queue's definition and its files, or by transient use).
+    fn remove_orphan_logs(&self) {
+        let mut queues = HashSet::new();
+        let mut streams = HashSet::new();
+        for vh in self.vhosts() {
+            for q in vh.queues() {
+                let base = format!("{}/{}", vh.name, q.name());
+                match &q {
+                    QueueRef::Classic(_) => {
+                        queues.insert(base);
+                    }
+                    QueueRef::Stream(s) => {
+                        for p in 0..s.partition_count() {
+                            streams.insert(format!("{base}/{p}"));
+                        }
+                    }
+                }
+            }
+        }
+        let st = &self.shared.storage;
+        for n in st.list_queues().unwrap_or_default() {
+            if !queues.contains(&n) {
+                tracing::warn!(queue = %n, "removing orphaned queue log");
+                let _ = st.remove_queue(&n);
+            }
+        }
+        for n in st.list_streams().unwrap_or_default() {
+            if !streams.contains(&n) {
+                tracing::warn!(stream = %n, "removing orphaned stream log");
+                let _ = st.remove_stream(&n);
+            }
+        }
+    }
+
+    fn start_tasks(self: &Arc<Self>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.push(tokio::spawn(
+            self.shared.timer.clone().run(self.stop.subscribe()),
+        ));
+        let me = Arc::downgrade(self);
+        let mut stop = self.stop.subscribe();
+        let interval_ms = self.shared.config.resource_check_interval_ms.max(10);
+        tasks.push(tokio::spawn(async move {
+            let mut ticks: u64 = 0;
+            loop {
+                {
+                    let Some(b) = me.upgrade() else { return };
+                    b.check_resources();
+                    // Retention every ~10 s.
+                    if ticks.is_multiple_of((10_000 / interval_ms).max(1)) {
+                        let now = now_ms();
+                        for vh in b.vhosts() {
+                            vh.apply_retention(now);
+                        }
+                    }
+                }
+                ticks += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(interval_ms)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+    }
+
+    /// Samples memory and free disk and raises or clears alarms.
+    pub fn check_resources(&self) {
+        let c = &self.shared.config;
+        let rss = resident_bytes();
+        let free = self.shared.storage.disk_free_bytes().unwrap_or(u64::MAX);
+        let next = FlowState {
+            memory_alarm: rss > c.memory_high_watermark_bytes,
+            disk_alarm: free < c.disk_free_limit_bytes,
+        };
+        let prev = *self.shared.flow.borrow();
+        if prev != next {
+            if next.blocked() {
+                tracing::warn!(
+                    rss,
+                    free_disk = free,
+                    memory_alarm = next.memory_alarm,
+                    disk_alarm = next.disk_alarm,
+                    "resource alarm raised: blocking publishers"
+                );
+            } else {
+                tracing::info!(
+                    rss,
+                    free_disk = free,
+                    "resource alarms cleared: publishing resumes"
+                );
+            }
+            self.shared.flow.send_replace(next);
+        }
+    }
+
+    /// Watches resource alarms; adapters block publishers while `blocked()`.
+    pub fn flow(&self) -> watch::Receiver<FlowState> {
+        self.shared.flow.subscribe()
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.shared.storage
+    }
+
+    // ------------------------------------------------------------- vhosts
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.shared.vhosts.read().ok()?.get(name).cloned()
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<_> = self
+            .shared
+            .vhosts
+            .read()
+            .map(|v| v.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Creates a vhost (idempotent).
+    pub fn add_vhost(&self, name: &str) -> Result<Arc<VHost>> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(CoreError::InvalidArgument(
+                "vhost name must be 1 to 255 bytes".into(),
+            ));
+        }
+        let vh = {
+            let mut vs = self
+                .shared
+                .vhosts
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            vs.entry(name.to_string())
+                .or_insert_with(|| {
+                    VHost::new(
+                        name.to_string(),
+                        self.shared.config.vhost_limits.clone(),
+                        Arc::downgrade(&self.shared),
+                    )
+                })
+                .clone()
+        };
+        self.shared.persist_definitions()?;
+        Ok(vh)
+    }
+
+    /// Deletes a vhost with everything in it.
+    pub fn delete_vhost(&self, name: &str) -> Result<()> {
+        let Some(vh) = self.vhost(name) else {
+            return Err(CoreError::NotFound(format!("no vhost '{name}'")));
+        };
+        for q in vh.queues() {
+            vh.delete_queue_internal(q.name())?;
+        }
+        self.shared
+            .vhosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.shared
+            .permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, v), _| v != name);
+        self.shared.persist_definitions()
+    }
+
+    // ------------------------------------------------------------- users
+
+    /// Creates or replaces a user.
+    pub fn put_user(&self, user: User) -> Result<()> {
+        if user.name.is_empty() {
+            return Err(CoreError::InvalidArgument(
+                "user name must not be empty".into(),
+            ));
+        }
+        self.shared
+            .users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.name.clone(), user);
+        self.shared.persist_definitions()
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        let removed = self
+            .shared
+            .users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if removed.is_none() {
+            return Err(CoreError::NotFound(format!("no user '{name}'")));
+        }
+        self.shared
+            .permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != name);
+        self.shared.persist_definitions()
+    }
+
+    pub fn users(&self) -> Vec<User> {
+        let mut v: Vec<User> = self
+            .shared
+            .users
+            .read()
+            .map(|u| u.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Checks a user's password (constant-time comparison).
+    ///
+    /// # Errors
+    /// `AccessRefused` with RabbitMQ's wording, whether the user or the password is wrong.
+    pub fn authenticate(&self, name: &str, password: &str) -> Result<User> {
+        let user = self
+            .shared
+            .users
+            .read()
+            .ok()
+            .and_then(|u| u.get(name).cloned());
+        match user {
+            Some(u) if constant_time_eq(u.password.as_bytes(), password.as_bytes()) => Ok(u),
+            _ => Err(CoreError::AccessRefused(format!(
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{name}')"
+            ))),
+        }
+    }
+
+    /// Sets a user's permissions on a vhost.
+    pub fn set_permission(&self, p: Permission) -> Result<()> {
+        if self.vhost(&p.vhost).is_none() {
+            return Err(CoreError::NotFound(format!("no vhost '{}'", p.vhost)));
+        }
+        self.shared
+            .permissions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((p.user.clone(), p.vhost.clone()), p);
+        self.shared.persist_definitions()
+    }
+
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<Permission> {
+        self.shared
+            .permissions
+            .read()
+            .ok()?
+            .get(&(user.to_string(), vhost.to_string()))
+            .cloned()
+    }
+
+    pub fn permissions(&self) -> Vec<Permission> {
+        self.shared.definitions().permissions
+    }
+
+    /// The vhost, if the user has any permission on it.
+    ///
+    /// # Errors
+    /// `NotFound` (no such vhost) or `AccessRefused`.
+    pub fn open_vhost(&self, user: &str, vhost: &str) -> Result<Arc<VHost>> {
+        let vh = self
+            .vhost(vhost)
+            .ok_or_else(|| CoreError::NotFound(format!("vhost '{vhost}' not found")))?;
+        if self.permission(user, vhost).is_none() {
+            return Err(CoreError::AccessRefused(format!(
+                "access to vhost '{vhost}' refused for user '{user}'"
+            )));
+        }
+        Ok(vh)
+    }
+
+    // ------------------------------------------------------------- definitions
+
+    /// The current durable definitions (export).
+    pub fn export_definitions(&self) -> Definitions {
+        self.shared.definitions()
+    }
+
+    /// Adds everything in `d` (import): vhosts, users, permissions, exchanges,
+    /// queues and bindings; existing equivalent entities are kept.
+    ///
+    /// # Errors
+    /// The first entity that cannot be declared (e.g. inequivalent to an existing one).
+    pub fn import_definitions(&self, d: Definitions) -> Result<()> {
+        for v in &d.vhosts {
+            self.add_vhost(&v.name)?.set_limits(v.limits.clone())?;
+        }
+        for u in d.users {
+            self.put_user(u)?;
+        }
+        for p in d.permissions {
+            self.set_permission(p)?;
+        }
+        let vh = |name: &str| {
+            self.vhost(name)
+                .ok_or_else(|| CoreError::NotFound(format!("no vhost '{name}'")))
+        };
+        for x in d.exchanges {
+            vh(&x.vhost)?.declare_exchange(x.decl, false)?;
+        }
+        for q in d.queues {
+            vh(&q.vhost)?.declare_queue(q.decl, 0, false)?;
+        }
+        for b in d.bindings {
+            vh(&b.vhost)?.bind(b.binding, 0)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- connections
+
+    /// Registers a client connection (after authentication).
+    ///
+    /// # Errors
+    /// `LimitReached` when the vhost's connection limit is reached.
+    pub fn register_connection(&self, info: ConnectionInfo) -> Result<Arc<ConnectionHandle>> {
+        let mut cs = self
+            .shared
+            .connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(max) = self
+            .vhost(&info.vhost)
+            .and_then(|v| v.limits().max_connections)
+        {
+            let n = cs.values().filter(|c| c.info.vhost == info.vhost).count() as u64;
+            if n >= max {
+                return Err(CoreError::LimitReached(format!(
+                    "connection limit ({max}) of vhost '{}' is reached",
+                    info.vhost
+                )));
+            }
+        }
+        let id = self.shared.next_consumer_id();
+        let (close, _) = watch::channel(None);
+        let h = Arc::new(ConnectionHandle {
+            id,
+            info,
+            connected_at_ms: now_ms(),
+            stats: ConnectionStats::default(),
+            close,
+        });
+        cs.insert(id, h.clone());
+        Ok(h)
+    }
+
+    /// Forgets a closed connection and deletes its exclusive queues.
+    pub fn unregister_connection(&self, id: ConnectionId) {
+        let h = self
+            .shared
+            .connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(vh) = h.and_then(|h| self.vhost(&h.info.vhost)) {
+            vh.connection_closed(id);
+        }
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnectionHandle>> {
+        let mut v: Vec<_> = self
+            .shared
+            .connections
+            .read()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Asks a connection's adapter to close it.
+    pub fn close_connection(&self, id: ConnectionId, reason: &str) -> Result<()> {
+        let cs = self
+            .shared
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let h = cs
+            .get(&id)
+            .ok_or_else(|| CoreError::NotFound(format!("no connection {id}")))?;
+        h.close.send_replace(Some(reason.to_string()));
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- shutdown
+
+    /// Stops background tasks and stream consumers, fsyncs every log and writes
+    /// the definitions. Idempotent.
+    ///
+    /// # Errors
+    /// Storage errors while syncing.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.stop.send_replace(true);
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        for vh in self.vhosts() {
+            for t in vh.stop() {
+                let _ = t.await;
+            }
+        }
+        self.shared.persist_definitions()?;
+        self.shared.storage.sync_all()?;
+        tracing::info!("broker stopped; all data synced");
+        Ok(())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,996 @@
+//! A queue: FIFO with competing consumers and credit, acks and requeues, TTL,
+//! length limits, dead-lettering, priorities, delayed delivery and retry backoff.
+//!
+//! All state sits behind one mutex per queue (no global lock): publishers to
+//! different queues never contend. Work that reaches other queues (dead-lettering,
+//! deleting an auto-delete queue) is collected as [`Effects`] under the lock and
+//! carried out after it is released, so queue locks never nest.
+
+pub mod args;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::BytesMut;
+use ferrymq_storage::{Commit, QueueLog};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use args::{ConnectionId, Overflow, QueueArgs, QueueDecl, QueueType, RetryPolicy};
+
+use crate::codec;
+use crate::error::{CoreError, Result};
+use crate::message::Message;
+use crate::timer::{Timer, TimerTarget};
+use crate::vhost::VHost;
+
+/// Identifies a consumer within the broker.
+pub type ConsumerId = u64;
+
+/// Reserved consumer id for messages fetched by `get` (AMQP `basic.get`, HTTP pull).
+pub const GET_CONSUMER: ConsumerId = 0;
+
+/// Why a message was dead-lettered (RabbitMQ's `x-death` reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub consumer_tag: Arc<str>,
+    /// Identifies the message within its queue, for ack/nack (stream offset for streams).
+    pub id: u64,
+    pub message: Arc<Message>,
+    /// True if the message was delivered before.
+    pub redelivered: bool,
+    /// Deliveries so far, this one included.
+    pub delivery_count: u32,
+}
+
+/// What a consumer's sink receives.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// A batch of deliveries, in queue order.
+    Deliver(Vec<Delivery>),
+    /// The server cancelled the consumer (queue deleted): AMQP's server-sent `basic.cancel`.
+    Cancelled { consumer_tag: Arc<str> },
+}
+
+/// Where deliveries go. One sink may serve many consumers (e.g. all consumers on
+/// one connection), so one wake-up moves many messages.
+pub type ConsumerSink = UnboundedSender<ConsumerEvent>;
+
+/// How a consumer wants to receive.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerOptions {
+    pub tag: String,
+    /// Messages are settled as they are sent. `prefetch_count` then acts as the
+    /// send window, released with [`Queue::release`].
+    pub no_ack: bool,
+    /// Unacknowledged deliveries allowed at once (0 = unlimited).
+    pub prefetch_count: u32,
+    /// Unacknowledged body bytes allowed at once (0 = unlimited).
+    pub prefetch_bytes: u64,
+    /// Higher-priority consumers get messages while they have credit.
+    pub priority: i32,
+    /// Exclusive consumer: no other consumer may attach.
+    pub exclusive: bool,
+    pub connection: ConnectionId,
+}
+
+struct Entry {
+    id: u64,
+    msg: Arc<Message>,
+    /// Log offset when persisted.
+    offset: Option<u64>,
+    delivery_count: u32,
+    expires_at: Option<i64>,
+    size: u64,
+}
+
+struct ConsumerState {
+    id: ConsumerId,
+    tag: Arc<str>,
+    opts: ConsumerOptions,
+    in_flight: u32,
+    in_flight_bytes: u64,
+    sink: ConsumerSink,
+}
+
+impl ConsumerState {
+    fn can_take(&self, size: u64) -> bool {
+        let count_ok = self.opts.prefetch_count == 0 || self.in_flight < self.opts.prefetch_count;
+        let bytes_ok = self.opts.prefetch_bytes == 0
+            || self.in_flight_bytes == 0
+            || self.in_flight_bytes + size <= self.opts.prefetch_bytes;
+        count_ok && bytes_ok
+    }
+}
+
+struct Unacked {
+    entry: Entry,
+    consumer: ConsumerId,
+}
+
+struct State {
+    next_id: u64,
+    /// Ready messages by priority level (index = priority).
+    levels: Vec<VecDeque<Entry>>,
+    ready_count: u64,
+    ready_bytes: u64,
+    /// Waiting for their not-before time, keyed by (time, id).
+    delayed: BTreeMap<(i64, u64), Entry>,
+    delayed_bytes: u64,
+    unacked: HashMap<u64, Unacked>,
+    unacked_bytes: u64,
+    consumers: Vec<ConsumerState>,
+    rr: usize,
+    had_consumer: bool,
+    last_used_ms: i64,
+    timer_at: Option<i64>,
+    deleted: bool,
+}
+
+/// Counters for management and metrics.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub expired: AtomicU64,
+    pub dropped: AtomicU64,
+    pub rejected_publishes: AtomicU64,
+}
+
+/// A point-in-time view of a queue for management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub ready: u64,
+    pub unacked: u64,
+    pub delayed: u64,
+    pub consumers: usize,
+    pub bytes_ready: u64,
+    pub bytes_unacked: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+/// Side effects computed under the queue lock, carried out after it is released.
+#[derive(Default)]
+pub(crate) struct Effects {
+    dead: Vec<(Arc<Message>, DeathReason)>,
+    delete_queue: bool,
+}
+
+/// What happened to one message offered to a queue.
+pub(crate) enum Enqueued {
+    /// Accepted; resolves when durable at the queue's tier if it was persisted.
+    Accepted(Option<Commit>),
+    /// Refused by `x-overflow: reject-publish(-dlx)`.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+/// A classic (or quorum-compatible) queue.
+pub struct Queue {
+    pub decl: QueueDecl,
+    pub args: QueueArgs,
+    /// Set for exclusive queues.
+    pub owner: Option<ConnectionId>,
+    vhost: Weak<VHost>,
+    me: Weak<Queue>,
+    log: Option<Arc<QueueLog>>,
+    timer: Arc<Timer>,
+    state: Mutex<State>,
+    pub counters: QueueCounters,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.decl.name)
+            .finish()
+    }
+}
+
+impl TimerTarget for Queue {
+    fn on_timer(&self, now_ms: i64) {
+        self.tick(now_ms);
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(
+        decl: QueueDecl,
+        args: QueueArgs,
+        owner: Option<ConnectionId>,
+        vhost: Weak<VHost>,
+        log: Option<Arc<QueueLog>>,
+        timer: Arc<Timer>,
+        now: i64,
+    ) -> Arc<Queue> {
+        let levels = args.max_priority.map_or(1, |p| p as usize + 1);
+        Arc::new_cyclic(|me| Queue {
+            decl,
+            args,
+            owner,
+            vhost,
+            me: me.clone(),
+            log,
+            timer,
+            state: Mutex::new(State {
+                next_id: 1,
+                levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                ready_count: 0,
+                ready_bytes: 0,
+                delayed: BTreeMap::new(),
+                delayed_bytes: 0,
+                unacked: HashMap::new(),
+                unacked_bytes: 0,
+                consumers: Vec::new(),
+                rr: 0,
+                had_consumer: false,
+                last_used_ms: now,
+                timer_at: None,
+                deleted: false,
+            }),
+            counters: QueueCounters::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether messages published persistent are written to disk.
+    pub fn is_persistent(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Restores messages recovered from the queue's log (at open).
+    pub(crate) fn recover(&self, now: i64) -> Result<u64> {
+        let Some(log) = self.log.clone() else {
+            return Ok(0);
+        };
+        let mut st = self.lock();
+        let mut n = 0;
+        for pending in log.recover() {
+            let p = pending?;
+            let msg = match codec::decode(p.body.clone()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(queue = %self.decl.name, offset = p.offset, error = %e, "skipping undecodable stored message");
+                    log.settle(&[p.offset])?;
+                    continue;
+                }
+            };
+            let id = st.next_id;
+            st.next_id += 1;
+            let size = msg.body_size();
+            let expires_at = self.expiry_of(&msg, p.timestamp_ms);
+            let entry = Entry {
+                id,
+                msg: Arc::new(msg),
+                offset: Some(p.offset),
+                delivery_count: p.delivery_count,
+                expires_at,
+                size,
+            };
+            match p.not_before_ms {
+                Some(nb) if nb > now => {
+                    st.delayed_bytes += size;
+                    st.delayed.insert((nb, id), entry);
+                }
+                _ => self.push_ready_back(&mut st, entry),
+            }
+            n += 1;
+        }
+        let mut fx = Effects::default();
+        self.expire_heads(&mut st, now, &mut fx);
+        self.reschedule(&mut st, now);
+        drop(st);
+        self.apply(fx);
+        Ok(n)
+    }
+
+    fn expiry_of(&self, msg: &Message, enqueued_ms: i64) -> Option<i64> {
+        let ttl = match (self.args.message_ttl_ms, msg.properties.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(enqueued_ms.saturating_add(ttl.min(i64::MAX as u64) as i64))
+    }
+
+    fn level_of(&self, msg: &Message) -> usize {
+        match self.args.max_priority {
+            None => 0,
+            Some(max) => msg.properties.priority.unwrap_or(0).min(max) as usize,
+        }
+    }
+
+    fn push_ready_back(&self, st: &mut State, e: Entry) {
+        let l = self.level_of(&e.msg);
+        st.ready_count += 1;
+        st.ready_bytes += e.size;
+        st.levels[l].push_back(e);
+    }
+
+    fn push_ready_front(&self, st: &mut State, e: Entry) {
+        let l = self.level_of(&e.msg);
+        st.ready_count += 1;
+        st.ready_bytes += e.size;
+        st.levels[l].push_front(e);
+    }
+
+    fn pop_ready(&self, st: &mut State) -> Option<Entry> {
+        let e = st.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        st.ready_count -= 1;
+        st.ready_bytes -= e.size;
+        Some(e)
+    }
+
+    fn peek_ready(st: &State) -> Option<&Entry> {
+        st.levels.iter().rev().find_map(|l| l.front())
+    }
+
+    /// Offers one message; called by the vhost for each queue a publish routes to.
+    pub(crate) fn enqueue(&self, msg: &Arc<Message>, now: i64) -> Result<Enqueued> {
+        let mut fx = Effects::default();
+        let out = {
+            let mut st = self.lock();
+            if st.deleted {
+                return Ok(Enqueued::Gone);
+            }
+            let size = msg.body_size();
+            // Length limits count ready and delayed messages, as RabbitMQ counts ready ones.
+            let over = |st: &State, extra_n: u64, extra_b: u64| {
+                let n = st.ready_count + st.delayed.len() as u64 + extra_n;
+                let b = st.ready_bytes + st.delayed_bytes + extra_b;
+                self.args.max_length.is_some_and(|m| n > m)
+                    || self.args.max_length_bytes.is_some_and(|m| b > m)
+            };
+            if over(&st, 1, size) {
+                match self.args.overflow {
+                    Overflow::RejectPublish => {
+                        self.counters
+                            .rejected_publishes
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(Enqueued::Rejected);
+                    }
+                    Overflow::RejectPublishDlx => {
+                        self.counters
+                            .rejected_publishes
+                            .fetch_add(1, Ordering::Relaxed);
+                        drop(st);
+                        self.apply(Effects {
+                            dead: vec![(msg.clone(), DeathReason::MaxLen)],
+                            delete_queue: false,
+                        });
+                        return Ok(Enqueued::Rejected);
+                    }
+                    Overflow::DropHead => {
+                        while over(&st, 1, size) {
+                            let Some(head) = self.pop_ready(&mut st) else {
+                                break;
+                            };
+                            self.discard(head, DeathReason::MaxLen, &mut fx);
+                        }
+                        if over(&st, 1, size) {
+                            // The message alone exceeds the byte limit: RabbitMQ drops it.
+                            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            fx.dead.push((msg.clone(), DeathReason::MaxLen));
+                            drop(st);
+                            self.apply(fx);
+                            return Ok(Enqueued::Accepted(None));
+                        }
+                    }
+                }
+            }
+            let (offset, commit) = match &self.log {
+                Some(log) if msg.properties.persistent => {
+                    let mut buf = BytesMut::with_capacity(codec::encoded_len(msg));
+                    codec::encode(msg, &mut buf);
+                    let appended = log.append(&[buf.freeze()], now)?;
+                    (Some(appended.base_offset), Some(appended.commit))
+                }
+                _ => (None, None),
+            };
+            let id = st.next_id;
+            st.next_id += 1;
+            let entry = Entry {
+                id,
+                msg: msg.clone(),
+                offset,
+                delivery_count: 0,
+                expires_at: self.expiry_of(msg, now),
+                size,
+            };
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+            if let Some(delay) = msg.headers.get_i64("x-delay").filter(|d| *d > 0) {
+                // Delayed delivery: ready only from `now + x-delay`.
+                let at = now.saturating_add(delay);
+                if let (Some(log), Some(off)) = (&self.log, entry.offset) {
+                    log.set_not_before(off, at)?;
+                }
+                st.delayed_bytes += entry.size;
+                st.delayed.insert((at, entry.id), entry);
+            } else if entry.expires_at.is_some_and(|t| t <= now) && st.consumers.is_empty() {
+                // TTL 0 and nobody to take it right now: expire at once.
+                self.discard(entry, DeathReason::Expired, &mut fx);
+            } else {
+                self.push_ready_back(&mut st, entry);
+                self.dispatch(&mut st, now, &mut fx);
+            }
+            self.reschedule(&mut st, now);
+            Enqueued::Accepted(commit)
+        };
+        self.apply(fx);
+        Ok(out)
+    }
+
+    /// Settles a message that leaves the queue without being acked: dead-letters it
+    /// when the queue has a dead-letter exchange, else drops it.
+    fn discard(&self, e: Entry, reason: DeathReason, fx: &mut Effects) {
+        if let (Some(log), Some(off)) = (&self.log, e.offset) {
+            if let Err(err) = log.settle(&[off]) {
+                tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+            }
+        }
+        match reason {
+            DeathReason::Expired => self.counters.expired.fetch_add(1, Ordering::Relaxed),
+            _ => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+        if self.args.dead_letter_exchange.is_some() {
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            fx.dead.push((e.msg, reason));
+        }
+    }
+
+    /// Expires messages at the heads of the ready levels (RabbitMQ expires at the head).
+    fn expire_heads(&self, st: &mut State, now: i64, fx: &mut Effects) {
+        for l in 0..st.levels.len() {
+            while st.levels[l]
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))
+            {
+                if let Some(e) = st.levels[l].pop_front() {
+                    st.ready_count -= 1;
+                    st.ready_bytes -= e.size;
+                    self.discard(e, DeathReason::Expired, fx);
+                }
+            }
+        }
+    }
+
+    /// Moves ready messages to consumers with credit, one batch per consumer.
+    fn dispatch(&self, st: &mut State, now: i64, fx: &mut Effects) {
+        if st.consumers.is_empty() || st.ready_count == 0 {
+            return;
+        }
+        let mut batches: Vec<Vec<Delivery>> = (0..st.consumers.len()).map(|_| Vec::new()).collect();
+        let mut delivered_offsets = Vec::new();
+        let mut settled_offsets = Vec::new();
+        loop {
+            self.expire_heads(st, now, fx);
+            let Some(size) = Self::peek_ready(st).map(|e| e.size) else {
+                break;
+            };
+            let Some(ci) = Self::pick_consumer(st, self.args.single_active_consumer, size) else {
+                break;
+            };
+            let Some(mut e) = self.pop_ready(st) else {
+                break;
+            };
+            let redelivered = e.delivery_count > 0;
+            e.delivery_count += 1;
+            if redelivered {
+                self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            let c = &mut st.consumers[ci];
+            c.in_flight += 1;
+            c.in_flight_bytes += e.size;
+            batches[ci].push(Delivery {
+                consumer_tag: c.tag.clone(),
+                id: e.id,
+                message: e.msg.clone(),
+                redelivered,
+                delivery_count: e.delivery_count,
+            });
+            if c.opts.no_ack {
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                if let Some(off) = e.offset {
+                    settled_offsets.push(off);
+                }
+            } else {
+                if let Some(off) = e.offset {
+                    delivered_offsets.push(off);
+                }
+                let cid = c.id;
+                st.unacked_bytes += e.size;
+                st.unacked.insert(
+                    e.id,
+                    Unacked {
+                        entry: e,
+                        consumer: cid,
+                    },
+                );
+            }
+        }
+        if let Some(log) = &self.log {
+            if !delivered_offsets.is_empty() {
+                if let Err(err) = log.record_delivery(&delivered_offsets) {
+                    tracing::error!(queue = %self.decl.name, error = %err, "recording deliveries failed");
+                }
+            }
+            if !settled_offsets.is_empty() {
+                if let Err(err) = log.settle(&settled_offsets) {
+                    tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+                }
+            }
+        }
+        let mut dead_consumers = Vec::new();
+        for (ci, batch) in batches.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(failed) = st.consumers[ci].sink.send(ConsumerEvent::Deliver(batch)) {
+                dead_consumers.push((st.consumers[ci].id, failed.0));
+            }
+        }
+        for (cid, ev) in dead_consumers {
+            // The receiving side is gone: undo the deliveries and drop the consumer.
+            if let ConsumerEvent::Deliver(batch) = ev {
+                for d in batch.into_iter().rev() {
+                    if let Some(u) = st.unacked.remove(&d.id) {
+                        st.unacked_bytes -= u.entry.size;
+                        let mut e = u.entry;
+                        e.delivery_count -= 1;
+                        self.push_ready_front(st, e);
+                    }
+                }
+            }
+            st.consumers.retain(|c| c.id != cid);
+        }
+    }
+
+    fn pick_consumer(st: &mut State, single_active: bool, size: u64) -> Option<usize> {
+        let n = st.consumers.len();
+        if n == 0 {
+            return None;
+        }
+        if single_active {
+            return st.consumers[0].can_take(size).then_some(0);
+        }
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (st.rr + k) % n;
+            let c = &st.consumers[i];
+            if c.can_take(size)
+                && best.is_none_or(|b| c.opts.priority > st.consumers[b].opts.priority)
+            {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            st.rr = (b + 1) % n;
+        }
+        best
+    }
+
+    /// Earliest time this queue needs the timer, and asks for it if not yet asked.
+    fn reschedule(&self, st: &mut State, now: i64) {
+        let mut next: Option<i64> = None;
+        let mut consider = |t: i64| next = Some(next.map_or(t, |n: i64| n.min(t)));
+        for l in &st.levels {
+            if let Some(t) = l.front().and_then(|e| e.expires_at) {
+                consider(t);
+            }
+        }
+        if let Some(((t, _), _)) = st.delayed.iter().next() {
+            consider(*t);
+        }
+        if let Some(exp) = self.args.expires_ms {
+            if st.consumers.is_empty() {
+                consider(st.last_used_ms.saturating_add(exp as i64));
+            }
+        }
+        if let Some(t) = next {
+            let t = t.max(now);
+            if st.timer_at.is_none_or(|s| t < s) {
+                st.timer_at = Some(t);
+                let weak: Weak<dyn TimerTarget> = self.me.clone();
+                self.timer.schedule(t, weak);
+            }
+        }
+    }
+
+    /// Timer callback: expiry, delayed messages becoming ready, queue expiry.
+    pub(crate) fn tick(&self, now: i64) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if st.deleted {
+                return;
+            }
+            if st.timer_at.is_some_and(|t| t <= now) {
+                st.timer_at = None;
+            }
+            while let Some(entry) = st.delayed.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let e = entry.remove();
+                st.delayed_bytes -= e.size;
+                self.push_ready_back(&mut st, e);
+            }
+            self.expire_heads(&mut st, now, &mut fx);
+            if let Some(exp) = self.args.expires_ms {
+                if st.consumers.is_empty() && now >= st.last_used_ms.saturating_add(exp as i64) {
+                    fx.delete_queue = true;
+                }
+            }
+            self.dispatch(&mut st, now, &mut fx);
+            self.reschedule(&mut st, now);
+        }
+        self.apply(fx);
+    }
+
+    /// Carries out effects after the lock is released.
+    fn apply(&self, fx: Effects) {
+        if fx.dead.is_empty() && !fx.delete_queue {
+            return;
+        }
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        if !fx.dead.is_empty() {
+            vhost.dead_letter(self, fx.dead);
+        }
+        if fx.delete_queue {
+            if let Err(e) = vhost.delete_queue_internal(&self.decl.name) {
+                tracing::warn!(queue = %self.decl.name, error = %e, "automatic queue deletion failed");
+            }
+        }
+    }
+
+    /// Attaches a consumer. Returns its id.
+    ///
+    /// # Errors
+    /// `AccessRefused` if an exclusive consumer is attached or this one asks for
+    /// exclusivity while others are attached.
+    pub fn consume(
+        &self,
+        id: ConsumerId,
+        opts: ConsumerOptions,
+        sink: ConsumerSink,
+        now: i64,
+    ) -> Result<()> {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if st.deleted {
+                return Err(CoreError::NotFound(format!(
+                    "no queue '{}'",
+                    self.decl.name
+                )));
+            }
+            if st.consumers.iter().any(|c| c.opts.exclusive)
+                || (opts.exclusive && !st.consumers.is_empty())
+            {
+                return Err(CoreError::AccessRefused(format!(
+                    "queue '{}' in vhost has an exclusive consumer",
+                    self.decl.name
+                )));
+            }
+            st.consumers.push(ConsumerState {
+                id,
+                tag: opts.tag.as_str().into(),
+                opts,
+                in_flight: 0,
+                in_flight_bytes: 0,
+                sink,
+            });
+            st.had_consumer = true;
+            st.last_used_ms = now;
+            self.dispatch(&mut st, now, &mut fx);
+            self.reschedule(&mut st, now);
+        }
+        self.apply(fx);
+        Ok(())
+    }
+
+    /// Detaches a consumer. Its unacked messages stay unacked until acked or
+    /// returned (as AMQP requires). Returns false if it was not attached.
+    pub fn cancel(&self, id: ConsumerId, now: i64) -> bool {
+        let mut fx = Effects::default();
+        let found = {
+            let mut st = self.lock();
+            let before = st.consumers.len();
+            st.consumers.retain(|c| c.id != id);
+            let found = st.consumers.len() != before;
+            if found {
+                st.last_used_ms = now;
+                if st.consumers.is_empty() && st.had_consumer && self.decl.auto_delete {
+                    fx.delete_queue = true;
+                }
+                // A single active consumer's successor takes over.
+                self.dispatch(&mut st, now, &mut fx);
+                self.reschedule(&mut st, now);
+            }
+            found
+        };
+        self.apply(fx);
+        found
+    }
+
+    /// Returns send-window credit to a no-ack consumer once it has written `n` messages.
+    pub fn release(&self, consumer: ConsumerId, n: u32, bytes: u64, now: i64) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.id == consumer) {
+                c.in_flight = c.in_flight.saturating_sub(n);
+                c.in_flight_bytes = c.in_flight_bytes.saturating_sub(bytes);
+            }
+            self.dispatch(&mut st, now, &mut fx);
+        }
+        self.apply(fx);
+    }
+
+    /// Acknowledges deliveries. Unknown ids are ignored (the adapter validates them).
+    pub fn ack(&self, ids: &[u64], now: i64) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            let mut offsets = Vec::new();
+            for id in ids {
+                if let Some(u) = st.unacked.remove(id) {
+                    st.unacked_bytes -= u.entry.size;
+                    Self::return_credit(&mut st, u.consumer, u.entry.size);
+                    if let Some(off) = u.entry.offset {
+                        offsets.push(off);
+                    }
+                    self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let (Some(log), false) = (&self.log, offsets.is_empty()) {
+                if let Err(err) = log.settle(&offsets) {
+                    tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+                }
+            }
+            self.dispatch(&mut st, now, &mut fx);
+        }
+        self.apply(fx);
+    }
+
+    fn return_credit(st: &mut State, consumer: ConsumerId, size: u64) {
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.id == consumer) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            c.in_flight_bytes = c.in_flight_bytes.saturating_sub(size);
+        }
+    }
+
+    /// Negatively acknowledges deliveries (AMQP nack/reject, channel close, HTTP
+    /// nack). With `requeue`, messages go back to the head of the queue (after a
+    /// backoff if the queue has a retry policy), or are dead-lettered once past the
+    /// delivery limit; without it they are dead-lettered (or dropped).
+    pub fn nack(&self, ids: &[u64], requeue: bool, now: i64) {
+        self.nack_with_delay(ids, requeue, None, now);
+    }
+
+    /// Like [`Queue::nack`] with requeue, but the messages become ready again only
+    /// after `delay_ms` (HTTP "requeue after a delay").
+    pub fn nack_with_delay(&self, ids: &[u64], requeue: bool, delay_ms: Option<u64>, now: i64) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            let mut back = Vec::new();
+            for id in ids {
+                let Some(u) = st.unacked.remove(id) else {
+                    continue;
+                };
+                st.unacked_bytes -= u.entry.size;
+                Self::return_credit(&mut st, u.consumer, u.entry.size);
+                let e = u.entry;
+                if !requeue {
+                    self.discard(e, DeathReason::Rejected, &mut fx);
+                } else if self
+                    .args
+                    .delivery_limit
+                    .is_some_and(|l| e.delivery_count > l)
+                {
+                    self.discard(e, DeathReason::DeliveryLimit, &mut fx);
+                } else {
+                    back.push(e);
+                }
+            }
+            back.sort_by_key(|e| e.id);
+            for e in back.into_iter().rev() {
+                let delay = delay_ms.or_else(|| {
+                    self.args
+                        .retry
+                        .as_ref()
+                        .map(|r| r.delay_ms(e.delivery_count, fastrand::f64()))
+                });
+                match delay {
+                    Some(d) if d > 0 => {
+                        let at = now.saturating_add(d.min(i64::MAX as u64) as i64);
+                        if let (Some(log), Some(off)) = (&self.log, e.offset) {
+                            if let Err(err) = log.set_not_before(off, at) {
+                                tracing::error!(queue = %self.decl.name, error = %err, "persisting retry time failed");
+                            }
+                        }
+                        st.delayed_bytes += e.size;
+                        st.delayed.insert((at, e.id), e);
+                    }
+                    _ => self.push_ready_front(&mut st, e),
+                }
+            }
+            self.dispatch(&mut st, now, &mut fx);
+            self.reschedule(&mut st, now);
+        }
+        self.apply(fx);
+    }
+
+    /// Fetches one message (AMQP `basic.get`). Returns it with the number of ready
+    /// messages left.
+    pub fn get(&self, no_ack: bool, now: i64) -> Option<(Delivery, u64)> {
+        let mut fx = Effects::default();
+        let out = {
+            let mut st = self.lock();
+            st.last_used_ms = now;
+            self.expire_heads(&mut st, now, &mut fx);
+            let mut e = self.pop_ready(&mut st)?;
+            let redelivered = e.delivery_count > 0;
+            e.delivery_count += 1;
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            let d = Delivery {
+                consumer_tag: "".into(),
+                id: e.id,
+                message: e.msg.clone(),
+                redelivered,
+                delivery_count: e.delivery_count,
+            };
+            if let (Some(log), Some(off)) = (&self.log, e.offset) {
+                let r = if no_ack {
+                    log.settle(&[off])
+                } else {
+                    log.record_delivery(&[off])
+                };
+                if let Err(err) = r {
+                    tracing::error!(queue = %self.decl.name, error = %err, "persisting get failed");
+                }
+            }
+            if no_ack {
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                st.unacked_bytes += e.size;
+                st.unacked.insert(
+                    e.id,
+                    Unacked {
+                        entry: e,
+                        consumer: GET_CONSUMER,
+                    },
+                );
+            }
+            self.reschedule(&mut st, now);
+            Some((d, st.ready_count))
+        };
+        self.apply(fx);
+        out
+    }
+
+    /// Removes all ready and delayed messages; returns how many.
+    pub fn purge(&self) -> u64 {
+        let mut st = self.lock();
+        let mut offsets = Vec::new();
+        let mut n = 0;
+        for l in st.levels.iter_mut() {
+            for e in l.drain(..) {
+                offsets.extend(e.offset);
+                n += 1;
+            }
+        }
+        for (_, e) in std::mem::take(&mut st.delayed) {
+            offsets.extend(e.offset);
+            n += 1;
+        }
+        st.ready_count = 0;
+        st.ready_bytes = 0;
+        st.delayed_bytes = 0;
+        if let (Some(log), false) = (&self.log, offsets.is_empty()) {
+            if let Err(err) = log.settle(&offsets) {
+                tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+            }
+        }
+        n
+    }
+
+    /// Marks the queue deleted and tells its consumers. Returns the message count.
+    pub(crate) fn mark_deleted(&self) -> u64 {
+        let mut st = self.lock();
+        st.deleted = true;
+        for c in st.consumers.drain(..) {
+            let _ = c.sink.send(ConsumerEvent::Cancelled {
+                consumer_tag: c.tag.clone(),
+            });
+        }
+        st.ready_count + st.delayed.len() as u64
+    }
+
+    /// Asks the timer for the queue's first deadline (`x-expires`, recovered TTLs).
+    pub(crate) fn arm(&self, now: i64) {
+        let mut st = self.lock();
+        self.reschedule(&mut st, now);
+    }
+
+    /// Records use of the queue (redeclare), postponing `x-expires`.
+    pub(crate) fn touch(&self, now: i64) {
+        let mut st = self.lock();
+        st.last_used_ms = now;
+    }
+
+    /// Ready (deliverable now) messages.
+    pub fn message_count(&self) -> u64 {
+        let st = self.lock();
+        st.ready_count + st.delayed.len() as u64
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    /// A snapshot for management.
+    pub fn info(&self) -> QueueInfo {
+        let st = self.lock();
+        let c = &self.counters;
+        QueueInfo {
+            name: self.decl.name.clone(),
+            durable: self.decl.durable,
+            exclusive: self.decl.exclusive,
+            auto_delete: self.decl.auto_delete,
+            ready: st.ready_count,
+            unacked: st.unacked.len() as u64,
+            delayed: st.delayed.len() as u64,
+            consumers: st.consumers.len(),
+            bytes_ready: st.ready_bytes + st.delayed_bytes,
+            bytes_unacked: st.unacked_bytes,
+            published: c.published.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Streams: append-only partitioned logs with offsets, retention, non-destructive
+//! consumers that start anywhere, and named consumer-group offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use ferrymq_storage::{Commit, Retention, StreamLog};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::codec;
+use crate::error::{CoreError, Result};
+use crate::message::Message;
+use crate::queue::{
+    ConsumerEvent, ConsumerId, ConsumerOptions, ConsumerSink, Delivery, QueueArgs, QueueDecl,
+};
+
+/// Where a stream consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    /// The oldest retained message.
+    First,
+    /// The newest message (the last one written when the consumer attaches).
+    Last,
+    /// Only messages written after the consumer attaches.
+    Next,
+    /// A given offset (clamped to the retained range).
+    Offset(u64),
+    /// The first message at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// Send window for consumers that ask for no limit, so memory stays bounded.
+const DEFAULT_WINDOW: u32 = 1000;
+/// Bytes read from a log per turn of a consumer.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+struct Partition {
+    log: Arc<StreamLog>,
+    appended: Notify,
+}
+
+struct ConsumerCtl {
+    credit: Arc<Semaphore>,
+    stop: watch::Sender<bool>,
+    tag: Arc<str>,
+    sink: ConsumerSink,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A message read back from a stream.
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub message: Message,
+}
+
+/// Counters for management and metrics.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// A stream, declared as a queue with `x-queue-type: stream`.
+pub struct Stream {
+    pub decl: QueueDecl,
+    pub args: QueueArgs,
+    partitions: Vec<Partition>,
+    consumers: Mutex<HashMap<ConsumerId, ConsumerCtl>>,
+    round_robin: AtomicU64,
+    pub counters: StreamCounters,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("name", &self.decl.name)
+            .finish()
+    }
+}
+
+/// FNV-1a: a stable hash for partitioning by key.
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Stream {
+    pub(crate) fn new(decl: QueueDecl, args: QueueArgs, logs: Vec<Arc<StreamLog>>) -> Arc<Stream> {
+        assert!(!logs.is_empty(), "a stream has at least one partition");
+        Arc::new(Stream {
+            decl,
+            args,
+            partitions: logs
+                .into_iter()
+                .map(|log| Partition {
+                    log,
+                    appended: Notify::new(),
+                })
+                .collect(),
+            consumers: Mutex::new(HashMap::new()),
+            round_robin: AtomicU64::new(0),
+            counters: StreamCounters::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    /// Retention from the declaration's arguments.
+    pub(crate) fn retention_of(args: &QueueArgs) -> Retention {
+        Retention {
+            max_age_ms: args.max_age_ms,
+            max_bytes: args.max_length_bytes,
+            max_messages: args.max_length,
+        }
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    fn partition(&self, p: u32) -> Result<&Partition> {
+        self.partitions.get(p as usize).ok_or_else(|| {
+            CoreError::NotFound(format!("stream '{}' has no partition {p}", self.decl.name))
+        })
+    }
+
+    /// The partition a message goes to: by key hash, else round-robin.
+    pub fn partition_for(&self, msg: &Message) -> u32 {
+        let n = self.partitions.len() as u64;
+        if n == 1 {
+            return 0;
+        }
+        match &msg.key {
+            Some(k) => (fnv1a(k) % n) as u32,
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % n) as u32,
+        }
+    }
+
+    /// Appends messages to one partition as one batch; returns the first offset
+    /// and the durability commit.
+    ///
+    /// # Errors
+    /// Storage errors, or `NotFound` for a partition out of range.
+    pub fn append(&self, partition: u32, msgs: &[&Message], now: i64) -> Result<(u64, Commit)> {
+        let part = self.partition(partition)?;
+        let records: Vec<bytes::Bytes> = msgs
+            .iter()
+            .map(|m| {
+                let mut b = BytesMut::with_capacity(codec::encoded_len(m));
+                codec::encode(m, &mut b);
+                b.freeze()
+            })
+            .collect();
+        let appended = part.log.append(&records, now)?;
+        self.counters
+            .published
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        part.appended.notify_waiters();
+        Ok((appended.base_offset, appended.commit))
+    }
+
+    /// Resolves a start position to an offset.
+    pub fn resolve(&self, partition: u32, at: StreamOffset) -> Result<u64> {
+        let log = self.partition(partition)?.log.log();
+        let (start, next) = (log.start_offset(), log.next_offset());
+        Ok(match at {
+            StreamOffset::First => start,
+            StreamOffset::Last => next.saturating_sub(1).max(start),
+            StreamOffset::Next => next,
+            StreamOffset::Offset(o) => o.clamp(start, next),
+            StreamOffset::Timestamp(ts) => log.offset_for_timestamp(ts)?.unwrap_or(next),
+        })
+    }
+
+    /// Reads up to `max_records` records from `from` (HTTP and Kafka reads).
+    pub fn read(&self, partition: u32, from: u64, max_records: usize) -> Result<Vec<StreamRecord>> {
+        let log = self.partition(partition)?.log.log();
+        let mut out = Vec::new();
+        let mut next = from.max(log.start_offset());
+        while out.len() < max_records && next < log.next_offset() {
+            let batches = log.read(next, READ_CHUNK_BYTES)?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in &batches {
+                for (off, body) in b.records() {
+                    if off < next || out.len() >= max_records {
+                        continue;
+                    }
+                    out.push(StreamRecord {
+                        partition,
+                        offset: off,
+                        timestamp_ms: b.timestamp_ms,
+                        message: codec::decode(body)?,
+                    });
+                    next = off + 1;
+                }
+            }
+            let last = batches
+                .last()
+                .map(|b| b.base_offset + b.record_count as u64)
+                .unwrap_or(next);
+            next = next.max(last);
+        }
+        Ok(out)
+    }
+
+    /// First and next offsets of a partition.
+    pub fn bounds(&self, partition: u32) -> Result<(u64, u64)> {
+        let log = self.partition(partition)?.log.log();
+        Ok((log.start_offset(), log.next_offset()))
+    }
+
+    /// Messages retained across partitions.
+    pub fn message_count(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.log.log().next_offset() - p.log.log().start_offset())
+            .sum()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.log.log().size_bytes())
+            .sum()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Stores a consumer group's offset for a partition (the next offset to read).
+    pub fn commit_offset(&self, group: &str, partition: u32, offset: u64) -> Result<Commit> {
+        Ok(self
+            .partition(partition)?
+            .log
+            .commit_offset(group, offset)?)
+    }
+
+    pub fn committed_offset(&self, group: &str, partition: u32) -> Result<Option<u64>> {
+        Ok(self.partition(partition)?.log.committed_offset(group))
+    }
+
+    /// Applies retention to every partition; returns segments deleted.
+    pub fn apply_retention(&self, now: i64) -> Result<u64> {
+        let mut n = 0;
+        for p in &self.partitions {
+            n += p.log.apply_retention(now)?;
+        }
+        Ok(n)
+    }
+
+    /// Attaches a consumer reading `partition` from `at`. Deliveries carry the
+    /// offset as their id; [`Stream::credit`] (called on ack, or as no-ack messages
+    /// are written out) lets more flow.
+    ///
+    /// Must be called within a tokio runtime: a task per consumer reads the log.
+    pub fn consume(
+        self: &Arc<Self>,
+        id: ConsumerId,
+        opts: ConsumerOptions,
+        partition: u32,
+        at: StreamOffset,
+        sink: ConsumerSink,
+    ) -> Result<()> {
+        let start = self.resolve(partition, at)?;
+        let window = if opts.prefetch_count == 0 {
+            DEFAULT_WINDOW
+        } else {
+            opts.prefetch_count
+        };
+        let credit = Arc::new(Semaphore::new(window as usize));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tag: Arc<str> = opts.tag.as_str().into();
+        let me = self.clone();
+        let (task_tag, task_sink, task_credit) = (tag.clone(), sink.clone(), credit.clone());
+        let mut consumers = self.consumers.lock().map_err(|_| CoreError::ShuttingDown)?;
+        let task = tokio::spawn(async move {
+            let r = me
+                .run_consumer(
+                    partition,
+                    start,
+                    task_credit,
+                    stop_rx,
+                    task_tag.clone(),
+                    task_sink.clone(),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(stream = %me.decl.name, consumer = %task_tag, error = %e, "stream consumer stopped");
+                me.consumers.lock().map(|mut c| c.remove(&id)).ok();
+                let _ = task_sink.send(ConsumerEvent::Cancelled {
+                    consumer_tag: task_tag,
+                });
+            }
+        });
+        consumers.insert(
+            id,
+            ConsumerCtl {
+                credit,
+                stop: stop_tx,
+                tag,
+                sink,
+                task: Some(task),
+            },
+        );
+        Ok(())
+    }
+
+    async fn run_consumer(
+        &self,
+        partition: u32,
+        mut next: u64,
+        credit: Arc<Semaphore>,
+        mut stop: watch::Receiver<bool>,
+        tag: Arc<str>,
+        sink: ConsumerSink,
+    ) -> Result<()> {
+        let part = self.partition(partition)?;
+        loop {
+            // Wait for at least one unit of credit.
+            tokio::select! {
+                p = credit.acquire() => match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Ok(()),
+                },
+                _ = stop.changed() => return Ok(()),
+            }
+            let mut budget = 1 + credit.available_permits();
+            loop {
+                let appended = part.appended.notified();
+                tokio::pin!(appended);
+                appended.as_mut().enable();
+                let log = part.log.log();
+                next = next.max(log.start_offset());
+                if next < log.next_offset() {
+                    break;
+                }
+                tokio::select! {
+                    _ = appended => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            let batches = part.log.log().read(next, READ_CHUNK_BYTES)?;
+            let mut deliveries = Vec::new();
+            for b in &batches {
+                for (off, body) in b.records() {
+                    if off < next || budget == 0 {
+                        continue;
+                    }
+                    deliveries.push(Delivery {
+                        consumer_tag: tag.clone(),
+                        id: off,
+                        message: Arc::new(codec::decode(body)?),
+                        redelivered: false,
+                        delivery_count: 1,
+                    });
+                    next = off + 1;
+                    budget -= 1;
+                }
+            }
+            // Take the extra credit used beyond the first unit; return what is unused.
+            let used = deliveries.len();
+            if used == 0 {
+                credit.add_permits(1);
+                continue;
+            }
+            if used > 1 {
+                if let Ok(p) = credit.try_acquire_many((used - 1) as u32) {
+                    p.forget();
+                }
+            }
+            self.counters
+                .delivered
+                .fetch_add(used as u64, Ordering::Relaxed);
+            if sink.send(ConsumerEvent::Deliver(deliveries)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Gives a consumer credit for `n` more messages.
+    pub fn credit(&self, consumer: ConsumerId, n: u32) {
+        if let Ok(c) = self.consumers.lock() {
+            if let Some(ctl) = c.get(&consumer) {
+                ctl.credit.add_permits(n as usize);
+            }
+        }
+    }
+
+    /// Detaches a consumer; returns false if unknown.
+    pub fn cancel(&self, consumer: ConsumerId) -> bool {
+        let removed = self
+            .consumers
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(&consumer));
+        match removed {
+            Some(ctl) => {
+                let _ = ctl.stop.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every consumer; with `notify`, tells each it was cancelled (stream
+    /// deleted). Returns the consumer tasks, to await their end.
+    pub(crate) fn stop_all(&self, notify: bool) -> Vec<tokio::task::JoinHandle<()>> {
+        let all: Vec<ConsumerCtl> = self
+            .consumers
+            .lock()
+            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        let mut tasks = Vec::new();
+        for mut ctl in all {
+            tasks.extend(ctl.task.take());
+            let _ = ctl.stop.send(true);
+            ctl.credit.close();
+            if notify {
+                let _ = ctl.sink.send(ConsumerEvent::Cancelled {
+                    consumer_tag: ctl.tag,
+                });
+            }
+        }
+        tasks
+    }
+}
