@@ -546,6 +546,11 @@ impl RecoverIter<'_> {
             let batches = self.q.log.read(self.next, RECOVER_CHUNK_BYTES)?;
             if batches.is_empty() {
                 self.done = true;
+                // Offsets below the end that no batch holds were lost to corruption.
+                let end = self.q.log.next_offset();
+                if self.next < end {
+                    self.q.settle_lost(self.next, end)?;
+                }
                 break;
             }
             let mut gaps = Vec::new();
