@@ -1,2 +1,56 @@
-//! The `ferrymq` binary.
-fn main() {}
+//! The `ferrymq` binary: parses the command line, loads the configuration, runs a subcommand.
+//!
+//! Layers, one file each:
+//! - `cli`: clap definitions (subcommands, configuration flags);
+//! - `config`: typed configuration, defaults, layered loading, validation, mapping to the core;
+//! - `logging`: the tracing subscriber (text or JSON on stderr);
+//! - `serve`: the runtime, the broker, listeners, signals and graceful shutdown;
+//! - `shutdown`: the shutdown signal handed to every long-running task.
+//!
+//! Exit status: 0 success (including a graceful shutdown), 1 runtime failure, 2 invalid
+//! configuration or usage, 128+N when a second signal N forces an immediate exit.
+
+mod cli;
+mod config;
+mod logging;
+mod serve;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::{Config, ConfigError};
+
+/// Exit status for an invalid configuration (the same as clap's usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.config.sources().and_then(|s| Config::load(&s)) {
+        Ok(config) => config,
+        Err(e) => return config_error(&e),
+    };
+    match cli.command {
+        Command::Config(ConfigCommand::Show) => match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&ConfigError::Serialize(e.to_string())),
+        },
+        Command::Serve => {
+            if let Err(e) = logging::init(&config.log) {
+                eprintln!("ferrymq: {e:#}");
+                return ExitCode::FAILURE;
+            }
+            serve::main(config)
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("ferrymq: invalid configuration: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}

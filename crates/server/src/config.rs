@@ -1,0 +1,468 @@
+//! The server's configuration: typed sections, defaults, layered loading and validation.
+//!
+//! Effective configuration = defaults < TOML file (`--config`) < `FERRYMQ_*` environment
+//! variables < command-line flags. The layers are merged as `toml::Value` tables (see
+//! [`layers`]), then deserialized into [`Config`] with unknown keys denied, then checked by
+//! [`Config::validate`]. Every error names the key path (`storage.segment_bytes`) and, when the
+//! value did not come from the defaults, where it was set.
+//!
+//! Adding a listener later (say AMQP) means: add an `AmqpConfig { enabled, bind, port }` section
+//! here with its defaults (`bind = "127.0.0.1"`, `port = 5672`), validate it, and read it in
+//! `serve.rs`. Its env vars (`FERRYMQ_AMQP_PORT`) and `--set amqp.port=...` come for free.
+
+mod layers;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ferrymq_core::BrokerConfig;
+use serde::{Deserialize, Serialize};
+
+pub use layers::Origin;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Environment variables that start with `FERRYMQ_` but are not configuration keys.
+pub const RESERVED_ENV: &[&str] = &["FERRYMQ_CONFIG"];
+
+/// The whole effective configuration of a `ferrymq` process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root of all persistent state (relative paths are resolved against the current directory).
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub users: UsersSection,
+    pub shutdown: ShutdownSection,
+}
+
+/// `[log]`: what the process logs and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or `RUST_LOG`-style
+    /// directives such as `info,ferrymq_core=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// `[storage]`: how queue and stream logs are written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Default durability tier of durable queues and persistent messages.
+    pub durability: DurabilityTier,
+    /// With `durability = "interval"`: how often logs are fsynced.
+    pub fsync_interval_ms: u64,
+    /// Size at which a log segment is rolled.
+    pub segment_bytes: u64,
+    /// Bytes of records between two sparse index entries.
+    pub index_interval_bytes: u32,
+}
+
+/// The tiers of the design notes (§3) a user can choose as the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityTier {
+    /// In the page cache before the ack: survives a process crash, not a power loss.
+    T1,
+    /// fsynced (group commit) before the ack.
+    T2,
+    /// Acked from the page cache, fsynced every `fsync_interval_ms`.
+    Interval,
+}
+
+impl DurabilityTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DurabilityTier::T1 => "t1",
+            DurabilityTier::T2 => "t2",
+            DurabilityTier::Interval => "interval",
+        }
+    }
+}
+
+/// `[limits]`: resource limits and flow-control thresholds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Above this much memory in use, publishers are blocked.
+    pub memory_high_watermark_bytes: u64,
+    /// Below this much free disk space, publishers are blocked (0 disables the check).
+    pub disk_free_limit_bytes: u64,
+    /// Largest message body accepted.
+    pub message_size_max_bytes: u64,
+}
+
+/// `[users]`: what is created on first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersSection {
+    pub default_user: String,
+    pub default_password: String,
+    pub default_vhost: String,
+}
+
+/// `[shutdown]`: graceful shutdown on SIGINT/SIGTERM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// How long in-flight work may take to finish before connections are cut.
+    pub timeout_ms: u64,
+}
+
+/// Limits on the values themselves (named, unit last, as everywhere else).
+pub mod bounds {
+    use super::{GIB, MIB};
+    pub const SEGMENT_BYTES_MIN: u64 = MIB;
+    pub const SEGMENT_BYTES_MAX: u64 = GIB;
+    pub const FSYNC_INTERVAL_MS_MIN: u64 = 1;
+    pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+    pub const MEMORY_HIGH_WATERMARK_BYTES_MIN: u64 = 16 * MIB;
+    pub const MESSAGE_SIZE_MAX_BYTES_MAX: u64 = 512 * MIB;
+    pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 3_600_000;
+    /// AMQP short strings carry user and vhost names.
+    pub const NAME_BYTES_MAX: usize = 255;
+}
+
+impl Config {
+    /// The built-in defaults. The memory watermark depends on the machine (40% of its RAM).
+    pub fn defaults() -> Config {
+        Config {
+            data_dir: PathBuf::from("./ferrymq-data"),
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
+            storage: StorageSection {
+                durability: DurabilityTier::T2,
+                fsync_interval_ms: 100,
+                segment_bytes: 64 * MIB,
+                index_interval_bytes: 4 * KIB as u32,
+            },
+            limits: LimitsSection {
+                memory_high_watermark_bytes: default_memory_high_watermark_bytes(),
+                disk_free_limit_bytes: 50_000_000,
+                message_size_max_bytes: 128 * MIB,
+            },
+            users: UsersSection {
+                default_user: "guest".into(),
+                default_password: "guest".into(),
+                default_vhost: "/".into(),
+            },
+            shutdown: ShutdownSection { timeout_ms: 10_000 },
+        }
+    }
+
+    /// Loads the effective configuration from the given layers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key (or file, variable or flag) and the problem.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        layers::load(Config::defaults(), sources)
+    }
+
+    /// The configuration as TOML, as `ferrymq config show` prints it (loadable with `--config`).
+    ///
+    /// # Errors
+    /// Only if a value cannot be represented in TOML (e.g. a non-UTF-8 data_dir).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Checks every value; returns the first problem as `(key path, problem)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        use bounds::*;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "must not be empty".into()));
+        }
+        if let Err(problem) = crate::logging::parse_filter(&self.log.level) {
+            return Err(("log.level", problem));
+        }
+        let s = &self.storage;
+        in_range(
+            "storage.fsync_interval_ms",
+            s.fsync_interval_ms,
+            FSYNC_INTERVAL_MS_MIN,
+            FSYNC_INTERVAL_MS_MAX,
+        )?;
+        in_range(
+            "storage.segment_bytes",
+            s.segment_bytes,
+            SEGMENT_BYTES_MIN,
+            SEGMENT_BYTES_MAX,
+        )?;
+        in_range(
+            "storage.index_interval_bytes",
+            u64::from(s.index_interval_bytes),
+            1,
+            s.segment_bytes,
+        )
+        .map_err(|(k, p)| (k, format!("{p} (storage.segment_bytes)")))?;
+        let l = &self.limits;
+        in_range(
+            "limits.memory_high_watermark_bytes",
+            l.memory_high_watermark_bytes,
+            MEMORY_HIGH_WATERMARK_BYTES_MIN,
+            i64::MAX as u64,
+        )?;
+        in_range(
+            "limits.disk_free_limit_bytes",
+            l.disk_free_limit_bytes,
+            0,
+            i64::MAX as u64,
+        )?;
+        in_range(
+            "limits.message_size_max_bytes",
+            l.message_size_max_bytes,
+            1,
+            MESSAGE_SIZE_MAX_BYTES_MAX,
+        )?;
+        let u = &self.users;
+        name("users.default_user", &u.default_user)?;
+        name("users.default_vhost", &u.default_vhost)?;
+        if u.default_password.is_empty() {
+            return Err(("users.default_password", "must not be empty".into()));
+        }
+        in_range(
+            "shutdown.timeout_ms",
+            self.shutdown.timeout_ms,
+            0,
+            SHUTDOWN_TIMEOUT_MS_MAX,
+        )?;
+        Ok(())
+    }
+}
+
+fn in_range(key: &'static str, v: u64, min: u64, max: u64) -> Result<(), (&'static str, String)> {
+    if v < min {
+        Err((key, format!("must be at least {min}, got {v}")))
+    } else if v > max {
+        Err((key, format!("must be at most {max}, got {v}")))
+    } else {
+        Ok(())
+    }
+}
+
+fn name(key: &'static str, v: &str) -> Result<(), (&'static str, String)> {
+    if v.is_empty() {
+        Err((key, "must not be empty".into()))
+    } else if v.len() > bounds::NAME_BYTES_MAX {
+        Err((
+            key,
+            format!(
+                "must be at most {} bytes, got {}",
+                bounds::NAME_BYTES_MAX,
+                v.len()
+            ),
+        ))
+    } else if v.chars().any(char::is_control) {
+        Err((key, "must not contain control characters".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where the layers above the defaults come from. Env and flags are passed in (not read from
+/// the process here) so that tests are hermetic.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config PATH`.
+    pub file: Option<PathBuf>,
+    /// The process environment; only `FERRYMQ_*` names are looked at.
+    pub env: Vec<(String, String)>,
+    /// Flag overrides as `(key path, raw value, flag name)`, applied in order.
+    pub overrides: Vec<Override>,
+}
+
+/// One flag that sets a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    /// How the user spelled it, for error messages (`--data-dir`, `--set`).
+    pub flag: &'static str,
+}
+
+impl Sources {
+    /// `FERRYMQ_*` variables of this process. A non-UTF-8 value is reported, not ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError::EnvNotUnicode`] for a `FERRYMQ_*` variable whose value is not UTF-8.
+    pub fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str() else { continue };
+            if !k.starts_with(layers::ENV_PREFIX) {
+                continue;
+            }
+            match v.into_string() {
+                Ok(v) => out.push((k.to_string(), v)),
+                Err(_) => return Err(ConfigError::EnvNotUnicode { var: k.to_string() }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a configuration was rejected. `main` prints it as `invalid configuration: {self}` and
+/// exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: unknown key{origin}; expected one of: {expected}")]
+    UnknownKey {
+        key: String,
+        origin: Origin,
+        expected: String,
+    },
+    #[error("{key}: expected {expected}, got {found}{origin}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+        origin: Origin,
+    },
+    #[error("{key}: {problem}{origin}")]
+    Invalid {
+        key: String,
+        problem: String,
+        origin: Origin,
+    },
+    #[error("{var}: environment variable does not match any configuration key (known: {known})")]
+    UnknownEnv { var: String, known: String },
+    #[error("{var}: value is not valid UTF-8")]
+    EnvNotUnicode { var: String },
+    #[error("--set {arg:?}: expected KEY=VALUE, e.g. --set storage.durability=t1")]
+    BadSet { arg: String },
+    #[error("cannot represent the configuration as TOML: {0}")]
+    Serialize(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => Ok(()),
+            Origin::File(p) => write!(f, " (set in {})", p.display()),
+            Origin::Env(var) => write!(f, " (set by {var})"),
+            Origin::Flag(flag) => write!(f, " (set by {flag})"),
+        }
+    }
+}
+
+/// Parses `--set KEY=VALUE`.
+///
+/// # Errors
+/// [`ConfigError::BadSet`] without `=` or with an empty key.
+pub fn parse_set(arg: &str) -> Result<Override, ConfigError> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok(Override {
+            key: k.trim().to_string(),
+            value: v.to_string(),
+            flag: "--set",
+        }),
+        _ => Err(ConfigError::BadSet { arg: arg.into() }),
+    }
+}
+
+/// Maps the server's configuration onto what the core needs. The one place to adapt when the
+/// core or storage API changes.
+pub fn broker_config(config: &Config) -> BrokerConfig {
+    use ferrymq_storage::{Durability, StorageConfig};
+    let s = &config.storage;
+    let default_durability = match s.durability {
+        DurabilityTier::T1 => Durability::T1,
+        DurabilityTier::T2 => Durability::T2,
+        DurabilityTier::Interval => {
+            Durability::Interval(std::time::Duration::from_millis(s.fsync_interval_ms))
+        }
+    };
+    let storage_defaults = StorageConfig::default();
+    // A message is stored as one batch: let the largest allowed message (plus headers) fit.
+    let batch_bytes_max = u32::try_from(config.limits.message_size_max_bytes + 64 * KIB)
+        .unwrap_or(u32::MAX)
+        .max(storage_defaults.batch_bytes_max);
+    BrokerConfig {
+        data_dir: config.data_dir.clone(),
+        storage: StorageConfig {
+            default_durability,
+            segment_bytes: s.segment_bytes,
+            index_interval_bytes: s.index_interval_bytes,
+            batch_bytes_max,
+            ..storage_defaults
+        },
+        memory_high_watermark_bytes: config.limits.memory_high_watermark_bytes,
+        disk_free_limit_bytes: config.limits.disk_free_limit_bytes,
+        message_size_max_bytes: config.limits.message_size_max_bytes,
+        default_vhost: config.users.default_vhost.clone(),
+        default_user: config.users.default_user.clone(),
+        default_password: config.users.default_password.clone(),
+        ..BrokerConfig::default()
+    }
+}
+
+/// 40% of the memory available to this process: the smaller of `MemTotal` in `/proc/meminfo`
+/// and a cgroup memory limit. 1 GiB when neither can be read (non-Linux).
+pub fn default_memory_high_watermark_bytes() -> u64 {
+    let total = physical_memory_bytes().unwrap_or(1 << 30);
+    let limit = cgroup_memory_limit_bytes().map_or(total, |c| c.min(total));
+    (limit / 10 * 4).max(bounds::MEMORY_HIGH_WATERMARK_BYTES_MIN)
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_total(&meminfo)
+}
+
+fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut parts = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+fn cgroup_memory_limit_bytes() -> Option<u64> {
+    // cgroup v2, then v1 (where "unlimited" is a huge number, harmless under min()).
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests;

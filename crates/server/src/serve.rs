@@ -1,0 +1,265 @@
+//! `ferrymq serve`: runtime, broker, listeners, signals and graceful shutdown.
+//!
+//! Lifecycle: install signal handlers, create the data dir, open the broker, bind and spawn the
+//! listeners, log `FerryMQ ready`, wait for SIGINT/SIGTERM (or a listener failure), then stop:
+//! listeners stop accepting and in-flight work finishes within `shutdown.timeout_ms`, the broker
+//! flushes, fsyncs and closes (bounded by the same timeout), exit 0. A second signal at any
+//! point of the shutdown exits at once with 128 + the signal number.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrymq_core::Broker;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config};
+use crate::shutdown::TaskSet;
+
+/// Builds the runtime and runs the broker until it has shut down.
+pub fn main(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferrymq")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        match serve(config).await {
+            Ok(code) => code,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "FerryMQ failed");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Connection tasks that outlived the shutdown timeout end here, after the broker closed.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
+    // Before anything slow, so that no signal falls back to the default (kill) action.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+
+    config.data_dir = prepare_data_dir(&config.data_dir)?;
+    let data_dir = config.data_dir.display().to_string();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %data_dir,
+        durability = config.storage.durability.as_str(),
+        "starting FerryMQ"
+    );
+
+    // A signal while the broker opens (recovery can take a while) is kept and acted on once
+    // it is open; a second one exits at once.
+    // Spawned: opening does blocking recovery I/O, and this task must stay free to see signals.
+    let mut open = tokio::spawn(Broker::open(config::broker_config(&config)));
+    let mut early = None;
+    let broker = loop {
+        tokio::select! {
+            opened = &mut open => {
+                break opened
+                    .context("opening the broker panicked")?
+                    .context("cannot open the broker")?;
+            }
+            sig = signals.recv() => {
+                if early.is_some() {
+                    forced_exit(sig);
+                }
+                info!(signal = sig.name(), "signal received while starting; will stop once open");
+                early = Some(sig);
+            }
+        }
+    };
+
+    let mut tasks = TaskSet::new();
+    // Listeners are added here, one per enabled protocol section, e.g. for AMQP:
+    //   if config.amqp.enabled {
+    //       let listener = amqp::bind(&config.amqp).await?;   // fail startup on a bad port
+    //       let broker = broker.clone();
+    //       tasks.spawn("amqp", move |shutdown| amqp::run(listener, broker, shutdown));
+    //   }
+    // and their addresses are added to the ready line below.
+
+    let reason = match early {
+        Some(sig) => Stop::Signal(sig),
+        None => {
+            info!(data_dir = %data_dir, "FerryMQ ready");
+            tokio::select! {
+                sig = signals.recv() => Stop::Signal(sig),
+                (task, result) = tasks.next_exit() => Stop::Task(task, result),
+            }
+        }
+    };
+    let timeout = Duration::from_millis(config.shutdown.timeout_ms);
+    let mut code = ExitCode::SUCCESS;
+    match &reason {
+        Stop::Signal(sig) => info!(
+            signal = sig.name(),
+            timeout_ms = config.shutdown.timeout_ms,
+            "shutting down: no longer accepting, finishing in-flight work"
+        ),
+        Stop::Task(task, result) => {
+            let error = match result {
+                Ok(()) => "ended unexpectedly".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            error!(task, error = %error, "a listener stopped; shutting down");
+            code = ExitCode::FAILURE;
+        }
+    }
+
+    match race_second_signal(graceful_shutdown(tasks, &broker, timeout), signals.recv()).await {
+        Raced::Done(result) => result?,
+        Raced::Signal(sig) => forced_exit(sig),
+    }
+    info!(data_dir = %data_dir, "FerryMQ stopped");
+    Ok(code)
+}
+
+/// Why the server stops.
+enum Stop {
+    Signal(Sig),
+    Task(&'static str, anyhow::Result<()>),
+}
+
+/// Stop accepting, drain in-flight work (bounded), then flush, fsync and close the broker
+/// (bounded by the same timeout).
+async fn graceful_shutdown(
+    tasks: TaskSet,
+    broker: &Arc<Broker>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let timeout_ms = timeout.as_millis();
+    if !tasks.shutdown(timeout).await {
+        warn!(timeout_ms, "in-flight work did not finish within shutdown.timeout_ms; closing the remaining connections");
+    }
+    // Spawned: the flush blocks on fsync, and the timeout and a second signal must still fire.
+    let broker = Arc::clone(broker);
+    let close = tokio::spawn(async move { broker.shutdown().await });
+    tokio::time::timeout(timeout, close)
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not flush and close within {timeout_ms} ms"))?
+        .context("broker shutdown panicked")?
+        .context("broker shutdown failed")
+}
+
+enum Raced<T> {
+    Done(T),
+    Signal(Sig),
+}
+
+/// Runs `work` unless a signal arrives first.
+async fn race_second_signal<T>(
+    work: impl Future<Output = T>,
+    signal: impl Future<Output = Sig>,
+) -> Raced<T> {
+    tokio::select! {
+        biased;
+        sig = signal => Raced::Signal(sig),
+        done = work => Raced::Done(done),
+    }
+}
+
+/// A second signal: the operator wants out now. Nothing more is flushed.
+fn forced_exit(sig: Sig) -> ! {
+    error!(
+        signal = sig.name(),
+        "second signal received during shutdown; exiting immediately"
+    );
+    std::process::exit(128 + sig.number())
+}
+
+/// Creates the data directory and returns it as an absolute path (for logs and the core).
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve data directory {}", dir.display()))
+}
+
+/// A shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    Int,
+    Term,
+}
+
+impl Sig {
+    fn name(self) -> &'static str {
+        match self {
+            Sig::Int => "SIGINT",
+            Sig::Term => "SIGTERM",
+        }
+    }
+
+    fn number(self) -> i32 {
+        match self {
+            Sig::Int => 2,
+            Sig::Term => 15,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM as a stream. Once installed, they no longer kill the process.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal is not lost if this future is dropped.
+    async fn recv(&mut self) -> Sig {
+        tokio::select! {
+            Some(()) = self.int.recv() => Sig::Int,
+            Some(()) = self.term.recv() => Sig::Term,
+            else => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_signal_wins_over_a_stuck_shutdown() {
+        let stuck = std::future::pending::<()>();
+        let r = race_second_signal(stuck, async { Sig::Term }).await;
+        assert!(matches!(r, Raced::Signal(Sig::Term)));
+    }
+
+    #[tokio::test]
+    async fn finished_shutdown_is_returned() {
+        let r = race_second_signal(async { 7 }, std::future::pending()).await;
+        assert!(matches!(r, Raced::Done(7)));
+    }
+
+    #[test]
+    fn data_dir_is_created_and_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let abs = prepare_data_dir(&dir).unwrap();
+        assert!(abs.is_absolute() && abs.is_dir());
+    }
+}
