@@ -11,7 +11,7 @@ use ferrymq_core::queue::{ConsumerOptions, QueueDecl};
 use ferrymq_core::{Broker, BrokerConfig, ConsumerEvent, Message, QueueRef};
 use ferrymq_storage::{Durability, StorageConfig};
 
-async fn scenario(total: usize, size: usize, queues: usize, persistent: bool) -> f64 {
+async fn scenario(total: usize, size: usize, queues: usize, persistent: bool, batch: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = BrokerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -60,10 +60,15 @@ async fn scenario(total: usize, size: usize, queues: usize, persistent: bool) ->
     let body = bytes::Bytes::from(vec![b'x'; size]);
     let keys: Vec<String> = (0..queues).map(|i| format!("q{i}")).collect();
     let start = Instant::now();
+    let mut pending = Vec::with_capacity(batch);
     for i in 0..total {
         let mut m = Message::new(keys[i % queues].clone(), body.clone());
         m.properties.persistent = persistent;
-        vh.publish("", m).expect("publish");
+        pending.push(m);
+        if pending.len() == batch || i + 1 == total {
+            let msgs = std::mem::replace(&mut pending, Vec::with_capacity(batch));
+            vh.publish_batch("", msgs).expect("publish");
+        }
         if i % 1024 == 1023 {
             tokio::task::yield_now().await;
         }
@@ -85,25 +90,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("| messages | size | queues | tier | msgs/s |");
-    println!("|---:|---:|---:|---|---:|");
-    for &(size, queues, persistent) in &[
-        (16, 1, false),
-        (16, 16, false),
-        (1024, 1, false),
-        (1024, 16, false),
-        (16, 1, true),
-        (16, 16, true),
-        (1024, 1, true),
-        (1024, 16, true),
+    println!("| messages | size | queues | tier | publish batch | msgs/s |");
+    println!("|---:|---:|---:|---|---:|---:|");
+    for &(size, queues, persistent, batch) in &[
+        (16, 1, false, 1),
+        (16, 1, false, 64),
+        (16, 16, false, 64),
+        (1024, 1, false, 64),
+        (1024, 16, false, 64),
+        (16, 1, true, 1),
+        (16, 1, true, 64),
+        (16, 16, true, 64),
+        (1024, 1, true, 64),
+        (1024, 16, true, 64),
     ] {
-        let n = if persistent { total / 4 } else { total };
-        let rate = rt.block_on(scenario(n, size, queues, persistent));
+        let n = if persistent && batch == 1 {
+            total / 4
+        } else {
+            total
+        };
+        let rate = rt.block_on(scenario(n, size, queues, persistent, batch));
         let tier = if persistent {
             "T1 persistent"
         } else {
             "T0 transient"
         };
-        println!("| {n} | {size} B | {queues} | {tier} | {:.0} |", rate);
+        println!("| {n} | {size} B | {queues} | {tier} | {batch} | {rate:.0} |");
     }
 }

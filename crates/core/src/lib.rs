@@ -35,4 +35,4 @@ pub use exchange::{Binding, Destination, ExchangeDecl, ExchangeKind};
 pub use message::{FieldTable, Message, Properties, Value};
 pub use queue::{ConsumerEvent, ConsumerOptions, Delivery, QueueDecl};
 pub use stream::StreamOffset;
-pub use vhost::{DeclareOk, Published, QueueRef, VHost};
+pub use vhost::{DeclareOk, PublishOutcome, Published, PublishedBatch, QueueRef, VHost};

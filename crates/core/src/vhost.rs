@@ -103,6 +103,53 @@ impl Published {
     }
 }
 
+/// Per-message outcome within a [`PublishedBatch`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Queues and streams that accepted the message.
+    pub routed: usize,
+    /// Queues that refused it (`x-overflow: reject-publish`).
+    pub rejected: usize,
+}
+
+impl PublishOutcome {
+    /// No queue took or refused the message.
+    pub fn unroutable(&self) -> bool {
+        self.routed == 0 && self.rejected == 0
+    }
+}
+
+/// The outcome of a batch publish; `durable()` covers every message of it.
+#[derive(Debug, Default)]
+pub struct PublishedBatch {
+    pub outcomes: Vec<PublishOutcome>,
+    commits: Vec<Commit>,
+}
+
+impl PublishedBatch {
+    /// Resolves once every message of the batch is durable at its tier.
+    ///
+    /// # Errors
+    /// The storage error of a write that could not be made durable.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not undo the publish; it only stops waiting.
+    pub async fn durable(self) -> Result<()> {
+        for c in self.commits {
+            c.await?;
+        }
+        Ok(())
+    }
+}
+
+fn same_queue(a: &QueueRef, b: &QueueRef) -> bool {
+    match (a, b) {
+        (QueueRef::Classic(x), QueueRef::Classic(y)) => Arc::ptr_eq(x, y),
+        (QueueRef::Stream(x), QueueRef::Stream(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -431,11 +478,11 @@ impl VHost {
             let mut logs = Vec::new();
             for p in 0..args.partitions {
                 let name = format!("{}/{}", self.storage_name(&decl.name), p);
-                logs.push(shared.storage.open_stream(
-                    &name,
-                    LogOptions::default(),
-                    retention,
-                )?);
+                let opts = LogOptions {
+                    durability: None,
+                    segment_bytes: args.segment_bytes,
+                };
+                logs.push(shared.storage.open_stream(&name, opts, retention)?);
             }
             return Ok(QueueRef::Stream(Stream::new(decl, args, logs)));
         }
@@ -796,35 +843,80 @@ impl VHost {
     ///
     /// # Errors
     /// Routing errors, `PreconditionFailed` for an oversized message, storage errors.
-    pub fn publish(&self, exchange: &str, mut msg: Message) -> Result<Published> {
+    pub fn publish(&self, exchange: &str, msg: Message) -> Result<Published> {
+        let mut b = self.publish_batch(exchange, vec![msg])?;
+        let o = b.outcomes.pop().unwrap_or_default();
+        Ok(Published {
+            routed: o.routed,
+            rejected: o.rejected,
+            commits: b.commits,
+        })
+    }
+
+    /// Publishes messages to one exchange as a batch (what an adapter read from
+    /// one socket read): each queue gets one log write and one dispatch for all of
+    /// them, and one `durable()` covers the batch, so confirms are released per
+    /// group commit.
+    ///
+    /// # Errors
+    /// As [`VHost::publish`]; an error applies to the whole batch.
+    pub fn publish_batch(&self, exchange: &str, msgs: Vec<Message>) -> Result<PublishedBatch> {
         let shared = self.shared()?;
-        if msg.body.len() as u64 > shared.config.message_size_max_bytes {
+        let max = shared.config.message_size_max_bytes;
+        if let Some(m) = msgs.iter().find(|m| m.body.len() as u64 > max) {
             return Err(CoreError::PreconditionFailed(format!(
-                "message size {} is larger than configured max size {}",
-                msg.body.len(),
-                shared.config.message_size_max_bytes
+                "message size {} is larger than configured max size {max}",
+                m.body.len()
             )));
         }
-        let targets = self.route(exchange, &msg)?;
-        msg.exchange = exchange.to_string();
+        // Route each message, grouping message indexes by destination.
+        let mut groups: Vec<(QueueRef, Vec<usize>)> = Vec::new();
+        let mut arcs = Vec::with_capacity(msgs.len());
+        for (i, mut msg) in msgs.into_iter().enumerate() {
+            for t in self.route(exchange, &msg)? {
+                match groups.iter_mut().find(|(q, _)| same_queue(q, &t)) {
+                    Some((_, idx)) => idx.push(i),
+                    None => groups.push((t, vec![i])),
+                }
+            }
+            msg.exchange = exchange.to_string();
+            arcs.push(Arc::new(msg));
+        }
         let now = now_ms();
-        let msg = Arc::new(msg);
-        let mut out = Published::default();
-        for t in targets {
+        let mut out = PublishedBatch {
+            outcomes: vec![PublishOutcome::default(); arcs.len()],
+            commits: Vec::new(),
+        };
+        let mut batch: Vec<Arc<Message>> = Vec::new();
+        for (t, idx) in groups {
             match t {
-                QueueRef::Classic(q) => match q.enqueue(&msg, now)? {
-                    Enqueued::Accepted(c) => {
-                        out.routed += 1;
-                        out.commits.extend(c);
+                QueueRef::Classic(q) => {
+                    batch.clear();
+                    batch.extend(idx.iter().map(|&i| arcs[i].clone()));
+                    let (verdicts, commit) = q.enqueue_batch(&batch, now)?;
+                    out.commits.extend(commit);
+                    for (&i, v) in idx.iter().zip(verdicts) {
+                        match v {
+                            Enqueued::Accepted => out.outcomes[i].routed += 1,
+                            Enqueued::Rejected => out.outcomes[i].rejected += 1,
+                            Enqueued::Gone => {}
+                        }
                     }
-                    Enqueued::Rejected => out.rejected += 1,
-                    Enqueued::Gone => {}
-                },
+                }
                 QueueRef::Stream(s) => {
-                    let p = s.partition_for(&msg);
-                    let (_, c) = s.append(p, &[&msg], now)?;
-                    out.routed += 1;
-                    out.commits.push(c);
+                    let mut by_partition: Vec<(u32, Vec<&Message>)> = Vec::new();
+                    for &i in &idx {
+                        let p = s.partition_for(&arcs[i]);
+                        match by_partition.iter_mut().find(|(x, _)| *x == p) {
+                            Some((_, v)) => v.push(&arcs[i]),
+                            None => by_partition.push((p, vec![&arcs[i]])),
+                        }
+                        out.outcomes[i].routed += 1;
+                    }
+                    for (p, ms) in by_partition {
+                        let (_, c) = s.append(p, &ms, now)?;
+                        out.commits.push(c);
+                    }
                 }
             }
         }
@@ -858,7 +950,9 @@ impl VHost {
                     continue;
                 }
                 let r = match &t {
-                    QueueRef::Classic(q) => q.enqueue(&msg, now).map(|_| ()),
+                    QueueRef::Classic(q) => {
+                        q.enqueue_batch(std::slice::from_ref(&msg), now).map(|_| ())
+                    }
                     QueueRef::Stream(s) => {
                         s.append(s.partition_for(&msg), &[&msg], now).map(|_| ())
                     }

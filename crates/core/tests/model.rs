@@ -746,3 +746,37 @@ async fn connections_are_registered_and_exclusive_queues_cleaned() {
     assert!(b.connections().is_empty());
     assert!(vhost(&b).queue("excl").is_none());
 }
+
+#[tokio::test]
+async fn batch_publish_reports_each_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(
+        QueueDecl::durable("lim")
+            .arg("x-max-length", 2i64)
+            .arg("x-overflow", "reject-publish"),
+        1,
+        false,
+    )
+    .unwrap();
+    vh.declare_queue(QueueDecl::durable("all"), 1, false)
+        .unwrap();
+    bind_q(&vh, "amq.fanout", "lim", "");
+    bind_q(&vh, "amq.fanout", "all", "");
+    let msgs = (0..3).map(|i| persistent("", &format!("b{i}"))).collect();
+    let out = vh.publish_batch("amq.fanout", msgs).unwrap();
+    let summary: Vec<(usize, usize)> = out
+        .outcomes
+        .iter()
+        .map(|o| (o.routed, o.rejected))
+        .collect();
+    assert_eq!(summary, vec![(2, 0), (2, 0), (1, 1)]);
+    out.durable().await.unwrap();
+    let all: Vec<_> = std::iter::from_fn(|| get_body(&vh, "all")).collect();
+    assert_eq!(all, vec!["b0", "b1", "b2"], "batch order kept");
+    let direct = vh
+        .publish_batch("amq.direct", vec![msg("nobody", "x")])
+        .unwrap();
+    assert!(direct.outcomes[0].unroutable());
+}

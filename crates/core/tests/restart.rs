@@ -251,3 +251,45 @@ async fn partitioned_stream_routes_by_key() {
         .sum();
     assert_eq!(total, 40);
 }
+
+#[tokio::test]
+async fn stream_retention_deletes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(
+        QueueDecl::durable("logs")
+            .arg("x-queue-type", "stream")
+            .arg("x-max-length", 20i64)
+            .arg("x-stream-max-segment-size-bytes", 4096i64),
+        1,
+        false,
+    )
+    .unwrap();
+    let QueueRef::Stream(s) = vh.queue("logs").unwrap() else {
+        panic!("stream")
+    };
+    let body = "x".repeat(200);
+    for _ in 0..200 {
+        vh.publish("", persistent("logs", &body)).unwrap();
+    }
+    assert_eq!(s.message_count(), 200);
+    let deleted = s.apply_retention(ferrymq_core::clock::now_ms()).unwrap();
+    assert!(deleted > 0, "old segments deleted");
+    let (start, next) = s.bounds(0).unwrap();
+    assert_eq!(next, 200, "offsets never move back");
+    assert!(
+        next - start >= 20,
+        "at least the limit is kept (whole segments only)"
+    );
+    assert!(
+        next - start < 60,
+        "no more than the limit plus about one segment: kept {}",
+        next - start
+    );
+    let first = s.read(0, 0, 1).unwrap();
+    assert_eq!(
+        first[0].offset, start,
+        "reads before the start begin at the first retained record"
+    );
+}

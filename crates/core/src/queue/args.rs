@@ -75,6 +75,8 @@ pub struct QueueArgs {
     /// Streams only: retention (`x-max-age` as RabbitMQ's "7D"/"1h" strings or ms,
     /// `x-max-length-bytes`, `x-max-length`).
     pub max_age_ms: Option<u64>,
+    /// Streams only: segment size (`x-stream-max-segment-size-bytes`, as RabbitMQ).
+    pub segment_bytes: Option<u64>,
 }
 
 fn invalid(queue: &str, arg: &str, why: impl std::fmt::Display) -> CoreError {
@@ -267,6 +269,7 @@ impl QueueArgs {
             retry,
             partitions,
             max_age_ms,
+            segment_bytes: non_negative(queue, args, "x-stream-max-segment-size-bytes")?,
         })
     }
 }

@@ -188,9 +188,10 @@ pub(crate) struct Effects {
 }
 
 /// What happened to one message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueued {
-    /// Accepted; resolves when durable at the queue's tier if it was persisted.
-    Accepted(Option<Commit>),
+    /// Accepted (durable once the batch's commit resolves).
+    Accepted,
     /// Refused by `x-overflow: reject-publish(-dlx)`.
     Rejected,
     /// The queue was deleted meanwhile.
@@ -363,96 +364,137 @@ impl Queue {
         st.levels.iter().rev().find_map(|l| l.front())
     }
 
-    /// Offers one message; called by the vhost for each queue a publish routes to.
-    pub(crate) fn enqueue(&self, msg: &Arc<Message>, now: i64) -> Result<Enqueued> {
+    /// Offers a batch of messages (in publish order); called by the vhost for each
+    /// queue a publish routes to. Persistent messages of the batch are written as
+    /// one log batch (one write, one commit), and dispatch runs once for the batch.
+    ///
+    /// # Errors
+    /// Storage errors from the log append; nothing of the batch is enqueued then.
+    pub(crate) fn enqueue_batch(
+        &self,
+        msgs: &[Arc<Message>],
+        now: i64,
+    ) -> Result<(Vec<Enqueued>, Option<Commit>)> {
         let mut fx = Effects::default();
         let out = {
             let mut st = self.lock();
             if st.deleted {
-                return Ok(Enqueued::Gone);
+                return Ok((msgs.iter().map(|_| Enqueued::Gone).collect(), None));
             }
-            let size = msg.body_size();
             // Length limits count ready and delayed messages, as RabbitMQ counts ready ones.
-            let over = |st: &State, extra_n: u64, extra_b: u64| {
-                let n = st.ready_count + st.delayed.len() as u64 + extra_n;
-                let b = st.ready_bytes + st.delayed_bytes + extra_b;
+            let over = |n: u64, b: u64| {
                 self.args.max_length.is_some_and(|m| n > m)
                     || self.args.max_length_bytes.is_some_and(|m| b > m)
             };
-            if over(&st, 1, size) {
-                match self.args.overflow {
-                    Overflow::RejectPublish => {
-                        self.counters
-                            .rejected_publishes
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Ok(Enqueued::Rejected);
-                    }
-                    Overflow::RejectPublishDlx => {
-                        self.counters
-                            .rejected_publishes
-                            .fetch_add(1, Ordering::Relaxed);
-                        drop(st);
-                        self.apply(Effects {
-                            dead: vec![(msg.clone(), DeathReason::MaxLen)],
-                            delete_queue: false,
-                        });
-                        return Ok(Enqueued::Rejected);
-                    }
-                    Overflow::DropHead => {
-                        while over(&st, 1, size) {
-                            let Some(head) = self.pop_ready(&mut st) else {
-                                break;
-                            };
-                            self.discard(head, DeathReason::MaxLen, &mut fx);
+            // 1. Decide acceptance. Reject modes refuse what does not fit; drop-head
+            //    accepts everything that fits in an empty queue.
+            let (mut n, mut b) = (
+                st.ready_count + st.delayed.len() as u64,
+                st.ready_bytes + st.delayed_bytes,
+            );
+            let mut verdicts = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let size = m.body_size();
+                let fits = match self.args.overflow {
+                    Overflow::DropHead => !over(1, size),
+                    _ => !over(n + 1, b + size),
+                };
+                if fits {
+                    n += 1;
+                    b += size;
+                }
+                verdicts.push(fits);
+            }
+            // 2. Persist the accepted persistent messages as one batch.
+            let mut commit = None;
+            let mut offsets: Vec<Option<u64>> = vec![None; msgs.len()];
+            if let Some(log) = &self.log {
+                let records: Vec<bytes::Bytes> = msgs
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(m, ok)| **ok && m.properties.persistent)
+                    .map(|(m, _)| {
+                        let mut buf = BytesMut::with_capacity(codec::encoded_len(m));
+                        codec::encode(m, &mut buf);
+                        buf.freeze()
+                    })
+                    .collect();
+                if !records.is_empty() {
+                    let appended = log.append(&records, now)?;
+                    let mut next = appended.base_offset;
+                    for (i, m) in msgs.iter().enumerate() {
+                        if verdicts[i] && m.properties.persistent {
+                            offsets[i] = Some(next);
+                            next += 1;
                         }
-                        if over(&st, 1, size) {
-                            // The message alone exceeds the byte limit: RabbitMQ drops it.
+                    }
+                    commit = Some(appended.commit);
+                }
+            }
+            // 3. Enqueue in order, applying drop-head and refusals.
+            let mut result = Vec::with_capacity(msgs.len());
+            for (i, m) in msgs.iter().enumerate() {
+                let size = m.body_size();
+                if !verdicts[i] {
+                    self.counters
+                        .rejected_publishes
+                        .fetch_add(1, Ordering::Relaxed);
+                    match self.args.overflow {
+                        Overflow::RejectPublish => result.push(Enqueued::Rejected),
+                        Overflow::RejectPublishDlx => {
+                            fx.dead.push((m.clone(), DeathReason::MaxLen));
+                            result.push(Enqueued::Rejected);
+                        }
+                        Overflow::DropHead => {
+                            // Larger than the limit on its own: RabbitMQ drops it.
                             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            fx.dead.push((msg.clone(), DeathReason::MaxLen));
-                            drop(st);
-                            self.apply(fx);
-                            return Ok(Enqueued::Accepted(None));
+                            if self.args.dead_letter_exchange.is_some() {
+                                fx.dead.push((m.clone(), DeathReason::MaxLen));
+                            }
+                            result.push(Enqueued::Accepted);
                         }
                     }
+                    continue;
                 }
+                while over(
+                    st.ready_count + st.delayed.len() as u64 + 1,
+                    st.ready_bytes + st.delayed_bytes + size,
+                ) {
+                    let Some(head) = self.pop_ready(&mut st) else {
+                        break;
+                    };
+                    self.discard(head, DeathReason::MaxLen, &mut fx);
+                }
+                let id = st.next_id;
+                st.next_id += 1;
+                let entry = Entry {
+                    id,
+                    msg: m.clone(),
+                    offset: offsets[i],
+                    delivery_count: 0,
+                    expires_at: self.expiry_of(m, now),
+                    size,
+                };
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                if let Some(delay) = m.headers.get_i64("x-delay").filter(|d| *d > 0) {
+                    // Delayed delivery: ready only from `now + x-delay`.
+                    let at = now.saturating_add(delay);
+                    if let (Some(log), Some(off)) = (&self.log, entry.offset) {
+                        log.set_not_before(off, at)?;
+                    }
+                    st.delayed_bytes += entry.size;
+                    st.delayed.insert((at, entry.id), entry);
+                } else if entry.expires_at.is_some_and(|t| t <= now) && st.consumers.is_empty() {
+                    // TTL 0 and nobody to take it right now: expire at once.
+                    self.discard(entry, DeathReason::Expired, &mut fx);
+                } else {
+                    self.push_ready_back(&mut st, entry);
+                }
+                result.push(Enqueued::Accepted);
             }
-            let (offset, commit) = match &self.log {
-                Some(log) if msg.properties.persistent => {
-                    let mut buf = BytesMut::with_capacity(codec::encoded_len(msg));
-                    codec::encode(msg, &mut buf);
-                    let appended = log.append(&[buf.freeze()], now)?;
-                    (Some(appended.base_offset), Some(appended.commit))
-                }
-                _ => (None, None),
-            };
-            let id = st.next_id;
-            st.next_id += 1;
-            let entry = Entry {
-                id,
-                msg: msg.clone(),
-                offset,
-                delivery_count: 0,
-                expires_at: self.expiry_of(msg, now),
-                size,
-            };
-            self.counters.published.fetch_add(1, Ordering::Relaxed);
-            if let Some(delay) = msg.headers.get_i64("x-delay").filter(|d| *d > 0) {
-                // Delayed delivery: ready only from `now + x-delay`.
-                let at = now.saturating_add(delay);
-                if let (Some(log), Some(off)) = (&self.log, entry.offset) {
-                    log.set_not_before(off, at)?;
-                }
-                st.delayed_bytes += entry.size;
-                st.delayed.insert((at, entry.id), entry);
-            } else if entry.expires_at.is_some_and(|t| t <= now) && st.consumers.is_empty() {
-                // TTL 0 and nobody to take it right now: expire at once.
-                self.discard(entry, DeathReason::Expired, &mut fx);
-            } else {
-                self.push_ready_back(&mut st, entry);
-                self.dispatch(&mut st, now, &mut fx);
-            }
+            self.dispatch(&mut st, now, &mut fx);
             self.reschedule(&mut st, now);
-            Enqueued::Accepted(commit)
+            (result, commit)
         };
         self.apply(fx);
         Ok(out)
