@@ -780,3 +780,23 @@ async fn batch_publish_reports_each_message() {
         .unwrap();
     assert!(direct.outcomes[0].unroutable());
 }
+
+#[tokio::test]
+async fn browse_does_not_consume() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(QueueDecl::transient("b"), 1, false)
+        .unwrap();
+    for i in 0..3 {
+        vh.publish("", msg("b", &format!("{i}"))).unwrap();
+    }
+    let q = classic(&vh, "b");
+    let seen: Vec<_> = q
+        .browse(2)
+        .iter()
+        .map(|(m, _)| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(seen, vec!["0", "1"]);
+    assert_eq!(q.message_count(), 3);
+}

@@ -953,6 +953,19 @@ impl Queue {
         out
     }
 
+    /// Copies of up to `max` ready messages from the head, without consuming them
+    /// (management "browse"), with their delivery counts.
+    pub fn browse(&self, max: usize) -> Vec<(Arc<Message>, u32)> {
+        let st = self.lock();
+        st.levels
+            .iter()
+            .rev()
+            .flat_map(|l| l.iter())
+            .take(max)
+            .map(|e| (e.msg.clone(), e.delivery_count))
+            .collect()
+    }
+
     /// Removes all ready and delayed messages; returns how many.
     pub fn purge(&self) -> u64 {
         let mut st = self.lock();
