@@ -42,6 +42,7 @@ struct Partition {
 }
 
 struct ConsumerCtl {
+    id: ConsumerId,
     credit: Arc<Semaphore>,
     stop: watch::Sender<bool>,
     tag: Arc<str>,
@@ -296,12 +297,14 @@ impl Stream {
                     stop_rx,
                     task_tag.clone(),
                     task_sink.clone(),
+                    id,
                 )
                 .await;
             if let Err(e) = r {
                 tracing::warn!(stream = %me.decl.name, consumer = %task_tag, error = %e, "stream consumer stopped");
                 me.consumers.lock().map(|mut c| c.remove(&id)).ok();
                 let _ = task_sink.send(ConsumerEvent::Cancelled {
+                    consumer: id,
                     consumer_tag: task_tag,
                 });
             }
@@ -309,6 +312,7 @@ impl Stream {
         consumers.insert(
             id,
             ConsumerCtl {
+                id,
                 credit,
                 stop: stop_tx,
                 tag,
@@ -327,6 +331,7 @@ impl Stream {
         mut stop: watch::Receiver<bool>,
         tag: Arc<str>,
         sink: ConsumerSink,
+        id: ConsumerId,
     ) -> Result<()> {
         let part = self.partition(partition)?;
         loop {
@@ -361,6 +366,7 @@ impl Stream {
                         continue;
                     }
                     deliveries.push(Delivery {
+                        consumer: id,
                         consumer_tag: tag.clone(),
                         id: off,
                         message: Arc::new(codec::decode(body)?),
@@ -431,6 +437,7 @@ impl Stream {
             ctl.credit.close();
             if notify {
                 let _ = ctl.sink.send(ConsumerEvent::Cancelled {
+                    consumer: ctl.id,
                     consumer_tag: ctl.tag,
                 });
             }

@@ -559,7 +559,7 @@ async fn deleted_queue_cancels_consumers_and_if_unused_if_empty() {
     ));
     assert_eq!(vh.delete_queue("q", false, false, 1).unwrap(), 0);
     match tokio::time::timeout(DEADLINE, r.recv()).await.unwrap() {
-        Some(ferrymq_core::ConsumerEvent::Cancelled { consumer_tag }) => {
+        Some(ferrymq_core::ConsumerEvent::Cancelled { consumer_tag, .. }) => {
             assert_eq!(&*consumer_tag, "tag1")
         }
         other => panic!("expected cancel, got {other:?}"),

@@ -53,6 +53,8 @@ impl DeathReason {
 /// A message handed to a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The consumer it is for ([`GET_CONSUMER`] for `get`).
+    pub consumer: ConsumerId,
     pub consumer_tag: Arc<str>,
     /// Identifies the message within its queue, for ack/nack (stream offset for streams).
     pub id: u64,
@@ -69,7 +71,10 @@ pub enum ConsumerEvent {
     /// A batch of deliveries, in queue order.
     Deliver(Vec<Delivery>),
     /// The server cancelled the consumer (queue deleted): AMQP's server-sent `basic.cancel`.
-    Cancelled { consumer_tag: Arc<str> },
+    Cancelled {
+        consumer: ConsumerId,
+        consumer_tag: Arc<str>,
+    },
 }
 
 /// Where deliveries go. One sink may serve many consumers (e.g. all consumers on
@@ -563,6 +568,7 @@ impl Queue {
             c.in_flight += 1;
             c.in_flight_bytes += e.size;
             batches[ci].push(Delivery {
+                consumer: c.id,
                 consumer_tag: c.tag.clone(),
                 id: e.id,
                 message: e.msg.clone(),
@@ -918,6 +924,7 @@ impl Queue {
             e.delivery_count += 1;
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
             let d = Delivery {
+                consumer: GET_CONSUMER,
                 consumer_tag: "".into(),
                 id: e.id,
                 message: e.msg.clone(),
@@ -998,6 +1005,7 @@ impl Queue {
         st.deleted = true;
         for c in st.consumers.drain(..) {
             let _ = c.sink.send(ConsumerEvent::Cancelled {
+                consumer: c.id,
                 consumer_tag: c.tag.clone(),
             });
         }

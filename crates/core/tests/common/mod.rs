@@ -65,7 +65,7 @@ pub async fn take(rx: &mut UnboundedReceiver<ConsumerEvent>, n: usize) -> Vec<De
     while out.len() < n {
         match tokio::time::timeout(DEADLINE, rx.recv()).await {
             Ok(Some(ConsumerEvent::Deliver(batch))) => out.extend(batch),
-            Ok(Some(ConsumerEvent::Cancelled { consumer_tag })) => {
+            Ok(Some(ConsumerEvent::Cancelled { consumer_tag, .. })) => {
                 panic!("consumer {consumer_tag} cancelled")
             }
             Ok(None) => panic!("sink closed after {} deliveries", out.len()),
