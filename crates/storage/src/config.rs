@@ -58,7 +58,7 @@ impl From<Durability> for DurabilityRepr {
 }
 
 /// Smallest allowed segment size.
-pub const SEGMENT_BYTES_MIN: u64 = 4096;
+pub const SEGMENT_BYTES_MIN: u64 = 512;
 /// Largest allowed segment size (positions in index entries are `u32`; a segment may
 /// exceed `segment_bytes` by one batch).
 pub const SEGMENT_BYTES_MAX: u64 = 2 << 30;

@@ -478,16 +478,19 @@ fn load_journal(log: &Log, paths: &SegPaths, base: u64, end: u64) -> Result<SegS
         f.read_exact_at(&mut buf[..n], pos).at(&paths.state)?;
         for chunk in buf[..n].chunks(JOURNAL_ENTRY_LEN) {
             match format::decode_journal(chunk) {
-                Some(e) => {
-                    let last = u64::from(e.rel)
-                        + if e.op == JournalOp::SettleRange {
-                            (e.value.max(1) as u64) - 1
-                        } else {
-                            0
-                        };
-                    if last >= count {
+                Some(mut e) => {
+                    // Entries beyond the segment's end (its tail was cut by recovery and
+                    // those offsets will be reused) are dropped; ranges are clipped.
+                    if u64::from(e.rel) >= count {
                         stale = true;
                     } else {
+                        if e.op == JournalOp::SettleRange {
+                            let room = (count - u64::from(e.rel)) as i64;
+                            if e.value > room {
+                                e.value = room;
+                                stale = true;
+                            }
+                        }
                         ss.apply(&e);
                     }
                     ss.journal_entries += 1;

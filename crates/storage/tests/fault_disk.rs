@@ -109,15 +109,25 @@ fn full_disk_is_a_typed_error_and_recoverable() {
         fill_until_full(&data, s, || std::fs::remove_file(&filler).unwrap());
         let _ = Command::new("umount").arg(&root).status();
     } else {
-        eprintln!("tmpfs not available: injecting ENOSPC");
-        let plan = FaultPlan::new("");
-        plan.write_budget.store(300_000, Ordering::SeqCst);
-        let s = Storage::open_with_vfs(&root, cfg(), Arc::new(FaultyVfs { plan: plan.clone() }))
-            .unwrap();
-        fill_until_full(&root, s, || {
-            plan.write_budget.store(u64::MAX, Ordering::SeqCst)
-        });
+        eprintln!("tmpfs not available (not root or mount failed): injected ENOSPC only");
+        injected_full_disk(&root);
     }
+}
+
+fn injected_full_disk(root: &Path) {
+    let plan = FaultPlan::new("");
+    plan.write_budget.store(300_000, Ordering::SeqCst);
+    let s =
+        Storage::open_with_vfs(root, cfg(), Arc::new(FaultyVfs { plan: plan.clone() })).unwrap();
+    fill_until_full(root, s, || {
+        plan.write_budget.store(u64::MAX, Ordering::SeqCst)
+    });
+}
+
+#[test]
+fn injected_full_disk_is_a_typed_error_and_recoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    injected_full_disk(dir.path());
 }
 
 #[test]
