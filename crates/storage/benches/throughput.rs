@@ -140,6 +140,12 @@ fn appends(
     (count.load(Ordering::Relaxed) as f64 / el, m.fsync_count)
 }
 
+/// Writes back all dirty data (ours and earlier tests') before measuring.
+fn settle_disk() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+}
+
 fn drop_caches() -> bool {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
@@ -178,10 +184,12 @@ fn main() {
             }
             for tier in [Durability::T1, Durability::T2] {
                 let d = b.fresh();
-                let (rate, fsyncs) = appends(&d, tier, size, per_batch, writers, b.dur(secs));
                 let bytes = encoded(size, per_batch);
+                // Raw first, then ours, each after flushing all dirty data so that background
+                // writeback of an earlier test does not land in this one.
                 // Raw: T1 = one plain pwrite per batch; T2 = (pwrite of `writers` batches + fdatasync)
                 // per round, the best group commit can do with `writers` outstanding appends.
+                settle_disk();
                 let (raw_rate, raw_desc) = if tier == Durability::T1 {
                     let calls = raw_writes(&d, bytes, b.dur(1.0));
                     (
@@ -196,6 +204,9 @@ fn main() {
                         format!("{r:.0} rec/s (pwrite {} B + fdatasync)", bytes * writers),
                     )
                 };
+                let _ = std::fs::remove_file(d.join("raw"));
+                settle_disk();
+                let (rate, fsyncs) = appends(&d, tier, size, per_batch, writers, b.dur(secs));
                 let _ = std::fs::remove_dir_all(&d);
                 let label = if per_batch > 1 {
                     format!("append, batches of {per_batch}")

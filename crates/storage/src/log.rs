@@ -1036,3 +1036,30 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+    use crate::{LogOptions, Storage, StorageConfig};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn interval_logs_are_fsynced_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let opts = LogOptions {
+            durability: Some(Durability::Interval(Duration::from_millis(10))),
+            segment_bytes: None,
+        };
+        let log = s.open_log("logs", "iv", opts).unwrap();
+        let before = s.metrics().fsync_count;
+        let a = log.append(&[Bytes::from_static(b"x")], 0).unwrap();
+        assert!(a.commit.is_complete(), "Interval appends complete at once");
+        let t = Instant::now();
+        while s.metrics().fsync_count == before {
+            assert!(t.elapsed() < Duration::from_secs(5), "no background fsync");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(log.durability(), Durability::Interval(_)));
+    }
+}

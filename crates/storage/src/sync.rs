@@ -424,3 +424,39 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod future_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountWake(AtomicUsize);
+    impl Wake for CountWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn commit_is_a_future_woken_by_completion_and_cancel_safe() {
+        let slot = CommitSlot::new();
+        let mut c = Commit::pending(slot.clone());
+        let w = Arc::new(CountWake(AtomicUsize::new(0)));
+        let waker = Waker::from(w.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut c).poll(&mut cx).is_pending());
+        assert!(!c.is_complete());
+        slot.complete(Ok(()));
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            Pin::new(&mut c).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        // Dropping a pending Commit is harmless; completing it later too.
+        let slot2 = CommitSlot::new();
+        drop(Commit::pending(slot2.clone()));
+        slot2.complete(Ok(()));
+        assert!(Commit::ready().is_complete());
+    }
+}
