@@ -50,6 +50,17 @@ struct ConsumerCtl {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What a stream consumer's task needs.
+struct ConsumerTask {
+    partition: u32,
+    next: u64,
+    credit: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    tag: Arc<str>,
+    sink: ConsumerSink,
+    id: ConsumerId,
+}
+
 /// A message read back from a stream.
 #[derive(Debug, Clone)]
 pub struct StreamRecord {
@@ -290,15 +301,15 @@ impl Stream {
         let mut consumers = self.consumers.lock().map_err(|_| CoreError::ShuttingDown)?;
         let task = tokio::spawn(async move {
             let r = me
-                .run_consumer(
+                .run_consumer(ConsumerTask {
                     partition,
-                    start,
-                    task_credit,
-                    stop_rx,
-                    task_tag.clone(),
-                    task_sink.clone(),
+                    next: start,
+                    credit: task_credit,
+                    stop: stop_rx,
+                    tag: task_tag.clone(),
+                    sink: task_sink.clone(),
                     id,
-                )
+                })
                 .await;
             if let Err(e) = r {
                 tracing::warn!(stream = %me.decl.name, consumer = %task_tag, error = %e, "stream consumer stopped");
@@ -323,16 +334,16 @@ impl Stream {
         Ok(())
     }
 
-    async fn run_consumer(
-        &self,
-        partition: u32,
-        mut next: u64,
-        credit: Arc<Semaphore>,
-        mut stop: watch::Receiver<bool>,
-        tag: Arc<str>,
-        sink: ConsumerSink,
-        id: ConsumerId,
-    ) -> Result<()> {
+    async fn run_consumer(&self, task: ConsumerTask) -> Result<()> {
+        let ConsumerTask {
+            partition,
+            mut next,
+            credit,
+            mut stop,
+            tag,
+            sink,
+            id,
+        } = task;
         let part = self.partition(partition)?;
         loop {
             // Wait for at least one unit of credit.

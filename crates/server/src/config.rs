@@ -38,6 +38,30 @@ pub struct Config {
     pub limits: LimitsSection,
     pub users: UsersSection,
     pub shutdown: ShutdownSection,
+    pub amqp: AmqpSection,
+}
+
+/// `[amqp]`: the AMQP 0-9-1 listener and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    pub enabled: bool,
+    /// IP address to listen on (loopback by default).
+    pub bind: String,
+    /// TCP port (0 = pick a free one; the chosen address is logged).
+    pub port: u16,
+    /// Highest channel number a client may open.
+    pub channel_max: u16,
+    /// Largest frame accepted and offered, in bytes.
+    pub frame_max: u32,
+    /// Heartbeat interval offered to clients, in seconds (0 disables).
+    pub heartbeat_s: u16,
+    /// Open AMQP connections at once (0 = unlimited).
+    pub connections_max: u64,
+    /// Consumers per channel (0 = unlimited).
+    pub consumers_per_channel_max: u64,
+    /// Time allowed from TCP accept to `connection.open-ok`.
+    pub handshake_timeout_ms: u64,
 }
 
 /// `[log]`: what the process logs and how.
@@ -146,6 +170,8 @@ pub mod bounds {
     pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 3_600_000;
     /// AMQP short strings carry user and vhost names.
     pub const NAME_BYTES_MAX: usize = 255;
+    pub const AMQP_FRAME_MAX_MIN: u32 = 4096;
+    pub const AMQP_FRAME_MAX_MAX: u32 = 16 * MIB as u32;
 }
 
 impl Config {
@@ -174,6 +200,17 @@ impl Config {
                 default_vhost: "/".into(),
             },
             shutdown: ShutdownSection { timeout_ms: 10_000 },
+            amqp: AmqpSection {
+                enabled: true,
+                bind: "127.0.0.1".into(),
+                port: 5672,
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat_s: 60,
+                connections_max: 0,
+                consumers_per_channel_max: 0,
+                handshake_timeout_ms: 10_000,
+            },
         }
     }
 
@@ -253,7 +290,40 @@ impl Config {
             0,
             SHUTDOWN_TIMEOUT_MS_MAX,
         )?;
+        let a = &self.amqp;
+        if a.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err((
+                "amqp.bind",
+                format!("must be an IP address, got {:?}", a.bind),
+            ));
+        }
+        in_range(
+            "amqp.frame_max",
+            a.frame_max as u64,
+            AMQP_FRAME_MAX_MIN as u64,
+            AMQP_FRAME_MAX_MAX as u64,
+        )?;
+        if a.channel_max == 0 {
+            return Err(("amqp.channel_max", "must be at least 1".into()));
+        }
+        if a.handshake_timeout_ms == 0 {
+            return Err(("amqp.handshake_timeout_ms", "must be at least 1".into()));
+        }
         Ok(())
+    }
+
+    /// The AMQP listener's settings as the adapter takes them.
+    pub fn amqp_config(&self) -> ferrymq_amqp::AmqpConfig {
+        let a = &self.amqp;
+        ferrymq_amqp::AmqpConfig {
+            channel_max: a.channel_max,
+            frame_max: a.frame_max,
+            heartbeat_s: a.heartbeat_s,
+            connections_max: usize::try_from(a.connections_max).unwrap_or(usize::MAX),
+            consumers_per_channel_max: usize::try_from(a.consumers_per_channel_max)
+                .unwrap_or(usize::MAX),
+            handshake_timeout_ms: a.handshake_timeout_ms,
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! point of the shutdown exits at once with 128 + the signal number.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -82,13 +83,33 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     };
 
     let mut tasks = TaskSet::new();
-    // Listeners are added here, one per enabled protocol section, e.g. for AMQP:
-    //   if config.amqp.enabled {
-    //       let listener = amqp::bind(&config.amqp).await?;   // fail startup on a bad port
-    //       let broker = broker.clone();
-    //       tasks.spawn("amqp", move |shutdown| amqp::run(listener, broker, shutdown));
-    //   }
-    // and their addresses are added to the ready line below.
+    // Listeners: one per enabled protocol section. Each binds before `FerryMQ ready` (a port
+    // in use fails startup) and logs "<PROTOCOL> listening on <address>" (tests read it).
+    if config.amqp.enabled {
+        let addr = SocketAddr::new(
+            config.amqp.bind.parse().context("amqp.bind")?,
+            config.amqp.port,
+        );
+        let listener = ferrymq_amqp::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
+        let local = listener.local_addr().context("AMQP listener address")?;
+        info!("AMQP listening on {local}");
+        let (broker, amqp) = (broker.clone(), config.amqp_config());
+        tasks.spawn("amqp", move |mut shutdown| async move {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let run = ferrymq_amqp::run(listener, broker, amqp, stop_rx);
+            tokio::pin!(run);
+            tokio::select! {
+                _ = &mut run => {}
+                _ = shutdown.recv() => {
+                    let _ = stop_tx.send(true);
+                    run.await;
+                }
+            }
+            Ok(())
+        });
+    }
 
     let reason = match early {
         Some(sig) => Stop::Signal(sig),

@@ -125,7 +125,7 @@ fn every_env_var_name_is_unique_and_settable() {
     let leaves = leaf_paths(&t);
     assert_eq!(
         leaves.len(),
-        14,
+        23,
         "update ARCHITECTURE-server.md: {leaves:?}"
     );
     let mut names: Vec<_> = leaves.iter().map(|l| env_name(l)).collect();
@@ -297,8 +297,10 @@ fn unknown_keys_are_rejected() {
         ),
         "{e}"
     );
-    let e = err(Some("[amqp]\nport = 5672\n"), &[], &[]);
-    assert!(e.starts_with("amqp: unknown key"), "{e}");
+    let e = err(Some("[mqtt]\nport = 1883\n"), &[], &[]);
+    assert!(e.starts_with("mqtt: unknown key"), "{e}");
+    let e = err(Some("[amqp]\nprot = 5672\n"), &[], &[]);
+    assert!(e.starts_with("amqp.prot: unknown key"), "{e}");
     let e = err(None, &[], &["storage.nope=1"]);
     assert!(
         e.starts_with("storage.nope: unknown key (set by --set)"),
@@ -389,4 +391,21 @@ fn maps_onto_the_broker_config() {
         ),
         ("guest", "guest", "prod")
     );
+}
+
+#[test]
+fn amqp_section_is_validated() {
+    let c = load_with(
+        None,
+        &[("FERRYMQ_AMQP_PORT", "0")],
+        &["amqp.frame_max=8192"],
+    )
+    .unwrap();
+    assert_eq!((c.amqp.port, c.amqp.frame_max), (0, 8192));
+    let e = err(None, &[], &["amqp.bind=localhost"]);
+    assert!(e.starts_with("amqp.bind: must be an IP address"), "{e}");
+    let e = err(None, &[], &["amqp.frame_max=100"]);
+    assert!(e.starts_with("amqp.frame_max:"), "{e}");
+    let e = err(None, &[], &["amqp.channel_max=0"]);
+    assert!(e.starts_with("amqp.channel_max:"), "{e}");
 }

@@ -10,11 +10,39 @@ use std::time::{Duration, Instant};
 /// Generous: debug builds on a loaded two-core machine.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The binary, run in `dir`, with an empty environment (no stray FERRYMQ_*, RUST_LOG, NO_COLOR).
+/// The binary, run in `dir`, with an empty environment (no stray FERRYMQ_*, RUST_LOG, NO_COLOR)
+/// but for ephemeral listener ports, so that tests run in parallel (the chosen addresses are
+/// logged as "<PROTOCOL> listening on <address>").
 pub fn ferrymq(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
-    cmd.current_dir(dir).env_clear();
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("FERRYMQ_AMQP_PORT", "0");
     cmd
+}
+
+/// Starts `ferrymq serve --data-dir <data>` in `dir` and waits until it is ready.
+pub fn serve(dir: &Path, data: &Path, args: &[&str]) -> Server {
+    let mut cmd = ferrymq(dir);
+    cmd.arg("serve").arg("--data-dir").arg(data).args(args);
+    let mut s = Server::start(cmd);
+    s.wait_for("FerryMQ ready");
+    s
+}
+
+/// The address a listener logged ("AMQP listening on 127.0.0.1:PORT").
+pub fn listening(server: &Server, protocol: &str) -> std::net::SocketAddr {
+    let marker = format!("{protocol} listening on ");
+    let line = server
+        .seen
+        .iter()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line:\n{}", server.log()));
+    let rest = &line[line.find(&marker).map_or(0, |i| i + marker.len())..];
+    let addr = rest.split_whitespace().next().unwrap_or_default();
+    let addr = addr.trim_end_matches(|c: char| !c.is_ascii_digit());
+    addr.parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
 }
 
 /// Output of a short-lived command.
@@ -84,6 +112,10 @@ impl Server {
                 ),
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, sig: libc::c_int) {

@@ -1,0 +1,131 @@
+//! FerryMQ's AMQP 0-9-1 adapter: a listener whose connections speak RabbitMQ's
+//! dialect of AMQP 0-9-1 and translate every method into the protocol-neutral
+//! broker core. Wire types stop here; the core never sees them.
+//!
+//! Layers:
+//! - [`convert`]: wire values and properties ⇄ the core's message model;
+//! - [`error`]: channel/connection exceptions and their reply codes;
+//! - `connection`: one task per TCP connection — handshake, frames, heartbeats,
+//!   flow control, write coalescing;
+//! - `channel`: per-channel state — publishing (confirms, transactions,
+//!   mandatory returns), consuming (credit, delivery tags, acks), declarations.
+
+mod channel;
+mod connection;
+pub mod convert;
+pub mod error;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferrymq_core::queue::{ConsumerId, ConsumerSink};
+use ferrymq_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Limits and negotiated defaults of the AMQP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpConfig {
+    /// Highest channel number a client may open (`channel_max` offered in tune).
+    pub channel_max: u16,
+    /// Largest frame the server accepts and offers (`frame_max` in tune).
+    pub frame_max: u32,
+    /// Heartbeat interval offered, in seconds (0 disables).
+    pub heartbeat_s: u16,
+    /// Open connections accepted at once (0 = unlimited).
+    pub connections_max: usize,
+    /// Consumers per channel (0 = unlimited).
+    pub consumers_per_channel_max: usize,
+    /// Time allowed from TCP accept to `connection.open-ok`.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat_s: 60,
+            connections_max: 0,
+            consumers_per_channel_max: 0,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A direct reply-to consumer (`amq.rabbitmq.reply-to`).
+#[derive(Clone)]
+pub(crate) struct ReplyTarget {
+    pub sink: ConsumerSink,
+    pub consumer: ConsumerId,
+    pub tag: Arc<str>,
+}
+
+/// State shared by every connection of one listener.
+pub(crate) struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: AmqpConfig,
+    /// Direct reply-to consumers by token.
+    pub reply_to: Mutex<HashMap<String, ReplyTarget>>,
+    pub open_connections: AtomicUsize,
+}
+
+/// Accepts AMQP connections until `stop` turns true, then asks every connection
+/// to close (`connection.close` 320 CONNECTION_FORCED) and returns once all of
+/// them have ended.
+///
+/// # Cancel safety
+/// Not cancel safe: drive it to completion so connections end cleanly.
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: AmqpConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        reply_to: Mutex::new(HashMap::new()),
+        open_connections: AtomicUsize::new(0),
+    });
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let max = shared.config.connections_max;
+                    if max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max {
+                        tracing::warn!(%peer, max, "AMQP connection refused: connections_max reached");
+                        conns.spawn(connection::refuse(stream, "connection limit reached"));
+                        continue;
+                    }
+                    shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                    let (s, st) = (shared.clone(), stop.clone());
+                    conns.spawn(async move {
+                        connection::run(s.clone(), stream, peer, st).await;
+                        s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "AMQP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Binds the AMQP listener.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
