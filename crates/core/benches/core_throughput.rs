@@ -3,7 +3,9 @@
 //! transient (T0) and persistent on durable queues at T1.
 //!
 //! Run: `cargo bench -p ferrymq-core --bench core_throughput` (set
-//! `FERRYMQ_BENCH_MESSAGES` to change the message count, default 1,000,000).
+//! `FERRYMQ_BENCH_MESSAGES` to change the message count, default 1,000,000, and
+//! `FERRYMQ_BENCH_FILTER` to run only scenarios whose `size-queues-tier-batch`
+//! name contains it, e.g. `16-1-t1-64`).
 
 use std::time::Instant;
 
