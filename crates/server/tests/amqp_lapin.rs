@@ -491,3 +491,106 @@ async fn confirmed_persistent_messages_survive_kill_9() {
     }
     conn.close(200, s("bye")).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_refused_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &[
+            "--set",
+            "amqp.connections_max=1",
+            "--set",
+            "limits.message_size_max_bytes=1000",
+            "--set",
+            "amqp.channel_max=4",
+        ],
+    );
+    let conn = connect(&server).await;
+    // A second connection is refused while the first is open.
+    let addr = listening(&server, "AMQP");
+    let second = Connection::connect(
+        &format!("amqp://guest:guest@{addr}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "connections_max=1 refuses the second connection"
+    );
+    // A message over the size limit closes the channel with 406.
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        s("big"),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch
+        .basic_publish(
+            s(""),
+            s("big"),
+            BasicPublishOptions::default(),
+            &[0u8; 2000],
+            BasicProperties::default(),
+        )
+        .await;
+    let err = ch
+        .queue_declare(
+            s("big"),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("PRECONDITION_FAILED") || format!("{err:?}").contains("406"),
+        "{err:?}"
+    );
+    // The connection (and the server) still work.
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        s(""),
+        s("big"),
+        BasicPublishOptions::default(),
+        &[0u8; 500],
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let got = ch
+        .basic_get(s("big"), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the small one");
+    assert_eq!(got.delivery.data.len(), 500);
+    conn.close(200, s("bye")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_are_blocked_under_a_resource_alarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No disk has this much free space: the disk alarm is raised at once.
+    let server = serve(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &["--set", "limits.disk_free_limit_bytes=9000000000000000000"],
+    );
+    let conn = connect(&server).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !conn.status().blocked() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection.blocked never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // lapin holds its own frames while blocked, as clients should; the server keeps
+    // the connection open (a consumer on it would keep draining).
+    assert!(conn.status().connected());
+}
