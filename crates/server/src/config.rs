@@ -25,7 +25,13 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// Environment variables that start with `FERRYMQ_` but are not configuration keys.
-pub const RESERVED_ENV: &[&str] = &["FERRYMQ_CONFIG"];
+pub const RESERVED_ENV: &[&str] = &[
+    "FERRYMQ_CONFIG",
+    // The admin CLI's connection settings (`ferrymq queues list --url ...`).
+    "FERRYMQ_URL",
+    "FERRYMQ_USER",
+    "FERRYMQ_PASSWORD",
+];
 
 /// The whole effective configuration of a `ferrymq` process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +45,18 @@ pub struct Config {
     pub users: UsersSection,
     pub shutdown: ShutdownSection,
     pub amqp: AmqpSection,
+    pub http: HttpSection,
+}
+
+/// `[http]`: the HTTP API, WebSocket, SSE and metrics listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub enabled: bool,
+    /// Address to listen on.
+    pub bind: String,
+    /// TCP port (0 picks a free one; the bound address is logged).
+    pub port: u16,
 }
 
 /// `[amqp]`: the AMQP 0-9-1 listener and its limits.
@@ -211,6 +229,11 @@ impl Config {
                 consumers_per_channel_max: 0,
                 handshake_timeout_ms: 10_000,
             },
+            http: HttpSection {
+                enabled: true,
+                bind: "127.0.0.1".into(),
+                port: 15672,
+            },
         }
     }
 
@@ -308,6 +331,9 @@ impl Config {
         }
         if a.handshake_timeout_ms == 0 {
             return Err(("amqp.handshake_timeout_ms", "must be at least 1".into()));
+        }
+        if self.http.bind.trim().is_empty() {
+            return Err(("http.bind", "must not be empty".into()));
         }
         Ok(())
     }

@@ -110,6 +110,19 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
+    if config.http.enabled {
+        let listener = ferrymq_http::bind(&config.http.bind, config.http.port).await?;
+        let addr = listener.local_addr().context("http listener address")?;
+        info!("http listening on {addr}");
+        let broker = broker.clone();
+        tasks.spawn("http", move |mut shutdown| async move {
+            // Held until the server has drained, so shutdown waits for in-flight requests.
+            let draining = shutdown.child();
+            ferrymq_http::serve(listener, broker, async move { shutdown.recv().await }).await?;
+            drop(draining);
+            Ok(())
+        });
+    }
 
     let reason = match early {
         Some(sig) => Stop::Signal(sig),

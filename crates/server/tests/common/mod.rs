@@ -17,7 +17,8 @@ pub fn ferrymq(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
     cmd.current_dir(dir)
         .env_clear()
-        .env("FERRYMQ_AMQP_PORT", "0");
+        .env("FERRYMQ_AMQP_PORT", "0")
+        .env("FERRYMQ_HTTP_PORT", "0");
     cmd
 }
 

@@ -1,0 +1,631 @@
+//! Management of vhosts, users, permissions, connections, definitions and tokens, plus the
+//! overview and `whoami`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use ferrymq_core::{Definitions, Permission, User, VhostLimits};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{valid_pattern, Auth, Via, TOKEN_TTL_SECS_DEFAULT, TOKEN_TTL_SECS_MAX};
+use crate::error::{ApiError, ApiErrors, ApiResult};
+use crate::json::{ApiJson, ApiPath};
+use crate::state::AppState;
+
+/// The authenticated user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// Who am I?
+#[utoipa::path(get, path = "/api/whoami", tag = "admin",
+    responses((status = 200, body = WhoAmI), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn whoami(auth: Auth) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: auth.user.name,
+        tags: auth.user.tags,
+    })
+}
+
+/// Broker-wide totals.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Overview {
+    pub version: String,
+    pub vhosts: u64,
+    pub queues: u64,
+    pub streams: u64,
+    pub exchanges: u64,
+    pub connections: u64,
+    pub messages: u64,
+    pub messages_ready: u64,
+    pub messages_unacked: u64,
+    /// Messages pulled over HTTP and not yet settled.
+    pub http_leases: u64,
+    pub memory_alarm: bool,
+    pub disk_alarm: bool,
+}
+
+/// Totals across what the user can see.
+#[utoipa::path(get, path = "/api/overview", tag = "admin",
+    responses((status = 200, body = Overview), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn overview(State(state): State<AppState>, auth: Auth) -> Json<Overview> {
+    let flow = *state.broker.flow().borrow();
+    let mut o = Overview {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        vhosts: 0,
+        queues: 0,
+        streams: 0,
+        exchanges: 0,
+        connections: state.broker.connections().len() as u64,
+        messages: 0,
+        messages_ready: 0,
+        messages_unacked: 0,
+        http_leases: state.leases.len() as u64,
+        memory_alarm: flow.memory_alarm,
+        disk_alarm: flow.disk_alarm,
+    };
+    for vh in state.broker.vhosts() {
+        if !auth.sees_vhost(&state.broker, &vh.name) {
+            continue;
+        }
+        o.vhosts += 1;
+        o.exchanges += vh.exchanges().len() as u64;
+        for q in vh.queues() {
+            match q {
+                ferrymq_core::QueueRef::Classic(c) => {
+                    let i = c.info();
+                    o.queues += 1;
+                    o.messages += i.ready + i.unacked + i.delayed;
+                    o.messages_ready += i.ready;
+                    o.messages_unacked += i.unacked;
+                }
+                ferrymq_core::QueueRef::Stream(_) => o.streams += 1,
+            }
+        }
+    }
+    Json(o)
+}
+
+// ------------------------------------------------------------------ vhosts
+
+/// A virtual host.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VhostJson {
+    pub name: String,
+    pub queues: u64,
+    pub exchanges: u64,
+    pub messages: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+}
+
+fn vhost_json(vh: &ferrymq_core::VHost) -> VhostJson {
+    let qs = vh.queues();
+    let l = vh.limits();
+    VhostJson {
+        name: vh.name.clone(),
+        queues: qs.len() as u64,
+        exchanges: vh.exchanges().len() as u64,
+        messages: qs.iter().map(|q| q.message_count()).sum(),
+        max_queues: l.max_queues,
+        max_connections: l.max_connections,
+    }
+}
+
+/// A vhost to create (limits optional).
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VhostCreate {
+    #[serde(default)]
+    pub max_queues: Option<u64>,
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+}
+
+/// List the vhosts the user can see.
+#[utoipa::path(get, path = "/api/vhosts", tag = "vhosts",
+    responses((status = 200, body = Vec<VhostJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_vhosts(State(state): State<AppState>, auth: Auth) -> Json<Vec<VhostJson>> {
+    Json(
+        state
+            .broker
+            .vhosts()
+            .iter()
+            .filter(|v| auth.sees_vhost(&state.broker, &v.name))
+            .map(|v| vhost_json(v))
+            .collect(),
+    )
+}
+
+/// Get a vhost.
+#[utoipa::path(get, path = "/api/vhosts/{vhost}", tag = "vhosts", params(("vhost" = String, Path)),
+    responses((status = 200, body = VhostJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn get_vhost(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(vhost): ApiPath<String>,
+) -> ApiResult<Json<VhostJson>> {
+    let vh = auth.vhost(&state, &vhost)?;
+    Ok(Json(vhost_json(&vh)))
+}
+
+/// Create a vhost, or set its limits (administrators).
+#[utoipa::path(put, path = "/api/vhosts/{vhost}", tag = "vhosts", params(("vhost" = String, Path)),
+    request_body = VhostCreate,
+    responses((status = 201, body = VhostJson), (status = 200, body = VhostJson), ApiErrors),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn put_vhost(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(vhost): ApiPath<String>,
+    ApiJson(body): ApiJson<VhostCreate>,
+) -> ApiResult<(StatusCode, Json<VhostJson>)> {
+    auth.require_admin()?;
+    let existed = state.broker.vhost(&vhost).is_some();
+    let vh = state.broker.add_vhost(&vhost)?;
+    vh.set_limits(VhostLimits {
+        max_queues: body.max_queues,
+        max_connections: body.max_connections,
+    })?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(vhost_json(&vh))))
+}
+
+/// Delete a vhost with everything in it (administrators).
+#[utoipa::path(delete, path = "/api/vhosts/{vhost}", tag = "vhosts", params(("vhost" = String, Path)),
+    responses((status = 204, description = "Deleted"), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_vhost(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(vhost): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    auth.require_admin()?;
+    state.broker.delete_vhost(&vhost)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ users
+
+/// A user (without the password).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserJson {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// A user to create or replace.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPut {
+    pub password: String,
+    /// e.g. administrator, monitoring.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// List users (administrators).
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    responses((status = 200, body = Vec<UserJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Vec<UserJson>>> {
+    auth.require_admin()?;
+    Ok(Json(
+        state
+            .broker
+            .users()
+            .into_iter()
+            .map(|u| UserJson {
+                name: u.name,
+                tags: u.tags,
+            })
+            .collect(),
+    ))
+}
+
+/// Get a user (administrators, or the user itself).
+#[utoipa::path(get, path = "/api/users/{name}", tag = "users", params(("name" = String, Path)),
+    responses((status = 200, body = UserJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<UserJson>> {
+    if auth.name() != name {
+        auth.require_admin()?;
+    }
+    let u = state
+        .broker
+        .users()
+        .into_iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no user '{name}'")))?;
+    Ok(Json(UserJson {
+        name: u.name,
+        tags: u.tags,
+    }))
+}
+
+/// Create or replace a user (administrators).
+#[utoipa::path(put, path = "/api/users/{name}", tag = "users", params(("name" = String, Path)),
+    request_body = UserPut,
+    responses((status = 201, body = UserJson), (status = 200, body = UserJson), ApiErrors),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn put_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<UserPut>,
+) -> ApiResult<(StatusCode, Json<UserJson>)> {
+    auth.require_admin()?;
+    if body.password.is_empty() {
+        return Err(ApiError::invalid("password must not be empty"));
+    }
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "user name must be 1 to 255 bytes without control characters",
+        ));
+    }
+    let existed = state.broker.users().iter().any(|u| u.name == name);
+    state.broker.put_user(User {
+        name: name.clone(),
+        password: body.password,
+        tags: body.tags.clone(),
+    })?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(UserJson {
+            name,
+            tags: body.tags,
+        }),
+    ))
+}
+
+/// Delete a user and its permissions (administrators).
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    auth.require_admin()?;
+    state.broker.delete_user(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ permissions
+
+/// A user's permissions on a vhost (anchored regular expressions over resource names).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PermissionJson {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Permissions to set.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionPut {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+fn perm_json(p: Permission) -> PermissionJson {
+    PermissionJson {
+        user: p.user,
+        vhost: p.vhost,
+        configure: p.configure,
+        write: p.write,
+        read: p.read,
+    }
+}
+
+/// List every permission (administrators).
+#[utoipa::path(get, path = "/api/permissions", tag = "permissions",
+    responses((status = 200, body = Vec<PermissionJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_permissions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Vec<PermissionJson>>> {
+    auth.require_admin()?;
+    Ok(Json(
+        state
+            .broker
+            .permissions()
+            .into_iter()
+            .map(perm_json)
+            .collect(),
+    ))
+}
+
+/// Get a user's permissions on a vhost (administrators, or the user itself).
+#[utoipa::path(get, path = "/api/permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path)),
+    responses((status = 200, body = PermissionJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn get_permission(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+) -> ApiResult<Json<PermissionJson>> {
+    if auth.name() != user {
+        auth.require_admin()?;
+    }
+    let p = state.broker.permission(&user, &vhost).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "user '{user}' has no permissions on vhost '{vhost}'"
+        ))
+    })?;
+    Ok(Json(perm_json(p)))
+}
+
+/// Set a user's permissions on a vhost (administrators).
+#[utoipa::path(put, path = "/api/permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path)), request_body = PermissionPut,
+    responses((status = 200, body = PermissionJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn put_permission(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<PermissionPut>,
+) -> ApiResult<Json<PermissionJson>> {
+    auth.require_admin()?;
+    for p in [&body.configure, &body.write, &body.read] {
+        valid_pattern(p).map_err(ApiError::invalid)?;
+    }
+    if !state.broker.users().iter().any(|u| u.name == user) {
+        return Err(ApiError::not_found(format!("no user '{user}'")));
+    }
+    let p = Permission {
+        user,
+        vhost,
+        configure: body.configure,
+        write: body.write,
+        read: body.read,
+    };
+    state.broker.set_permission(p.clone())?;
+    Ok(Json(perm_json(p)))
+}
+
+// ------------------------------------------------------------------ connections
+
+/// A client connection (any protocol).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionJson {
+    pub id: u64,
+    pub protocol: String,
+    pub peer: String,
+    pub user: String,
+    pub vhost: String,
+    pub connected_at_ms: i64,
+    pub channels: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+fn conn_json(c: &ferrymq_core::ConnectionHandle) -> ConnectionJson {
+    use std::sync::atomic::Ordering::Relaxed;
+    ConnectionJson {
+        id: c.id,
+        protocol: c.info.protocol.clone(),
+        peer: c.info.peer.clone(),
+        user: c.info.user.clone(),
+        vhost: c.info.vhost.clone(),
+        connected_at_ms: c.connected_at_ms,
+        channels: c.stats.channels.load(Relaxed),
+        messages_in: c.stats.messages_in.load(Relaxed),
+        messages_out: c.stats.messages_out.load(Relaxed),
+        bytes_in: c.stats.bytes_in.load(Relaxed),
+        bytes_out: c.stats.bytes_out.load(Relaxed),
+    }
+}
+
+fn may_see_conn(auth: &Auth, c: &ferrymq_core::ConnectionHandle) -> bool {
+    auth.is_monitor() || c.info.user == auth.user.name
+}
+
+/// List connections (monitoring sees all; others their own).
+#[utoipa::path(get, path = "/api/connections", tag = "connections",
+    responses((status = 200, body = Vec<ConnectionJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_connections(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Json<Vec<ConnectionJson>> {
+    Json(
+        state
+            .broker
+            .connections()
+            .iter()
+            .filter(|c| may_see_conn(&auth, c))
+            .map(|c| conn_json(c))
+            .collect(),
+    )
+}
+
+fn find_conn(state: &AppState, auth: &Auth, id: u64) -> ApiResult<ConnectionJson> {
+    state
+        .broker
+        .connections()
+        .iter()
+        .find(|c| c.id == id && may_see_conn(auth, c))
+        .map(|c| conn_json(c))
+        .ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
+}
+
+/// Get a connection.
+#[utoipa::path(get, path = "/api/connections/{id}", tag = "connections", params(("id" = u64, Path)),
+    responses((status = 200, body = ConnectionJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn get_connection(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<u64>,
+) -> ApiResult<Json<ConnectionJson>> {
+    Ok(Json(find_conn(&state, &auth, id)?))
+}
+
+/// Close a connection (administrators, or the connection's own user).
+#[utoipa::path(delete, path = "/api/connections/{id}", tag = "connections", params(("id" = u64, Path)),
+    responses((status = 204, description = "Close requested"), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn close_connection(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<u64>,
+) -> ApiResult<StatusCode> {
+    let c = find_conn(&state, &auth, id)?;
+    if c.user != auth.user.name {
+        auth.require_admin()?;
+    }
+    state.broker.close_connection(
+        id,
+        &format!("Closed via management API by user '{}'", auth.name()),
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ definitions
+
+/// Export every durable definition (vhosts, users, permissions, exchanges, queues,
+/// bindings) as one JSON document (administrators).
+#[utoipa::path(get, path = "/api/definitions", tag = "definitions",
+    responses((status = 200, description = "The definitions document", body = Object), ApiErrors),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn export_definitions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Definitions>> {
+    auth.require_admin()?;
+    Ok(Json(state.broker.export_definitions()))
+}
+
+/// What an import did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportResult {
+    pub vhosts: u64,
+    pub users: u64,
+    pub permissions: u64,
+    pub exchanges: u64,
+    pub queues: u64,
+    pub bindings: u64,
+}
+
+/// Import a definitions document: everything in it is created; existing equivalent entities
+/// are kept (administrators).
+#[utoipa::path(post, path = "/api/definitions", tag = "definitions",
+    request_body(content = Object, description = "A document as GET /api/definitions returns"),
+    responses((status = 200, body = ImportResult), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn import_definitions(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(d): ApiJson<Definitions>,
+) -> ApiResult<Json<ImportResult>> {
+    auth.require_admin()?;
+    let r = ImportResult {
+        vhosts: d.vhosts.len() as u64,
+        users: d.users.len() as u64,
+        permissions: d.permissions.len() as u64,
+        exchanges: d.exchanges.len() as u64,
+        queues: d.queues.len() as u64,
+        bindings: d.bindings.len() as u64,
+    };
+    for p in &d.permissions {
+        for pat in [&p.configure, &p.write, &p.read] {
+            valid_pattern(pat).map_err(ApiError::invalid)?;
+        }
+    }
+    for u in &d.users {
+        if u.name.is_empty() || u.password.is_empty() {
+            return Err(ApiError::invalid(
+                "users need a non-empty name and password",
+            ));
+        }
+    }
+    state.broker.import_definitions(d)?;
+    Ok(Json(r))
+}
+
+// ------------------------------------------------------------------ tokens
+
+/// A token request.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Lifetime in seconds (1 to 86400, default 3600).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// An issued bearer token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenJson {
+    pub token: String,
+    pub user: String,
+    pub expires_at_ms: i64,
+}
+
+/// Issue a bearer token (requires HTTP Basic). Tokens live in memory until they expire, are
+/// revoked, or the server restarts.
+#[utoipa::path(post, path = "/api/tokens", tag = "auth", request_body = TokenRequest,
+    responses((status = 201, body = TokenJson), ApiErrors), security(("basic" = [])))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<(StatusCode, Json<TokenJson>)> {
+    if !matches!(auth.via, Via::Basic) {
+        return Err(ApiError::forbidden(
+            "tokens are issued only against HTTP Basic credentials",
+        ));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(TOKEN_TTL_SECS_DEFAULT);
+    if ttl == 0 || ttl > TOKEN_TTL_SECS_MAX {
+        return Err(ApiError::invalid(format!(
+            "ttl_seconds must be 1 to {TOKEN_TTL_SECS_MAX}"
+        )));
+    }
+    let (token, expires_at_ms) = state.tokens.issue(auth.name(), Duration::from_secs(ttl))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenJson {
+            token,
+            user: auth.user.name,
+            expires_at_ms,
+        }),
+    ))
+}
+
+/// Revoke the bearer token this request carries.
+#[utoipa::path(delete, path = "/api/tokens/current", tag = "auth",
+    responses((status = 204, description = "Revoked"), ApiErrors), security(("bearer" = [])))]
+pub async fn revoke_token(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+    match auth.via {
+        Via::Bearer { token, .. } => {
+            state.tokens.revoke(&token);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Via::Basic => Err(ApiError::invalid("this request carries no bearer token")),
+    }
+}

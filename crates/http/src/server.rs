@@ -1,0 +1,208 @@
+//! The router and the listener: every route in one table, and `serve` with graceful
+//! shutdown (stop accepting, let requests finish, end long polls and sockets).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use ferrymq_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{admin, entities, metrics, openapi, publish, pull, streams};
+
+/// Why the listener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Binds the listener (port 0 picks a free port; read it with `local_addr`).
+///
+/// # Errors
+/// [`HttpError::Bind`] naming the address.
+pub async fn bind(host: &str, port: u16) -> Result<TcpListener, HttpError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Slack over the largest message for JSON envelopes (base64 grows bodies by 4/3).
+const BODY_SLACK_BYTES: u64 = 64 << 10;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max = state.broker.config().message_size_max_bytes;
+    // A batch may hold many messages: allow 4/3 of the largest message (base64) plus slack,
+    // at least 16 MiB, at most 1 GiB.
+    let limit = (max / 3 * 4 + BODY_SLACK_BYTES).clamp(16 << 20, 1 << 30) as usize;
+    Router::new()
+        .route("/health/live", get(metrics::live))
+        .route("/health/ready", get(metrics::ready))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/whoami", get(admin::whoami))
+        .route("/api/overview", get(admin::overview))
+        .route("/api/tokens", post(admin::issue_token))
+        .route("/api/tokens/current", delete(admin::revoke_token))
+        .route("/api/vhosts", get(admin::list_vhosts))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(admin::get_vhost)
+                .put(admin::put_vhost)
+                .delete(admin::delete_vhost),
+        )
+        .route("/api/users", get(admin::list_users))
+        .route(
+            "/api/users/{name}",
+            get(admin::get_user)
+                .put(admin::put_user)
+                .delete(admin::delete_user),
+        )
+        .route("/api/permissions", get(admin::list_permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(admin::get_permission).put(admin::put_permission),
+        )
+        .route("/api/connections", get(admin::list_connections))
+        .route(
+            "/api/connections/{id}",
+            get(admin::get_connection).delete(admin::close_connection),
+        )
+        .route(
+            "/api/definitions",
+            get(admin::export_definitions).post(admin::import_definitions),
+        )
+        .route("/api/exchanges", get(entities::list_exchanges))
+        .route(
+            "/api/exchanges/{vhost}",
+            get(entities::list_vhost_exchanges),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(entities::get_exchange)
+                .put(entities::put_exchange)
+                .delete(entities::delete_exchange),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(publish::exchange_publish),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish/batch",
+            post(publish::exchange_publish_batch),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/messages",
+            post(publish::exchange_publish_raw),
+        )
+        .route("/api/queues", get(entities::list_queues))
+        .route("/api/queues/{vhost}", get(entities::list_vhost_queues))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(entities::get_queue)
+                .put(entities::put_queue)
+                .delete(entities::delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            delete(entities::purge_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/browse",
+            get(entities::browse_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/move",
+            post(entities::move_messages),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/publish",
+            post(publish::queue_publish),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/publish/batch",
+            post(publish::queue_publish_batch),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/messages",
+            post(publish::queue_publish_raw),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(pull::pull))
+        .route("/api/queues/{vhost}/{name}/ack", post(pull::ack))
+        .route("/api/queues/{vhost}/{name}/nack", post(pull::nack))
+        .route("/api/queues/{vhost}/{name}/extend", post(pull::extend))
+        .route("/api/streams", get(entities::list_streams))
+        .route("/api/streams/{vhost}", get(entities::list_vhost_streams))
+        .route(
+            "/api/streams/{vhost}/{name}",
+            get(entities::get_stream)
+                .put(entities::put_stream)
+                .delete(entities::delete_stream),
+        )
+        .route("/api/streams/{vhost}/{name}/messages", get(streams::read))
+        .route(
+            "/api/streams/{vhost}/{name}/offsets/{group}",
+            get(streams::get_offset).put(streams::commit_offset),
+        )
+        .route("/api/bindings", get(entities::list_bindings))
+        .route("/api/bindings/{vhost}", get(entities::list_vhost_bindings))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{dtype}/{destination}",
+            post(entities::create_binding).delete(entities::delete_binding),
+        )
+        .fallback(|| async { ApiError::not_found("no such route; see /api/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path; see /api/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, ends long
+/// polls and sockets, and waits for in-flight requests.
+///
+/// # Errors
+/// [`HttpError::Serve`] when accepting fails fatally.
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops open connections.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::new(broker.clone(), stop_rx.clone());
+    let reaper = tokio::spawn(state.leases.clone().run_reaper(stop_rx.clone()));
+    let sampler = tokio::spawn(state.rates.clone().run(broker, stop_rx));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(HttpError::Serve);
+    let _ = reaper.await;
+    let _ = sampler.await;
+    r
+}

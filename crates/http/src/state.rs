@@ -1,0 +1,46 @@
+//! `AppState`: what every handler shares — the broker, tokens, leases, rates and the
+//! shutdown signal.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use ferrymq_core::Broker;
+use tokio::sync::watch;
+
+use crate::auth::{PatternCache, Tokens};
+use crate::leases::Leases;
+use crate::rates::Rates;
+
+/// Shared state, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub broker: Arc<Broker>,
+    pub tokens: Tokens,
+    pub patterns: PatternCache,
+    pub leases: Arc<Leases>,
+    pub rates: Arc<Rates>,
+    /// Turns true when the server shuts down; long polls, WebSockets and SSE streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Self {
+        AppState(Arc::new(Inner {
+            broker,
+            tokens: Tokens::default(),
+            patterns: PatternCache::default(),
+            leases: Arc::new(Leases::default()),
+            rates: Arc::new(Rates::default()),
+            shutdown,
+        }))
+    }
+}
