@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use ferrymq_storage::StorageConfig;
 
+use crate::queue::MemoryBudget;
+
 /// Everything the core needs to open a broker over a data directory.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -26,6 +28,9 @@ pub struct BrokerConfig {
     pub resource_check_interval_ms: u64,
     /// Limits applied to every new virtual host unless overridden.
     pub vhost_limits: VhostLimits,
+    /// Per durable queue: how much of the backlog stays in memory; the rest is read
+    /// back from disk when needed.
+    pub queue_memory: MemoryBudget,
 }
 
 /// Per-virtual-host limits (`None` = unlimited).
@@ -48,6 +53,7 @@ impl Default for BrokerConfig {
             default_password: "guest".into(),
             resource_check_interval_ms: 1000,
             vhost_limits: VhostLimits::default(),
+            queue_memory: MemoryBudget::default(),
         }
     }
 }

@@ -501,7 +501,7 @@ impl VHost {
             owner,
             self.me.clone(),
             log,
-            shared.timer.clone(),
+            (shared.timer.clone(), shared.config.queue_memory),
             now,
         );
         let n = q.recover(now)?;

@@ -412,9 +412,15 @@ impl QueueLog {
     /// The unsettled messages in offset order with their delivery state, streamed from disk
     /// in chunks of about 1 MiB. Messages whose batch failed verification are settled as lost.
     pub fn recover(&self) -> impl Iterator<Item = Result<PendingMessage>> + '_ {
+        self.recover_from(0)
+    }
+
+    /// Like [`QueueLog::recover`], from offset `from` on: how a queue pages the part of its
+    /// backlog it does not keep in memory back in.
+    pub fn recover_from(&self, from: u64) -> impl Iterator<Item = Result<PendingMessage>> + '_ {
         RecoverIter {
             q: self,
-            next: 0,
+            next: from,
             buf: VecDeque::new(),
             done: false,
         }

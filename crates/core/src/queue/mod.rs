@@ -150,6 +150,39 @@ struct State {
     last_used_ms: i64,
     timer_at: Option<i64>,
     deleted: bool,
+    /// The part of the backlog kept on disk only (see [`Tail`]).
+    tail: Tail,
+}
+
+/// Messages of a durable queue beyond its memory budget stay in the log only: every
+/// unsettled message at an offset `>= from` that is not `pinned` (held in memory
+/// elsewhere, e.g. delayed) and comes after every in-memory ready message. They are
+/// paged back in, in order, when the in-memory part runs dry.
+#[derive(Default)]
+struct Tail {
+    from: u64,
+    count: u64,
+    bytes: u64,
+    pinned: std::collections::BTreeSet<u64>,
+    /// Transient messages below this offset were written before the last restart:
+    /// they are dropped, not delivered, when paged in.
+    restart_offset: u64,
+}
+
+/// How much of a queue's backlog stays in memory; the rest is read back from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget {
+            bytes: 64 << 20,
+            messages: 100_000,
+        }
+    }
 }
 
 /// Counters for management and metrics.
@@ -213,6 +246,7 @@ pub struct Queue {
     me: Weak<Queue>,
     log: Option<Arc<QueueLog>>,
     timer: Arc<Timer>,
+    budget: MemoryBudget,
     state: Mutex<State>,
     pub counters: QueueCounters,
 }
@@ -238,7 +272,7 @@ impl Queue {
         owner: Option<ConnectionId>,
         vhost: Weak<VHost>,
         log: Option<Arc<QueueLog>>,
-        timer: Arc<Timer>,
+        (timer, budget): (Arc<Timer>, MemoryBudget),
         now: i64,
     ) -> Arc<Queue> {
         let levels = args.max_priority.map_or(1, |p| p as usize + 1);
@@ -250,6 +284,7 @@ impl Queue {
             me: me.clone(),
             log,
             timer,
+            budget,
             state: Mutex::new(State {
                 next_id: 1,
                 levels: (0..levels).map(|_| VecDeque::new()).collect(),
@@ -265,6 +300,7 @@ impl Queue {
                 last_used_ms: now,
                 timer_at: None,
                 deleted: false,
+                tail: Tail::default(),
             }),
             counters: QueueCounters::default(),
         })
@@ -289,27 +325,88 @@ impl Queue {
             return Ok(0);
         };
         let mut st = self.lock();
+        st.tail.restart_offset = log.log().next_offset();
+        let loaded = self.load_from_log(&mut st, &log, 0, now, true)?;
+        if st.tail.count > 0 {
+            // Counted, not read: the rest of the backlog stays on disk.
+            let unsettled = log.unsettled_count();
+            let in_memory = st.ready_count + st.delayed.len() as u64;
+            st.tail.count = unsettled.saturating_sub(in_memory).max(1);
+            let avg = st.ready_bytes.checked_div(st.ready_count).unwrap_or(0);
+            st.tail.bytes = avg.saturating_mul(st.tail.count);
+        }
+        let mut fx = Effects::default();
+        self.expire_heads(&mut st, now, &mut fx);
+        self.reschedule(&mut st, now);
+        drop(st);
+        self.apply(fx);
+        Ok(loaded)
+    }
+
+    /// Whether this queue may keep part of its backlog on disk only. Priority queues
+    /// keep everything in memory (one order per level would need one tail per level).
+    fn pageable(&self, st: &State) -> bool {
+        self.log.is_some() && st.levels.len() == 1
+    }
+
+    /// Reads unsettled messages from the log at `from` on into memory until the
+    /// budget is half full (or, at start-up, full). Transient messages written only
+    /// because the queue was paging are dropped at start-up. Returns messages loaded.
+    fn load_from_log(
+        &self,
+        st: &mut State,
+        log: &Arc<QueueLog>,
+        from: u64,
+        now: i64,
+        startup: bool,
+    ) -> Result<u64> {
+        let (max_n, max_b) = if startup {
+            (self.budget.messages, self.budget.bytes)
+        } else {
+            (self.budget.messages / 2 + 1, self.budget.bytes / 2 + 1)
+        };
         let mut n = 0;
-        for pending in log.recover() {
+        let mut drop_offsets = Vec::new();
+        let mut exhausted = true;
+        for pending in log.recover_from(from) {
             let p = pending?;
+            if st.tail.pinned.remove(&p.offset) {
+                st.tail.from = p.offset + 1;
+                continue;
+            }
+            if n > 0 && self.pageable(st) && (st.ready_count >= max_n || st.ready_bytes >= max_b) {
+                st.tail.from = p.offset;
+                st.tail.count = st.tail.count.max(1);
+                exhausted = false;
+                break;
+            }
+            st.tail.from = p.offset + 1;
             let msg = match codec::decode(p.body.clone()) {
+                Ok(m) if !m.properties.persistent && p.offset < st.tail.restart_offset => {
+                    // Written to disk only to page it out; transient messages do not survive a restart.
+                    drop_offsets.push(p.offset);
+                    continue;
+                }
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(queue = %self.decl.name, offset = p.offset, error = %e, "skipping undecodable stored message");
-                    log.settle(&[p.offset])?;
+                    drop_offsets.push(p.offset);
                     continue;
                 }
             };
             let id = st.next_id;
             st.next_id += 1;
             let size = msg.body_size();
-            let expires_at = self.expiry_of(&msg, p.timestamp_ms);
+            if !startup {
+                st.tail.count = st.tail.count.saturating_sub(1);
+                st.tail.bytes = st.tail.bytes.saturating_sub(size);
+            }
             let entry = Entry {
                 id,
+                expires_at: self.expiry_of(&msg, p.timestamp_ms),
                 msg: Arc::new(msg),
                 offset: Some(p.offset),
                 delivery_count: p.delivery_count,
-                expires_at,
                 size,
             };
             match p.not_before_ms {
@@ -317,16 +414,37 @@ impl Queue {
                     st.delayed_bytes += size;
                     st.delayed.insert((nb, id), entry);
                 }
-                _ => self.push_ready_back(&mut st, entry),
+                _ => self.push_ready_back(st, entry),
             }
             n += 1;
         }
-        let mut fx = Effects::default();
-        self.expire_heads(&mut st, now, &mut fx);
-        self.reschedule(&mut st, now);
-        drop(st);
-        self.apply(fx);
+        if !drop_offsets.is_empty() {
+            log.settle(&drop_offsets)?;
+        }
+        if exhausted {
+            st.tail.count = 0;
+            st.tail.bytes = 0;
+            st.tail.pinned.clear();
+        } else if !drop_offsets.is_empty() && !startup {
+            st.tail.count = st
+                .tail
+                .count
+                .saturating_sub(drop_offsets.len() as u64)
+                .max(1);
+        }
         Ok(n)
+    }
+
+    /// Pages the disk-only part of the backlog back in once memory runs dry.
+    fn page_in(&self, st: &mut State, now: i64) {
+        if st.tail.count == 0 || st.ready_count > 0 {
+            return;
+        }
+        let Some(log) = self.log.clone() else { return };
+        let from = st.tail.from;
+        if let Err(e) = self.load_from_log(st, &log, from, now, false) {
+            tracing::error!(queue = %self.decl.name, error = %e, "paging messages in failed");
+        }
     }
 
     fn expiry_of(&self, msg: &Message, enqueued_ms: i64) -> Option<i64> {
@@ -365,6 +483,14 @@ impl Queue {
         Some(e)
     }
 
+    /// Pops the head, paging the disk-only tail in when memory is empty.
+    fn pop_paged(&self, st: &mut State, now: i64) -> Option<Entry> {
+        if st.ready_count == 0 {
+            self.page_in(st, now);
+        }
+        self.pop_ready(st)
+    }
+
     fn peek_ready(st: &State) -> Option<&Entry> {
         st.levels.iter().rev().find_map(|l| l.front())
     }
@@ -394,11 +520,16 @@ impl Queue {
             // 1. Decide acceptance. Reject modes refuse what does not fit; drop-head
             //    accepts everything that fits in an empty queue.
             let (mut n, mut b) = (
-                st.ready_count + st.delayed.len() as u64,
-                st.ready_bytes + st.delayed_bytes,
+                st.ready_count + st.delayed.len() as u64 + st.tail.count,
+                st.ready_bytes + st.delayed_bytes + st.tail.bytes,
             );
             let mut verdicts = Vec::with_capacity(msgs.len());
-            for m in msgs {
+            // Whether each accepted message goes to the disk-only tail (memory budget).
+            let mut to_tail = vec![false; msgs.len()];
+            let pageable = self.pageable(&st);
+            let (mut mem_n, mut mem_b, mut tail_active) =
+                (st.ready_count, st.ready_bytes, st.tail.count > 0);
+            for (i, m) in msgs.iter().enumerate() {
                 let size = m.body_size();
                 let fits = match self.args.overflow {
                     Overflow::DropHead => !over(1, size),
@@ -407,6 +538,19 @@ impl Queue {
                 if fits {
                     n += 1;
                     b += size;
+                    if m.headers.get_i64("x-delay").is_none_or(|d| d <= 0) {
+                        if pageable
+                            && (tail_active
+                                || mem_n + 1 > self.budget.messages
+                                || mem_b + size > self.budget.bytes)
+                        {
+                            to_tail[i] = true;
+                            tail_active = true;
+                        } else {
+                            mem_n += 1;
+                            mem_b += size;
+                        }
+                    }
                 }
                 verdicts.push(fits);
             }
@@ -417,8 +561,9 @@ impl Queue {
                 let records: Vec<bytes::Bytes> = msgs
                     .iter()
                     .zip(&verdicts)
-                    .filter(|(m, ok)| **ok && m.properties.persistent)
-                    .map(|(m, _)| {
+                    .zip(&to_tail)
+                    .filter(|((m, ok), tail)| **ok && (m.properties.persistent || **tail))
+                    .map(|((m, _), _)| {
                         let mut buf = BytesMut::with_capacity(codec::encoded_len(m));
                         codec::encode(m, &mut buf);
                         buf.freeze()
@@ -428,7 +573,7 @@ impl Queue {
                     let appended = log.append(&records, now)?;
                     let mut next = appended.base_offset;
                     for (i, m) in msgs.iter().enumerate() {
-                        if verdicts[i] && m.properties.persistent {
+                        if verdicts[i] && (m.properties.persistent || to_tail[i]) {
                             offsets[i] = Some(next);
                             next += 1;
                         }
@@ -436,10 +581,34 @@ impl Queue {
                     commit = Some(appended.commit);
                 }
             }
-            // 3. Enqueue in order, applying drop-head and refusals.
+            // 3. The tail part first: it follows every in-memory message in order.
+            for (i, m) in msgs.iter().enumerate() {
+                if let (true, Some(off)) = (to_tail[i], offsets[i]) {
+                    if st.tail.count == 0 {
+                        st.tail.from = off;
+                    }
+                    st.tail.count += 1;
+                    st.tail.bytes += m.body_size();
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // 4. Enqueue in order, applying drop-head and refusals.
             let mut result = Vec::with_capacity(msgs.len());
             for (i, m) in msgs.iter().enumerate() {
                 let size = m.body_size();
+                if to_tail[i] {
+                    while over(
+                        st.ready_count + st.delayed.len() as u64 + st.tail.count,
+                        st.ready_bytes + st.delayed_bytes + st.tail.bytes,
+                    ) {
+                        let Some(head) = self.pop_paged(&mut st, now) else {
+                            break;
+                        };
+                        self.discard(head, DeathReason::MaxLen, &mut fx);
+                    }
+                    result.push(Enqueued::Accepted);
+                    continue;
+                }
                 if !verdicts[i] {
                     self.counters
                         .rejected_publishes
@@ -462,10 +631,10 @@ impl Queue {
                     continue;
                 }
                 while over(
-                    st.ready_count + st.delayed.len() as u64 + 1,
-                    st.ready_bytes + st.delayed_bytes + size,
+                    st.ready_count + st.delayed.len() as u64 + st.tail.count + 1,
+                    st.ready_bytes + st.delayed_bytes + st.tail.bytes + size,
                 ) {
-                    let Some(head) = self.pop_ready(&mut st) else {
+                    let Some(head) = self.pop_paged(&mut st, now) else {
                         break;
                     };
                     self.discard(head, DeathReason::MaxLen, &mut fx);
@@ -486,6 +655,10 @@ impl Queue {
                     let at = now.saturating_add(delay);
                     if let (Some(log), Some(off)) = (&self.log, entry.offset) {
                         log.set_not_before(off, at)?;
+                        if st.tail.count > 0 && off >= st.tail.from {
+                            // In the log among tail messages, but held in memory.
+                            st.tail.pinned.insert(off);
+                        }
                     }
                     st.delayed_bytes += entry.size;
                     st.delayed.insert((at, entry.id), entry);
@@ -541,7 +714,11 @@ impl Queue {
 
     /// Moves ready messages to consumers with credit, one batch per consumer.
     fn dispatch(&self, st: &mut State, now: i64, fx: &mut Effects) {
-        if st.consumers.is_empty() || st.ready_count == 0 {
+        if st.consumers.is_empty() {
+            return;
+        }
+        self.page_in(st, now);
+        if st.ready_count == 0 {
             return;
         }
         let mut batches: Vec<Vec<Delivery>> = (0..st.consumers.len()).map(|_| Vec::new()).collect();
@@ -549,6 +726,7 @@ impl Queue {
         let mut settled_offsets = Vec::new();
         loop {
             self.expire_heads(st, now, fx);
+            self.page_in(st, now);
             let Some(size) = Self::peek_ready(st).map(|e| e.size) else {
                 break;
             };
@@ -919,7 +1097,7 @@ impl Queue {
             let mut st = self.lock();
             st.last_used_ms = now;
             self.expire_heads(&mut st, now, &mut fx);
-            let mut e = self.pop_ready(&mut st)?;
+            let mut e = self.pop_paged(&mut st, now)?;
             let redelivered = e.delivery_count > 0;
             e.delivery_count += 1;
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -954,7 +1132,7 @@ impl Queue {
                 );
             }
             self.reschedule(&mut st, now);
-            Some((d, st.ready_count))
+            Some((d, st.ready_count + st.tail.count))
         };
         self.apply(fx);
         out
@@ -991,12 +1169,39 @@ impl Queue {
         st.ready_count = 0;
         st.ready_bytes = 0;
         st.delayed_bytes = 0;
-        if let (Some(log), false) = (&self.log, offsets.is_empty()) {
-            if let Err(err) = log.settle(&offsets) {
-                tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+        if let Some(log) = &self.log {
+            let tail = std::mem::take(&mut st.tail);
+            if tail.count > 0 {
+                // The disk-only part: settle it in chunks as it is read.
+                for p in log.recover_from(tail.from) {
+                    match p {
+                        Ok(p) => {
+                            if !tail.pinned.contains(&p.offset) {
+                                n += 1;
+                            }
+                            offsets.push(p.offset);
+                            if offsets.len() >= 4096 {
+                                self.settle_logged(log, &std::mem::take(&mut offsets));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(queue = %self.decl.name, error = %e, "reading the paged backlog failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            if !offsets.is_empty() {
+                self.settle_logged(log, &offsets);
             }
         }
         n
+    }
+
+    fn settle_logged(&self, log: &QueueLog, offsets: &[u64]) {
+        if let Err(err) = log.settle(offsets) {
+            tracing::error!(queue = %self.decl.name, error = %err, "settle failed");
+        }
     }
 
     /// Marks the queue deleted and tells its consumers. Returns the message count.
@@ -1009,7 +1214,7 @@ impl Queue {
                 consumer_tag: c.tag.clone(),
             });
         }
-        st.ready_count + st.delayed.len() as u64
+        st.ready_count + st.delayed.len() as u64 + st.tail.count
     }
 
     /// Asks the timer for the queue's first deadline (`x-expires`, recovered TTLs).
@@ -1024,10 +1229,10 @@ impl Queue {
         st.last_used_ms = now;
     }
 
-    /// Ready (deliverable now) messages.
+    /// Messages in the queue, not counting those delivered and not yet acked.
     pub fn message_count(&self) -> u64 {
         let st = self.lock();
-        st.ready_count + st.delayed.len() as u64
+        st.ready_count + st.delayed.len() as u64 + st.tail.count
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -1043,11 +1248,11 @@ impl Queue {
             durable: self.decl.durable,
             exclusive: self.decl.exclusive,
             auto_delete: self.decl.auto_delete,
-            ready: st.ready_count,
+            ready: st.ready_count + st.tail.count,
             unacked: st.unacked.len() as u64,
             delayed: st.delayed.len() as u64,
             consumers: st.consumers.len(),
-            bytes_ready: st.ready_bytes + st.delayed_bytes,
+            bytes_ready: st.ready_bytes + st.delayed_bytes + st.tail.bytes,
             bytes_unacked: st.unacked_bytes,
             published: c.published.load(Ordering::Relaxed),
             delivered: c.delivered.load(Ordering::Relaxed),
