@@ -1,15 +1,20 @@
 //! Storage throughput benchmark (harness = false): appends of 16 B, 1 KiB and 64 KiB records
-//! with 1 and 64 writer threads at T1 and T2, small-batch T1 appends, and a sequential read of
-//! a cold 1 GiB backlog; each next to the raw rate of the same disk for the same bytes.
+//! with 1 and 64 writer threads at T1 and T2, 64 writer tokio tasks on a 2-worker runtime at
+//! T2, small-batch appends, and a sequential read of a cold 1 GiB backlog; each next to the
+//! raw rate of the same disk for the same bytes. Every point runs `FERRYMQ_BENCH_REPEAT` times
+//! (default 3, raw and ours interleaved) and the medians are printed.
 //!
 //! `cargo bench -p ferrymq-storage --bench throughput`. Environment:
 //! `FERRYMQ_BENCH_SCALE` (default 1.0) scales durations and the backlog size;
-//! `FERRYMQ_BENCH_DIR` chooses the data directory (default: Cargo's target tmp dir, on disk).
+//! `FERRYMQ_BENCH_DIR` chooses the data directory (default: Cargo's target tmp dir, on disk);
+//! `FERRYMQ_BENCH_ONLY` runs only the points whose key (e.g. `T2-1024x1-w64-tasks`, `read`)
+//! contains one of its comma-separated parts.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +24,7 @@ struct Bench {
     dir: PathBuf,
     scale: f64,
     run: u64,
+    repeat: usize,
 }
 
 impl Bench {
@@ -83,16 +89,47 @@ fn raw_writes(dir: &Path, bytes: usize, d: Duration) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Appends batches of `per_batch` records of `size` bytes from `writers` threads for `d`.
-/// Returns records/s.
+/// What one append run measured.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// Records per second.
+    rate: f64,
+    fsyncs: u64,
+    /// Group-commit rounds and T2 commits resolved: commits / rounds = appends per fsync.
+    rounds: u64,
+    commits: u64,
+    /// CPU time of the whole process (user + system, all threads) per record, in µs.
+    cpu_us: f64,
+}
+
+/// User + system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// How the writers run: OS threads blocking in `Commit::wait`, or tokio tasks awaiting the
+/// `Commit` future on a 2-worker multi-thread runtime (as the broker does).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Threads,
+    Tasks,
+}
+
+/// Appends batches of `per_batch` records of `size` bytes from `writers` writers for `d`.
 fn appends(
     dir: &Path,
     tier: Durability,
     size: usize,
     per_batch: usize,
     writers: usize,
+    mode: Mode,
     d: Duration,
-) -> (f64, u64) {
+) -> Sample {
     let s = Storage::open(dir, StorageConfig::default()).expect("open");
     let log = s
         .open_log(
@@ -107,37 +144,187 @@ fn appends(
     let recs: Vec<Bytes> = (0..per_batch)
         .map(|i| Bytes::from(vec![i as u8; size]))
         .collect();
-    let stop = AtomicBool::new(false);
-    let count = AtomicU64::new(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
     let byte_cap = 3u64 << 30; // keep disk use bounded at page-cache speed
+    let before = s.metrics();
+    let cpu0 = cpu_time();
     let t = Instant::now();
-    std::thread::scope(|sc| {
-        for _ in 0..writers {
-            sc.spawn(|| {
-                let mut n = 0u64;
+    match mode {
+        Mode::Threads => std::thread::scope(|sc| {
+            for _ in 0..writers {
+                sc.spawn(|| {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let a = log.append(&recs, 0).expect("append");
+                        a.commit.wait().expect("commit");
+                        n += per_batch as u64;
+                        if n % 1024 < per_batch as u64
+                            && (t.elapsed() >= d || log.size_bytes() > byte_cap)
+                        {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                if t.elapsed() >= d {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }),
+        Mode::Tasks => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..writers)
+                    .map(|_| {
+                        let (log, recs, stop, count) =
+                            (log.clone(), recs.clone(), stop.clone(), count.clone());
+                        tokio::spawn(async move {
+                            let mut n = 0u64;
+                            while !stop.load(Ordering::Relaxed) {
+                                let a = log.append(&recs, 0).expect("append");
+                                a.commit.await.expect("commit");
+                                n += per_batch as u64;
+                                if n % 1024 < per_batch as u64
+                                    && (t.elapsed() >= d || log.size_bytes() > byte_cap)
+                                {
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            count.fetch_add(n, Ordering::Relaxed);
+                        })
+                    })
+                    .collect();
+                // The main thread only watches the clock; the 2 workers run the writers.
                 while !stop.load(Ordering::Relaxed) {
-                    let a = log.append(&recs, 0).expect("append");
-                    a.commit.wait().expect("commit");
-                    n += per_batch as u64;
-                    if n % 1024 < per_batch as u64
-                        && (t.elapsed() >= d || log.size_bytes() > byte_cap)
-                    {
+                    std::thread::sleep(Duration::from_millis(5));
+                    if t.elapsed() >= d {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
-                count.fetch_add(n, Ordering::Relaxed);
+                for h in tasks {
+                    h.await.expect("writer task");
+                }
             });
         }
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-            if t.elapsed() >= d {
-                stop.store(true, Ordering::Relaxed);
-            }
-        }
-    });
+    }
     let el = t.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
     let m = s.metrics();
-    (count.load(Ordering::Relaxed) as f64 / el, m.fsync_count)
+    let n = count.load(Ordering::Relaxed);
+    Sample {
+        cpu_us: cpu * 1e6 / n.max(1) as f64,
+        rate: n as f64 / el,
+        fsyncs: m.fsync_count - before.fsync_count,
+        rounds: m.sync_rounds - before.sync_rounds,
+        commits: m.commits_completed - before.commits_completed,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One benchmark point, repeated `repeat` times (raw and ours interleaved); prints one table
+/// row of medians.
+#[allow(clippy::too_many_arguments)]
+fn point(
+    b: &mut Bench,
+    tier: Durability,
+    size: usize,
+    per_batch: usize,
+    writers: usize,
+    mode: Mode,
+    secs: f64,
+) {
+    let bytes = encoded(size, per_batch);
+    let (mut ours, mut best, mut achieved, mut per_round) = (vec![], vec![], vec![], vec![]);
+    let (mut fsyncs, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..b.repeat {
+        let d = b.fresh();
+        // Each measurement starts after all dirty data is written back, so that writeback of
+        // an earlier one does not land in it.
+        settle_disk();
+        // Best raw: T1 = one plain pwrite per batch; T2 = one pwrite of `writers` batches +
+        // fdatasync per round, the most a group commit can gather with `writers` appends
+        // outstanding.
+        if tier == Durability::T1 {
+            best.push(raw_writes(&d, bytes, b.dur(1.0)) * per_batch as f64);
+        } else {
+            best.push(
+                raw_group_commit(&d, bytes * writers, b.dur(1.0)) * (writers * per_batch) as f64,
+            );
+        }
+        let _ = std::fs::remove_file(d.join("raw"));
+        settle_disk();
+        let s = appends(&d, tier, size, per_batch, writers, mode, b.dur(secs));
+        let _ = std::fs::remove_dir_all(&d);
+        ours.push(s.rate);
+        fsyncs.push(s.fsyncs as f64);
+        cpu.push(s.cpu_us);
+        if tier == Durability::T2 {
+            // Fair raw: one thread writing the same bytes in the batch size this group commit
+            // actually achieved (appends per fsync round), one fdatasync per round.
+            let k = s.commits as f64 / s.rounds.max(1) as f64;
+            per_round.push(k);
+            std::fs::create_dir_all(&d).expect("bench dir");
+            settle_disk();
+            let round_bytes = ((k * bytes as f64).round() as usize).max(bytes);
+            let rounds = raw_group_commit(&d, round_bytes, b.dur(1.0));
+            achieved.push(rounds * k * per_batch as f64);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+    let rate = median(ours);
+    let best = median(best);
+    let label = match (per_batch, mode) {
+        (1, Mode::Threads) => "append".to_string(),
+        (n, Mode::Threads) => format!("append, batches of {n}"),
+        (1, Mode::Tasks) => "append, tokio tasks (2 workers)".to_string(),
+        (n, Mode::Tasks) => format!("append, batches of {n}, tokio tasks (2 workers)"),
+    };
+    let tier_s = if tier == Durability::T1 { "T1" } else { "T2" };
+    let (k_s, fair_s, fair_ratio, best_s) = if tier == Durability::T1 {
+        (
+            "-".to_string(),
+            format!("{best:.0} rec/s (pwrite {bytes} B)"),
+            format!("{:.0}%", 100.0 * rate / best),
+            "same".to_string(),
+        )
+    } else {
+        let k = median(per_round);
+        let fair = median(achieved);
+        (
+            format!("{k:.1}"),
+            format!(
+                "{fair:.0} rec/s (pwrite {:.0} B + fdatasync)",
+                k * bytes as f64
+            ),
+            format!("{:.0}%", 100.0 * rate / fair),
+            format!(
+                "{best:.0} rec/s (pwrite {} B + fdatasync): {:.0}%",
+                bytes * writers,
+                100.0 * rate / best
+            ),
+        )
+    };
+    println!(
+        "| {label} | {tier_s} | {size} B | {writers} | {rate:.0} | {:.1} | {k_s} | {fair_s} | {fair_ratio} | {best_s} | {:.0} | {:.1} |",
+        rate * size as f64 / 1e6,
+        median(fsyncs),
+        median(cpu),
+    );
 }
 
 /// Writes back all dirty data (ours and earlier tests') before measuring.
@@ -167,60 +354,56 @@ fn main() {
         dir: dir.clone(),
         scale,
         run: 0,
+        repeat: std::env::var("FERRYMQ_BENCH_REPEAT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3usize)
+            .max(1),
     };
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "# ferrymq-storage throughput (scale {scale}, dir {})",
+        "# ferrymq-storage throughput (scale {scale}, {} runs per point, medians; dir {})",
+        b.repeat,
         dir.display()
     );
     println!();
-    println!("| test | tier | record | writers | records/s | MB/s | raw disk, same bytes | ratio | fsyncs |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| test | tier | record | writers | records/s | MB/s | appends per fsync | raw, same bytes in that batch size | ratio | raw best: ratio | fsyncs | CPU µs/record |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let secs = 2.0;
+    let only: Vec<String> = std::env::var("FERRYMQ_BENCH_ONLY")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let wanted = |key: &str| only.is_empty() || only.iter().any(|o| key.contains(o.as_str()));
     for &(size, per_batch) in &[(16usize, 1usize), (16, 10), (1024, 1), (65536, 1)] {
         for &writers in &[1usize, 64] {
             if per_batch > 1 && writers > 1 {
                 continue;
             }
-            for tier in [Durability::T1, Durability::T2] {
-                let d = b.fresh();
-                let bytes = encoded(size, per_batch);
-                // Raw first, then ours, each after flushing all dirty data so that background
-                // writeback of an earlier test does not land in this one.
-                // Raw: T1 = one plain pwrite per batch; T2 = (pwrite of `writers` batches + fdatasync)
-                // per round, the best group commit can do with `writers` outstanding appends.
-                settle_disk();
-                let (raw_rate, raw_desc) = if tier == Durability::T1 {
-                    let calls = raw_writes(&d, bytes, b.dur(1.0));
-                    (
-                        calls * per_batch as f64,
-                        format!("{:.0} rec/s (pwrite {bytes} B)", calls * per_batch as f64),
-                    )
-                } else {
-                    let rounds = raw_group_commit(&d, bytes * writers, b.dur(1.0));
-                    let r = rounds * (writers * per_batch) as f64;
-                    (
-                        r,
-                        format!("{r:.0} rec/s (pwrite {} B + fdatasync)", bytes * writers),
-                    )
-                };
-                let _ = std::fs::remove_file(d.join("raw"));
-                settle_disk();
-                let (rate, fsyncs) = appends(&d, tier, size, per_batch, writers, b.dur(secs));
-                let _ = std::fs::remove_dir_all(&d);
-                let label = if per_batch > 1 {
-                    format!("append, batches of {per_batch}")
-                } else {
-                    "append".to_string()
-                };
-                println!(
-                    "| {label} | {} | {size} B | {writers} | {rate:.0} | {:.1} | {raw_desc} | {:.0}% | {fsyncs} |",
+            for (tier, mode) in [
+                (Durability::T1, Mode::Threads),
+                (Durability::T2, Mode::Threads),
+                (Durability::T2, Mode::Tasks),
+            ] {
+                if mode == Mode::Tasks && writers == 1 {
+                    continue;
+                }
+                let key = format!(
+                    "{}-{size}x{per_batch}-w{writers}-{}",
                     if tier == Durability::T1 { "T1" } else { "T2" },
-                    rate * size as f64 / 1e6,
-                    100.0 * rate / raw_rate
+                    if mode == Mode::Tasks {
+                        "tasks"
+                    } else {
+                        "threads"
+                    }
                 );
+                if wanted(&key) {
+                    point(&mut b, tier, size, per_batch, writers, mode, secs);
+                }
             }
         }
+    }
+    if !wanted("read") {
+        return;
     }
 
     // Sequential read of a cold backlog.
