@@ -60,6 +60,8 @@ pub enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    #[command(flatten)]
+    Admin(Box<crate::admin::AdminCommand>),
 }
 
 #[derive(Debug, Subcommand)]

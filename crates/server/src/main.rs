@@ -10,6 +10,7 @@
 //! Exit status: 0 success (including a graceful shutdown), 1 runtime failure, 2 invalid
 //! configuration or usage, 128+N when a second signal N forces an immediate exit.
 
+mod admin;
 mod cli;
 mod config;
 mod logging;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
             }
             serve::main(config)
         }
+        Command::Admin(cmd) => admin::run(*cmd),
     }
 }
 
