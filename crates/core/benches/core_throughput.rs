@@ -13,7 +13,24 @@ use ferrymq_core::queue::{ConsumerOptions, QueueDecl};
 use ferrymq_core::{Broker, BrokerConfig, ConsumerEvent, Message, QueueRef};
 use ferrymq_storage::{Durability, StorageConfig};
 
-async fn scenario(total: usize, size: usize, queues: usize, persistent: bool, batch: usize) -> f64 {
+/// CPU seconds (user + system) this process has used, from /proc (clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn scenario(
+    total: usize,
+    size: usize,
+    queues: usize,
+    persistent: bool,
+    batch: usize,
+) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = BrokerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -62,6 +79,7 @@ async fn scenario(total: usize, size: usize, queues: usize, persistent: bool, ba
     let body = bytes::Bytes::from(vec![b'x'; size]);
     let keys: Vec<String> = (0..queues).map(|i| format!("q{i}")).collect();
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut pending = Vec::with_capacity(batch);
     for i in 0..total {
         let mut m = Message::new(keys[i % queues].clone(), body.clone());
@@ -79,8 +97,9 @@ async fn scenario(total: usize, size: usize, queues: usize, persistent: bool, ba
         c.await.expect("consumer");
     }
     let rate = total as f64 / start.elapsed().as_secs_f64();
+    let cpu_rate = total as f64 / (cpu_seconds() - cpu0).max(0.01);
     b.shutdown().await.expect("shutdown");
-    rate
+    (rate, cpu_rate)
 }
 
 fn main() {
@@ -92,8 +111,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("| messages | size | queues | tier | publish batch | msgs/s |");
-    println!("|---:|---:|---:|---|---:|---:|");
+    println!(
+        "| messages | size | queues | tier | publish batch | msgs/s (wall) | msgs per CPU-second |"
+    );
+    println!("|---:|---:|---:|---|---:|---:|---:|");
     for &(size, queues, persistent, batch) in &[
         (16, 1, false, 1),
         (16, 1, false, 64),
@@ -106,17 +127,22 @@ fn main() {
         (1024, 1, true, 64),
         (1024, 16, true, 64),
     ] {
+        let tier_tag = if persistent { "t1" } else { "t0" };
+        let name = format!("{size}-{queues}-{tier_tag}-{batch}");
+        if std::env::var("FERRYMQ_BENCH_FILTER").is_ok_and(|f| !name.contains(&f)) {
+            continue;
+        }
         let n = if persistent && batch == 1 {
             total / 4
         } else {
             total
         };
-        let rate = rt.block_on(scenario(n, size, queues, persistent, batch));
+        let (rate, cpu_rate) = rt.block_on(scenario(n, size, queues, persistent, batch));
         let tier = if persistent {
             "T1 persistent"
         } else {
             "T0 transient"
         };
-        println!("| {n} | {size} B | {queues} | {tier} | {batch} | {rate:.0} |");
+        println!("| {n} | {size} B | {queues} | {tier} | {batch} | {rate:.0} | {cpu_rate:.0} |");
     }
 }

@@ -872,11 +872,40 @@ impl VHost {
         // Route each message, grouping message indexes by destination.
         let mut groups: Vec<(QueueRef, Vec<usize>)> = Vec::new();
         let mut arcs = Vec::with_capacity(msgs.len());
+        // The default exchange routes by routing key alone: runs of the same key
+        // (the common case) are looked up once.
+        let mut last: Option<(String, Option<usize>)> = None;
         for (i, mut msg) in msgs.into_iter().enumerate() {
-            for t in self.route(exchange, &msg)? {
-                match groups.iter_mut().find(|(q, _)| same_queue(q, &t)) {
-                    Some((_, idx)) => idx.push(i),
-                    None => groups.push((t, vec![i])),
+            if exchange.is_empty() {
+                let hit = match &last {
+                    Some((k, g)) if *k == msg.routing_key => Some(*g),
+                    _ => None,
+                };
+                let g = match hit {
+                    Some(g) => g,
+                    None => {
+                        let g = self.queue(&msg.routing_key).map(|t| {
+                            match groups.iter().position(|(q, _)| same_queue(q, &t)) {
+                                Some(g) => g,
+                                None => {
+                                    groups.push((t, Vec::new()));
+                                    groups.len() - 1
+                                }
+                            }
+                        });
+                        last = Some((msg.routing_key.clone(), g));
+                        g
+                    }
+                };
+                if let Some(g) = g {
+                    groups[g].1.push(i);
+                }
+            } else {
+                for t in self.route(exchange, &msg)? {
+                    match groups.iter_mut().find(|(q, _)| same_queue(q, &t)) {
+                        Some((_, idx)) => idx.push(i),
+                        None => groups.push((t, vec![i])),
+                    }
                 }
             }
             msg.exchange = exchange.to_string();

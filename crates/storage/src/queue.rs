@@ -140,6 +140,14 @@ impl SegState {
         out
     }
 
+    /// Journal entries beyond which it is rewritten. The slack grows with the segment
+    /// (16 entries per bitmap word, i.e. a quarter entry per message), so that a busy
+    /// segment is compacted a logarithmic number of times, each costing two fsyncs,
+    /// instead of every 1024 entries.
+    fn compact_threshold(&self) -> u64 {
+        2 * self.live_estimate() + COMPACT_SLACK_ENTRIES.max(16 * self.settled.len() as u64)
+    }
+
     fn live_estimate(&self) -> u64 {
         // Settled runs are not counted exactly (that needs a pass over the bitmap).
         (self.delivery.len() + self.not_before.len()) as u64 + self.settled.len() as u64
@@ -294,7 +302,7 @@ impl QueueLog {
         if self.log.durability() == Durability::T2 {
             let _ = self.log.ctx().syncer.submit(file, self.log.health(), false);
         }
-        if ss.journal_entries > 2 * ss.live_estimate() + COMPACT_SLACK_ENTRIES {
+        if ss.journal_entries > ss.compact_threshold() {
             compact(&self.log, &paths, ss)?;
         }
         Ok(())
@@ -515,7 +523,7 @@ fn load_journal(log: &Log, paths: &SegPaths, base: u64, end: u64) -> Result<SegS
     }
     ss.journal_len = pos;
     ss.journal = Some(f);
-    if stale || ss.journal_entries > 2 * ss.live_estimate() + COMPACT_SLACK_ENTRIES {
+    if stale || ss.journal_entries > ss.compact_threshold() {
         compact(log, paths, &mut ss)?;
     }
     Ok(ss)

@@ -128,6 +128,27 @@ impl ConsumerState {
     }
 }
 
+/// Hashes the queue's sequential message ids (Fibonacci hashing): far cheaper than
+/// SipHash, and ids come from the queue, never from a client.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 struct Unacked {
     entry: Entry,
     consumer: ConsumerId,
@@ -142,7 +163,7 @@ struct State {
     /// Waiting for their not-before time, keyed by (time, id).
     delayed: BTreeMap<(i64, u64), Entry>,
     delayed_bytes: u64,
-    unacked: HashMap<u64, Unacked>,
+    unacked: HashMap<u64, Unacked, IdHash>,
     unacked_bytes: u64,
     consumers: Vec<ConsumerState>,
     rr: usize,
@@ -292,7 +313,7 @@ impl Queue {
                 ready_bytes: 0,
                 delayed: BTreeMap::new(),
                 delayed_bytes: 0,
-                unacked: HashMap::new(),
+                unacked: HashMap::default(),
                 unacked_bytes: 0,
                 consumers: Vec::new(),
                 rr: 0,
@@ -558,15 +579,19 @@ impl Queue {
             let mut commit = None;
             let mut offsets: Vec<Option<u64>> = vec![None; msgs.len()];
             if let Some(log) = &self.log {
-                let records: Vec<bytes::Bytes> = msgs
-                    .iter()
-                    .zip(&verdicts)
-                    .zip(&to_tail)
-                    .filter(|((m, ok), tail)| **ok && (m.properties.persistent || **tail))
-                    .map(|((m, _), _)| {
-                        let mut buf = BytesMut::with_capacity(codec::encoded_len(m));
-                        codec::encode(m, &mut buf);
-                        buf.freeze()
+                // One allocation for the whole batch; each record is a slice of it.
+                let stored =
+                    |i: usize| verdicts[i] && (msgs[i].properties.persistent || to_tail[i]);
+                let total: usize = (0..msgs.len())
+                    .filter(|&i| stored(i))
+                    .map(|i| codec::encoded_len(&msgs[i]))
+                    .sum();
+                let mut buf = BytesMut::with_capacity(total);
+                let records: Vec<bytes::Bytes> = (0..msgs.len())
+                    .filter(|&i| stored(i))
+                    .map(|i| {
+                        codec::encode(&msgs[i], &mut buf);
+                        buf.split().freeze()
                     })
                     .collect();
                 if !records.is_empty() {
