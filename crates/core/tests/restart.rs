@@ -293,3 +293,63 @@ async fn stream_retention_deletes_whole_old_segments() {
         "reads before the start begin at the first retained record"
     );
 }
+
+#[tokio::test]
+async fn deleting_durable_queues_streams_and_vhosts_while_referenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(QueueDecl::durable("dq"), 1, false)
+        .unwrap();
+    vh.declare_queue(
+        QueueDecl::durable("ds").arg("x-queue-type", "stream"),
+        1,
+        false,
+    )
+    .unwrap();
+    vh.publish("", persistent("dq", "old"))
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    vh.publish("", persistent("ds", "old"))
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    // Handles held elsewhere (an adapter's consumer map) must not block deletion.
+    let held_q = vh.queue("dq").unwrap();
+    let held_s = vh.queue("ds").unwrap();
+    assert_eq!(vh.delete_queue("dq", false, false, 1).unwrap(), 1);
+    assert_eq!(vh.delete_queue("ds", false, false, 1).unwrap(), 1);
+    vh.declare_queue(QueueDecl::durable("dq"), 1, false)
+        .unwrap();
+    assert_eq!(classic(&vh, "dq").message_count(), 0, "a new, empty queue");
+    vh.publish("", persistent("dq", "new"))
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    drop((held_q, held_s));
+    assert_eq!(classic(&vh, "dq").message_count(), 1);
+    let v2 = b.add_vhost("gone").unwrap();
+    v2.declare_queue(QueueDecl::durable("q"), 1, false).unwrap();
+    v2.publish("", persistent("q", "x"))
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    b.delete_vhost("gone").unwrap();
+    assert!(b.vhost("gone").is_none());
+    b.shutdown().await.unwrap();
+    drop(vh);
+    drop(v2);
+    drop(b);
+    let b = open(dir.path()).await;
+    assert_eq!(
+        classic(&vhost(&b), "dq").message_count(),
+        1,
+        "only the new message survives"
+    );
+    assert!(b.vhost("gone").is_none());
+}

@@ -691,13 +691,16 @@ mod tests {
             assert_eq!(p.not_before_ms, (p.offset == 170).then_some(12345));
         }
         assert_eq!(s.list_queues().unwrap(), vec!["/vh/q1".to_string()]);
-        assert!(matches!(
-            s.remove_queue("/vh/q1"),
-            Err(StorageError::InUse { .. })
-        ));
-        drop(q);
+        // Removing an open queue fences the handle: its writes fail from then on.
         s.remove_queue("/vh/q1").unwrap();
         assert!(s.list_queues().unwrap().is_empty());
+        assert!(q.append(&[body(1)], 1).is_err(), "a removed queue takes no writes");
+        assert!(q.settle(&[150]).is_err() || q.log().is_failed());
+        drop(q);
+        // The name opens again as a new, empty queue.
+        let q = s.open_queue("/vh/q1", LogOptions::default()).unwrap();
+        assert_eq!(q.unsettled_count(), 0);
+        assert_eq!(q.log().next_offset(), 0);
     }
 
     #[test]

@@ -241,18 +241,20 @@ impl Storage {
 
     fn remove(&self, kind: &str, name: &str) -> Result<()> {
         let key = (kind.to_string(), name.to_string());
-        if lock(&self.logs)
-            .get(&key)
-            .is_some_and(|w| w.strong_count() > 0)
-        {
-            return Err(StorageError::InUse {
-                what: if kind == QUEUES_DIR {
-                    "queue"
-                } else {
-                    "stream"
-                },
-                name: name.to_string(),
-            });
+        // Still open somewhere (a deleted queue whose last handle has not been dropped
+        // yet): fence it, so that no later write through it can succeed, and forget it,
+        // so that opening the name again starts a new, empty log.
+        if let Some(log) = lock(&self.logs).remove(&key).and_then(|w| w.upgrade()) {
+            log.health().fail(format!("{kind} '{name}' was removed"));
+        }
+        match kind {
+            QUEUES_DIR => {
+                lock(&self.queues).remove(name);
+            }
+            STREAMS_DIR => {
+                lock(&self.streams).remove(name);
+            }
+            _ => {}
         }
         let dir = self.log_dir(kind, name, false)?;
         if !dir.exists() {
@@ -269,12 +271,12 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes a queue's directory. The queue must not be open.
+    /// Deletes a queue's directory. A handle still open is fenced: its writes fail.
     pub fn remove_queue(&self, name: &str) -> Result<()> {
         self.remove(QUEUES_DIR, name)
     }
 
-    /// Deletes a stream's directory. The stream must not be open.
+    /// Deletes a stream's directory. A handle still open is fenced: its writes fail.
     pub fn remove_stream(&self, name: &str) -> Result<()> {
         self.remove(STREAMS_DIR, name)
     }
