@@ -611,6 +611,30 @@ impl Broker {
         self.shared.persist_definitions()
     }
 
+    /// Removes a user's permissions on a vhost.
+    ///
+    /// # Errors
+    /// `NotFound` if there were none.
+    pub fn delete_permission(&self, user: &str, vhost: &str) -> Result<()> {
+        let removed = self
+            .shared
+            .permissions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(user.to_string(), vhost.to_string()));
+        if removed.is_none() {
+            return Err(CoreError::NotFound(format!(
+                "no permissions for user '{user}' on vhost '{vhost}'"
+            )));
+        }
+        self.shared.persist_definitions()
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.shared.users.read().ok()?.get(name).cloned()
+    }
+
     pub fn permission(&self, user: &str, vhost: &str) -> Option<Permission> {
         self.shared
             .permissions

@@ -911,6 +911,33 @@ impl VHost {
             msg.exchange = exchange.to_string();
             arcs.push(Arc::new(msg));
         }
+        Self::store(groups, arcs)
+    }
+
+    /// Puts messages straight into one queue or stream, bypassing routing and keeping
+    /// their exchange and routing key (management moves, dead-letter redrives).
+    ///
+    /// # Errors
+    /// `NotFound`, `ResourceLocked` for another connection's exclusive queue, storage errors.
+    pub fn publish_to_queue(
+        &self,
+        queue: &str,
+        msgs: Vec<Message>,
+        conn: ConnectionId,
+    ) -> Result<PublishedBatch> {
+        let target = self.queue_for(queue, conn)?;
+        let idx = (0..msgs.len()).collect();
+        Self::store(
+            vec![(target, idx)],
+            msgs.into_iter().map(Arc::new).collect(),
+        )
+    }
+
+    /// Stores routed messages: one enqueue batch per queue, one append per stream partition.
+    fn store(
+        groups: Vec<(QueueRef, Vec<usize>)>,
+        arcs: Vec<Arc<Message>>,
+    ) -> Result<PublishedBatch> {
         let now = now_ms();
         let mut out = PublishedBatch {
             outcomes: vec![PublishOutcome::default(); arcs.len()],

@@ -690,6 +690,16 @@ async fn users_permissions_and_vhost_isolation() {
     })
     .unwrap();
     assert!(b.open_vhost("app", "other").is_ok());
+    assert_eq!(b.user("app").map(|u| u.name), Some("app".to_string()));
+    b.delete_permission("app", "other").unwrap();
+    assert!(matches!(
+        b.open_vhost("app", "other"),
+        Err(CoreError::AccessRefused(_))
+    ));
+    assert!(matches!(
+        b.delete_permission("app", "other"),
+        Err(CoreError::NotFound(_))
+    ));
     other
         .set_limits(ferrymq_core::VhostLimits {
             max_queues: Some(1),
@@ -799,4 +809,24 @@ async fn browse_does_not_consume() {
         .collect();
     assert_eq!(seen, vec!["0", "1"]);
     assert_eq!(q.message_count(), 3);
+}
+
+#[tokio::test]
+async fn publish_to_queue_keeps_the_routing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(QueueDecl::transient("target"), 1, false)
+        .unwrap();
+    let mut m = msg("orders.created", "x");
+    m.exchange = "amq.topic".into();
+    let out = vh.publish_to_queue("target", vec![m], 1).unwrap();
+    assert_eq!(out.outcomes[0].routed, 1);
+    let (d, _) = classic(&vh, "target").get(true, 0).unwrap();
+    assert_eq!(d.message.routing_key, "orders.created");
+    assert_eq!(d.message.exchange, "amq.topic");
+    assert!(matches!(
+        vh.publish_to_queue("nope", vec![msg("", "")], 1),
+        Err(CoreError::NotFound(_))
+    ));
 }
