@@ -694,7 +694,10 @@ mod tests {
         // Removing an open queue fences the handle: its writes fail from then on.
         s.remove_queue("/vh/q1").unwrap();
         assert!(s.list_queues().unwrap().is_empty());
-        assert!(q.append(&[body(1)], 1).is_err(), "a removed queue takes no writes");
+        assert!(
+            q.append(&[body(1)], 1).is_err(),
+            "a removed queue takes no writes"
+        );
         assert!(q.settle(&[150]).is_err() || q.log().is_failed());
         drop(q);
         // The name opens again as a new, empty queue.
