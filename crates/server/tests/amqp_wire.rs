@@ -111,3 +111,99 @@ fn a_silent_client_is_dropped_after_the_handshake_timeout() {
     assert!(read_to_end(&mut s).is_empty());
     still_serving(&server);
 }
+
+fn method_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1, 0, 0];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+fn shortstr(out: &mut Vec<u8>, s: &str) {
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads one frame: (type, payload).
+fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 7];
+    s.read_exact(&mut h)?;
+    let size = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize;
+    let mut p = vec![0u8; size + 1];
+    s.read_exact(&mut p)?;
+    p.pop();
+    Ok((h[0], p))
+}
+
+/// Handshake by hand with the given heartbeat; returns after connection.open-ok.
+fn open_with_heartbeat(server: &Server, heartbeat: u16) -> TcpStream {
+    let mut s = connect(server);
+    s.write_all(HEADER).unwrap();
+    let (_, start) = read_frame(&mut s).unwrap();
+    assert_eq!(&start[0..4], &[0, 10, 0, 10], "connection.start");
+    let mut p = vec![0, 10, 0, 11, 0, 0, 0, 0];
+    shortstr(&mut p, "PLAIN");
+    let resp = b"\0guest\0guest";
+    p.extend_from_slice(&(resp.len() as u32).to_be_bytes());
+    p.extend_from_slice(resp);
+    shortstr(&mut p, "en_US");
+    s.write_all(&method_frame(&p)).unwrap();
+    let (_, tune) = read_frame(&mut s).unwrap();
+    assert_eq!(&tune[0..4], &[0, 10, 0, 30], "connection.tune");
+    let mut p = vec![0, 10, 0, 31, 0x07, 0xFF];
+    p.extend_from_slice(&131_072u32.to_be_bytes());
+    p.extend_from_slice(&heartbeat.to_be_bytes());
+    s.write_all(&method_frame(&p)).unwrap();
+    let mut p = vec![0, 10, 0, 40];
+    shortstr(&mut p, "/");
+    shortstr(&mut p, "");
+    p.push(0);
+    s.write_all(&method_frame(&p)).unwrap();
+    let (_, ok) = read_frame(&mut s).unwrap();
+    assert_eq!(&ok[0..4], &[0, 10, 0, 41], "connection.open-ok");
+    s
+}
+
+#[test]
+fn heartbeats_are_sent_and_a_silent_client_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let mut s = open_with_heartbeat(&server, 1);
+    // Stay silent: the server sends heartbeats, then closes after two missed intervals.
+    let mut heartbeats = 0;
+    loop {
+        match read_frame(&mut s) {
+            Ok((8, _)) => heartbeats += 1,
+            Ok((t, p)) => panic!("unexpected frame {t} {p:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        heartbeats >= 1,
+        "the server sent heartbeats while we were silent"
+    );
+    still_serving(&server);
+}
+
+#[test]
+fn a_client_sending_heartbeats_stays_connected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let mut s = open_with_heartbeat(&server, 1);
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    // For three intervals, answer with heartbeats; the connection must stay open.
+    while start.elapsed() < Duration::from_millis(3200) {
+        s.write_all(&[8, 0, 0, 0, 0, 0, 0, 0xCE]).unwrap();
+        match read_frame(&mut s) {
+            Ok((8, _)) => {}
+            Ok((t, p)) => panic!("unexpected frame {t} {p:?}"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("connection dropped although we sent heartbeats: {e}"),
+        }
+    }
+}
