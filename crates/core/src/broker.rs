@@ -330,7 +330,7 @@ impl Broker {
             let Some(vh) = self.vhost(&q.vhost) else {
                 continue;
             };
-            let args = QueueArgs::parse(&q.decl.name, &q.decl.arguments)?;
+            let args = QueueArgs::parse(&q.decl.name, &q.vhost, &q.decl.arguments)?;
             let qref = vh.create_queue(q.decl, args, None, now)?;
             vh.insert_queue(qref);
         }
@@ -592,9 +592,10 @@ impl Broker {
             .and_then(|u| u.get(name).cloned());
         match user {
             Some(u) if constant_time_eq(u.password.as_bytes(), password.as_bytes()) => Ok(u),
-            _ => Err(CoreError::AccessRefused(format!(
-                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{name}')"
-            ))),
+            _ => Err(CoreError::AccessRefused(
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+                    .into(),
+            )),
         }
     }
 
@@ -655,7 +656,7 @@ impl Broker {
     pub fn open_vhost(&self, user: &str, vhost: &str) -> Result<Arc<VHost>> {
         let vh = self
             .vhost(vhost)
-            .ok_or_else(|| CoreError::NotFound(format!("vhost '{vhost}' not found")))?;
+            .ok_or_else(|| CoreError::NotFound(format!("vhost {vhost} not found")))?;
         if self.permission(user, vhost).is_none() {
             return Err(CoreError::AccessRefused(format!(
                 "access to vhost '{vhost}' refused for user '{user}'"

@@ -305,9 +305,14 @@ impl VHost {
     /// `AccessRefused` for standard exchanges, `PreconditionFailed` with
     /// `if_unused` when it has bindings.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if name.starts_with("amq.") {
             return Err(CoreError::AccessRefused(format!(
-                "operation not permitted on exchange '{name}' in vhost '{}'",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
             )));
         }
@@ -407,7 +412,7 @@ impl VHost {
                 decl.name
             )));
         }
-        let args = QueueArgs::parse(&decl.name, &decl.arguments)?;
+        let args = QueueArgs::parse(&decl.name, &self.name, &decl.arguments)?;
         if let Some(max) = self.limits().max_queues {
             if read(&self.queues).len() as u64 >= max {
                 return Err(CoreError::LimitReached(format!(
@@ -416,16 +421,22 @@ impl VHost {
                 )));
             }
         }
-        if args.queue_type != QueueType::Classic && (decl.exclusive || !decl.durable) {
-            return Err(CoreError::PreconditionFailed(format!(
-                "invalid property for queue '{}': {} queues must be durable and non-exclusive",
-                decl.name,
-                if args.queue_type == QueueType::Stream {
-                    "stream"
-                } else {
-                    "quorum"
-                }
-            )));
+        if args.queue_type != QueueType::Classic {
+            let bad = if !decl.durable {
+                Some("non-durable")
+            } else if decl.exclusive {
+                Some("exclusive-owner")
+            } else if decl.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(property) = bad {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "invalid property '{property}' for queue '{}' in vhost '{}'",
+                    decl.name, self.name
+                )));
+            }
         }
         let owner = decl.exclusive.then_some(conn);
         let q = self.create_queue(decl.clone(), args, owner, now)?;
@@ -561,17 +572,43 @@ impl VHost {
         fn norm(v: Option<&Value>) -> Option<Value> {
             v.map(|v| v.as_i64().map(Value::Int).unwrap_or_else(|| v.clone()))
         }
+        fn show(v: &Option<Value>) -> String {
+            match v {
+                None => "none".into(),
+                Some(Value::Int(i)) => i.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Float(f)) => f.to_string(),
+                Some(other) => format!("{other:?}"),
+            }
+        }
         for (k, _) in cur.arguments.iter().chain(new.arguments.iter()) {
             if !k.starts_with("x-") {
                 continue;
             }
-            let (a, b) = (norm(new.arguments.get(k)), norm(cur.arguments.get(k)));
-            // RabbitMQ: an absent x-queue-type matches the default.
-            if k == "x-queue-type" && (a.is_none() || b.is_none()) {
+            let (mut a, mut b) = (norm(new.arguments.get(k)), norm(cur.arguments.get(k)));
+            if k == "x-queue-type" {
+                // An absent type is a classic queue.
+                let classic = Some(Value::String("classic".into()));
+                a = a.or_else(|| classic.clone());
+                b = b.or(classic);
+                if a != b {
+                    let got = if new.arguments.get(k).is_none() {
+                        "none".to_string()
+                    } else {
+                        format!("'{}'", show(&a))
+                    };
+                    return Err(CoreError::PreconditionFailed(format!(
+                        "inequivalent arg '{k}' for queue '{}' in vhost '{}': received {got} but current is the value '{}' of type 'longstr'",
+                        cur.name,
+                        self.name,
+                        show(&b)
+                    )));
+                }
                 continue;
             }
             if a != b {
-                return fail(k, format!("{a:?}"), format!("{b:?}"));
+                return fail(k, show(&a), show(&b));
             }
         }
         Ok(())
@@ -631,7 +668,7 @@ impl VHost {
         }
         if if_empty && q.message_count() > 0 {
             return Err(CoreError::PreconditionFailed(format!(
-                "queue '{name}' in vhost '{}' is not empty",
+                "queue '{name}' in vhost '{}' not empty",
                 self.name
             )));
         }
@@ -723,8 +760,20 @@ impl VHost {
 
     /// Removes a binding (a missing binding is not an error, as in RabbitMQ 3.13).
     pub fn unbind(&self, binding: &Binding, conn: ConnectionId) -> Result<()> {
-        let x = self.binding_source(&binding.source)?;
-        self.check_destination(&binding.destination, conn)?;
+        if binding.source.is_empty() {
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        // A missing exchange or destination means there is nothing to remove.
+        let Some(x) = self.exchange(&binding.source) else {
+            return Ok(());
+        };
+        if let Destination::Queue(q) = &binding.destination {
+            if let Some(q) = self.queue(q) {
+                self.check_owner(&q, conn)?;
+            }
+        }
         if x.unbind(binding) {
             self.maybe_auto_delete_exchange(&binding.source);
             if x.decl.durable {

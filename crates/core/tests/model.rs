@@ -830,3 +830,26 @@ async fn publish_to_queue_keeps_the_routing_key() {
         Err(CoreError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn ttl_zero_reaches_only_a_waiting_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(
+        QueueDecl::transient("now").arg("x-message-ttl", 0i64),
+        1,
+        false,
+    )
+    .unwrap();
+    vh.publish("", msg("now", "nobody")).unwrap();
+    assert_eq!(
+        classic(&vh, "now").message_count(),
+        0,
+        "no consumer: expired at once"
+    );
+    let (s, mut r) = sink();
+    vh.consume("now", opts("c", 0), None, s).unwrap();
+    vh.publish("", msg("now", "taken")).unwrap();
+    assert_eq!(bodies(&take(&mut r, 1).await), vec!["taken"]);
+}

@@ -79,8 +79,9 @@ pub struct QueueArgs {
     pub segment_bytes: Option<u64>,
 }
 
+/// `queue` is the queue as RabbitMQ names it in errors: `'q' in vhost '/'`.
 fn invalid(queue: &str, arg: &str, why: impl std::fmt::Display) -> CoreError {
-    CoreError::InvalidArgument(format!("invalid arg '{arg}' for queue '{queue}': {why}"))
+    CoreError::InvalidArgument(format!("invalid arg '{arg}' for queue {queue}: {why}"))
 }
 
 fn non_negative(queue: &str, args: &FieldTable, key: &str) -> Result<Option<u64>> {
@@ -137,7 +138,9 @@ impl QueueArgs {
     ///
     /// # Errors
     /// `InvalidArgument` naming the argument when a value has the wrong type or range.
-    pub fn parse(queue: &str, args: &FieldTable) -> Result<Self> {
+    pub fn parse(name: &str, vhost: &str, args: &FieldTable) -> Result<Self> {
+        let queue = &format!("'{name}' in vhost '{vhost}'");
+        let queue = queue.as_str();
         let queue_type = match string_arg(queue, args, "x-queue-type")? {
             None | Some("classic") => QueueType::Classic,
             Some("quorum") => QueueType::Quorum,
@@ -330,7 +333,7 @@ mod tests {
             .arg("x-delivery-limit", 3i64)
             .arg("x-single-active-consumer", true)
             .arg("x-retry-initial-delay-ms", 100i64);
-        let a = QueueArgs::parse("q", &d.arguments).unwrap();
+        let a = QueueArgs::parse("q", "/", &d.arguments).unwrap();
         assert_eq!(a.message_ttl_ms, Some(1000));
         assert_eq!(a.expires_ms, Some(5000));
         assert_eq!(a.max_length, Some(10));
@@ -356,7 +359,7 @@ mod tests {
         ] {
             let mut t = FieldTable::new();
             t.insert(k, v);
-            let e = QueueArgs::parse("q", &t).unwrap_err().to_string();
+            let e = QueueArgs::parse("q", "/", &t).unwrap_err().to_string();
             assert!(e.contains(k), "{e} should name {k}");
         }
     }

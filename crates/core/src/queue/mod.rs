@@ -722,11 +722,13 @@ impl Queue {
     }
 
     /// Expires messages at the heads of the ready levels (RabbitMQ expires at the head).
+    /// A message whose expiry is the current millisecond is still deliverable, so that
+    /// a TTL of 0 reaches consumers that can take it at once (as RabbitMQ's does).
     fn expire_heads(&self, st: &mut State, now: i64, fx: &mut Effects) {
         for l in 0..st.levels.len() {
             while st.levels[l]
                 .front()
-                .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))
+                .is_some_and(|e| e.expires_at.is_some_and(|t| t < now))
             {
                 if let Some(e) = st.levels[l].pop_front() {
                     st.ready_count -= 1;
@@ -865,7 +867,8 @@ impl Queue {
         let mut consider = |t: i64| next = Some(next.map_or(t, |n: i64| n.min(t)));
         for l in &st.levels {
             if let Some(t) = l.front().and_then(|e| e.expires_at) {
-                consider(t);
+                // A message expiring at t may still be delivered during t.
+                consider(t.saturating_add(1));
             }
         }
         if let Some(((t, _), _)) = st.delayed.iter().next() {
@@ -959,8 +962,13 @@ impl Queue {
             if st.consumers.iter().any(|c| c.opts.exclusive)
                 || (opts.exclusive && !st.consumers.is_empty())
             {
+                let vhost = self
+                    .vhost
+                    .upgrade()
+                    .map(|v| v.name.clone())
+                    .unwrap_or_default();
                 return Err(CoreError::AccessRefused(format!(
-                    "queue '{}' in vhost has an exclusive consumer",
+                    "queue '{}' in vhost '{vhost}' in exclusive use",
                     self.decl.name
                 )));
             }
