@@ -1,0 +1,293 @@
+//! Message accounting: what was sent, confirmed and received, and from that the lost,
+//! duplicated and out-of-order counts.
+//!
+//! Each producer keeps a [`Ledger`] (sequence numbers are dense from 0, so "sent" is a count
+//! and "confirmed" a bit set). Each consumer keeps an [`RxTracker`] with one bit set per
+//! producer. [`tally`] merges them: a message seen by two consumers (or twice by one) is a
+//! duplicate; a message confirmed and never received is lost.
+
+use serde::Serialize;
+
+/// A growable bit set indexed by sequence number.
+#[derive(Debug, Clone, Default)]
+pub struct BitSet {
+    words: Vec<u64>,
+    ones: u64,
+}
+
+impl BitSet {
+    /// Sets `i`; returns whether it was already set.
+    pub fn set(&mut self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if w >= self.words.len() {
+            // Grow geometrically: sequence numbers arrive roughly in order.
+            let want = (w + 1).max(self.words.len() * 2);
+            self.words.resize(want, 0);
+        }
+        let mask = 1u64 << b;
+        let was = self.words[w] & mask != 0;
+        if !was {
+            self.words[w] |= mask;
+            self.ones += 1;
+        }
+        was
+    }
+
+    pub fn get(&self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        self.words.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// Number of set bits.
+    pub fn count(&self) -> u64 {
+        self.ones
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.words.get(w).copied().unwrap_or(0)
+    }
+
+    /// ORs `other` into `self`; returns how many bits were set in both.
+    pub fn merge(&mut self, other: &BitSet) -> u64 {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        let mut both = 0u64;
+        for (i, o) in other.words.iter().enumerate() {
+            both += u64::from((self.words[i] & o).count_ones());
+            self.words[i] |= o;
+        }
+        self.ones = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
+        both
+    }
+
+    /// Bits in `0..n` that are set here and not in `other`.
+    pub fn count_and_not(&self, other: &BitSet, n: u64) -> u64 {
+        let full = (n / 64) as usize;
+        let mut c: u64 = (0..full)
+            .map(|w| u64::from((self.word(w) & !other.word(w)).count_ones()))
+            .sum();
+        let rest = n % 64;
+        if rest > 0 {
+            let mask = (1u64 << rest) - 1;
+            c += u64::from((self.word(full) & !other.word(full) & mask).count_ones());
+        }
+        c
+    }
+}
+
+/// One producer's side: how many it sent, which were confirmed or nacked.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    /// Messages handed to the client library; their sequence numbers are `0..sent`.
+    pub sent: u64,
+    pub confirmed: BitSet,
+    pub nacked: u64,
+    /// Publishes that failed in the client (connection lost...): never on the wire for sure.
+    pub failed: u64,
+}
+
+/// One consumer's view of what arrived, per producer.
+#[derive(Debug, Clone, Default)]
+pub struct RxTracker {
+    seen: Vec<BitSet>,
+    last: Vec<Option<u64>>,
+    /// Deliveries, duplicates included.
+    pub deliveries: u64,
+    /// Deliveries of a sequence number this consumer had already seen.
+    pub duplicates: u64,
+    /// Deliveries with a lower sequence number than one seen before from the same producer.
+    pub out_of_order: u64,
+    /// Payloads that are not ours (too short, unknown producer).
+    pub foreign: u64,
+}
+
+impl RxTracker {
+    pub fn new(producers: usize) -> RxTracker {
+        RxTracker {
+            seen: vec![BitSet::default(); producers],
+            last: vec![None; producers],
+            ..RxTracker::default()
+        }
+    }
+
+    /// Records one delivery.
+    pub fn record(&mut self, producer: u32, seq: u64) {
+        self.deliveries += 1;
+        let p = producer as usize;
+        if p >= self.seen.len() {
+            self.foreign += 1;
+            return;
+        }
+        if self.seen[p].set(seq) {
+            self.duplicates += 1;
+            return;
+        }
+        match self.last[p] {
+            Some(last) if seq < last => self.out_of_order += 1,
+            _ => self.last[p] = Some(seq),
+        }
+    }
+}
+
+/// The run's accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub sent: u64,
+    pub confirmed: u64,
+    pub nacked: u64,
+    pub failed: u64,
+    /// Distinct messages received.
+    pub received: u64,
+    /// Deliveries of a message already received (by any consumer).
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Confirmed and never received.
+    pub lost: u64,
+    /// Sent without a confirm (none asked, or none came) and never received: not a loss by
+    /// any guarantee, but reported.
+    pub unconfirmed_not_received: u64,
+    pub foreign: u64,
+}
+
+/// Merges every producer's ledger and every consumer's tracker.
+/// With `consumers_ran` false (a publish-only run) nothing counts as lost.
+pub fn tally(ledgers: &[Ledger], trackers: &[RxTracker], consumers_ran: bool) -> Tally {
+    let mut t = Tally::default();
+    for tr in trackers {
+        t.duplicated += tr.duplicates;
+        t.out_of_order += tr.out_of_order;
+        t.foreign += tr.foreign;
+    }
+    for (p, l) in ledgers.iter().enumerate() {
+        t.sent += l.sent;
+        t.confirmed += l.confirmed.count();
+        t.nacked += l.nacked;
+        t.failed += l.failed;
+        let mut got = BitSet::default();
+        for tr in trackers {
+            if let Some(s) = tr.seen.get(p) {
+                t.duplicated += got.merge(s);
+            }
+        }
+        // Sequence numbers beyond `sent` cannot be ours.
+        let beyond = got.count() - got.count_and_not(&BitSet::default(), l.sent);
+        t.foreign += beyond;
+        t.received += got.count() - beyond;
+        if consumers_ran {
+            t.lost += l.confirmed.count_and_not(&got, l.sent);
+            let mut either = got.clone();
+            either.merge(&l.confirmed);
+            t.unconfirmed_not_received += l.sent - either.count_and_not(&BitSet::default(), l.sent);
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(sent: u64, confirmed: impl IntoIterator<Item = u64>) -> Ledger {
+        let mut l = Ledger {
+            sent,
+            ..Ledger::default()
+        };
+        for s in confirmed {
+            l.confirmed.set(s);
+        }
+        l
+    }
+
+    #[test]
+    fn bitset_set_get_merge_and_difference() {
+        let mut a = BitSet::default();
+        assert!(!a.set(3));
+        assert!(a.set(3));
+        assert!(!a.set(1000));
+        assert!(a.get(3) && a.get(1000) && !a.get(4) && !a.get(1_000_000));
+        assert_eq!(a.count(), 2);
+        let mut b = BitSet::default();
+        b.set(3);
+        b.set(64);
+        assert_eq!(a.merge(&b), 1);
+        assert_eq!(a.count(), 3);
+        assert_eq!(a.count_and_not(&b, 2000), 1); // 1000
+        assert_eq!(a.count_and_not(&b, 1000), 0); // 1000 is outside 0..1000
+        assert_eq!(a.count_and_not(&BitSet::default(), 65), 2);
+    }
+
+    #[test]
+    fn everything_received_once_in_order() {
+        let mut rx = RxTracker::new(2);
+        for s in 0..100 {
+            rx.record(0, s);
+            rx.record(1, s);
+        }
+        let t = tally(&[ledger(100, 0..100), ledger(100, 0..100)], &[rx], true);
+        assert_eq!(t.sent, 200);
+        assert_eq!(t.confirmed, 200);
+        assert_eq!(t.received, 200);
+        assert_eq!(
+            (t.lost, t.duplicated, t.out_of_order, t.foreign),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(t.unconfirmed_not_received, 0);
+    }
+
+    #[test]
+    fn loss_is_confirmed_and_never_received() {
+        let mut rx = RxTracker::new(1);
+        for s in (0..10).filter(|s| *s != 4 && *s != 8) {
+            rx.record(0, s);
+        }
+        // 8 was never confirmed: missing, but not a loss.
+        let t = tally(&[ledger(10, (0..10).filter(|s| *s != 8))], &[rx], true);
+        assert_eq!(t.received, 8);
+        assert_eq!(t.lost, 1);
+        assert_eq!(t.unconfirmed_not_received, 1);
+    }
+
+    #[test]
+    fn duplicates_within_and_across_consumers() {
+        let mut a = RxTracker::new(1);
+        let mut b = RxTracker::new(1);
+        for s in 0..5 {
+            a.record(0, s);
+        }
+        a.record(0, 2); // redelivered to the same consumer
+        b.record(0, 3); // and another to a second consumer
+        b.record(0, 5);
+        let t = tally(&[ledger(6, 0..6)], &[a, b], true);
+        assert_eq!(t.received, 6);
+        assert_eq!(t.duplicated, 2);
+        assert_eq!(t.lost, 0);
+        assert_eq!(t.out_of_order, 0);
+    }
+
+    #[test]
+    fn reorder_counts_messages_that_arrive_after_a_later_one() {
+        let mut rx = RxTracker::new(1);
+        for s in [0, 1, 3, 2, 4, 6, 5] {
+            rx.record(0, s);
+        }
+        let t = tally(&[ledger(7, 0..7)], &[rx], true);
+        assert_eq!(t.out_of_order, 2);
+        assert_eq!(t.duplicated, 0);
+        assert_eq!(t.received, 7);
+    }
+
+    #[test]
+    fn foreign_payloads_and_publish_only_runs() {
+        let mut rx = RxTracker::new(1);
+        rx.record(5, 0); // unknown producer
+        rx.record(0, 99); // beyond what producer 0 sent
+        rx.record(0, 0);
+        let t = tally(&[ledger(3, 0..3)], &[rx], true);
+        assert_eq!(t.foreign, 2);
+        assert_eq!(t.received, 1);
+        assert_eq!(t.lost, 2);
+        let t = tally(&[ledger(3, 0..3)], &[], false);
+        assert_eq!((t.received, t.lost, t.unconfirmed_not_received), (0, 0, 0));
+    }
+}

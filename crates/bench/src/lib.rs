@@ -1,0 +1,46 @@
+//! `ferrymq-bench`: FerryMQ's load generator. It drives a broker over its wire protocol with
+//! the same client whichever broker it is, and accounts for every message.
+//!
+//! Layers, one job each:
+//! - [`payload`]: the 16-byte header every message carries (producer, sequence, send time).
+//! - [`accounting`]: sent / confirmed / received bit sets; lost, duplicated, out of order.
+//! - [`latency`]: HdrHistogram wrapper and percentile summaries.
+//! - [`rate`]: maximum or fixed-rate scheduling without coordinated omission.
+//! - [`procstat`]: a broker process tree's CPU time and resident memory from `/proc`.
+//! - [`run`]: scenario, shared run state, measurement window, results.
+//! - [`monitor`]: progress line and broker sampler tasks.
+//! - [`amqp`]: the AMQP 0-9-1 driver (`lapin`).
+//! - [`report`]: the human table.
+//! - [`brokers`]: starting and stopping FerryMQ and RabbitMQ for `compare`.
+//! - [`compare`]: the scenario matrix, medians and ratios, the markdown section.
+//! - [`svg`]: a hand-written SVG bar chart.
+
+pub mod accounting;
+pub mod amqp;
+pub mod brokers;
+pub mod compare;
+pub mod latency;
+pub mod monitor;
+pub mod payload;
+pub mod procstat;
+pub mod rate;
+pub mod report;
+pub mod run;
+pub mod svg;
+
+use std::sync::Arc;
+
+use run::{Ctx, Protocol, RunResult, Scenario};
+
+/// Runs one scenario against the broker its URL names.
+///
+/// # Errors
+/// Protocols without a driver yet (MQTT, Kafka, HTTP), connection and publish failures.
+pub async fn run_scenario(s: Scenario, ctx: Arc<Ctx>) -> anyhow::Result<RunResult> {
+    match Protocol::of_url(&s.url)? {
+        Protocol::Amqp => amqp::run(s, ctx).await,
+        p @ (Protocol::Mqtt | Protocol::Kafka | Protocol::Http) => anyhow::bail!(
+            "{p:?} is not supported by ferrymq-bench yet: only AMQP 0-9-1 has a driver (issue #8 tracks MQTT, Kafka and HTTP)"
+        ),
+    }
+}

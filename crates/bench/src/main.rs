@@ -1,0 +1,242 @@
+//! The `ferrymq-bench` binary: `run` one scenario against any broker, or `compare` FerryMQ
+//! with RabbitMQ and write the results into `docs/benchmarks.md`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ferrymq_bench::compare::{self, CompareOptions};
+use ferrymq_bench::run::{Ctx, Scenario};
+use ferrymq_bench::{report, run_scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "ferrymq-bench",
+    version,
+    about = "FerryMQ's load generator: the same client against any broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario against a broker and report throughput, latency and accounting.
+    Run(RunArgs),
+    /// Start FerryMQ and RabbitMQ, run the AMQP matrix against each, write docs/benchmarks.md.
+    Compare(CompareArgs),
+}
+
+/// A duration: `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Broker URL: amqp://user:pass@host:port/vhost (mqtt://, kafka://, http:// are not supported yet).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    url: String,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Payload bytes per message (at least 16: producer, sequence number, send time).
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+    /// Number of queues; producers and consumers are spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Measured duration (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Publish exactly N messages in all instead of running for a duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Durable queues and persistent messages (delivery mode 2).
+    #[arg(long)]
+    persistent: bool,
+    /// Publisher confirms.
+    #[arg(long)]
+    confirms: bool,
+    /// Most unconfirmed messages per producer.
+    #[arg(long, default_value_t = 1000)]
+    confirm_window: usize,
+    /// Consumer prefetch (basic.qos); 0 = unlimited.
+    #[arg(long, default_value_t = 1000)]
+    prefetch: u16,
+    /// Ack every N deliveries (multiple); 0 = automatic acknowledgement.
+    #[arg(long, default_value_t = 50)]
+    ack_every: u32,
+    /// Total publish rate in messages/s (latency from each message's intended send time); default: maximum.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// With --count: publish everything first (a backlog), then consume it.
+    #[arg(long)]
+    consume_after_publish: bool,
+    /// End the drain after this long without a delivery.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_idle: Duration,
+    /// Queue name prefix (default: ferrymq-bench-<pid>); queues are <prefix>-<n>.
+    #[arg(long)]
+    queue_prefix: Option<String>,
+    /// Keep the queues after the run.
+    #[arg(long)]
+    keep_queues: bool,
+    /// Broker pid: report its (and its children's) CPU time and peak resident memory.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The small matrix (1 repeat, 3 s points): under 2 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// The FerryMQ binary; default: `ferrymq` beside this binary, built with `cargo build --release -p ferrymq` if missing.
+    #[arg(long)]
+    ferrymq_bin: Option<PathBuf>,
+    /// The markdown file whose AMQP section is written (between its markers).
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// Repeats of each point (default 3; 1 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Measured seconds per point (default 8 s; 3 s with --quick).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Also build a backlog of N persistent 1 KiB messages in FerryMQ and report its RSS (issue #4 asks 10,000,000).
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Install RabbitMQ with apt-get when it is missing (default: yes).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    install: bool,
+    /// Also write every run's result as JSON here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+fn scenario(a: &RunArgs) -> Scenario {
+    let mut s = Scenario::amqp(&a.url);
+    s.producers = a.producers;
+    s.consumers = a.consumers;
+    s.size = a.size;
+    s.queues = a.queues;
+    s.duration = a.duration;
+    s.warmup = if a.count.is_some() && a.warmup == Duration::from_secs(2) {
+        Duration::ZERO
+    } else {
+        a.warmup
+    };
+    s.count = a.count;
+    s.persistent = a.persistent;
+    s.confirms = a.confirms;
+    s.confirm_window = a.confirm_window;
+    s.prefetch = a.prefetch;
+    s.ack_every = a.ack_every;
+    s.rate = a.rate;
+    s.consume_after_publish = a.consume_after_publish;
+    s.drain_idle = a.drain_idle;
+    if let Some(p) = &a.queue_prefix {
+        s.queue_prefix = p.clone();
+    }
+    s.keep_queues = a.keep_queues;
+    s.broker_pid = a.broker_pid;
+    s.progress = !a.no_progress && !a.json;
+    s
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let s = scenario(&a);
+    s.validate()?;
+    let ctx = Arc::new(Ctx::new());
+    let c2 = ctx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping producers, draining");
+            c2.stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let r = run_scenario(s, ctx).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", report::human(&r));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Run(a) => rt.block_on(run(a)),
+        Command::Compare(a) => {
+            let opts = CompareOptions {
+                quick: a.quick,
+                ferrymq_bin: a.ferrymq_bin,
+                out: a.out,
+                repeats: a.repeats,
+                duration: a.duration,
+                backlog: a.backlog,
+                install: a.install,
+                json_out: a.json_out,
+            };
+            rt.block_on(compare::compare(opts))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,153 @@
+//! Issue #8: a short smoke run of the load generator against the real `ferrymq` server
+//! binary: messages flow and the accounting adds up. Never asserts a speed.
+//!
+//! The server binary is another package's, so it is found in this test's target directory
+//! (`target/debug/ferrymq`); `./scripts/test` (`cargo test --workspace`) builds it before any
+//! test runs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrymq_bench::brokers::Broker;
+use ferrymq_bench::run::{Ctx, Scenario};
+use ferrymq_bench::run_scenario;
+
+/// `target/<profile>/ferrymq`, beside this test's `deps/` directory.
+fn ferrymq_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRYMQ_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("ferrymq");
+    assert!(
+        bin.is_file(),
+        "{} not found: build the server first (`cargo build -p ferrymq`, or run ./scripts/test, which builds every binary of the workspace), or set FERRYMQ_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn start() -> (Broker, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = Broker::ferrymq(&ferrymq_bin(), tmp.path(), &[]).expect("ferrymq starts");
+    (b, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_confirmed_messages_all_arrive_once_in_order() {
+    let (broker, _tmp) = start();
+    let mut s = Scenario::amqp(&broker.url);
+    s.size = 1024;
+    s.persistent = true;
+    s.confirms = true;
+    s.count = Some(3_000);
+    s.warmup = Duration::ZERO;
+    s.broker_pid = Some(broker.pid);
+    let r = run_scenario(s, Arc::new(Ctx::new())).await.expect("run");
+    let t = &r.tally;
+    assert_eq!(t.sent, 3_000, "{t:?}");
+    assert_eq!(t.confirmed, 3_000, "{t:?}");
+    assert_eq!(t.received, 3_000, "{t:?}");
+    assert_eq!(
+        (
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+            t.nacked,
+            t.failed,
+            t.foreign
+        ),
+        (0, 0, 0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(r.end_to_end.count, 3_000);
+    assert_eq!(r.confirm.count, 3_000);
+    assert!(r.end_to_end.p50_us > 0.0 && r.end_to_end.p50_us <= r.end_to_end.max_us);
+    assert!(r.publish.msgs_per_s > 0.0 && r.consume.msgs_per_s > 0.0);
+    let usage = r.broker.expect("broker usage");
+    assert!(
+        usage.peak_rss_bytes > 0 && usage.pid == broker.pid,
+        "{usage:?}"
+    );
+    assert!(!r.drain_incomplete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_rate_over_several_queues_accounts_for_every_message() {
+    let (broker, _tmp) = start();
+    let mut s = Scenario::amqp(&broker.url);
+    s.producers = 2;
+    s.consumers = 2;
+    s.queues = 2;
+    s.rate = Some(1_000.0);
+    s.duration = Duration::from_secs(1);
+    s.warmup = Duration::from_millis(200);
+    let r = run_scenario(s, Arc::new(Ctx::new())).await.expect("run");
+    let t = &r.tally;
+    // 1.2 s at 1,000/s; the producer may be a little late, never early.
+    assert!(t.sent > 300 && t.sent <= 1_202, "{t:?}");
+    assert_eq!(t.received, t.sent, "{t:?}");
+    assert_eq!(t.confirmed, 0);
+    assert_eq!(
+        (
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+            t.unconfirmed_not_received
+        ),
+        (0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert!(r.end_to_end.count > 0 && r.end_to_end.count <= t.received);
+}
+
+#[test]
+fn the_binary_prints_json_and_refuses_protocols_it_cannot_drive() {
+    let (broker, _tmp) = start();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
+        .args([
+            "run",
+            "--url",
+            &broker.url,
+            "--count",
+            "500",
+            "--size",
+            "100",
+            "--json",
+        ])
+        .args(["--broker-pid", &broker.pid.to_string()])
+        .output()
+        .expect("run ferrymq-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["tally"]["sent"], 500);
+    assert_eq!(v["tally"]["received"], 500);
+    assert_eq!(v["tally"]["lost"], 0);
+    assert_eq!(v["protocol"], "amqp");
+    assert!(v["broker"]["peak_rss_bytes"].as_u64().unwrap_or(0) > 0);
+
+    for url in [
+        "mqtt://127.0.0.1:1883",
+        "kafka://127.0.0.1:9092",
+        "http://127.0.0.1:15672",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
+            .args(["run", "--url", url, "--duration", "1s"])
+            .output()
+            .expect("run ferrymq-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: must fail, not fake a result");
+        assert!(
+            stderr.contains("not supported by ferrymq-bench yet"),
+            "{url}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
