@@ -9,7 +9,8 @@
 //! - [`auth`]: Basic and bearer authentication, permissions; [`json`]: extractors that
 //!   answer JSON errors; [`error`]: the one mapping from core errors to statuses;
 //! - [`convert`]: HTTP/JSON ⇄ neutral `Message`; [`leases`]: pulled messages and their
-//!   ack deadlines; [`rates`]: message rates sampled from counters; [`state`].
+//!   ack deadlines; [`subscribe`]: what WebSocket and SSE subscriptions share; [`rates`]:
+//!   message rates sampled from counters; [`state`].
 //!
 //! Architecture Invariant: this crate talks to the broker only through `ferrymq-core`'s
 //! public API; it never touches storage files.
@@ -27,8 +28,11 @@ pub mod publish;
 pub mod pull;
 pub mod rates;
 pub mod server;
+pub mod sse;
 pub mod state;
 pub mod streams;
+pub mod subscribe;
+pub mod ws;
 
 pub use error::{ApiError, ErrorBody};
 pub use server::{bind, router, serve, HttpError};

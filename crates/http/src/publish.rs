@@ -101,7 +101,7 @@ pub fn exchange_name(name: &str) -> &str {
     }
 }
 
-fn check_user_id(auth: &Auth, m: &Message) -> ApiResult<()> {
+pub(crate) fn check_user_id(auth: &Auth, m: &Message) -> ApiResult<()> {
     match &m.properties.user_id {
         Some(u) if u != auth.name() => Err(ApiError::invalid(format!(
             "user_id property '{u}' does not match the authenticated user '{}'",
@@ -135,7 +135,7 @@ pub async fn publish_messages(
     Ok(outcomes)
 }
 
-fn single(mut outcomes: Vec<BatchOutcome>) -> ApiResult<Json<PublishResult>> {
+pub(crate) fn single(mut outcomes: Vec<BatchOutcome>) -> ApiResult<Json<PublishResult>> {
     let o = outcomes.pop().unwrap_or(BatchOutcome {
         routed_to: 0,
         rejected: 0,
@@ -186,7 +186,7 @@ fn convert_batch(auth: &Auth, b: PublishBatch) -> ApiResult<Vec<Message>> {
 }
 
 /// The queue (or stream) to publish to straight, checked to exist.
-fn direct_target(
+pub(crate) fn direct_target(
     state: &AppState,
     auth: &Auth,
     vhost: &str,

@@ -5,16 +5,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use ferrymq_core::Broker;
+use ferrymq_core::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, entities, metrics, openapi, publish, pull, streams};
+use crate::{admin, entities, metrics, openapi, publish, pull, sse, streams, ws};
 
 /// Why the listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +47,66 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener, HttpError> {
 /// Slack over the largest message for JSON envelopes (base64 grows bodies by 4/3).
 const BODY_SLACK_BYTES: u64 = 64 << 10;
 
+/// The largest request body (and WebSocket message): a batch may hold many messages, so 4/3
+/// of the largest message (base64) plus slack, at least 16 MiB, at most 1 GiB.
+pub fn body_limit(config: &BrokerConfig) -> usize {
+    let max = config.message_size_max_bytes;
+    (max / 3 * 4 + BODY_SLACK_BYTES).clamp(16 << 20, 1 << 30) as usize
+}
+
+/// Reads the whole request body before routing, so that no answer (401, 404, 405, 415, …)
+/// leaves an unread body on the connection. hyper closes an HTTP/1.1 connection whose request
+/// body was not read — without `Connection: close`, so a keep-alive client that reuses it
+/// sees "peer disconnected". A body over the limit is refused here with an explicit
+/// `Connection: close`, since it is not drained.
+async fn read_body_first(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return closing(too_large(limit));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        // `to_bytes` reports the limit as http-body-util's `LengthLimitError`.
+        Err(e) if e.to_string().contains("length limit") => closing(too_large(limit)),
+        Err(e) => closing(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request bodies are limited to {limit} bytes"),
+    )
+}
+
+fn closing(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let max = state.broker.config().message_size_max_bytes;
-    // A batch may hold many messages: allow 4/3 of the largest message (base64) plus slack,
-    // at least 16 MiB, at most 1 GiB.
-    let limit = (max / 3 * 4 + BODY_SLACK_BYTES).clamp(16 << 20, 1 << 30) as usize;
+    let limit = body_limit(state.broker.config());
     Router::new()
+        .route("/api/ws", get(ws::ws))
+        .route("/api/queues/{vhost}/{name}/events", get(sse::queue_events))
+        .route(
+            "/api/exchanges/{vhost}/{name}/events",
+            get(sse::exchange_events),
+        )
         .route("/health/live", get(metrics::live))
         .route("/health/ready", get(metrics::ready))
         .route("/metrics", get(metrics::metrics))
@@ -173,6 +230,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(limit, read_body_first))
         .with_state(state)
 }
 

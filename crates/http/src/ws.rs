@@ -1,0 +1,655 @@
+//! WebSocket at `GET /api/ws?vhost=…`: subscribe to queues (prefetch, acks over the socket)
+//! or to exchanges with a routing pattern, and publish, with JSON text frames.
+//!
+//! One task per socket owns everything: the socket, the registered broker connection, the
+//! subscriptions and their unacked deliveries. All subscriptions share one consumer sink, so
+//! a wake-up moves a whole batch. Memory is bounded by `SUBSCRIPTIONS_MAX × PREFETCH_MAX`:
+//! the core sends no more than a subscription's prefetch before acks (or, for auto-ack,
+//! before `Queue::release` after the frame is written). When the socket ends, consumers are
+//! cancelled, unacked and unwritten deliveries go back to their queues, and unregistering
+//! the connection deletes the server-named queues of exchange subscriptions.
+//!
+//! The protocol is documented in docs/http-api.md ("WebSocket").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use ferrymq_core::queue::Queue;
+use ferrymq_core::{ConsumerEvent, ConsumerOptions, Delivery};
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::mpsc;
+
+use crate::auth::{Access, Auth};
+use crate::convert::PublishMessage;
+use crate::error::{ApiError, ApiResult};
+use crate::json::ApiQuery;
+use crate::publish::{check_user_id, direct_target, exchange_name, publish_messages, single};
+use crate::pull::HANDLES_MAX;
+use crate::state::AppState;
+use crate::subscribe::{
+    attach, detach, now_ms, register, Attached, MessageEvent, Peer, Registered, Target,
+    PREFETCH_DEFAULT, PREFETCH_MAX,
+};
+
+/// Subscriptions one socket may hold at once.
+pub const SUBSCRIPTIONS_MAX: usize = 64;
+/// Longest client-chosen subscription name.
+pub const SUBSCRIPTION_NAME_BYTES_MAX: usize = 128;
+
+/// Query of the upgrade request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsQuery {
+    /// The vhost every operation on this socket uses (default `/`).
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// A bearer token, for browsers (which cannot set headers on a WebSocket).
+    #[serde(default)]
+    pub access_token: Option<String>,
+}
+
+fn default_vhost() -> String {
+    "/".to_string()
+}
+
+/// `GET /api/ws`: upgrades to a WebSocket after authenticating and registering the
+/// connection (errors are ordinary JSON answers before the upgrade).
+pub async fn ws(
+    State(state): State<AppState>,
+    auth: Auth,
+    Peer(peer): Peer,
+    ApiQuery(q): ApiQuery<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    auth.vhost(&state, &q.vhost)?;
+    let upgrade = upgrade.map_err(|r| {
+        ApiError::new(
+            r.status(),
+            "websocket_upgrade_required",
+            format!(
+                "{}: open this path as a WebSocket (GET with Upgrade: websocket)",
+                r.body_text()
+            ),
+        )
+    })?;
+    let reg = register(&state.broker, "websocket", peer, &auth, &q.vhost)?;
+    let limit = crate::server::body_limit(state.broker.config());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let session = Session {
+        state,
+        auth,
+        vhost: q.vhost,
+        reg,
+        tx,
+        rx,
+        subs: HashMap::new(),
+        by_consumer: HashMap::new(),
+        unacked: HashMap::new(),
+        next_tag: 1,
+        next_sub: 1,
+    };
+    Ok(upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session.run(socket))
+        .into_response())
+}
+
+/// A client request. `publish` is parsed apart (its message fields are flattened).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Subscribe {
+        #[serde(default)]
+        id: Option<Json>,
+        #[serde(default)]
+        subscription: Option<String>,
+        #[serde(default)]
+        queue: Option<String>,
+        #[serde(default)]
+        exchange: Option<String>,
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default)]
+        prefetch: Option<u32>,
+        #[serde(default)]
+        auto_ack: Option<bool>,
+        #[serde(default)]
+        base64: bool,
+    },
+    Unsubscribe {
+        #[serde(default)]
+        id: Option<Json>,
+        subscription: String,
+    },
+    Ack {
+        #[serde(default)]
+        id: Option<Json>,
+        #[serde(default)]
+        delivery: Option<String>,
+        #[serde(default)]
+        deliveries: Vec<String>,
+    },
+    Nack {
+        #[serde(default)]
+        id: Option<Json>,
+        #[serde(default)]
+        delivery: Option<String>,
+        #[serde(default)]
+        deliveries: Vec<String>,
+        #[serde(default = "yes")]
+        requeue: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+struct Sub {
+    name: String,
+    attached: Attached,
+    auto_ack: bool,
+    base64: bool,
+}
+
+/// An unacked delivery: its subscription's queue and the message id there.
+struct Unacked {
+    queue: Arc<Queue>,
+    consumer: u64,
+    id: u64,
+}
+
+/// Why the loop ended.
+enum End {
+    /// The client closed or the socket failed: nothing more to send.
+    Gone,
+    /// The server ends it: send a close frame with this reason.
+    Close(String),
+}
+
+struct Session {
+    state: AppState,
+    auth: Auth,
+    vhost: String,
+    reg: Registered,
+    tx: mpsc::UnboundedSender<ConsumerEvent>,
+    rx: mpsc::UnboundedReceiver<ConsumerEvent>,
+    subs: HashMap<String, Sub>,
+    by_consumer: HashMap<u64, String>,
+    unacked: HashMap<u64, Unacked>,
+    next_tag: u64,
+    next_sub: u64,
+}
+
+type Sent = Result<(), axum::Error>;
+
+async fn send(socket: &mut WebSocket, v: &impl serde::Serialize) -> Sent {
+    let text = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_string());
+    socket.send(WsMessage::text(text)).await
+}
+
+fn error_json(id: &Option<Json>, e: &ApiError) -> Json {
+    json!({"type": "error", "id": id, "status": e.status.as_u16(), "error": e.code, "reason": e.reason})
+}
+
+impl Session {
+    async fn run(mut self, mut socket: WebSocket) {
+        let end = self.serve(&mut socket).await;
+        if let End::Close(reason) = end {
+            let mut reason = reason;
+            reason.truncate(120); // a close frame's reason is at most 123 bytes
+            let frame = CloseFrame {
+                code: 1001,
+                reason: reason.into(),
+            };
+            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+        }
+        self.finish();
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> End {
+        let mut shutdown = self.state.shutdown.clone();
+        let mut close = self.reg.handle.close_requested();
+        loop {
+            if *shutdown.borrow() {
+                return End::Close("server shutting down".into());
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return End::Close("server shutting down".into()),
+                r = close.changed() => {
+                    let why = close.borrow().clone();
+                    match (r, why) {
+                        (Ok(()), Some(why)) => return End::Close(format!("closed by management: {why}")),
+                        (Ok(()), None) => continue,
+                        (Err(_), _) => return End::Close("connection closed".into()),
+                    }
+                }
+                msg = socket.recv() => {
+                    let text = match msg {
+                        Some(Ok(WsMessage::Text(t))) => t.as_str().to_string(),
+                        Some(Ok(WsMessage::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                let e = ApiError::bad_request("binary frames must hold UTF-8 JSON");
+                                if send(socket, &error_json(&None, &e)).await.is_err() {
+                                    return End::Gone;
+                                }
+                                continue;
+                            }
+                        },
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                        Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return End::Gone,
+                    };
+                    if self.request(&text, socket).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                ev = self.rx.recv() => {
+                    // `self.tx` keeps the channel open, so `None` never comes.
+                    if let Some(ev) = ev {
+                        if self.event(ev, socket, None).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one client frame; an invalid one is answered with an error frame.
+    async fn request(&mut self, text: &str, socket: &mut WebSocket) -> Sent {
+        let v: Json = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = ApiError::bad_request(format!("not JSON: {e}"));
+                return send(socket, &error_json(&None, &e)).await;
+            }
+        };
+        let id = v.get("id").cloned();
+        let answer = if v.get("op").and_then(Json::as_str) == Some("publish") {
+            self.publish(v, &id).await
+        } else {
+            match serde_json::from_value::<Request>(v) {
+                Ok(r) => self.dispatch(r, socket).await,
+                Err(e) => Err(ApiError::invalid(format!(
+                    "bad request: {e} (ops: subscribe, unsubscribe, ack, nack, publish)"
+                ))),
+            }
+        };
+        match answer {
+            Ok(Some(reply)) => send(socket, &reply).await,
+            Ok(None) => Ok(()),
+            Err(e) => send(socket, &error_json(&id, &e)).await,
+        }
+    }
+
+    async fn dispatch(&mut self, r: Request, socket: &mut WebSocket) -> ApiResult<Option<Json>> {
+        match r {
+            Request::Subscribe {
+                id,
+                subscription,
+                queue,
+                exchange,
+                pattern,
+                prefetch,
+                auto_ack,
+                base64,
+            } => {
+                let target = Target::from_fields(queue, exchange, pattern)?;
+                let sub = self.subscribe(subscription, target, prefetch, auto_ack, base64)?;
+                let s = &self.subs[&sub];
+                Ok(Some(
+                    json!({"type": "subscribed", "id": id, "subscription": sub,
+                    "queue": s.attached.queue_name, "auto_ack": s.auto_ack}),
+                ))
+            }
+            Request::Unsubscribe { id, subscription } => {
+                self.unsubscribe(&subscription, socket).await?;
+                Ok(Some(
+                    json!({"type": "unsubscribed", "id": id, "subscription": subscription}),
+                ))
+            }
+            Request::Ack {
+                id,
+                delivery,
+                deliveries,
+            } => self.settle(id, delivery, deliveries, None),
+            Request::Nack {
+                id,
+                delivery,
+                deliveries,
+                requeue,
+            } => self.settle(id, delivery, deliveries, Some(requeue)),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        name: Option<String>,
+        target: Target,
+        prefetch: Option<u32>,
+        auto_ack: Option<bool>,
+        base64: bool,
+    ) -> ApiResult<String> {
+        if self.subs.len() >= SUBSCRIPTIONS_MAX {
+            return Err(ApiError::too_many(format!(
+                "a socket holds at most {SUBSCRIPTIONS_MAX} subscriptions"
+            )));
+        }
+        let prefetch = prefetch.unwrap_or(PREFETCH_DEFAULT);
+        if prefetch == 0 || prefetch > PREFETCH_MAX {
+            return Err(ApiError::invalid(format!(
+                "prefetch must be 1 to {PREFETCH_MAX}"
+            )));
+        }
+        let name = match name {
+            Some(n) if n.is_empty() || n.len() > SUBSCRIPTION_NAME_BYTES_MAX => {
+                return Err(ApiError::invalid(format!(
+                    "subscription names are 1 to {SUBSCRIPTION_NAME_BYTES_MAX} bytes"
+                )))
+            }
+            Some(n) => n,
+            None => loop {
+                let n = format!("s{}", self.next_sub);
+                self.next_sub += 1;
+                if !self.subs.contains_key(&n) {
+                    break n;
+                }
+            },
+        };
+        if self.subs.contains_key(&name) {
+            return Err(ApiError::conflict(
+                "subscription_exists",
+                format!("this socket already has a subscription '{name}'"),
+            ));
+        }
+        // Topic subscriptions are fire-and-forget by default; queues are acked.
+        let auto_ack = auto_ack.unwrap_or(matches!(target, Target::Exchange { .. }));
+        let opts = ConsumerOptions {
+            tag: format!("ws-{}-{name}", self.reg.handle.id),
+            no_ack: auto_ack,
+            prefetch_count: prefetch,
+            ..Default::default()
+        };
+        let attached = attach(
+            &self.state,
+            &self.auth,
+            &self.vhost,
+            &target,
+            &self.reg.handle,
+            opts,
+            self.tx.clone(),
+        )?;
+        self.by_consumer.insert(attached.consumer, name.clone());
+        self.subs.insert(
+            name.clone(),
+            Sub {
+                name: name.clone(),
+                attached,
+                auto_ack,
+                base64,
+            },
+        );
+        Ok(name)
+    }
+
+    /// Cancels a subscription; its unacked and not yet written deliveries return to the queue.
+    async fn unsubscribe(&mut self, name: &str, socket: &mut WebSocket) -> ApiResult<()> {
+        let sub = self.subs.remove(name).ok_or_else(|| {
+            ApiError::not_found(format!("this socket has no subscription '{name}'"))
+        })?;
+        self.by_consumer.remove(&sub.attached.consumer);
+        let vh = self.state.broker.vhost(&self.vhost);
+        detach(vh.as_deref(), &sub.attached, self.reg.handle.id);
+        // After `cancel` the core sends this consumer nothing more: what it sent before is in
+        // the channel. Drain it now (writing other subscriptions' deliveries).
+        while let Ok(ev) = self.rx.try_recv() {
+            if self.event(ev, socket, Some(&sub)).await.is_err() {
+                break;
+            }
+        }
+        let consumer = sub.attached.consumer;
+        let ids: Vec<u64> = self
+            .unacked
+            .extract_if_compat(|u| u.consumer == consumer)
+            .map(|u| u.id)
+            .collect();
+        if !ids.is_empty() {
+            sub.attached.queue.nack(&ids, true, now_ms());
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        id: Option<Json>,
+        delivery: Option<String>,
+        mut deliveries: Vec<String>,
+        nack: Option<bool>,
+    ) -> ApiResult<Option<Json>> {
+        deliveries.extend(delivery);
+        if deliveries.is_empty() || deliveries.len() > HANDLES_MAX {
+            return Err(ApiError::invalid(format!(
+                "give 1 to {HANDLES_MAX} deliveries (delivery or deliveries)"
+            )));
+        }
+        let mut settled = Vec::new();
+        let mut unknown = Vec::new();
+        let mut by_queue: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        for d in deliveries {
+            match d.parse::<u64>().ok().and_then(|t| self.unacked.remove(&t)) {
+                Some(u) => {
+                    match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                        Some((_, ids)) => ids.push(u.id),
+                        None => by_queue.push((u.queue, vec![u.id])),
+                    }
+                    settled.push(d);
+                }
+                None => unknown.push(d),
+            }
+        }
+        let now = now_ms();
+        for (q, ids) in by_queue {
+            match nack {
+                None => q.ack(&ids, now),
+                Some(requeue) => q.nack(&ids, requeue, now),
+            }
+        }
+        if id.is_none() && unknown.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            json!({"type": "settled", "id": id, "settled": settled, "unknown": unknown}),
+        ))
+    }
+
+    async fn publish(&mut self, v: Json, id: &Option<Json>) -> ApiResult<Option<Json>> {
+        let Json::Object(mut m) = v else {
+            return Err(ApiError::invalid("a request is a JSON object"));
+        };
+        m.remove("op");
+        m.remove("id");
+        let text = |m: &mut Map<String, Json>, k: &str| -> ApiResult<Option<String>> {
+            match m.remove(k) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => Ok(Some(s)),
+                Some(_) => Err(ApiError::invalid(format!("{k} must be a string"))),
+            }
+        };
+        let exchange = text(&mut m, "exchange")?;
+        let queue = text(&mut m, "queue")?;
+        let msg: PublishMessage = serde_json::from_value(Json::Object(m))
+            .map_err(|e| ApiError::invalid(format!("bad message: {e}")))?;
+        let mut msg = msg.into_message()?;
+        check_user_id(&self.auth, &msg)?;
+        let outcomes = match (exchange, queue) {
+            (Some(x), None) => {
+                let x = exchange_name(&x);
+                let vh = self
+                    .auth
+                    .check(&self.state, &self.vhost, Access::Write, x)?;
+                publish_messages(&self.state, &vh, x, vec![msg]).await?
+            }
+            (None, Some(q)) => {
+                let vh = direct_target(&self.state, &self.auth, &self.vhost, &q)?;
+                msg.routing_key = q;
+                publish_messages(&self.state, &vh, "", vec![msg]).await?
+            }
+            _ => return Err(ApiError::invalid("give either exchange or queue")),
+        };
+        let stats = &self.reg.handle.stats;
+        stats
+            .messages_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = single(outcomes)?.0;
+        Ok(Some(
+            json!({"type": "published", "id": id, "routed": r.routed, "routed_to": r.routed_to}),
+        ))
+    }
+
+    /// Writes deliveries (or a cancel notice) to the socket. Deliveries of `retiring` (a
+    /// subscription being cancelled) go back to their queue instead.
+    async fn event(
+        &mut self,
+        ev: ConsumerEvent,
+        socket: &mut WebSocket,
+        retiring: Option<&Sub>,
+    ) -> Sent {
+        match ev {
+            ConsumerEvent::Deliver(ds) => self.deliver(ds, socket, retiring).await,
+            ConsumerEvent::Cancelled { consumer, .. } => {
+                let Some(name) = self.by_consumer.remove(&consumer) else {
+                    return Ok(());
+                };
+                let sub = self.subs.remove(&name);
+                let queue = sub.as_ref().map(|s| s.attached.queue_name.clone());
+                self.unacked.retain(|_, u| u.consumer != consumer);
+                send(
+                    socket,
+                    &json!({"type": "cancelled", "subscription": name, "queue": queue,
+                        "reason": "the queue was deleted"}),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        ds: Vec<Delivery>,
+        socket: &mut WebSocket,
+        retiring: Option<&Sub>,
+    ) -> Sent {
+        let mut released: Vec<(Arc<Queue>, u64, u32, u64)> = Vec::new();
+        let mut requeue: Vec<(Arc<Queue>, u64)> = Vec::new();
+        let mut out = Ok(());
+        let stats = &self.reg.handle.stats;
+        for d in ds {
+            let sub = match self.by_consumer.get(&d.consumer) {
+                Some(name) => self.subs.get(name),
+                None => retiring.filter(|s| s.attached.consumer == d.consumer),
+            };
+            let Some(sub) = sub else { continue };
+            let retired = retiring.is_some_and(|s| s.attached.consumer == d.consumer);
+            if out.is_err() || retired {
+                if !sub.auto_ack {
+                    requeue.push((sub.attached.queue.clone(), d.id));
+                }
+                continue;
+            }
+            let delivery = if sub.auto_ack {
+                None
+            } else {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                self.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: sub.attached.queue.clone(),
+                        consumer: d.consumer,
+                        id: d.id,
+                    },
+                );
+                Some(tag.to_string())
+            };
+            let ev = MessageEvent::new(
+                Some(&sub.name),
+                &sub.attached.queue_name,
+                delivery,
+                &d,
+                sub.base64,
+            );
+            let bytes = d.message.body.len() as u64;
+            out = send(socket, &ev).await;
+            stats
+                .messages_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .bytes_out
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            if sub.auto_ack {
+                match released.iter_mut().find(|r| r.1 == d.consumer) {
+                    Some(r) => {
+                        r.2 += 1;
+                        r.3 += bytes;
+                    }
+                    None => released.push((sub.attached.queue.clone(), d.consumer, 1, bytes)),
+                }
+            }
+        }
+        let now = now_ms();
+        for (q, consumer, n, bytes) in released {
+            q.release(consumer, n, bytes, now);
+        }
+        for (q, id) in requeue {
+            q.nack(&[id], true, now);
+        }
+        out
+    }
+
+    /// Cancels every consumer and returns unacked and unwritten deliveries to their queues.
+    /// Dropping `self.reg` afterwards unregisters the connection (deleting server-named queues).
+    fn finish(mut self) {
+        let vh = self.state.broker.vhost(&self.vhost);
+        for sub in self.subs.values() {
+            detach(vh.as_deref(), &sub.attached, self.reg.handle.id);
+        }
+        let now = now_ms();
+        while let Ok(ev) = self.rx.try_recv() {
+            if let ConsumerEvent::Deliver(ds) = ev {
+                for d in ds {
+                    let sub = self
+                        .by_consumer
+                        .get(&d.consumer)
+                        .and_then(|n| self.subs.get(n));
+                    if let Some(sub) = sub.filter(|s| !s.auto_ack) {
+                        sub.attached.queue.nack(&[d.id], true, now);
+                    }
+                }
+            }
+        }
+        for (_, u) in self.unacked.drain() {
+            u.queue.nack(&[u.id], true, now);
+        }
+    }
+}
+
+/// `HashMap::extract_if` is not stable on our MSRV: remove and return matching values.
+trait ExtractIfCompat<V> {
+    fn extract_if_compat(&mut self, f: impl Fn(&V) -> bool) -> std::vec::IntoIter<V>;
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V> ExtractIfCompat<V> for HashMap<K, V> {
+    fn extract_if_compat(&mut self, f: impl Fn(&V) -> bool) -> std::vec::IntoIter<V> {
+        let keys: Vec<K> = self.iter().filter(|(_, v)| f(v)).map(|(k, _)| *k).collect();
+        let out: Vec<V> = keys.iter().filter_map(|k| self.remove(k)).collect();
+        out.into_iter()
+    }
+}
