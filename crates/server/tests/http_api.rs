@@ -36,7 +36,6 @@ impl Api {
             base: format!("http://{addr}"),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .max_idle_connections(0)
                 .build()
                 .into(),
             auth: Some(basic("guest", "guest")),
@@ -603,4 +602,169 @@ fn streams_read_from_offsets_and_commit_group_offsets() {
     assert_eq!(api.get("/api/streams/%2F/plain/messages").0, 409);
     assert_eq!(api.get("/api/streams").1.as_array().unwrap().len(), 1);
     assert_eq!(api.delete("/api/streams/%2F/plain").0, 404);
+}
+
+/// Reads one HTTP/1.1 answer (status, lowercased headers, body by Content-Length).
+fn read_answer(r: &mut impl std::io::BufRead) -> (u16, Vec<(String, String)>, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(!line.is_empty(), "the server closed the connection");
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let n: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; n];
+    r.read_exact(&mut body).unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The keep-alive bug: an error answered before the request body was read (404, 405, 401,
+/// 415, …) made hyper close the connection without `Connection: close`, so a pooling client
+/// reusing it saw "peer disconnected". Every answer, errors included, keeps the connection.
+#[test]
+fn error_answers_keep_the_connection_alive() {
+    use std::io::{BufReader, Write};
+    let api = Api::start();
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let auth = basic("guest", "guest");
+    let big = "x".repeat(300_000);
+    let json_body = json!({"payload": "p"}).to_string();
+    let requests: Vec<(&str, &str, Option<&str>, &str, &str, u16)> = vec![
+        (
+            "POST",
+            "/api/nope",
+            Some(&auth),
+            "application/json",
+            &big,
+            404,
+        ),
+        (
+            "DELETE",
+            "/api/overview",
+            Some(&auth),
+            "application/json",
+            &big,
+            405,
+        ),
+        (
+            "POST",
+            "/api/queues/%2F/q/publish",
+            None,
+            "application/json",
+            &big,
+            401,
+        ),
+        (
+            "PUT",
+            "/api/queues/%2F/q",
+            Some(&auth),
+            "text/plain",
+            &big,
+            415,
+        ),
+        (
+            "PUT",
+            "/api/queues/%2F/q",
+            Some(&auth),
+            "application/json",
+            "{not json",
+            400,
+        ),
+        (
+            "PUT",
+            "/api/queues/%2F/q",
+            Some(&auth),
+            "application/json",
+            "{}",
+            201,
+        ),
+        (
+            "POST",
+            "/api/queues/%2F/q/publish",
+            Some(&auth),
+            "application/json",
+            &json_body,
+            200,
+        ),
+        (
+            "POST",
+            "/api/queues/%2F/nope/publish",
+            Some(&auth),
+            "application/json",
+            &big,
+            400,
+        ),
+        (
+            "GET",
+            "/api/queues/%2F/q",
+            Some(&auth),
+            "application/json",
+            "",
+            200,
+        ),
+    ];
+    for (i, (method, path, auth, ctype, body, want)) in requests.into_iter().enumerate() {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(a) = auth {
+            head.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        w.write_all(head.as_bytes()).unwrap();
+        w.write_all(body.as_bytes()).unwrap();
+        let (status, headers, text) = read_answer(&mut r);
+        assert_eq!(status, want, "request {i}: {method} {path}: {text}");
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v == "close"),
+            "request {i} closed the connection: {headers:?}"
+        );
+        if i == 8 {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["messages"], 1);
+        }
+    }
+    // A body over the limit is not drained: 413, and the server says it closes.
+    let head = format!(
+        "POST /api/queues/%2F/q/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        1u64 << 31
+    );
+    w.write_all(head.as_bytes()).unwrap();
+    let (status, headers, text) = read_answer(&mut r);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "connection" && v == "close"));
+
+    // And a pooling client (ureq keeps connections alive) sees no disconnects mixing errors
+    // and successes.
+    for _ in 0..20 {
+        assert_eq!(api.get("/api/nope").0, 404);
+        assert_eq!(api.delete("/api/overview").0, 405);
+        assert_eq!(
+            api.post("/api/queues/%2F/q/publish", json!({"bogus": 1})).0,
+            422
+        );
+        assert_eq!(api.get("/api/overview").0, 200);
+    }
 }
