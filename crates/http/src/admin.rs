@@ -248,9 +248,7 @@ pub async fn get_user(
     }
     let u = state
         .broker
-        .users()
-        .into_iter()
-        .find(|u| u.name == name)
+        .user(&name)
         .ok_or_else(|| ApiError::not_found(format!("no user '{name}'")))?;
     Ok(Json(UserJson {
         name: u.name,
@@ -278,7 +276,7 @@ pub async fn put_user(
             "user name must be 1 to 255 bytes without control characters",
         ));
     }
-    let existed = state.broker.users().iter().any(|u| u.name == name);
+    let existed = state.broker.user(&name).is_some();
     state.broker.put_user(User {
         name: name.clone(),
         password: body.password,
@@ -394,7 +392,7 @@ pub async fn put_permission(
     for p in [&body.configure, &body.write, &body.read] {
         valid_pattern(p).map_err(ApiError::invalid)?;
     }
-    if !state.broker.users().iter().any(|u| u.name == user) {
+    if state.broker.user(&user).is_none() {
         return Err(ApiError::not_found(format!("no user '{user}'")));
     }
     let p = Permission {
@@ -406,6 +404,26 @@ pub async fn put_permission(
     };
     state.broker.set_permission(p.clone())?;
     Ok(Json(perm_json(p)))
+}
+
+/// Remove a user's permissions on a vhost (administrators).
+#[utoipa::path(delete, path = "/api/permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path)),
+    responses((status = 204, description = "Removed"), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_permission(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    auth.require_admin()?;
+    if state.broker.user(&user).is_none() {
+        return Err(ApiError::not_found(format!("no user '{user}'")));
+    }
+    if state.broker.vhost(&vhost).is_none() {
+        return Err(ApiError::not_found(format!("vhost '{vhost}' not found")));
+    }
+    state.broker.delete_permission(&user, &vhost)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ------------------------------------------------------------------ connections

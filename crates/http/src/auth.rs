@@ -291,7 +291,7 @@ impl Auth {
 }
 
 fn user_named(broker: &Broker, name: &str) -> Option<User> {
-    broker.users().into_iter().find(|u| u.name == name)
+    broker.user(name)
 }
 
 /// Resolves credentials from the `Authorization` header or an `access_token` query parameter.

@@ -634,7 +634,7 @@ pub struct MoveResult {
 }
 
 /// Move messages from one queue to another (or redrive a dead-letter queue to each message's
-/// source), keeping headers and properties. Each message is published durably to its target
+/// source), keeping headers, properties, exchange and routing key (they bypass routing). Each message is published durably to its target
 /// before it is acked in the source: at least once.
 #[utoipa::path(post, path = "/api/queues/{vhost}/{name}/move", tag = "queues",
     params(("vhost" = String, Path), ("name" = String, Path)), request_body = MoveRequest,
@@ -700,8 +700,7 @@ pub async fn move_messages(
                 skipped_ids.push(d.id);
                 continue;
             };
-            let mut m = (*d.message).clone();
-            m.routing_key = t.clone();
+            let m = (*d.message).clone();
             match by_target.iter_mut().find(|(n, _, _)| n == &t) {
                 Some((_, ms, is)) => {
                     ms.push(m);
@@ -710,8 +709,8 @@ pub async fn move_messages(
                 None => by_target.push((t, vec![m], vec![d.id])),
             }
         }
-        for (_t, msgs, is) in by_target {
-            match crate::publish::publish_messages(&state, &vh, "", msgs).await {
+        for (t, msgs, is) in by_target {
+            match crate::publish::publish_to_queue(&state, &vh, &t, msgs).await {
                 Ok(outcomes) => {
                     for (o, id) in outcomes.iter().zip(&is) {
                         if o.routed_to > 0 {

@@ -135,6 +135,31 @@ pub async fn publish_messages(
     Ok(outcomes)
 }
 
+/// Puts messages straight into one queue or stream, keeping their exchange and routing key
+/// (moves and redrives), and waits until durable; like [`publish_messages`] otherwise.
+///
+/// # Errors
+/// 404, 409 (another connection's exclusive queue), storage errors, 503 while blocked.
+pub async fn publish_to_queue(
+    state: &AppState,
+    vh: &VHost,
+    queue: &str,
+    msgs: Vec<Message>,
+) -> ApiResult<Vec<BatchOutcome>> {
+    wait_unblocked(state).await?;
+    let batch = vh.publish_to_queue(queue, msgs, 0)?;
+    let outcomes = batch
+        .outcomes
+        .iter()
+        .map(|o| BatchOutcome {
+            routed_to: o.routed as u64,
+            rejected: o.rejected as u64,
+        })
+        .collect();
+    batch.durable().await?;
+    Ok(outcomes)
+}
+
 pub(crate) fn single(mut outcomes: Vec<BatchOutcome>) -> ApiResult<Json<PublishResult>> {
     let o = outcomes.pop().unwrap_or(BatchOutcome {
         routed_to: 0,

@@ -132,7 +132,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/permissions", get(admin::list_permissions))
         .route(
             "/api/permissions/{vhost}/{user}",
-            get(admin::get_permission).put(admin::put_permission),
+            get(admin::get_permission)
+                .put(admin::put_permission)
+                .delete(admin::delete_permission),
         )
         .route("/api/connections", get(admin::list_connections))
         .route(

@@ -645,7 +645,9 @@ fn error_answers_keep_the_connection_alive() {
     let auth = basic("guest", "guest");
     let big = "x".repeat(300_000);
     let json_body = json!({"payload": "p"}).to_string();
-    let requests: Vec<(&str, &str, Option<&str>, &str, &str, u16)> = vec![
+    // (method, path, authorization, content type, body, expected status)
+    type Req<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, u16);
+    let requests: Vec<Req> = vec![
         (
             "POST",
             "/api/nope",
@@ -767,4 +769,102 @@ fn error_answers_keep_the_connection_alive() {
         );
         assert_eq!(api.get("/api/overview").0, 200);
     }
+}
+
+/// Issue #5 on the core's `publish_to_queue` and `delete_permission`: moved and redriven
+/// messages keep their exchange and routing key; permissions can be removed.
+#[test]
+fn moves_keep_routing_keys_and_permissions_can_be_deleted() {
+    let api = Api::start();
+    for q in ["src", "dst"] {
+        assert_eq!(api.put(&format!("/api/queues/%2F/{q}"), json!({})).0, 201);
+    }
+    let (s, v) = api.post(
+        "/api/bindings/%2F/e/amq.topic/q/src",
+        json!({"routing_key": "orders.#"}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api.post(
+        "/api/exchanges/%2F/amq.topic/publish",
+        json!({"routing_key": "orders.eu", "payload": "o1", "headers": {"n": 1}}),
+    );
+    assert_eq!((s, &v["routed_to"]), (200, &json!(1)));
+    let (s, r) = api.post("/api/queues/%2F/src/move", json!({"destination": "dst"}));
+    assert_eq!(
+        (s, &r["moved"], &r["skipped"]),
+        (200, &json!(1), &json!(0)),
+        "{r}"
+    );
+    let (_, b) = api.get("/api/queues/%2F/dst/browse?count=5");
+    let m = &b[0]["message"];
+    assert_eq!(m["routing_key"], "orders.eu", "{b}");
+    assert_eq!(m["exchange"], "amq.topic");
+    assert_eq!(
+        (&m["payload"], &m["headers"]["n"]),
+        (&json!("o1"), &json!(1))
+    );
+    assert_eq!(api.get("/api/queues/%2F/src").1["messages"], 0);
+
+    // A dead-letter redrive: back to the source queue, routing key and exchange unchanged,
+    // even though no binding would route it there.
+    assert_eq!(api.put("/api/queues/%2F/jobs.dlq", json!({})).0, 201);
+    let (s, v) = api.put(
+        "/api/queues/%2F/jobs",
+        json!({"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "jobs.dlq"}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    api.post(
+        "/api/bindings/%2F/e/amq.direct/q/jobs",
+        json!({"routing_key": "job.new"}),
+    );
+    let (s, _) = api.post(
+        "/api/exchanges/%2F/amq.direct/publish",
+        json!({"routing_key": "job.new", "payload": "j1"}),
+    );
+    assert_eq!(s, 200);
+    let (_, r) = api.post("/api/queues/%2F/jobs/get", json!({}));
+    let h = r["messages"][0]["receipt_handle"].clone();
+    let (_, r) = api.post(
+        "/api/queues/%2F/jobs/nack",
+        json!({"receipt_handles": [h], "requeue": false}),
+    );
+    assert_eq!(r["settled"].as_array().map(Vec::len), Some(1));
+    let (_, d) = api.get("/api/queues/%2F/jobs.dlq/browse");
+    assert_eq!(d[0]["message"]["routing_key"], "jobs.dlq", "{d}");
+    let (s, r) = api.post("/api/queues/%2F/jobs.dlq/move", json!({}));
+    assert_eq!((s, &r["moved"]), (200, &json!(1)), "{r}");
+    let (_, b) = api.get("/api/queues/%2F/jobs/browse");
+    assert_eq!(
+        b[0]["message"]["routing_key"], "jobs.dlq",
+        "kept, not rewritten: {b}"
+    );
+    assert_eq!(b[0]["message"]["headers"]["x-first-death-queue"], "jobs");
+
+    // DELETE /api/permissions/{vhost}/{user}.
+    assert_eq!(
+        api.put("/api/users/carol", json!({"password": "pw", "tags": []}))
+            .0,
+        201
+    );
+    let perm = json!({"configure": "", "write": "", "read": ".*"});
+    assert_eq!(api.put("/api/permissions/%2F/carol", perm).0, 200);
+    let carol = api.as_auth(Some(basic("carol", "pw")));
+    assert_eq!(carol.call("GET", "/api/queues/%2F/dst", None).0, 200);
+    assert_eq!(
+        carol.call("DELETE", "/api/permissions/%2F/carol", None).0,
+        403,
+        "administrators only"
+    );
+    assert_eq!(api.delete("/api/permissions/%2F/carol").0, 204);
+    assert_eq!(api.get("/api/permissions/%2F/carol").0, 404);
+    assert_eq!(carol.call("GET", "/api/queues/%2F/dst", None).0, 403);
+    assert_eq!(
+        api.delete("/api/permissions/%2F/carol").0,
+        404,
+        "already gone"
+    );
+    assert_eq!(api.delete("/api/permissions/%2F/nobody").0, 404);
+    assert_eq!(api.delete("/api/permissions/nohost/carol").0, 404);
+    let (_, all) = api.get("/api/permissions");
+    assert!(!all.to_string().contains("carol"), "{all}");
 }
