@@ -16,7 +16,8 @@ use ferrymq_amqp_codec::{
 };
 use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{
-    ConsumerEvent, ConsumerId, ConsumerOptions, ConsumerSink, Delivery, QueueDecl, GET_CONSUMER,
+    ConsumerEvent, ConsumerId, ConsumerOptions, ConsumerSink, CreditPool, Delivery, QueueDecl,
+    GET_CONSUMER,
 };
 use ferrymq_core::{
     Binding, ConnectionHandle, Destination, ExchangeDecl, ExchangeKind, Message, PublishedBatch,
@@ -104,7 +105,8 @@ pub(crate) struct Channel {
     unacked: BTreeMap<u64, Unacked>,
     consumers: HashMap<String, ConsumerId>,
     prefetch_count: u16,
-    prefetch_size: u32,
+    /// Channel-wide credit (`basic.qos` with `global=true`).
+    global_credit: Option<Arc<CreditPool>>,
     last_queue: Option<String>,
     reply_token: Option<String>,
 }
@@ -124,7 +126,7 @@ impl Channel {
             unacked: BTreeMap::new(),
             consumers: HashMap::new(),
             prefetch_count: 0,
-            prefetch_size: 0,
+            global_credit: None,
             last_queue: None,
             reply_token: None,
         }
@@ -188,6 +190,43 @@ fn stream_offset(v: Option<&AmqpValue>) -> Result<StreamOffset, Exception> {
             StreamOffset::Offset(u64::try_from(n).map_err(|_| bad("(negative)"))?)
         }
     })
+}
+
+/// Arguments RabbitMQ 3.13 accepts only for some queue types: `x-delivery-limit` for
+/// quorum queues, `x-max-priority` for classic ones. The core supports both on every
+/// queue; over AMQP, FerryMQ answers as RabbitMQ does so that clients see its errors.
+fn rabbitmq_queue_type_rules(decl: &QueueDecl, vhost: &str) -> Result<(), Exception> {
+    let kind = decl.arguments.get_str("x-queue-type").unwrap_or("classic");
+    let bad = match kind {
+        "quorum" | "stream" => ["x-max-priority"]
+            .into_iter()
+            .find(|a| decl.arguments.get(a).is_some()),
+        _ => ["x-delivery-limit"]
+            .into_iter()
+            .find(|a| decl.arguments.get(a).is_some()),
+    };
+    match bad {
+        Some(arg) => Err(Exception::channel(
+            code::PRECONDITION_FAILED,
+            format!("invalid arg '{arg}' for queue '{}' in vhost '{vhost}': not supported by {kind} queues", decl.name),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The header RabbitMQ adds to deliveries of some queue types: `x-stream-offset` for
+/// streams, `x-delivery-count` (earlier deliveries) for quorum queues.
+fn delivery_header(queue: Option<&QueueRef>, d: &Delivery) -> Option<(&'static str, AmqpValue)> {
+    match queue? {
+        QueueRef::Stream(_) => Some(("x-stream-offset", AmqpValue::I64(d.id as i64))),
+        QueueRef::Classic(q) if q.args.queue_type == ferrymq_core::queue::QueueType::Quorum => {
+            Some((
+                "x-delivery-count",
+                AmqpValue::I64(i64::from(d.delivery_count.saturating_sub(1))),
+            ))
+        }
+        QueueRef::Classic(_) => None,
+    }
 }
 
 fn int_arg(v: Option<&AmqpValue>) -> Option<i64> {
@@ -298,7 +337,7 @@ impl Ctx {
         if ch.content.is_some() {
             return Err(at(Exception::connection(
                 code::UNEXPECTED_FRAME,
-                format!("expected content header for class 60, got non content header frame instead ({})", method.name()),
+                "expected content header for class 60, got non content header frame instead",
             )));
         }
         if let Method::BasicPublish(p) = method {
@@ -781,10 +820,7 @@ impl Ctx {
             };
             let tag = ch.next_tag;
             ch.next_tag += 1;
-            let extra = match &c.queue {
-                Some(QueueRef::Stream(_)) => Some(("x-stream-offset", AmqpValue::I64(d.id as i64))),
-                _ => None,
-            };
+            let extra = delivery_header(c.queue.as_ref(), &d);
             let m = &d.message;
             let method = Method::BasicDeliver(BasicDeliver {
                 consumer_tag: d.consumer_tag.to_string(),
@@ -937,7 +973,7 @@ impl Ctx {
             }
             Method::ChannelFlow(f) => {
                 if !f.active {
-                    return Err(Exception::channel(code::NOT_IMPLEMENTED, "active=false"));
+                    return Err(Exception::connection(code::NOT_IMPLEMENTED, "active=false"));
                 }
                 send(
                     out,
@@ -946,12 +982,17 @@ impl Ctx {
                 );
             }
             Method::ExchangeDeclare(x) => {
-                let kind = ExchangeKind::parse(&x.kind).ok_or_else(|| {
-                    Exception::connection(
-                        code::COMMAND_INVALID,
-                        format!("unknown exchange type '{}'", x.kind),
-                    )
-                })?;
+                // A passive declare only checks existence: the type is not looked at.
+                let kind = if x.passive {
+                    ExchangeKind::parse(&x.kind).unwrap_or(ExchangeKind::Direct)
+                } else {
+                    ExchangeKind::parse(&x.kind).ok_or_else(|| {
+                        Exception::connection(
+                            code::COMMAND_INVALID,
+                            format!("unknown exchange type '{}'", x.kind),
+                        )
+                    })?
+                };
                 let decl = ExchangeDecl {
                     name: x.exchange,
                     kind,
@@ -960,14 +1001,7 @@ impl Ctx {
                     internal: x.internal,
                     arguments: table_in(&x.arguments),
                 };
-                if x.passive {
-                    vh.declare_exchange(decl, true).map_err(|e| {
-                        // A passive declare of a missing exchange is 404 whatever the type.
-                        Exception::from(e)
-                    })?;
-                } else {
-                    vh.declare_exchange(decl, false)?;
-                }
+                vh.declare_exchange(decl, x.passive)?;
                 if !x.no_wait {
                     send(out, id, Method::ExchangeDeclareOk(ExchangeDeclareOk {}));
                 }
@@ -1028,6 +1062,9 @@ impl Ctx {
                     auto_delete: q.auto_delete,
                     arguments: table_in(&q.arguments),
                 };
+                if !q.passive {
+                    rabbitmq_queue_type_rules(&decl, &vh.name)?;
+                }
                 let ok = vh.declare_queue(decl, conn, q.passive)?;
                 if let Some(ch) = channels.get_mut(&id) {
                     ch.last_queue = Some(ok.name.clone());
@@ -1104,9 +1141,25 @@ impl Ctx {
                 }
             }
             Method::BasicQos(q) => {
+                if q.prefetch_size != 0 {
+                    // As RabbitMQ: a byte limit per consumer is not offered over AMQP.
+                    return Err(Exception::connection(
+                        code::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", q.prefetch_size),
+                    ));
+                }
                 if let Some(ch) = channels.get_mut(&id) {
-                    ch.prefetch_count = q.prefetch_count;
-                    ch.prefetch_size = q.prefetch_size;
+                    if q.global {
+                        // One limit across the channel's consumers (RabbitMQ's global=true).
+                        match &ch.global_credit {
+                            Some(p) => p.set_limit(q.prefetch_count as u32),
+                            None => {
+                                ch.global_credit = Some(CreditPool::new(q.prefetch_count as u32))
+                            }
+                        }
+                    } else {
+                        ch.prefetch_count = q.prefetch_count;
+                    }
                 }
                 send(out, id, Method::BasicQosOk(BasicQosOk {}));
             }
@@ -1150,7 +1203,10 @@ impl Ctx {
                 let queue = self.queue_name(channels, id, g.queue)?;
                 match vh.queue_for(&queue, conn)? {
                     QueueRef::Stream(_) => {
-                        return Err(Exception::channel(code::PRECONDITION_FAILED, format!("queue '{queue}' in vhost '{}' is a stream and does not support basic.get", vh.name)));
+                        return Err(Exception::connection(
+                            code::NOT_IMPLEMENTED,
+                            format!("basic.get not supported by stream queues queue '{queue}' in vhost '{}'", vh.name),
+                        ));
                     }
                     QueueRef::Classic(q) => match q.get(g.no_ack, now_ms()) {
                         None => send(out, id, Method::BasicGetEmpty(BasicGetEmpty {})),
@@ -1178,10 +1234,11 @@ impl Ctx {
                                 routing_key: m.routing_key.clone(),
                                 message_count: left.min(u32::MAX as u64) as u32,
                             });
+                            let extra = delivery_header(Some(&QueueRef::Classic(q.clone())), &d);
                             encode_content(
                                 id,
                                 &method,
-                                &properties_out(m, None),
+                                &properties_out(m, extra),
                                 &m.body,
                                 frame_max,
                                 out,
@@ -1200,7 +1257,17 @@ impl Ctx {
                 self.settle_tags(channels, id, r.delivery_tag, false, Some(r.requeue))?
             }
             Method::BasicRecover(_) | Method::BasicRecoverAsync(_) => {
-                let is_async = matches!(method, Method::BasicRecoverAsync(_));
+                let (is_async, requeue) = match &method {
+                    Method::BasicRecover(r) => (false, r.requeue),
+                    Method::BasicRecoverAsync(r) => (true, r.requeue),
+                    _ => (false, true),
+                };
+                if !requeue {
+                    return Err(Exception::connection(
+                        code::NOT_IMPLEMENTED,
+                        "requeue=false",
+                    ));
+                }
                 if let Some(ch) = channels.get_mut(&id) {
                     let all = std::mem::take(&mut ch.unacked);
                     settle(all.into_values().collect(), Some(true), now_ms());
@@ -1256,10 +1323,11 @@ impl Ctx {
                 }
                 send(out, id, Method::TxRollbackOk(TxRollbackOk {}));
             }
-            m => {
+            // Methods only a server sends (declare-ok, deliver, ...).
+            _ => {
                 return Err(Exception::connection(
-                    code::NOT_IMPLEMENTED,
-                    format!("{} is not implemented by this server", m.name()),
+                    code::COMMAND_INVALID,
+                    "unimplemented method",
                 ));
             }
         }
@@ -1357,15 +1425,15 @@ impl Ctx {
             let is_stream = matches!(vh.queue_for(&queue, conn)?, QueueRef::Stream(_));
             let offset = if is_stream {
                 if c.no_ack {
-                    return Err(Exception::channel(
-                        code::PRECONDITION_FAILED,
-                        "stream consumers must acknowledge (no_ack=false)",
+                    return Err(Exception::connection(
+                        code::NOT_IMPLEMENTED,
+                        format!("automatic acknowledgement not supported by stream queues queue '{queue}' in vhost '{}'", vh.name),
                     ));
                 }
-                if ch.prefetch_count == 0 {
+                if ch.prefetch_count == 0 && ch.global_credit.is_none() {
                     return Err(Exception::channel(
                         code::PRECONDITION_FAILED,
-                        format!("consumer prefetch count is not set for stream queue '{queue}'"),
+                        format!("consumer prefetch count is not set for 'queue '{queue}' in vhost '{}''", vh.name),
                     ));
                 }
                 Some(stream_offset(c.arguments.get("x-stream-offset"))?)
@@ -1381,7 +1449,12 @@ impl Ctx {
                 } else {
                     ch.prefetch_count as u32
                 },
-                prefetch_bytes: ch.prefetch_size as u64,
+                prefetch_bytes: 0,
+                shared_credit: if c.no_ack {
+                    None
+                } else {
+                    ch.global_credit.clone()
+                },
                 priority: int_arg(c.arguments.get("x-priority"))
                     .unwrap_or(0)
                     .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
@@ -1457,7 +1530,30 @@ impl Ctx {
                 now_ms(),
             ),
         }
+        self.kick_shared(channels, id);
         Ok(())
+    }
+
+    /// With a channel-wide prefetch, credit freed on one queue may let another
+    /// queue's consumer on the channel go on: dispatch on each of them again.
+    fn kick_shared(&self, channels: &BTreeMap<u16, Channel>, id: u16) {
+        let Some(ch) = channels.get(&id) else { return };
+        if ch.global_credit.is_none() {
+            return;
+        }
+        let now = now_ms();
+        let mut kicked: Vec<*const ferrymq_core::queue::Queue> = Vec::new();
+        for cid in ch.consumers.values() {
+            if let Some(QueueRef::Classic(q)) =
+                self.consumers.get(cid).and_then(|c| c.queue.as_ref())
+            {
+                let ptr = Arc::as_ptr(q);
+                if !kicked.contains(&ptr) {
+                    kicked.push(ptr);
+                    q.kick(now);
+                }
+            }
+        }
     }
 
     fn tx_commit(

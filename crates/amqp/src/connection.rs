@@ -599,11 +599,16 @@ impl Conn {
                 Ok(true)
             }
             Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(true),
-            m => Err(Exception::connection(
-                code::COMMAND_INVALID,
-                format!("{} is not valid on channel 0", m.name()),
+            // RabbitMQ's answer to a non-connection method on channel 0.
+            m if m.class_id() != 10 => Err(Exception::connection(
+                code::CHANNEL_ERROR,
+                "unexpected method in connection state running",
             )
             .at(m.class_id(), m.method_id())),
+            m => Err(
+                Exception::connection(code::COMMAND_INVALID, "unimplemented method")
+                    .at(m.class_id(), m.method_id()),
+            ),
         }
     }
 

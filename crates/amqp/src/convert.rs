@@ -158,7 +158,8 @@ pub fn properties_out(m: &Message, extra: Option<(&str, AmqpValue)>) -> BasicPro
         content_type: p.content_type.clone(),
         content_encoding: p.content_encoding.clone(),
         headers,
-        delivery_mode: Some(if p.persistent { 2 } else { 1 }),
+        // Transient is the default: it travels as an absent delivery mode.
+        delivery_mode: p.persistent.then_some(2),
         priority: p.priority,
         correlation_id: p.correlation_id.clone(),
         reply_to: p.reply_to.clone(),

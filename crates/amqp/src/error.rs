@@ -84,15 +84,16 @@ impl Exception {
         self
     }
 
-    /// The reply text, cut to fit a shortstr.
+    /// The reply text, cut to fit a shortstr as RabbitMQ does (252 bytes + "...").
     pub fn reply_text(&self) -> String {
         let mut t = self.text.clone();
         if t.len() > 255 {
-            let mut cut = 255;
+            let mut cut = 252;
             while !t.is_char_boundary(cut) {
                 cut -= 1;
             }
             t.truncate(cut);
+            t.push_str("...");
         }
         t
     }

@@ -25,7 +25,7 @@ pub enum StreamOffset {
     Last,
     /// Only messages written after the consumer attaches.
     Next,
-    /// A given offset (clamped to the retained range).
+    /// A given offset (raised to the first retained one; past the end it waits for it).
     Offset(u64),
     /// The first message at or after this time (ms since the epoch).
     Timestamp(i64),
@@ -190,7 +190,7 @@ impl Stream {
             StreamOffset::First => start,
             StreamOffset::Last => next.saturating_sub(1).max(start),
             StreamOffset::Next => next,
-            StreamOffset::Offset(o) => o.clamp(start, next),
+            StreamOffset::Offset(o) => o.max(start),
             StreamOffset::Timestamp(ts) => log.offset_for_timestamp(ts)?.unwrap_or(next),
         })
     }

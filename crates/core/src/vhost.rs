@@ -556,11 +556,10 @@ impl VHost {
             return fail("durable", new.durable.to_string(), cur.durable.to_string());
         }
         if cur.exclusive != new.exclusive {
-            return fail(
-                "exclusive",
-                new.exclusive.to_string(),
-                cur.exclusive.to_string(),
-            );
+            return Err(CoreError::ResourceLocked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                cur.name, self.name
+            )));
         }
         if cur.auto_delete != new.auto_delete {
             return fail(

@@ -853,3 +853,37 @@ async fn ttl_zero_reaches_only_a_waiting_consumer() {
     vh.publish("", msg("now", "taken")).unwrap();
     assert_eq!(bodies(&take(&mut r, 1).await), vec!["taken"]);
 }
+
+#[tokio::test]
+async fn shared_credit_limits_consumers_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    for q in ["a", "b"] {
+        vh.declare_queue(QueueDecl::transient(q), 1, false).unwrap();
+        for i in 0..3 {
+            vh.publish("", msg(q, &format!("{q}{i}"))).unwrap();
+        }
+    }
+    let pool = ferrymq_core::queue::CreditPool::new(3);
+    let (s, mut r) = sink();
+    let mut o = opts("ca", 0);
+    o.shared_credit = Some(pool.clone());
+    vh.consume("a", o.clone(), None, s.clone()).unwrap();
+    o.tag = "cb".into();
+    vh.consume("b", o, None, s).unwrap();
+    let first = take(&mut r, 3).await;
+    assert_idle(&mut r);
+    let on_a: Vec<_> = first
+        .iter()
+        .filter(|d| &*d.consumer_tag == "ca")
+        .map(|d| d.id)
+        .collect();
+    classic(&vh, "a").ack(&on_a, 0);
+    // Credit came back through queue a; queue b may use it once kicked.
+    classic(&vh, "b").kick(0);
+    classic(&vh, "a").kick(0);
+    let more = take(&mut r, on_a.len()).await;
+    assert_eq!(more.len(), on_a.len());
+    assert_idle(&mut r);
+}

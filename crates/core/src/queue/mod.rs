@@ -96,6 +96,8 @@ pub struct ConsumerOptions {
     pub priority: i32,
     /// Exclusive consumer: no other consumer may attach.
     pub exclusive: bool,
+    /// Credit shared with other consumers (a channel-wide prefetch).
+    pub shared_credit: Option<Arc<CreditPool>>,
     pub connection: ConnectionId,
 }
 
@@ -120,6 +122,15 @@ struct ConsumerState {
 
 impl ConsumerState {
     fn can_take(&self, size: u64) -> bool {
+        if !self.opts.no_ack
+            && self
+                .opts
+                .shared_credit
+                .as_ref()
+                .is_some_and(|p| !p.has_credit())
+        {
+            return false;
+        }
         let count_ok = self.opts.prefetch_count == 0 || self.in_flight < self.opts.prefetch_count;
         let bytes_ok = self.opts.prefetch_bytes == 0
             || self.in_flight_bytes == 0
@@ -152,6 +163,47 @@ type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 struct Unacked {
     entry: Entry,
     consumer: ConsumerId,
+    /// The shared credit this delivery holds, returned on ack or nack even if the
+    /// consumer is gone by then.
+    pool: Option<Arc<CreditPool>>,
+}
+
+/// Credit shared by several consumers (AMQP `basic.qos` with `global=true`: a limit
+/// on unacknowledged deliveries across a channel's consumers, whatever their queue).
+#[derive(Debug, Default)]
+pub struct CreditPool {
+    limit: std::sync::atomic::AtomicU32,
+    in_flight: std::sync::atomic::AtomicU32,
+}
+
+impl CreditPool {
+    /// A pool allowing `limit` unacknowledged deliveries (0 = unlimited).
+    pub fn new(limit: u32) -> Arc<Self> {
+        let p = CreditPool::default();
+        p.limit.store(limit, Ordering::Relaxed);
+        Arc::new(p)
+    }
+
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    fn has_credit(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.in_flight.load(Ordering::Relaxed) < limit
+    }
+
+    fn take(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
 }
 
 struct State {
@@ -790,12 +842,17 @@ impl Queue {
                     delivered_offsets.push(off);
                 }
                 let cid = c.id;
+                let pool = c.opts.shared_credit.clone();
+                if let Some(p) = &pool {
+                    p.take();
+                }
                 st.unacked_bytes += e.size;
                 st.unacked.insert(
                     e.id,
                     Unacked {
                         entry: e,
                         consumer: cid,
+                        pool,
                     },
                 );
             }
@@ -1036,7 +1093,7 @@ impl Queue {
             for id in ids {
                 if let Some(u) = st.unacked.remove(id) {
                     st.unacked_bytes -= u.entry.size;
-                    Self::return_credit(&mut st, u.consumer, u.entry.size);
+                    Self::return_credit(&mut st, &u);
                     if let Some(off) = u.entry.offset {
                         offsets.push(off);
                     }
@@ -1053,11 +1110,24 @@ impl Queue {
         self.apply(fx);
     }
 
-    fn return_credit(st: &mut State, consumer: ConsumerId, size: u64) {
-        if let Some(c) = st.consumers.iter_mut().find(|c| c.id == consumer) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            c.in_flight_bytes = c.in_flight_bytes.saturating_sub(size);
+    fn return_credit(st: &mut State, u: &Unacked) {
+        if let Some(p) = &u.pool {
+            p.give_back();
         }
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.id == u.consumer) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            c.in_flight_bytes = c.in_flight_bytes.saturating_sub(u.entry.size);
+        }
+    }
+
+    /// Dispatches again: after credit shared with other queues' consumers came back.
+    pub fn kick(&self, now: i64) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            self.dispatch(&mut st, now, &mut fx);
+        }
+        self.apply(fx);
     }
 
     /// Negatively acknowledges deliveries (AMQP nack/reject, channel close, HTTP
@@ -1080,7 +1150,7 @@ impl Queue {
                     continue;
                 };
                 st.unacked_bytes -= u.entry.size;
-                Self::return_credit(&mut st, u.consumer, u.entry.size);
+                Self::return_credit(&mut st, &u);
                 let e = u.entry;
                 if !requeue {
                     self.discard(e, DeathReason::Rejected, &mut fx);
@@ -1161,6 +1231,7 @@ impl Queue {
                     Unacked {
                         entry: e,
                         consumer: GET_CONSUMER,
+                        pool: None,
                     },
                 );
             }
