@@ -6,7 +6,7 @@
 //! producer. [`tally`] merges them: a message seen by two consumers (or twice by one) is a
 //! duplicate; a message confirmed and never received is lost.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A growable bit set indexed by sequence number.
 #[derive(Debug, Clone, Default)]
@@ -131,7 +131,7 @@ impl RxTracker {
 }
 
 /// The run's accounting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub sent: u64,
     pub confirmed: u64,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::brokers::{Broker, Kind};
 use crate::report::{mib, micros, thousands};
@@ -37,10 +37,12 @@ pub struct CompareOptions {
     pub backlog: Option<u64>,
     pub install: bool,
     pub json_out: Option<PathBuf>,
+    /// Rewrite the section from a report saved with `json_out`, without running anything.
+    pub from_json: Option<PathBuf>,
 }
 
 /// One point of the matrix: 1 producer → 1 consumer, one queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Point {
     pub size: usize,
     /// Durable queue, persistent messages and publisher confirms; else transient, no confirms.
@@ -82,7 +84,7 @@ impl Point {
 }
 
 /// The median and range of some repeats.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -112,10 +114,10 @@ pub fn stat(values: &[f64]) -> Option<Stat> {
 }
 
 /// One run of the matrix.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
     pub point: Point,
-    pub broker: &'static str,
+    pub broker: String,
     /// `None` = maximum rate; else the fixed total rate.
     pub rate: Option<f64>,
     pub repeat: usize,
@@ -124,7 +126,7 @@ pub struct Measured {
 }
 
 /// Everything the section is written from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub generated: String,
     pub command: String,
@@ -401,7 +403,7 @@ async fn matrix(
                     }
                     report.runs.push(Measured {
                         point: p,
-                        broker: kind.name(),
+                        broker: kind.name().to_string(),
                         rate,
                         repeat,
                         result,
@@ -413,11 +415,20 @@ async fn matrix(
     }
 
     if let Some(n) = o.backlog {
-        let (url, pid) = targets
-            .iter()
-            .find(|t| t.0 == Kind::FerryMq)
-            .map(|t| (t.1.clone(), t.2))
-            .ok_or_else(|| anyhow!("no FerryMQ"))?;
+        // A fresh FerryMQ alone, so that its memory is the backlog's and not the matrix's.
+        let old: Vec<Broker> =
+            std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
+        tokio::task::spawn_blocking(move || drop(old)).await?;
+        let fresh = tokio::task::spawn_blocking({
+            let (bin, root) = (bin.clone(), data_root.clone());
+            move || Broker::ferrymq(&bin, &root, &[])
+        })
+        .await??;
+        let (url, pid) = (fresh.url.clone(), fresh.pid);
+        brokers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fresh);
         eprintln!("backlog: publishing {} persistent 1 KiB messages into one FerryMQ queue, then draining it", thousands(n as f64));
         let mut s = scenario(
             &url,
@@ -448,6 +459,13 @@ async fn matrix(
 /// # Errors
 /// A broker that cannot start, an interrupt, or the output file.
 pub async fn compare(o: CompareOptions) -> Result<()> {
+    if let Some(j) = &o.from_json {
+        let text =
+            std::fs::read_to_string(j).with_context(|| format!("reading {}", j.display()))?;
+        let report: Report =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", j.display()))?;
+        return write_outputs(&report, &o.out);
+    }
     let t0 = Instant::now();
     let mut report = Report {
         generated: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -481,14 +499,18 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         std::fs::write(j, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    let section = markdown(&report);
-    write_section(&o.out, &section)?;
-    let svg_path = o.out.with_file_name(SVG_NAME);
-    std::fs::write(&svg_path, chart(&report))
+    write_outputs(&report, &o.out)
+}
+
+/// Writes the markdown section into `out` and the chart beside it.
+fn write_outputs(report: &Report, out: &Path) -> Result<()> {
+    write_section(out, &markdown(report))?;
+    let svg_path = out.with_file_name(SVG_NAME);
+    std::fs::write(&svg_path, chart(report))
         .with_context(|| format!("writing {}", svg_path.display()))?;
     eprintln!(
-        "wrote {} and {} in {:.0} s",
-        o.out.display(),
+        "wrote {} and {} (run took {:.0} s)",
+        out.display(),
         svg_path.display(),
         report.elapsed_s
     );
@@ -589,7 +611,9 @@ pub fn markdown(r: &Report) -> String {
         "\n**Method.** One load generator process on the same 2 cores as the broker, the same client (`lapin` 4) for both brokers: 1 producer → 1 consumer, each on its own connection, one queue, default exchange. \
 Transient points: non-durable queue, delivery mode 1, no confirms (tier T0 on both sides). Persistent points: durable queue, delivery mode 2, publisher confirms with at most 1,000 unconfirmed messages per producer (T2 on both sides: FerryMQ confirms after the group-commit `fdatasync`; RabbitMQ confirms persistent messages once its message store has synced them). \
 Consumers: prefetch 1,000, `basic.ack` with `multiple` every 50 deliveries. Every payload carries producer id, sequence number and send time; *delivered* = distinct messages received in the measured window; latency is from send to delivery (*e2e*) or to confirm, HdrHistogram, 3 significant digits. \
-The second table runs each point at a fixed rate of half RabbitMQ's median delivered rate, with latency measured from each message's intended send time (no coordinated omission). Broker CPU is the process tree's user + system time over the window (100% = one core); RSS is the peak resident set, sampled every 250 ms.\n"
+The second table runs each point at a fixed rate of half RabbitMQ's median delivered rate, with latency measured from each message's intended send time (no coordinated omission). Broker CPU is the process tree's user + system time over the window (100% = one core); RSS is the peak resident set, sampled every 250 ms. \
+Caveat: the client shares the 2 cores with the broker, and `lapin` costs about 9 µs of CPU per message published and consumed (measured: ~90% of a core at 50,000 msg/s), so at the maximum rate the load generator is often the bottleneck (see the broker CPU column); that compresses the ratios rather than inflating them. \
+Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP — `ferrymq-bench` has no driver for them yet and refuses such URLs.\n"
     );
 
     let _ = writeln!(
@@ -620,7 +644,7 @@ The second table runs each point at a fixed rate of half RabbitMQ's median deliv
         "\n![AMQP throughput, FerryMQ and RabbitMQ]({SVG_NAME})\n"
     );
 
-    let _ = writeln!(o, "Same runs, medians: publish rate, latency at maximum rate (queues may grow when the publisher outruns the consumer, so these latencies include queueing), broker CPU, and the broker's peak RSS during the run (each broker serves the whole matrix, so this includes memory kept from earlier points).\n");
+    let _ = writeln!(o, "Same runs, medians: publish rate, latency at maximum rate (queues may grow when the publisher outruns the consumer, so these latencies include queueing), broker CPU, and the broker's peak RSS during the run (each broker serves the whole matrix, so this includes memory kept from earlier points). At maximum rate without confirms FerryMQ accepts publishes faster than this client consumes them, and a transient queue keeps its backlog in memory, so its RSS grows with that backlog; RabbitMQ's credit flow slows the publisher down instead.\n");
     let _ = writeln!(o, "| scenario | broker | published msg/s | e2e p50 | e2e p99 | confirm p99 | broker CPU | peak RSS |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
     for p in POINTS {
@@ -719,7 +743,7 @@ The second table runs each point at a fixed rate of half RabbitMQ's median deliv
         let peak = b.broker.as_ref().map_or(0, |u| u.peak_rss_bytes);
         let _ = writeln!(
             o,
-            "{} persistent 1 KiB messages published with confirms (T2) into one durable queue with no consumer, then drained by one consumer. \
+            "{} persistent 1 KiB messages published with confirms (T2) by one producer into one durable queue of a freshly started FerryMQ (RabbitMQ stopped) with no consumer, then drained by one consumer. \
 Publish: {} msg/s over {:.0} s; drain: {} msg/s over {:.0} s; received {} of {} confirmed, lost {}, duplicated {}. **Peak RSS of FerryMQ: {}**.\n",
             thousands(n as f64),
             thousands(b.publish.msgs_per_s),

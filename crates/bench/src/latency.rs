@@ -1,7 +1,7 @@
 //! Latency histograms (HdrHistogram, nanoseconds, 3 significant digits) and their summary.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest latency recorded exactly: 10 minutes. Larger values are clamped to it.
 const HIGHEST_NS: u64 = 600_000_000_000;
@@ -56,7 +56,7 @@ impl Latency {
 }
 
 /// Percentiles in microseconds (1 µs resolution floor; 3 significant digits).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub count: u64,
     pub p50_us: f64,

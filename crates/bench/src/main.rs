@@ -144,6 +144,9 @@ struct CompareArgs {
     /// Also write every run's result as JSON here.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Only rewrite the section and chart from a report saved with --json-out (runs nothing).
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 fn scenario(a: &RunArgs) -> Scenario {
@@ -214,6 +217,7 @@ fn main() -> Result<()> {
                 backlog: a.backlog,
                 install: a.install,
                 json_out: a.json_out,
+                from_json: a.from_json,
             };
             rt.block_on(compare::compare(opts))
         }

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::accounting::Tally;
 use crate::latency::Summary;
 
 /// The wire protocol of a target broker, from its URL scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Amqp,
@@ -44,7 +44,7 @@ impl Protocol {
 }
 
 /// What to run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     pub url: String,
     pub producers: usize,
@@ -250,7 +250,7 @@ impl WindowCount {
 }
 
 /// A throughput figure.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
     pub messages: u64,
     pub seconds: f64,
@@ -260,7 +260,7 @@ pub struct Rate {
 }
 
 /// The broker's resource use during the run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BrokerUsage {
     pub pid: u32,
     /// CPU seconds (user + system, process tree) inside the measurement window.
@@ -275,7 +275,7 @@ pub struct BrokerUsage {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub protocol: Protocol,
     pub scenario: Scenario,
