@@ -483,7 +483,7 @@ fn main() {
     let gbs = size as f64 / el / 1e9;
     let raw_gbs = raw_bytes as f64 / raw_el / 1e9;
     println!(
-        "| read {} MiB backlog (1 KiB records, 64/batch), cache dropped: {} | - | 1 KiB | 1 | {:.0} | {:.0} | {:.2} GB/s (pread 4 MiB, cache dropped: {}) | {:.0}% | - |",
+        "| read {} MiB backlog (1 KiB records, 64/batch), cache dropped: {} | - | 1 KiB | 1 | {:.0} | {:.0} (payload) | - | {:.2} GB/s (pread 4 MiB, cache dropped: {}) | {:.0}% | - | - | - |",
         size >> 20,
         if dropped { "yes" } else { "no" },
         n as f64 / el,
