@@ -1,6 +1,8 @@
-//! The AMQP 0-9-1 driver (the `lapin` client): one connection and channel per producer and
-//! per consumer, the default exchange, one queue per `--queues`.
+//! The AMQP 0-9-1 run (one connection and channel per producer and per consumer, the default
+//! exchange, one queue per `--queues`) and its `lapin` driver (`--client lapin`); the default
+//! driver is [`crate::native`]. Both hand the same [`ProducerOut`] / [`ConsumerOut`] back.
 //!
+//! With `lapin`:
 //! Producers publish in batches of up to [`BATCH`] due messages: every `basic_publish` of a
 //! batch is started before any is awaited, so the client writes them together, and each
 //! producer keeps at most `confirm_window` messages unconfirmed. Confirms are awaited in
@@ -26,9 +28,10 @@ use tokio::task::JoinHandle;
 use crate::accounting::{tally, Ledger, RxTracker};
 use crate::latency::Latency;
 use crate::monitor;
+use crate::native;
 use crate::payload::{self, Header, Payload};
 use crate::rate::{per_producer, Schedule};
-use crate::run::{BrokerUsage, Ctx, Protocol, RunResult, Scenario, Window, WindowCount};
+use crate::run::{BrokerUsage, Client, Ctx, Protocol, RunResult, Scenario, Window, WindowCount};
 
 /// Most messages started together by one producer.
 pub const BATCH: usize = 64;
@@ -45,22 +48,22 @@ async fn connect(url: &str) -> Result<Connection> {
     .with_context(|| format!("connecting to {url}"))
 }
 
-fn queue_name(s: &Scenario, i: usize) -> String {
+pub(crate) fn queue_name(s: &Scenario, i: usize) -> String {
     format!("{}-{}", s.queue_prefix, i % s.queues)
 }
 
 /// What a producer hands back.
-struct ProducerOut {
-    ledger: Ledger,
-    confirm: Latency,
-    published: WindowCount,
+pub(crate) struct ProducerOut {
+    pub(crate) ledger: Ledger,
+    pub(crate) confirm: Latency,
+    pub(crate) published: WindowCount,
 }
 
 /// What a consumer hands back.
-struct ConsumerOut {
-    rx: RxTracker,
-    e2e: Latency,
-    received: WindowCount,
+pub(crate) struct ConsumerOut {
+    pub(crate) rx: RxTracker,
+    pub(crate) e2e: Latency,
+    pub(crate) received: WindowCount,
 }
 
 async fn producer(
@@ -286,8 +289,60 @@ async fn consumer(
     Ok(out)
 }
 
-/// Declares the queues (durable when persistent) on a setup connection.
-async fn declare(s: &Scenario) -> Result<Connection> {
+/// The connection that declares the queues and deletes them at the end.
+enum Setup {
+    Lapin(Connection),
+    Native(native::Session),
+}
+
+/// Declares the queues (durable when persistent) on a setup connection of the scenario's client.
+async fn declare(s: &Scenario) -> Result<Setup> {
+    match s.client {
+        Client::Lapin => declare_lapin(s).await.map(Setup::Lapin),
+        Client::Native => {
+            let mut session = native::open(&s.url).await?;
+            for q in 0..s.queues {
+                session
+                    .declare_queue(&queue_name(s, q), s.persistent)
+                    .await?;
+            }
+            Ok(Setup::Native(session))
+        }
+    }
+}
+
+/// Deletes the queues (unless kept) and closes the setup connection.
+async fn teardown(s: &Scenario, setup: Setup) {
+    match setup {
+        Setup::Lapin(conn) => {
+            if !s.keep_queues {
+                if let Ok(ch) = conn.create_channel().await {
+                    for q in 0..s.queues {
+                        let _ = ch
+                            .queue_delete(
+                                queue_name(s, q).as_str().into(),
+                                QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+            }
+            let _ = conn.close(200, "bench done".into()).await;
+        }
+        Setup::Native(mut session) => {
+            if !s.keep_queues {
+                for q in 0..s.queues {
+                    if session.delete_queue(&queue_name(s, q)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            session.close().await;
+        }
+    }
+}
+
+async fn declare_lapin(s: &Scenario) -> Result<Connection> {
     let conn = connect(&s.url).await?;
     let ch = conn.create_channel().await?;
     for q in 0..s.queues {
@@ -315,13 +370,11 @@ async fn spawn_consumers(
     let mut readies = Vec::new();
     for id in 0..s.consumers {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        handles.push(tokio::spawn(consumer(
-            ctx.clone(),
-            s.clone(),
-            id,
-            tx,
-            stop.clone(),
-        )));
+        let (ctx, s, stop) = (ctx.clone(), s.clone(), stop.clone());
+        handles.push(match s.client {
+            Client::Native => tokio::spawn(native::consumer(ctx, s, id, tx, stop)),
+            Client::Lapin => tokio::spawn(consumer(ctx, s, id, tx, stop)),
+        });
         readies.push(rx);
     }
     for (id, r) in readies.into_iter().enumerate() {
@@ -352,19 +405,7 @@ pub async fn run(scenario: Scenario, ctx: Arc<Ctx>) -> Result<RunResult> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let result = run_declared(&s, &ctx, &stop_tx, stop_rx).await;
     let _ = stop_tx.send(true);
-    if !s.keep_queues {
-        if let Ok(ch) = setup.create_channel().await {
-            for q in 0..s.queues {
-                let _ = ch
-                    .queue_delete(
-                        queue_name(&s, q).as_str().into(),
-                        QueueDeleteOptions::default(),
-                    )
-                    .await;
-            }
-        }
-    }
-    let _ = setup.close(200, "bench done".into()).await;
+    teardown(&s, setup).await;
     result
 }
 
@@ -403,6 +444,18 @@ async fn run_declared(
         end_ns: end,
     };
     ctx.window.set(window).expect("one window per run");
+    // The load generator's own CPU over the window (duration runs only).
+    let client_cpu = (s.count.is_none()).then(|| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(ctx.at(window.start_ns).into()).await;
+            let a = crate::procstat::self_cpu_s()?;
+            tokio::time::sleep_until(ctx.at(window.end_ns).into()).await;
+            let b = crate::procstat::self_cpu_s()?;
+            let secs = (window.end_ns - window.start_ns) as f64 / 1e9;
+            Some((b - a).max(0.0) / secs * 100.0)
+        })
+    });
     let mut producers = Vec::new();
     for id in 0..s.producers {
         let schedule = match s.rate {
@@ -412,13 +465,11 @@ async fn run_declared(
         let quota = s
             .count
             .map(|n| n / s.producers as u64 + u64::from((id as u64) < n % s.producers as u64));
-        producers.push(tokio::spawn(producer(
-            ctx.clone(),
-            s.clone(),
-            id,
-            schedule,
-            quota,
-        )));
+        let (ctx, s) = (ctx.clone(), s.clone());
+        producers.push(match s.client {
+            Client::Native => tokio::spawn(native::producer(ctx, s, id, schedule, quota)),
+            Client::Lapin => tokio::spawn(producer(ctx, s, id, schedule, quota)),
+        });
     }
     let mut outs = Vec::new();
     let mut first_err = None;
@@ -493,6 +544,10 @@ async fn run_declared(
         None => None,
     };
 
+    let client_cpu_percent = match client_cpu {
+        Some(h) => h.await.ok().flatten(),
+        None => None,
+    };
     let ledgers: Vec<Ledger> = outs.iter().map(|o| o.ledger.clone()).collect();
     let trackers: Vec<RxTracker> = cons.iter().map(|c| c.rx.clone()).collect();
     let t = tally(&ledgers, &trackers, s.consumers > 0);
@@ -523,6 +578,7 @@ async fn run_declared(
         end_to_end: e2e.summary(),
         confirm: confirm.summary(),
         broker,
+        client_cpu_percent,
         elapsed_s: (ctx.now_ns() - p0) as f64 / 1e9,
         drain_incomplete,
     })

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::brokers::{Broker, Kind};
 use crate::report::{mib, micros, thousands};
-use crate::run::{Ctx, RunResult, Scenario};
+use crate::run::{Client, Ctx, RunResult, Scenario};
 use crate::svg::{self, Bar, Group};
 
 pub const START_MARKER: &str = "<!-- bench:amqp:start -->";
@@ -30,6 +30,8 @@ pub const SVG_NAME: &str = "benchmarks-amqp.svg";
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
     pub quick: bool,
+    /// The AMQP client used against both brokers.
+    pub client: Client,
     pub ferrymq_bin: Option<PathBuf>,
     pub out: PathBuf,
     pub repeats: Option<usize>,
@@ -129,6 +131,9 @@ pub struct Measured {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub generated: String,
+    /// The client every run used (reports from before the choice existed: `lapin`).
+    #[serde(default = "Client::legacy")]
+    pub client: Client,
     pub command: String,
     pub machine: Vec<(String, String)>,
     pub versions: Vec<(String, String)>,
@@ -173,7 +178,9 @@ impl Report {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scenario(
+    client: Client,
     url: &str,
     pid: u32,
     p: Point,
@@ -182,6 +189,7 @@ fn scenario(
     rate: Option<f64>,
 ) -> Scenario {
     let mut s = Scenario::amqp(url);
+    s.client = client;
     s.size = p.size;
     s.persistent = p.persistent;
     s.confirms = p.persistent;
@@ -383,7 +391,7 @@ async fn matrix(
                 }
                 for (kind, url, pid) in order {
                     done += 1;
-                    let s = scenario(&url, pid, p, duration, warmup, rate);
+                    let s = scenario(report.client, &url, pid, p, duration, warmup, rate);
                     let res = crate::run_scenario(s, Arc::new(Ctx::new())).await;
                     let (result, error) = match res {
                         Ok(r) if r.tally.received > 0 => (Some(r), None),
@@ -431,6 +439,7 @@ async fn matrix(
             .push(fresh);
         eprintln!("backlog: publishing {} persistent 1 KiB messages into one FerryMQ queue, then draining it", thousands(n as f64));
         let mut s = scenario(
+            report.client,
             &url,
             pid,
             Point {
@@ -469,6 +478,7 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     let t0 = Instant::now();
     let mut report = Report {
         generated: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        client: o.client,
         command: command_line(&o),
         machine: Vec::new(),
         versions: Vec::new(),
@@ -519,6 +529,9 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
 
 fn command_line(o: &CompareOptions) -> String {
     let mut c = String::from("ferrymq-bench compare");
+    if o.client != Client::Native {
+        let _ = write!(c, " --client {}", o.client.name());
+    }
     if o.quick {
         c.push_str(" --quick");
     }
@@ -588,6 +601,20 @@ fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("**{r:.2}×**"))
 }
 
+fn client_description(c: Client) -> &'static str {
+    match c {
+        Client::Native => "`--client native`, the bench's own AMQP 0-9-1 driver on the project's codec `ferrymq-amqp-codec` over a tokio `TcpStream`: the producer encodes up to 256 due messages into one buffer and writes it with one `write_all`, a reader task settles `basic.ack`s (with `multiple`) as they come; the consumer decodes every frame a read returned and writes the acks of that read together",
+        Client::Lapin => "the `lapin` 4 crate, `--client lapin`",
+    }
+}
+
+fn client_caveat(c: Client) -> &'static str {
+    match c {
+        Client::Native => "the native client was written so that it is not the bottleneck: `lapin` cost about 9 µs of CPU per message published and consumed, and capped the 16 B transient point at ~44,000 delivered msg/s",
+        Client::Lapin => "`lapin` costs about 9 µs of CPU per message published and consumed, ~90% of a core at 50,000 msg/s, so at the maximum rate the load generator is often the bottleneck; `--client native` (the default) costs far less",
+    }
+}
+
 /// The markdown section.
 pub fn markdown(r: &Report) -> String {
     let (f, q) = (Kind::FerryMq, Kind::RabbitMq);
@@ -608,12 +635,14 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "\n**Method.** One load generator process on the same 2 cores as the broker, the same client (`lapin` 4) for both brokers: 1 producer → 1 consumer, each on its own connection, one queue, default exchange. \
+        "\n**Method.** One load generator process on the same 2 cores as the broker, the same client for both brokers ({}): 1 producer → 1 consumer, each on its own connection, one queue, default exchange. \
 Transient points: non-durable queue, delivery mode 1, no confirms (tier T0 on both sides). Persistent points: durable queue, delivery mode 2, publisher confirms with at most 1,000 unconfirmed messages per producer (T2 on both sides: FerryMQ confirms after the group-commit `fdatasync`; RabbitMQ confirms persistent messages once its message store has synced them). \
 Consumers: prefetch 1,000, `basic.ack` with `multiple` every 50 deliveries. Every payload carries producer id, sequence number and send time; *delivered* = distinct messages received in the measured window; latency is from send to delivery (*e2e*) or to confirm, HdrHistogram, 3 significant digits. \
 The second table runs each point at a fixed rate of half RabbitMQ's median delivered rate, with latency measured from each message's intended send time (no coordinated omission). Broker CPU is the process tree's user + system time over the window (100% = one core); RSS is the peak resident set, sampled every 250 ms. \
-Caveat: the client shares the 2 cores with the broker, and `lapin` costs about 9 µs of CPU per message published and consumed (measured: ~90% of a core at 50,000 msg/s), so at the maximum rate the load generator is often the bottleneck (see the broker CPU column); that compresses the ratios rather than inflating them. \
-Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP — `ferrymq-bench` has no driver for them yet and refuses such URLs.\n"
+Caveat: the client shares the 2 cores with the broker ({}), so at the maximum rate the two compete for CPU (see the broker and load generator CPU columns); that compresses the ratios rather than inflating them. \
+Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP — `ferrymq-bench` has no driver for them yet and refuses such URLs.\n",
+        client_description(r.client),
+        client_caveat(r.client),
     );
 
     let _ = writeln!(
@@ -645,14 +674,14 @@ Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP �
     );
 
     let _ = writeln!(o, "Same runs, medians: publish rate, latency at maximum rate (queues may grow when the publisher outruns the consumer, so these latencies include queueing), broker CPU, and the broker's peak RSS during the run (each broker serves the whole matrix, so this includes memory kept from earlier points). At maximum rate without confirms FerryMQ accepts publishes faster than this client consumes them, and a transient queue keeps its backlog in memory, so its RSS grows with that backlog; RabbitMQ's credit flow slows the publisher down instead.\n");
-    let _ = writeln!(o, "| scenario | broker | published msg/s | e2e p50 | e2e p99 | confirm p99 | broker CPU | peak RSS |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| scenario | broker | published msg/s | e2e p50 | e2e p99 | confirm p99 | broker CPU | load generator CPU | peak RSS |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
     for p in POINTS {
         for k in [f, q] {
             let med = |g: fn(&RunResult) -> f64| r.stat(p, k, false, g).map(|s| s.median);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.label(),
                 k.name(),
                 med(|x| x.publish.msgs_per_s).map_or("–".into(), thousands),
@@ -664,6 +693,8 @@ Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP �
                     "–".into()
                 },
                 med(|x| x.broker.as_ref().map_or(f64::NAN, |b| b.cpu_percent))
+                    .map_or("–".into(), |v| format!("{v:.0}%")),
+                med(|x| x.client_cpu_percent.unwrap_or(f64::NAN))
                     .map_or("–".into(), |v| format!("{v:.0}%")),
                 med(|x| x
                     .broker
@@ -856,7 +887,10 @@ pub fn chart(r: &Report) -> String {
         })
         .collect();
     svg::bar_chart(
-        "AMQP 0-9-1, 1 producer → 1 consumer (lapin client)",
+        &format!(
+            "AMQP 0-9-1, 1 producer → 1 consumer ({} client)",
+            r.client.name()
+        ),
         "delivered messages/s",
         &["FerryMQ", "RabbitMQ"],
         &groups,
@@ -904,6 +938,7 @@ mod tests {
     fn markdown_of_an_empty_report_says_what_is_missing() {
         let r = Report {
             generated: "now".into(),
+            client: Client::Native,
             command: "ferrymq-bench compare --quick".into(),
             machine: vec![("nproc".into(), "2".into())],
             versions: vec![],

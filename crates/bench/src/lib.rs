@@ -9,7 +9,8 @@
 //! - [`procstat`]: a broker process tree's CPU time and resident memory from `/proc`.
 //! - [`run`]: scenario, shared run state, measurement window, results.
 //! - [`monitor`]: progress line and broker sampler tasks.
-//! - [`amqp`]: the AMQP 0-9-1 driver (`lapin`).
+//! - [`amqp`]: the AMQP 0-9-1 run and its `lapin` driver (`--client lapin`).
+//! - [`native`]: the default AMQP 0-9-1 driver, on `ferrymq-amqp-codec` (`--client native`).
 //! - [`report`]: the human table.
 //! - [`brokers`]: starting and stopping FerryMQ and RabbitMQ for `compare`.
 //! - [`compare`]: the scenario matrix, medians and ratios, the markdown section.
@@ -21,6 +22,7 @@ pub mod brokers;
 pub mod compare;
 pub mod latency;
 pub mod monitor;
+pub mod native;
 pub mod payload;
 pub mod procstat;
 pub mod rate;

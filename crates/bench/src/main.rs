@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ferrymq_bench::compare::{self, CompareOptions};
-use ferrymq_bench::run::{Ctx, Scenario};
+use ferrymq_bench::run::{Client, Ctx, Scenario};
 use ferrymq_bench::{report, run_scenario};
 
 #[derive(Parser)]
@@ -54,8 +54,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--client native|lapin`.
+fn parse_client(s: &str) -> Result<Client, String> {
+    match s {
+        "native" => Ok(Client::Native),
+        "lapin" => Ok(Client::Lapin),
+        _ => Err(format!("unknown client {s:?}: native or lapin")),
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
+    /// AMQP client: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
+    #[arg(long, default_value = "native", value_parser = parse_client)]
+    client: Client,
     /// Broker URL: amqp://user:pass@host:port/vhost (mqtt://, kafka://, http:// are not supported yet).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     url: String,
@@ -120,6 +132,9 @@ struct RunArgs {
 
 #[derive(Args)]
 struct CompareArgs {
+    /// AMQP client for both brokers: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
+    #[arg(long, default_value = "native", value_parser = parse_client)]
+    client: Client,
     /// The small matrix (1 repeat, 3 s points): under 2 minutes.
     #[arg(long)]
     quick: bool,
@@ -151,6 +166,7 @@ struct CompareArgs {
 
 fn scenario(a: &RunArgs) -> Scenario {
     let mut s = Scenario::amqp(&a.url);
+    s.client = a.client;
     s.producers = a.producers;
     s.consumers = a.consumers;
     s.size = a.size;
@@ -210,6 +226,7 @@ fn main() -> Result<()> {
         Command::Compare(a) => {
             let opts = CompareOptions {
                 quick: a.quick,
+                client: a.client,
                 ferrymq_bin: a.ferrymq_bin,
                 out: a.out,
                 repeats: a.repeats,
@@ -236,6 +253,18 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn clients() {
+        assert_eq!(parse_client("native"), Ok(Client::Native));
+        assert_eq!(parse_client("lapin"), Ok(Client::Lapin));
+        assert!(parse_client("amqprs").is_err());
+        let cli = Cli::try_parse_from(["ferrymq-bench", "run"]).unwrap();
+        match cli.command {
+            Command::Run(a) => assert_eq!(a.client, Client::Native),
+            Command::Compare(_) => unreachable!(),
+        }
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub fn tree(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
     out
 }
 
+/// CPU time (user + system, all threads) of this process alone, without its children (the
+/// brokers `compare` starts are children of the load generator).
+pub fn self_cpu_s() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    parse_stat(&stat).map(|(_, t)| t as f64 / clock_ticks())
+}
+
 /// Samples the tree rooted at `pid`; `None` if `pid` is gone.
 pub fn sample(pid: u32) -> Option<Sample> {
     let ticks = clock_ticks();

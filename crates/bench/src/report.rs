@@ -120,6 +120,13 @@ pub fn human(r: &RunResult) -> String {
             mib(b.peak_rss_bytes)
         );
     }
+    if let Some(c) = r.client_cpu_percent {
+        let _ = writeln!(
+            o,
+            "  load generator ({} client): {c:.0}% of one core in the window",
+            s.client.name()
+        );
+    }
     o
 }
 

@@ -43,10 +43,38 @@ impl Protocol {
     }
 }
 
+/// Which AMQP 0-9-1 client library drives the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// The bench's own driver on `ferrymq-amqp-codec` (module `native`): pipelined, cheap.
+    #[default]
+    Native,
+    /// The `lapin` crate.
+    Lapin,
+}
+
+impl Client {
+    /// Reports written before the client was selectable all used `lapin`.
+    pub fn legacy() -> Client {
+        Client::Lapin
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Native => "native",
+            Client::Lapin => "lapin",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     pub url: String,
+    /// The AMQP client (absent in reports from before it existed: `lapin`).
+    #[serde(default = "Client::legacy")]
+    pub client: Client,
     pub producers: usize,
     pub consumers: usize,
     /// Payload bytes per message, header included (at least 16).
@@ -90,6 +118,7 @@ impl Scenario {
     pub fn amqp(url: &str) -> Scenario {
         Scenario {
             url: url.to_string(),
+            client: Client::default(),
             producers: 1,
             consumers: 1,
             size: 16,
@@ -164,7 +193,8 @@ impl Scenario {
             None => format!("{:?} (+{:?} warm-up)", self.duration, self.warmup),
         };
         format!(
-            "{} → {} over {} queue(s), {} B, {}, {}, {}, prefetch {}, {}",
+            "{} client, {} → {} over {} queue(s), {} B, {}, {}, {}, prefetch {}, {}",
+            self.client.name(),
             self.producers,
             self.consumers,
             self.queues,
@@ -287,6 +317,10 @@ pub struct RunResult {
     /// From the stamp to the publisher confirm.
     pub confirm: Summary,
     pub broker: Option<BrokerUsage>,
+    /// CPU of the load generator itself (this process, all threads, without child processes)
+    /// over the measurement window, 100 = one core; `None` for count-bounded runs.
+    #[serde(default)]
+    pub client_cpu_percent: Option<f64>,
     /// Wall time of the whole run, drain included.
     pub elapsed_s: f64,
     /// Whether the run ended before every sent message was received (drain timeout, Ctrl-C).

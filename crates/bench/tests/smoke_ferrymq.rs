@@ -1,5 +1,6 @@
 //! Issue #8: a short smoke run of the load generator against the real `ferrymq` server
-//! binary: messages flow and the accounting adds up. Never asserts a speed.
+//! binary, with each AMQP client (`native`, the default, and `lapin`): messages flow and the
+//! accounting adds up. Never asserts a speed.
 //!
 //! The server binary is another package's, so it is found in this test's target directory
 //! (`target/debug/ferrymq`); `./scripts/test` (`cargo test --workspace`) builds it before any
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrymq_bench::brokers::Broker;
-use ferrymq_bench::run::{Ctx, Scenario};
+use ferrymq_bench::run::{Client, Ctx, Scenario};
 use ferrymq_bench::run_scenario;
 
 /// `target/<profile>/ferrymq`, beside this test's `deps/` directory.
@@ -39,17 +40,20 @@ fn start() -> (Broker, tempfile::TempDir) {
     (b, tmp)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_confirmed_messages_all_arrive_once_in_order() {
+/// Both clients, one after the other, against the same broker.
+async fn persistent_confirmed_messages_all_arrive_once_in_order(client: Client) {
     let (broker, _tmp) = start();
     let mut s = Scenario::amqp(&broker.url);
+    s.client = client;
     s.size = 1024;
     s.persistent = true;
     s.confirms = true;
     s.count = Some(3_000);
     s.warmup = Duration::ZERO;
     s.broker_pid = Some(broker.pid);
-    let r = run_scenario(s, Arc::new(Ctx::new())).await.expect("run");
+    let r = run_scenario(s, Arc::new(Ctx::new()))
+        .await
+        .unwrap_or_else(|e| panic!("{client:?}: {e:#}"));
     let t = &r.tally;
     assert_eq!(t.sent, 3_000, "{t:?}");
     assert_eq!(t.confirmed, 3_000, "{t:?}");
@@ -76,6 +80,50 @@ async fn persistent_confirmed_messages_all_arrive_once_in_order() {
         "{usage:?}"
     );
     assert!(!r.drain_incomplete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_client_persistent_confirmed_messages_all_arrive_once_in_order() {
+    persistent_confirmed_messages_all_arrive_once_in_order(Client::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_client_persistent_confirmed_messages_all_arrive_once_in_order() {
+    persistent_confirmed_messages_all_arrive_once_in_order(Client::Lapin).await;
+}
+
+/// A short maximum-rate duration run per client, transient, with automatic and manual acks;
+/// checks the accounting, never the speed.
+async fn max_rate_transient(client: Client, ack_every: u32) {
+    let (broker, _tmp) = start();
+    let mut s = Scenario::amqp(&broker.url);
+    s.client = client;
+    s.duration = Duration::from_millis(700);
+    s.warmup = Duration::from_millis(200);
+    s.ack_every = ack_every;
+    s.size = 100;
+    s.broker_pid = Some(broker.pid);
+    let r = run_scenario(s, Arc::new(Ctx::new()))
+        .await
+        .unwrap_or_else(|e| panic!("{client:?}: {e:#}"));
+    let t = &r.tally;
+    assert!(t.sent > 0, "{client:?}: {t:?}");
+    assert_eq!(t.received, t.sent, "{client:?}: {t:?}");
+    assert_eq!(
+        (t.lost, t.duplicated, t.out_of_order, t.foreign, t.failed),
+        (0, 0, 0, 0, 0),
+        "{client:?}: {t:?}"
+    );
+    assert!(!r.drain_incomplete, "{client:?}");
+    assert!(r.client_cpu_percent.is_some(), "{client:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_clients_at_maximum_rate_account_for_every_message() {
+    for client in [Client::Native, Client::Lapin] {
+        max_rate_transient(client, 50).await;
+    }
+    max_rate_transient(Client::Native, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,28 +158,33 @@ async fn fixed_rate_over_several_queues_accounts_for_every_message() {
 #[test]
 fn the_binary_prints_json_and_refuses_protocols_it_cannot_drive() {
     let (broker, _tmp) = start();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
-        .args([
-            "run",
-            "--url",
-            &broker.url,
-            "--count",
-            "500",
-            "--size",
-            "100",
-            "--json",
-        ])
-        .args(["--broker-pid", &broker.pid.to_string()])
-        .output()
-        .expect("run ferrymq-bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(v["tally"]["sent"], 500);
-    assert_eq!(v["tally"]["received"], 500);
-    assert_eq!(v["tally"]["lost"], 0);
-    assert_eq!(v["protocol"], "amqp");
-    assert!(v["broker"]["peak_rss_bytes"].as_u64().unwrap_or(0) > 0);
+    for client in ["native", "lapin"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
+            .args([
+                "run",
+                "--url",
+                &broker.url,
+                "--client",
+                client,
+                "--count",
+                "500",
+                "--size",
+                "100",
+                "--json",
+            ])
+            .args(["--broker-pid", &broker.pid.to_string()])
+            .output()
+            .expect("run ferrymq-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{client}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        assert_eq!(v["scenario"]["client"], client);
+        assert_eq!(v["tally"]["sent"], 500);
+        assert_eq!(v["tally"]["received"], 500);
+        assert_eq!(v["tally"]["lost"], 0);
+        assert_eq!(v["protocol"], "amqp");
+        assert!(v["broker"]["peak_rss_bytes"].as_u64().unwrap_or(0) > 0);
+    }
 
     for url in [
         "mqtt://127.0.0.1:1883",
