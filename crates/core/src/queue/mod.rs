@@ -800,19 +800,8 @@ impl Queue {
         if st.ready_count == 0 {
             return;
         }
-        // Sized for the common case (everything ready fits one consumer's credit) so
-        // that a dispatch allocates once per consumer, not once per doubling.
-        let hint = (st.ready_count as usize).min(1024);
-        let mut batches: Vec<Vec<Delivery>> = (0..st.consumers.len())
-            .map(|i| {
-                if i == st.rr % st.consumers.len().max(1) {
-                    Vec::with_capacity(hint)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let mut delivered_offsets = Vec::with_capacity(if self.log.is_some() { hint } else { 0 });
+        let mut batches: Vec<Vec<Delivery>> = (0..st.consumers.len()).map(|_| Vec::new()).collect();
+        let mut delivered_offsets = Vec::new();
         let mut settled_offsets = Vec::new();
         loop {
             self.expire_heads(st, now, fx);
