@@ -129,6 +129,12 @@ fn flags(msg: &Message) -> u16 {
 /// [`DEPTH_MAX`] encodes but will not decode; see [`check_depth`].
 pub fn encode(msg: &Message, out: &mut BytesMut) {
     out.reserve(encoded_len(msg));
+    encode_unreserved(msg, out);
+}
+
+/// [`encode`] without reserving space first: for callers that sized `out` for a
+/// whole batch already (the buffer still grows if it must).
+pub fn encode_unreserved(msg: &Message, out: &mut BytesMut) {
     let p = &msg.properties;
     out.put_u8(VERSION);
     out.put_u16_le(flags(msg));

@@ -642,7 +642,7 @@ impl Queue {
                 let records: Vec<bytes::Bytes> = (0..msgs.len())
                     .filter(|&i| stored(i))
                     .map(|i| {
-                        codec::encode(&msgs[i], &mut buf);
+                        codec::encode_unreserved(&msgs[i], &mut buf);
                         buf.split().freeze()
                     })
                     .collect();
