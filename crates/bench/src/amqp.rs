@@ -64,6 +64,63 @@ pub(crate) struct ConsumerOut {
     pub(crate) rx: RxTracker,
     pub(crate) e2e: Latency,
     pub(crate) received: WindowCount,
+    /// (send stamp, end-to-end latency) of deliveries slower than `slow_log_ms`, at most
+    /// [`SLOW_LOG_MAX`].
+    pub(crate) slow: Vec<(u64, u64)>,
+}
+
+/// Most slow deliveries kept per consumer for `--slow-log-ms`.
+pub(crate) const SLOW_LOG_MAX: usize = 1_000_000;
+
+impl ConsumerOut {
+    pub(crate) fn new(s: &Scenario) -> ConsumerOut {
+        ConsumerOut {
+            rx: RxTracker::new(s.producers),
+            e2e: Latency::new(),
+            received: WindowCount::default(),
+            slow: Vec::new(),
+        }
+    }
+
+    /// Records one delivery's end-to-end latency.
+    pub(crate) fn latency(&mut self, s: &Scenario, send_ns: u64, now_ns: u64) {
+        let lat = now_ns.saturating_sub(send_ns);
+        self.e2e.record(lat);
+        if let Some(ms) = s.slow_log_ms {
+            if lat >= ms * 1_000_000 && self.slow.len() < SLOW_LOG_MAX {
+                self.slow.push((send_ns, lat));
+            }
+        }
+    }
+}
+
+/// Groups slow deliveries into episodes (sends less than 100 ms apart) and prints them.
+fn print_slow(ctx: &Ctx, s: &Scenario, slow: &mut [(u64, u64)]) {
+    let Some(ms) = s.slow_log_ms else { return };
+    slow.sort_unstable();
+    eprintln!(
+        "deliveries with end-to-end latency >= {ms} ms: {} (episodes: by send time, run clock and UTC)",
+        slow.len()
+    );
+    let mut i = 0;
+    while i < slow.len() {
+        let mut j = i + 1;
+        while j < slow.len() && slow[j].0 - slow[j - 1].0 < 100_000_000 {
+            j += 1;
+        }
+        let ep = &slow[i..j];
+        let (first, last) = (ep[0].0, ep[ep.len() - 1].0);
+        let max = ep.iter().map(|e| e.1).max().unwrap_or(0);
+        eprintln!(
+            "  sent {:>9.3}–{:>9.3} s ({} UTC): {:>6} messages, max e2e {:>8.1} ms",
+            first as f64 / 1e9,
+            last as f64 / 1e9,
+            ctx.wall(first),
+            ep.len(),
+            max as f64 / 1e6
+        );
+        i = j;
+    }
 }
 
 async fn producer(
@@ -237,11 +294,7 @@ async fn consumer(
         .await
         .with_context(|| format!("consuming from {queue}"))?;
     let _ = ready.send(());
-    let mut out = ConsumerOut {
-        rx: RxTracker::new(s.producers),
-        e2e: Latency::new(),
-        received: WindowCount::default(),
-    };
+    let mut out = ConsumerOut::new(&s);
     let (mut unacked, mut last_tag) = (0u32, 0u64);
     let mut w: Option<Window> = None;
     loop {
@@ -262,7 +315,7 @@ async fn consumer(
             Some(h) => {
                 out.rx.record(h.producer, h.seq);
                 if w.contains(h.send_ns) {
-                    out.e2e.record(now.saturating_sub(h.send_ns));
+                    out.latency(&s, h.send_ns, now);
                 }
             }
             None => out.rx.foreign += 1,
@@ -561,6 +614,8 @@ async fn run_declared(
         received.merge(&c.received);
         e2e.merge(&c.e2e);
     }
+    let mut slow: Vec<(u64, u64)> = cons.iter().flat_map(|c| c.slow.iter().copied()).collect();
+    print_slow(ctx, s, &mut slow);
     Ok(RunResult {
         protocol: Protocol::Amqp,
         scenario: (**s).clone(),

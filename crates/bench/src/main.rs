@@ -122,6 +122,10 @@ struct RunArgs {
     /// Broker pid: report its (and its children's) CPU time and peak resident memory.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Print the episodes in which end-to-end latency reached this many ms (when those
+    /// messages were sent, on the run's clock and in UTC) on stderr.
+    #[arg(long)]
+    slow_log_ms: Option<u64>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -191,6 +195,7 @@ fn scenario(a: &RunArgs) -> Scenario {
     }
     s.keep_queues = a.keep_queues;
     s.broker_pid = a.broker_pid;
+    s.slow_log_ms = a.slow_log_ms;
     s.progress = !a.no_progress && !a.json;
     s
 }

@@ -36,7 +36,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
-use crate::accounting::{Ledger, RxTracker};
+use crate::accounting::Ledger;
 use crate::amqp::{queue_name, ConsumerOut, ProducerOut};
 use crate::latency::Latency;
 use crate::payload::{self, Header, Payload, HEADER_BYTES};
@@ -954,11 +954,7 @@ pub(crate) async fn consumer(
     .await
     .with_context(|| format!("consuming from {queue}"))?;
     let _ = ready.send(());
-    let mut out = ConsumerOut {
-        rx: RxTracker::new(s.producers),
-        e2e: Latency::new(),
-        received: WindowCount::default(),
-    };
+    let mut out = ConsumerOut::new(&s);
     let mut asm = DeliveryAssembler::new();
     let mut acks = AckBatcher::new(s.ack_every);
     let mut win: Option<Window> = None;
@@ -980,7 +976,7 @@ pub(crate) async fn consumer(
                         Some(h) => {
                             out.rx.record(h.producer, h.seq);
                             if wnd.contains(h.send_ns) {
-                                out.e2e.record(now.saturating_sub(h.send_ns));
+                                out.latency(&s, h.send_ns, now);
                             }
                         }
                         None => out.rx.foreign += 1,

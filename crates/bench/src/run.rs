@@ -111,6 +111,10 @@ pub struct Scenario {
     pub broker_pid: Option<u32>,
     /// A progress line on stderr while running (only when stderr is a terminal).
     pub progress: bool,
+    /// Print, at the end, the episodes in which end-to-end latency exceeded this many ms
+    /// (when the slow messages were sent, wall clock included, to match with broker traces).
+    #[serde(default)]
+    pub slow_log_ms: Option<u64>,
 }
 
 impl Scenario {
@@ -138,6 +142,7 @@ impl Scenario {
             keep_queues: false,
             broker_pid: None,
             progress: false,
+            slow_log_ms: None,
         }
     }
 
@@ -353,6 +358,22 @@ impl Ctx {
 
     pub fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Wall-clock time of `ns` on this run's clock, as `HH:MM:SS.mmm` UTC.
+    pub fn wall(&self, ns: u64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let t = now.as_nanos() as i128 - i128::from(self.now_ns()) + i128::from(ns);
+        let ms = (t / 1_000_000).rem_euclid(86_400_000) as u64;
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        )
     }
 
     pub fn at(&self, ns: u64) -> Instant {
