@@ -145,6 +145,11 @@ async fn producer(
     let (mut seq, mut failed) = (0u64, 0u64);
     let w = ctx.window();
     let mut error = None;
+    // Producers start together at the window's start (a fast handshake must not stamp
+    // messages before it: they would fall outside the window).
+    if w.producers_start_ns != u64::MAX {
+        tokio::time::sleep_until(ctx.at(w.producers_start_ns).into()).await;
+    }
     loop {
         let now = ctx.now_ns();
         if ctx.stopping() || (quota.is_none() && now >= w.end_ns) || quota.is_some_and(|q| seq >= q)

@@ -742,6 +742,11 @@ pub(crate) async fn producer(
     let mut published = WindowCount::default();
     let mut seq = 0u64;
     let w_ = ctx.window();
+    // Producers start together at the window's start (a fast handshake must not stamp
+    // messages before it: they would fall outside the window).
+    if w_.producers_start_ns != u64::MAX {
+        tokio::time::sleep_until(ctx.at(w_.producers_start_ns).into()).await;
+    }
     let mut error: Option<anyhow::Error> = None;
     loop {
         let now = ctx.now_ns();
