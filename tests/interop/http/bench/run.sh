@@ -36,6 +36,8 @@ run MAX=100 wrk -t2 -c4 -d"${d}s" --latency -s pull.lua "$url"
 # Publish and long-poll consume at once (end to end): publisher batches of 100, 4 pollers.
 purge
 (BATCH=100 wrk -t1 -c4 -d"${d}s" -s publish.lua "$url" | sed 's/^/publish: /' | grep messages/s) &
+publisher=$!
 run MAX=100 wrk -t1 -c4 -d"${d}s" -s pull.lua "$url"
-wait
-kill -TERM "$pid"; wait "$pid" || true; pid=
+wait "$publisher" # not a bare `wait`: that would wait for the server too
+t0=$(date +%s.%N); kill -TERM "$pid"; wait "$pid" || true; pid=
+echo "server shutdown took $(echo "$(date +%s.%N) - $t0" | bc) s"
