@@ -229,6 +229,20 @@ pub(crate) enum JournalOp {
     Delivered,
     /// Not-before time of `rel` is `value` (ms).
     NotBefore,
+    /// Delivery count of `rel .. rel + n` is now `c`, with `value = c << 32 | n` (a run of
+    /// consecutive messages delivered together, as a dispatch hands them out).
+    DeliveredRange,
+}
+
+/// Packs a `DeliveredRange` value: `count << 32 | n`.
+pub(crate) fn pack_delivered_range(n: u32, count: u32) -> i64 {
+    ((u64::from(count) << 32) | u64::from(n)) as i64
+}
+
+/// Unpacks a `DeliveredRange` value into `(n, count)`.
+pub(crate) fn unpack_delivered_range(value: i64) -> (u32, u32) {
+    let v = value as u64;
+    (v as u32, (v >> 32) as u32)
 }
 
 impl JournalOp {
@@ -238,6 +252,7 @@ impl JournalOp {
             JournalOp::SettleRange => 2,
             JournalOp::Delivered => 3,
             JournalOp::NotBefore => 4,
+            JournalOp::DeliveredRange => 5,
         }
     }
     fn from_code(c: u8) -> Option<Self> {
@@ -246,6 +261,7 @@ impl JournalOp {
             2 => JournalOp::SettleRange,
             3 => JournalOp::Delivered,
             4 => JournalOp::NotBefore,
+            5 => JournalOp::DeliveredRange,
             _ => return None,
         })
     }
@@ -351,6 +367,22 @@ mod tests {
         }
         assert!(verify_batch(&buf[..buf.len() - 1], 1 << 20).is_none());
         assert!(verify_batch(&buf, 40).is_none(), "limit enforced");
+    }
+
+    #[test]
+    fn delivered_range_value_packs_count_and_length() {
+        for (n, c) in [(1, 1), (64, 1), (u32::MAX, u32::MAX), (7, 0), (0, 9)] {
+            let v = pack_delivered_range(n, c);
+            assert_eq!(unpack_delivered_range(v), (n, c));
+            let e = JournalEntry {
+                op: JournalOp::DeliveredRange,
+                rel: 5,
+                value: v,
+            };
+            let mut out = Vec::new();
+            encode_journal(&e, &mut out);
+            assert_eq!(decode_journal(&out), Some(e));
+        }
     }
 
     #[test]

@@ -100,6 +100,17 @@ impl SegState {
                 self.not_before.insert(e.rel, e.value);
                 true
             }
+            JournalOp::DeliveredRange => {
+                let (n, count) = format::unpack_delivered_range(e.value);
+                let mut any = false;
+                for r in e.rel..e.rel.saturating_add(n) {
+                    if !self.is_settled(r) {
+                        self.delivery.insert(r, count);
+                        any = true;
+                    }
+                }
+                any
+            }
         }
     }
 
@@ -266,7 +277,9 @@ impl QueueLog {
             });
         }
         let mut st = lock(&self.state);
-        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        // Consecutive offsets that get the same change (an ack or a dispatch of a run of
+        // messages, the common case) are journaled as one range entry.
+        let mut runs: Vec<(u64, JournalEntry, u32)> = Vec::new();
         for &o in offsets {
             let Some((base, _)) = seg_of(&sealed, active_base, o) else {
                 continue;
@@ -275,9 +288,40 @@ impl QueueLog {
             let rel = crate::segment::rel_of(base, o);
             if let Some(e) = make(ss, rel) {
                 if ss.apply(&e) {
-                    format::encode_journal(&e, pending.entry(base).or_default());
+                    match runs.last_mut() {
+                        Some((b, last, n))
+                            if *b == base
+                                && last.op == e.op
+                                && last.value == e.value
+                                && matches!(e.op, JournalOp::Settle | JournalOp::Delivered)
+                                && last.rel.checked_add(*n) == Some(e.rel) =>
+                        {
+                            *n += 1;
+                        }
+                        _ => runs.push((base, e, 1)),
+                    }
                 }
             }
+        }
+        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (base, e, n) in runs {
+            let e = match (e.op, n) {
+                (JournalOp::Settle, 2..) => JournalEntry {
+                    op: JournalOp::SettleRange,
+                    rel: e.rel,
+                    value: i64::from(n),
+                },
+                (JournalOp::Delivered, 2..) => JournalEntry {
+                    op: JournalOp::DeliveredRange,
+                    rel: e.rel,
+                    value: format::pack_delivered_range(
+                        n,
+                        u32::try_from(e.value).unwrap_or(u32::MAX),
+                    ),
+                },
+                _ => e,
+            };
+            format::encode_journal(&e, pending.entry(base).or_default());
         }
         let touched: Vec<u64> = pending.keys().copied().collect();
         let mut first_err = None;
@@ -291,13 +335,13 @@ impl QueueLog {
     }
 
     fn write_journal(&self, st: &mut QState, base: u64, bytes: &[u8]) -> Result<()> {
-        let paths = SegPaths::new(self.log.dir(), base);
         let Some(ss) = st.segs.get_mut(&base) else {
             return Ok(());
         };
         let file = match &ss.journal {
             Some(f) => f.clone(),
             None => {
+                let paths = SegPaths::new(self.log.dir(), base);
                 let f = self
                     .log
                     .ctx()
@@ -316,7 +360,10 @@ impl QueueLog {
         if let Err(e) = file.write_all_at(bytes, ss.journal_len) {
             // Later writes go to journal_len again and overwrite a partial entry.
             let _ = file.set_len(ss.journal_len);
-            return Err(StorageError::io(&paths.state, e));
+            return Err(StorageError::io(
+                &SegPaths::new(self.log.dir(), base).state,
+                e,
+            ));
         }
         ss.journal_len += bytes.len() as u64;
         ss.journal_entries += (bytes.len() / JOURNAL_ENTRY_LEN) as u64;
@@ -324,7 +371,7 @@ impl QueueLog {
             let _ = self.log.ctx().syncer.submit(file, self.log.health(), false);
         }
         if ss.journal_entries > ss.compact_threshold() {
-            compact(&self.log, &paths, ss)?;
+            compact(&self.log, &SegPaths::new(self.log.dir(), base), ss)?;
         }
         Ok(())
     }
@@ -519,10 +566,15 @@ fn load_journal(log: &Log, paths: &SegPaths, base: u64, end: u64) -> Result<SegS
                     if u64::from(e.rel) >= count {
                         stale = true;
                     } else {
-                        if e.op == JournalOp::SettleRange {
-                            let room = (count - u64::from(e.rel)) as i64;
-                            if e.value > room {
-                                e.value = room;
+                        let room = count - u64::from(e.rel);
+                        if e.op == JournalOp::SettleRange && e.value > room as i64 {
+                            e.value = room as i64;
+                            stale = true;
+                        }
+                        if e.op == JournalOp::DeliveredRange {
+                            let (n, c) = format::unpack_delivered_range(e.value);
+                            if u64::from(n) > room {
+                                e.value = format::pack_delivered_range(room as u32, c);
                                 stale = true;
                             }
                         }
@@ -747,10 +799,12 @@ mod tests {
                 .unwrap();
             let recs: Vec<Bytes> = (0..100).map(body).collect();
             let _ = q.append(&recs, 0).unwrap();
+            // Descending offsets do not form runs: one journal entry per message.
             for _ in 0..40 {
-                q.record_delivery(&(0..100).collect::<Vec<_>>()).unwrap();
+                q.record_delivery(&(0..100).rev().collect::<Vec<_>>())
+                    .unwrap();
             }
-            q.settle(&(0..50).collect::<Vec<_>>()).unwrap();
+            q.settle(&(0..50).rev().collect::<Vec<_>>()).unwrap();
             assert!(s.metrics().journal_compactions > 0);
         }
         let s = Storage::open(dir.path(), c).unwrap();
@@ -760,6 +814,59 @@ mod tests {
         assert!(pending
             .iter()
             .all(|p| p.delivery_count == 40 && p.offset >= 50));
+    }
+
+    #[test]
+    fn consecutive_offsets_are_journaled_as_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_len = |dir: &std::path::Path| -> u64 {
+            let qdir = std::fs::read_dir(dir.join("queues"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            std::fs::metadata(qdir.join(format!("{:020}.state", 0)))
+                .unwrap()
+                .len()
+        };
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let q = s
+                .open_queue(
+                    "q",
+                    LogOptions {
+                        durability: Some(Durability::T1),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let recs: Vec<Bytes> = (0..100).map(body).collect();
+            let _ = q.append(&recs, 0).unwrap();
+            // Two runs of first deliveries (0..60, 70..100) and a redelivery of 10..20.
+            let mut first: Vec<u64> = (0..60).collect();
+            first.extend(70..100);
+            q.record_delivery(&first).unwrap();
+            q.record_delivery(&(10..20).collect::<Vec<_>>()).unwrap();
+            // Settles: a run 0..10 and two singles (30, 32).
+            q.settle(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 32]).unwrap();
+            // Six entries: 2 + 1 delivered ranges, 1 settle range, 2 single settles.
+            assert_eq!(journal_len(dir.path()), 6 * JOURNAL_ENTRY_LEN as u64);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let q = s.open_queue("q", LogOptions::default()).unwrap();
+        let pending: Vec<_> = q.recover().collect::<Result<_>>().unwrap();
+        let offsets: Vec<u64> = pending.iter().map(|p| p.offset).collect();
+        let expected: Vec<u64> = (10..100).filter(|o| *o != 30 && *o != 32).collect();
+        assert_eq!(offsets, expected);
+        for p in &pending {
+            let want = match p.offset {
+                10..20 => 2,
+                20..60 | 70..100 => 1,
+                _ => 0,
+            };
+            assert_eq!(p.delivery_count, want, "offset {}", p.offset);
+        }
     }
 
     #[test]

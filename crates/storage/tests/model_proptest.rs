@@ -20,6 +20,10 @@ enum Op {
     Read(u16),
     Settle(Vec<u16>),
     Deliver(Vec<u16>),
+    /// Settle / deliver up to n consecutive unsettled messages from the k-th (runs of
+    /// consecutive offsets are journaled as range entries).
+    SettleRun(u16, u8),
+    DeliverRun(u16, u8),
     NotBefore(u16, i64),
     Restart,
     Truncate(u16, u16),
@@ -34,6 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u16>().prop_map(Op::Read),
         3 => prop::collection::vec(any::<u16>(), 1..6).prop_map(Op::Settle),
         2 => prop::collection::vec(any::<u16>(), 1..6).prop_map(Op::Deliver),
+        2 => (any::<u16>(), 1u8..40).prop_map(|(k, n)| Op::SettleRun(k, n)),
+        2 => (any::<u16>(), 1u8..40).prop_map(|(k, n)| Op::DeliverRun(k, n)),
         1 => (any::<u16>(), 0i64..1_000_000).prop_map(|(o, t)| Op::NotBefore(o, t)),
         1 => Just(Op::Restart),
         1 => (any::<u16>(), any::<u16>()).prop_map(|(s, p)| Op::Truncate(s, p)),
@@ -224,6 +230,13 @@ fn run(ops: Vec<Op>) {
     let (mut s, mut q) = open(root);
     let dir = q.log().dir().to_path_buf();
     for op in ops {
+        // A run is the same operation on the k-th, (k+1)-th, … unsettled messages.
+        let run = |k: u16, n: u8| (0..u16::from(n)).map(|i| k.wrapping_add(i)).collect();
+        let op = match op {
+            Op::SettleRun(k, n) => Op::Settle(run(k, n)),
+            Op::DeliverRun(k, n) => Op::Deliver(run(k, n)),
+            op => op,
+        };
         match op {
             Op::Append(recs, ts) => {
                 let recs: Vec<Bytes> = recs.into_iter().map(Bytes::from).collect();
@@ -240,6 +253,7 @@ fn run(ops: Vec<Op>) {
                 });
                 m.next = a.next_offset;
             }
+            Op::SettleRun(..) | Op::DeliverRun(..) => unreachable!("rewritten above"),
             Op::Read(k) => {
                 if let Some(o) = m.pick(k) {
                     let bs = q.log().read(o, 1).unwrap();
