@@ -1,10 +1,11 @@
-//! `Log`: an append-only, segmented log of CRC'd batches. Appends (one `pwrite` each), segment
-//! rolling, zero-copy reads by offset and by timestamp, segment deletion, and recovery on open.
+//! `Log`: an append-only, segmented log of CRC'd batches. Appends (one `pwrite` each at T1 and
+//! Interval; written behind by the group-commit round at T2), segment rolling, zero-copy reads
+//! by offset and by timestamp, segment deletion, and recovery on open.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,7 +16,7 @@ use crate::format::{
 use crate::metrics::Counters;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
 use crate::storage::Ctx;
-use crate::sync::{lock, Commit, IntervalSync, LogHealth};
+use crate::sync::{lock, Commit, IntervalSync, LogHealth, WriteBehind};
 use crate::vfs::{sync_dir, FileIo};
 use crate::{Durability, Result, StorageError};
 
@@ -72,7 +73,12 @@ struct Active {
     idx: Arc<dyn FileIo>,
     tix: Arc<dyn FileIo>,
     entries: Vec<IndexEntry>,
+    /// Logical end: written bytes plus the T2 appends still pending.
     len: u64,
+    /// Bytes on the file (`len` minus the pending T2 appends).
+    written: u64,
+    /// Index entries on the index files (the rest are pending with their batches).
+    entries_written: usize,
     max_ts: i64,
     last_index_pos: Option<u64>,
 }
@@ -83,6 +89,10 @@ struct State {
     active: Active,
     next_offset: u64,
     buf: Vec<u8>,
+    /// T2 write-behind: encoded batches appended but not yet written, to go at
+    /// `active.written`; the first of them has offset `pending_base`.
+    pending: Vec<u8>,
+    pending_base: u64,
 }
 
 /// What a reader needs of the active segment, copied under the lock.
@@ -97,6 +107,8 @@ struct ActiveSnap {
 /// An append-only segmented log (one directory). Cheap to share: `Arc<Log>`; all methods
 /// take `&self` and are thread-safe.
 pub struct Log {
+    /// This log, for handing the sync thread a reference with its T2 appends.
+    me: Weak<Log>,
     id: u64,
     dir: PathBuf,
     durability: Durability,
@@ -201,19 +213,24 @@ impl Log {
             sealed_bytes,
             next_offset: r.next_offset,
             buf: Vec::new(),
+            pending: Vec::new(),
+            pending_base: r.next_offset,
             active: Active {
                 base: active_base,
                 paths,
                 file: r.file,
                 idx: r.idx,
                 tix: r.tix,
+                entries_written: r.entries.len(),
                 entries: r.entries,
                 len: r.len,
+                written: r.len,
                 max_ts: r.max_ts,
                 last_index_pos: r.last_index_pos,
             },
         };
-        let log = Arc::new(Log {
+        let log = Arc::new_cyclic(|me| Log {
+            me: me.clone(),
             id: NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed),
             health: LogHealth::new(dir.clone()),
             dir,
@@ -233,11 +250,16 @@ impl Log {
     }
 
     /// Appends one batch: all records share one CRC'd header and get consecutive offsets.
-    /// Costs one `pwrite` (plus one per index file every `index_interval_bytes`).
+    /// At T1 and Interval it costs one `pwrite` (plus one per index file every
+    /// `index_interval_bytes`). At T2 the batch is written behind: it is copied to the log's
+    /// pending buffer and the group-commit round writes all pending batches with one `pwrite`
+    /// right before its fdatasync (a reader that reaches pending data writes it first).
     ///
     /// # Errors
     /// `InvalidArgument` for an empty batch, `TooLarge` above `batch_bytes_max`, `NoSpace`/`Io`
-    /// if the write failed (it was rolled back), `LogFailed` if the log is failed.
+    /// if the write failed (it was rolled back), `LogFailed` if the log is failed. At T2 a
+    /// failed write-behind is reported by the `Commit` (`NoSpace` for a full disk) and fails
+    /// the log until it is reopened: its pending records already had offsets.
     pub fn append(&self, records: &[Bytes], timestamp_ms: i64) -> Result<Appended> {
         if records.is_empty() {
             return Err(StorageError::InvalidArgument("empty batch".into()));
@@ -261,15 +283,31 @@ impl Log {
         }
         let base_offset = st.next_offset;
         format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, records);
+        let behind = self.durability == Durability::T2;
         let a = &mut st.active;
         let pos = a.len;
-        if let Err(e) = a.file.write_all_at(&st.buf, pos) {
+        if behind {
+            if st.pending.is_empty() {
+                st.pending_base = base_offset;
+                std::mem::swap(&mut st.pending, &mut st.buf);
+            } else {
+                st.pending.extend_from_slice(&st.buf);
+            }
+        } else if let Err(e) = a.file.write_all_at(&st.buf, pos) {
             return Err(self.write_failed(a, pos, &a.paths.seg.clone(), e));
         }
         let index_due = a
             .last_index_pos
             .is_none_or(|l| pos - l >= u64::from(self.ctx.config.index_interval_bytes));
-        if index_due {
+        if index_due && behind {
+            // Written with the batch by `write_pending_locked`.
+            a.entries.push(IndexEntry {
+                rel: segment::rel_of(a.base, base_offset),
+                pos: segment::pos_u32(pos),
+                max_ts_before: a.max_ts,
+            });
+            a.last_index_pos = Some(pos);
+        } else if index_due {
             let e = IndexEntry {
                 rel: segment::rel_of(a.base, base_offset),
                 pos: segment::pos_u32(pos),
@@ -294,22 +332,28 @@ impl Log {
                 return Err(err);
             }
             a.entries.push(e);
+            a.entries_written = a.entries.len();
             a.last_index_pos = Some(pos);
         }
         a.len += u64::from(len);
+        if !behind {
+            a.written = a.len;
+        }
         a.max_ts = a.max_ts.max(timestamp_ms);
         st.next_offset += records.len() as u64;
         let next_offset = st.next_offset;
-        let sync_file = (self.durability == Durability::T2).then(|| a.file.clone());
+        let sync_file = behind.then(|| a.file.clone());
         drop(guard);
         Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
         Counters::add(&self.ctx.counters.batches_written, 1);
         let commit = match sync_file {
-            Some(f) => self
-                .ctx
-                .syncer
-                .submit(f, &self.health, true)
-                .unwrap_or_else(Commit::failed),
+            Some(f) => {
+                let me: Option<Arc<dyn WriteBehind>> = self.me.upgrade().map(|l| l as _);
+                self.ctx
+                    .syncer
+                    .submit_with(f, &self.health, true, me)
+                    .unwrap_or_else(Commit::failed)
+            }
             None => {
                 if matches!(self.durability, Durability::Interval(_)) {
                     self.dirty.store(true, Ordering::Relaxed);
@@ -342,8 +386,57 @@ impl Log {
         }
     }
 
+    /// Writes the T2 appends still pending (one `pwrite`) and their index entries. On a
+    /// failure the partial write is cut off, the log's end goes back to what is on the file
+    /// (so readers never see the lost batches), and the log is failed: the lost records had
+    /// offsets that the caller may hold, so none may be given out again.
+    fn write_pending_locked(&self, st: &mut State) -> Result<()> {
+        let a = &mut st.active;
+        if !st.pending.is_empty() {
+            if let Err(e) = a.file.write_all_at(&st.pending, a.written) {
+                let err = StorageError::io(&a.paths.seg, e);
+                Counters::add(&self.ctx.counters.append_errors, 1);
+                tracing::warn!(file = %a.paths.seg.display(), position = a.written, error = %err,
+                    "write-behind failed; cutting the segment back and failing the log");
+                let _ = a.file.set_len(a.written);
+                a.len = a.written;
+                a.entries.truncate(a.entries_written);
+                a.last_index_pos = a.entries.last().map(|e| u64::from(e.pos));
+                st.next_offset = st.pending_base;
+                st.pending.clear();
+                self.health
+                    .fail_with(format!("write-behind failed: {err}"), err.is_no_space());
+                return Err(self.health.error());
+            }
+            a.written += st.pending.len() as u64;
+            st.pending.clear();
+        }
+        while a.entries_written < a.entries.len() {
+            let n = a.entries_written;
+            let e = a.entries[n];
+            let r = a
+                .idx
+                .write_all_at(&format::encode_idx(&e), (n * IDX_ENTRY_LEN) as u64)
+                .at(&a.paths.idx)
+                .and_then(|_| {
+                    a.tix
+                        .write_all_at(&format::encode_tix(&e), (n * TIX_ENTRY_LEN) as u64)
+                        .at(&a.paths.tix)
+                });
+            if let Err(err) = r {
+                // The batches are on the file; a damaged index is rebuilt at open.
+                self.health
+                    .fail_with(format!("index write failed: {err}"), err.is_no_space());
+                return Err(self.health.error());
+            }
+            a.entries_written += 1;
+        }
+        Ok(())
+    }
+
     /// Seals the active segment and starts a new one at `next_offset`.
     fn roll(&self, st: &mut State) -> Result<()> {
+        self.write_pending_locked(st)?;
         let a = &st.active;
         let t2 = self.durability == Durability::T2;
         if t2 {
@@ -408,7 +501,9 @@ impl Log {
                 idx,
                 tix,
                 entries: Vec::new(),
+                entries_written: 0,
                 len: SEG_HEADER_LEN,
+                written: SEG_HEADER_LEN,
                 max_ts: i64::MIN,
                 last_index_pos: None,
             },
@@ -427,7 +522,12 @@ impl Log {
     }
 
     fn snapshot(&self, from: u64) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
+        if !st.pending.is_empty() {
+            // Readers see only what is on the file: write the pending appends now. A failure
+            // fails the log and takes its end back to the file's.
+            let _ = self.write_pending_locked(&mut st);
+        }
         let a = &st.active;
         let start_pos = if from > a.base {
             segment::lookup_offset(&a.entries, a.base, from)
@@ -737,7 +837,8 @@ impl Log {
     pub fn sync(&self) -> Result<()> {
         self.health.check()?;
         let (file, path) = {
-            let st = lock(&self.state);
+            let mut st = lock(&self.state);
+            self.write_pending_locked(&mut st)?;
             (st.active.file.clone(), st.active.paths.seg.clone())
         };
         if let Err(e) = file.sync_data() {
@@ -824,8 +925,17 @@ impl IntervalSync for Log {
     }
 }
 
+impl WriteBehind for Log {
+    fn write_pending(&self) {
+        let _ = self.write_pending_locked(&mut lock(&self.state));
+    }
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
+        // Pending T2 appends whose submission failed (storage shutting down) still reach
+        // the file; queued ones hold the log alive until their round has written them.
+        let _ = self.write_pending_locked(&mut lock(&self.state));
         lock(&self.ctx.cache).remove_log(self.id);
     }
 }
@@ -1034,6 +1144,78 @@ mod tests {
             Storage::open(dir.path(), cfg()),
             Err(StorageError::Locked { .. })
         ));
+    }
+
+    #[test]
+    fn t2_appends_are_written_behind_and_visible_to_readers_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "wb", LogOptions::default()).unwrap();
+        assert_eq!(log.durability(), Durability::T2);
+        let seg = dir.path().join("logs/wb").join(format!("{:020}.seg", 0));
+        // Not waiting for the commit: a reader writes the pending batch itself.
+        let a = log.append(&recs(2, 0), 1).unwrap();
+        assert_eq!(
+            all(&log),
+            vec![(0, recs(2, 0)[0].clone()), (1, recs(2, 0)[1].clone())]
+        );
+        a.commit.wait().unwrap();
+        // Once the commit resolved, the batch is on the file (and was fsynced after that).
+        let b = log.append(&recs(1, 1), 2).unwrap();
+        b.commit.wait().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), log.size_bytes());
+        assert_eq!(all(&log).len(), 3);
+    }
+
+    #[test]
+    fn t2_concurrent_writers_rolls_and_reopen_keep_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writers, per_writer) = (8u64, 150u64);
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let log = s.open_log("logs", "cw", LogOptions::default()).unwrap();
+            std::thread::scope(|sc| {
+                for w in 0..writers {
+                    let log = &log;
+                    sc.spawn(move || {
+                        // Several appends in flight per writer, then wait for them all.
+                        let mut commits = Vec::new();
+                        for i in 0..per_writer {
+                            let a = log.append(&recs(1, w * 1000 + i), 0).unwrap();
+                            commits.push(a.commit);
+                            if commits.len() == 4 {
+                                commits.drain(..).try_for_each(Commit::wait).unwrap();
+                            }
+                        }
+                        commits.into_iter().try_for_each(Commit::wait).unwrap();
+                    });
+                }
+            });
+            assert!(log.segment_count() > 3, "rolled while appends were pending");
+            assert_eq!(all(&log).len() as u64, writers * per_writer);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "cw", LogOptions::default()).unwrap();
+        let got = all(&log);
+        assert_eq!(got.len() as u64, writers * per_writer);
+        // Offsets are dense and every writer's records are there once, in its order.
+        assert!(got.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+        for w in 0..writers {
+            // Records are "rec-{tag}-0" with tag = writer * 1000 + i.
+            let tag = |b: &Bytes| -> u64 {
+                let t = std::str::from_utf8(b).unwrap();
+                t[4..t.rfind('-').unwrap()].parse().unwrap()
+            };
+            let mine: Vec<Bytes> = got
+                .iter()
+                .map(|(_, b)| b.clone())
+                .filter(|b| tag(b) / 1000 == w)
+                .collect();
+            let want: Vec<Bytes> = (0..per_writer)
+                .map(|i| recs(1, w * 1000 + i)[0].clone())
+                .collect();
+            assert_eq!(mine, want, "writer {w}");
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct LogHealth {
     pub path: PathBuf,
     failed: AtomicBool,
+    /// The failure was a full disk (a T2 write-behind that got ENOSPC): reported as `NoSpace`.
+    no_space: AtomicBool,
     reason: Mutex<String>,
 }
 
@@ -35,15 +37,22 @@ impl LogHealth {
         Arc::new(LogHealth {
             path,
             failed: AtomicBool::new(false),
+            no_space: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
         })
     }
 
     pub fn fail(&self, reason: String) {
+        self.fail_with(reason, false);
+    }
+
+    /// Fails the log; with `no_space`, its error is `NoSpace` rather than `LogFailed`.
+    pub fn fail_with(&self, reason: String, no_space: bool) {
         let mut r = lock(&self.reason);
         if !self.failed.load(Ordering::SeqCst) {
             tracing::error!(log = %self.path.display(), %reason, "log marked failed");
             *r = reason;
+            self.no_space.store(no_space, Ordering::SeqCst);
             self.failed.store(true, Ordering::SeqCst);
         }
     }
@@ -61,6 +70,11 @@ impl LogHealth {
     }
 
     pub fn error(&self) -> StorageError {
+        if self.no_space.load(Ordering::SeqCst) {
+            return StorageError::NoSpace {
+                path: self.path.clone(),
+            };
+        }
         StorageError::LogFailed {
             path: self.path.clone(),
             reason: lock(&self.reason).clone(),
@@ -191,10 +205,19 @@ pub(crate) trait IntervalSync: Send + Sync {
     fn background_sync(&self);
 }
 
+/// A log whose T2 appends are written behind: the sync thread writes what they left pending
+/// (one `pwrite` for all of a round's appends) right before it fdatasyncs the file.
+pub(crate) trait WriteBehind: Send + Sync {
+    /// Writes the pending bytes; a failure fails the log (its commits then report it).
+    fn write_pending(&self);
+}
+
 /// A file with pending writes, queued once per round however many appends it received.
 struct Item {
     file: Arc<dyn FileIo>,
     health: Arc<LogHealth>,
+    /// Written before the fsync (T2 appends of a log).
+    flush: Option<Arc<dyn WriteBehind>>,
 }
 
 struct IntervalEntry {
@@ -342,6 +365,17 @@ impl Syncer {
         health: &Arc<LogHealth>,
         want_commit: bool,
     ) -> Result<Commit> {
+        self.submit_with(file, health, want_commit, None)
+    }
+
+    /// `submit`, plus a log whose pending writes the round makes before the fsync.
+    pub fn submit_with(
+        &self,
+        file: Arc<dyn FileIo>,
+        health: &Arc<LogHealth>,
+        want_commit: bool,
+        flush: Option<Arc<dyn WriteBehind>>,
+    ) -> Result<Commit> {
         let round = {
             let mut st = lock(&self.shared.state);
             if st.shutdown {
@@ -351,15 +385,21 @@ impl Syncer {
             // Most rounds carry one or a few files: look for this one among the latest.
             let queued = st
                 .queue
-                .iter()
+                .iter_mut()
                 .rev()
                 .take(8)
-                .any(|i| Arc::ptr_eq(&i.file, &file));
-            if !queued {
-                st.queue.push(Item {
+                .find(|i| Arc::ptr_eq(&i.file, &file));
+            match queued {
+                Some(item) => {
+                    if item.flush.is_none() && flush.is_some() {
+                        item.flush = flush;
+                    }
+                }
+                None => st.queue.push(Item {
                     file,
                     health: health.clone(),
-                });
+                    flush,
+                }),
             }
             if want_commit {
                 st.open_commits += 1;
@@ -495,7 +535,20 @@ fn linger_after(shared: &Shared, released: u64, took: Duration) -> Option<(u64, 
 fn sync_round(shared: &Shared, batch: &mut Vec<Item>) {
     Counters::add(&shared.counters.sync_rounds, 1);
     batch.sort_by_key(|i| Arc::as_ptr(&i.file) as *const () as usize);
-    batch.dedup_by(|a, b| Arc::ptr_eq(&a.file, &b.file));
+    batch.dedup_by(|later, kept| {
+        let same = Arc::ptr_eq(&later.file, &kept.file);
+        if same && kept.flush.is_none() {
+            kept.flush = later.flush.take();
+        }
+        same
+    });
+    // Write-behind first: every pending append of the round reaches the file before the
+    // fsyncs, so each fsync covers them (the writes happen after the appends returned).
+    for item in batch.iter() {
+        if let Some(f) = &item.flush {
+            f.write_pending();
+        }
+    }
     for item in batch.iter() {
         let t0 = Instant::now();
         let res = item.file.sync_data();

@@ -41,38 +41,57 @@ fn read_all(log: &Log) -> Vec<(u64, Bytes)> {
     }
 }
 
+fn tier(durability: Durability) -> LogOptions {
+    LogOptions {
+        durability: Some(durability),
+        ..Default::default()
+    }
+}
+
 /// Appends until the disk is full; checks the error, then that everything acknowledged is
 /// intact after a reopen and that appends work again once space is freed.
-fn fill_until_full(root: &Path, storage: Arc<Storage>, free_space: impl FnOnce()) {
-    let log = storage
-        .open_log("logs", "full", LogOptions::default())
-        .unwrap();
+///
+/// At T1 the failed `pwrite` is the append's own: it is rolled back and the log stays usable.
+/// At T2 appends are written behind by the group-commit round, so the full disk is usually
+/// reported by the `Commit`, and the log then refuses appends (as `NoSpace`) until reopened,
+/// because the lost records already had offsets.
+fn fill_until_full(
+    root: &Path,
+    storage: Arc<Storage>,
+    durability: Durability,
+    free_space: impl FnOnce(),
+) {
+    let log = storage.open_log("logs", "full", tier(durability)).unwrap();
     let mut acked = Vec::new();
     let err = loop {
         let i = acked.len() as u64;
         match log.append(&[rec(i)], 0) {
-            Ok(a) => {
-                a.commit.wait().unwrap();
-                acked.push((a.base_offset, rec(i)));
-            }
+            Ok(a) => match a.commit.wait() {
+                Ok(()) => acked.push((a.base_offset, rec(i))),
+                Err(e) => break e,
+            },
             Err(e) => break e,
         }
         assert!(acked.len() < 1_000_000, "disk never filled");
     };
     assert!(err.is_no_space(), "expected NoSpace, got {err:?}");
+    if durability == Durability::T1 {
+        assert!(
+            !log.is_failed(),
+            "a rolled-back ENOSPC does not fail the log"
+        );
+    }
+    let again = log.append(&[rec(0)], 0).and_then(|a| a.commit.wait());
     assert!(
-        !log.is_failed(),
-        "a rolled-back ENOSPC does not fail the log"
+        again.as_ref().is_err_and(StorageError::is_no_space),
+        "still full: {again:?}"
     );
-    assert!(log.append(&[rec(0)], 0).is_err(), "still full");
     assert_eq!(read_all(&log), acked);
     drop(log);
     drop(storage);
     free_space();
     let storage = Storage::open(root, cfg()).unwrap();
-    let log = storage
-        .open_log("logs", "full", LogOptions::default())
-        .unwrap();
+    let log = storage.open_log("logs", "full", tier(durability)).unwrap();
     assert_eq!(
         log.next_offset(),
         acked.len() as u64,
@@ -102,32 +121,40 @@ fn full_disk_is_a_typed_error_and_recoverable() {
     std::fs::create_dir_all(&root).unwrap();
     if try_mount_tmpfs(&root) {
         eprintln!("using a real 2 MiB tmpfs");
-        let data = root.join("data");
-        let filler = root.join("filler");
-        std::fs::write(&filler, vec![0u8; 200 << 10]).unwrap();
-        let s = Storage::open(&data, cfg()).unwrap();
-        fill_until_full(&data, s, || std::fs::remove_file(&filler).unwrap());
+        for durability in [Durability::T1, Durability::T2] {
+            let data = root.join("data");
+            let filler = root.join("filler");
+            std::fs::write(&filler, vec![0u8; 200 << 10]).unwrap();
+            let s = Storage::open(&data, cfg()).unwrap();
+            fill_until_full(&data, s, durability, || {
+                std::fs::remove_file(&filler).unwrap()
+            });
+            std::fs::remove_dir_all(&data).unwrap();
+        }
         let _ = Command::new("umount").arg(&root).status();
     } else {
         eprintln!("tmpfs not available (not root or mount failed): injected ENOSPC only");
-        injected_full_disk(&root);
+        injected_full_disk(&root.join("t1"), Durability::T1);
+        injected_full_disk(&root.join("t2"), Durability::T2);
     }
 }
 
-fn injected_full_disk(root: &Path) {
+fn injected_full_disk(root: &Path, durability: Durability) {
     let plan = FaultPlan::new("");
     plan.write_budget.store(300_000, Ordering::SeqCst);
     let s =
         Storage::open_with_vfs(root, cfg(), Arc::new(FaultyVfs { plan: plan.clone() })).unwrap();
-    fill_until_full(root, s, || {
+    fill_until_full(root, s, durability, || {
         plan.write_budget.store(u64::MAX, Ordering::SeqCst)
     });
 }
 
 #[test]
 fn injected_full_disk_is_a_typed_error_and_recoverable() {
-    let dir = tempfile::tempdir().unwrap();
-    injected_full_disk(dir.path());
+    for durability in [Durability::T1, Durability::T2] {
+        let dir = tempfile::tempdir().unwrap();
+        injected_full_disk(dir.path(), durability);
+    }
 }
 
 #[test]
@@ -166,33 +193,43 @@ fn short_write_is_rolled_back() {
 
 #[test]
 fn failed_rollback_fails_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan::new(".seg");
-    let s = Storage::open_with_vfs(
-        dir.path(),
-        cfg(),
-        Arc::new(FaultyVfs { plan: plan.clone() }),
-    )
-    .unwrap();
-    let log = s.open_log("logs", "r", LogOptions::default()).unwrap();
-    log.append(&[rec(0)], 0).unwrap().commit.wait().unwrap();
-    plan.write_budget.store(100, Ordering::SeqCst);
-    plan.fail_set_len.store(true, Ordering::SeqCst);
-    assert!(log.append(&[rec(1)], 0).is_err());
-    assert!(log.is_failed());
-    plan.write_budget.store(u64::MAX, Ordering::SeqCst);
-    plan.fail_set_len.store(false, Ordering::SeqCst);
-    assert!(matches!(
-        log.append(&[rec(2)], 0),
-        Err(StorageError::LogFailed { .. })
-    ));
-    drop(log);
-    drop(s);
-    // Recovery cuts the half batch.
-    let s = Storage::open(dir.path(), cfg()).unwrap();
-    let log = s.open_log("logs", "r", LogOptions::default()).unwrap();
-    assert_eq!(log.next_offset(), 1);
-    assert_eq!(read_all(&log), vec![(0, rec(0))]);
+    for durability in [Durability::T1, Durability::T2] {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan::new(".seg");
+        let s = Storage::open_with_vfs(
+            dir.path(),
+            cfg(),
+            Arc::new(FaultyVfs { plan: plan.clone() }),
+        )
+        .unwrap();
+        let log = s.open_log("logs", "r", tier(durability)).unwrap();
+        log.append(&[rec(0)], 0).unwrap().commit.wait().unwrap();
+        plan.write_budget.store(100, Ordering::SeqCst);
+        plan.fail_set_len.store(true, Ordering::SeqCst);
+        // T1 reports the failed write from `append`, T2 (written behind) from the commit.
+        assert!(log
+            .append(&[rec(1)], 0)
+            .and_then(|a| a.commit.wait())
+            .is_err());
+        assert!(log.is_failed());
+        plan.write_budget.store(u64::MAX, Ordering::SeqCst);
+        plan.fail_set_len.store(false, Ordering::SeqCst);
+        let later = log.append(&[rec(2)], 0);
+        match durability {
+            Durability::T1 => assert!(matches!(later, Err(StorageError::LogFailed { .. }))),
+            // A write-behind that hit the (injected) full disk keeps reporting it.
+            _ => assert!(later.is_err_and(|e| e.is_no_space())),
+        }
+        // Readers never see the lost batch, before or after recovery.
+        assert_eq!(read_all(&log), vec![(0, rec(0))]);
+        drop(log);
+        drop(s);
+        // Recovery cuts the half batch.
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "r", tier(durability)).unwrap();
+        assert_eq!(log.next_offset(), 1);
+        assert_eq!(read_all(&log), vec![(0, rec(0))]);
+    }
 }
 
 #[test]
