@@ -202,7 +202,8 @@ fn mqtt3_encoding_leaves_out_what_mqtt3_cannot_carry() {
 #[test]
 fn encode_refuses_what_decode_would_refuse_and_leaves_out_untouched() {
     let v5 = ProtocolVersion::V5;
-    let bad: Vec<(Packet, fn(&Error) -> bool)> = vec![
+    type Check = fn(&Error) -> bool;
+    let bad: Vec<(Packet, Check)> = vec![
         (
             Packet::Publish(Publish {
                 qos: QoS::AtLeastOnce,
