@@ -407,44 +407,6 @@ fn version() -> impl Strategy<Value = ProtocolVersion> {
     proptest::sample::select(VERSIONS.to_vec())
 }
 
-/// The fuzz target's body (`fuzz/fuzz_targets/mqtt_packet.rs`), kept in step with it:
-/// decode `data` in a loop under `version`; every packet that decodes must re-encode, decode
-/// to the same packet and re-encode to the same bytes.
-fn fuzz_check(data: &[u8], version: ProtocolVersion, max: u32) {
-    let mut buf = BytesMut::from(data);
-    while let Ok(Some(packet)) = decode(&mut buf, version, max) {
-        let first = packet
-            .to_bytes(version)
-            .expect("a decoded packet re-encodes");
-        let mut reread = first.clone();
-        let again = decode(&mut reread, version, PROTOCOL_MAX_PACKET_SIZE)
-            .expect("a re-encoded packet decodes")
-            .expect("a re-encoded packet is complete");
-        assert!(reread.is_empty(), "re-encoded packet has trailing bytes");
-        assert_eq!(again, packet);
-        assert_eq!(
-            again.to_bytes(version).unwrap(),
-            first,
-            "encoding is not stable"
-        );
-    }
-    let mut buf = BytesMut::from(data);
-    if let Ok(Some(connect)) = decode_connect(&mut buf, max) {
-        let version = connect.protocol_version;
-        let packet = Packet::Connect(Box::new(connect));
-        let bytes = packet
-            .to_bytes(version)
-            .expect("a decoded CONNECT re-encodes");
-        assert_eq!(
-            decode_slice(&bytes, version, PROTOCOL_MAX_PACKET_SIZE)
-                .unwrap()
-                .map(|p| p.0),
-            Some(packet)
-        );
-    }
-    let _ = decode_slice(data, version, max);
-}
-
 fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
     for &(at, value, op) in edits {
         if bytes.is_empty() {
@@ -493,23 +455,21 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(
         data in proptest::collection::vec(any::<u8>(), 0..256),
-        version in version(),
         max in prop_oneof![Just(PROTOCOL_MAX_PACKET_SIZE), 0..300u32],
     ) {
-        fuzz_check(&data, version, max);
+        fuzz_check(&data, max);
     }
 
     #[test]
     fn plausible_headers_never_panic(
         first in any::<u8>(),
         body in proptest::collection::vec(any::<u8>(), 0..200),
-        version in version(),
     ) {
         // A correct remaining length in front of random bytes reaches the body parsers.
         let mut data = vec![first];
         data.extend_from_slice(&encode_remaining_length(body.len() as u32).unwrap());
         data.extend_from_slice(&body);
-        fuzz_check(&data, version, PROTOCOL_MAX_PACKET_SIZE);
+        fuzz_check(&data, PROTOCOL_MAX_PACKET_SIZE);
     }
 
     #[test]
@@ -518,7 +478,7 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4),
     ) {
         let bytes = packet.to_bytes(version).unwrap().to_vec();
-        fuzz_check(&mutate(bytes, &edits), version, PROTOCOL_MAX_PACKET_SIZE);
+        fuzz_check(&mutate(bytes, &edits), PROTOCOL_MAX_PACKET_SIZE);
     }
 
     #[test]
@@ -565,6 +525,6 @@ fn fuzz_check_accepts_every_sample() {
         for p in samples(version) {
             all.extend_from_slice(&encode(&p, version));
         }
-        fuzz_check(&all, version, PROTOCOL_MAX_PACKET_SIZE);
+        assert!(fuzz_check(&all, PROTOCOL_MAX_PACKET_SIZE) > 0);
     }
 }
