@@ -5,7 +5,7 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use ferrymq_mqtt_codec::*;
 use proptest::prelude::*;
