@@ -17,6 +17,40 @@
 //! assert_eq!(&out[..], [0xD0, 0x00]);
 //! ```
 //!
+//! A server's read loop, sketched:
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use ferrymq_mqtt_codec::*;
+//!
+//! let mut out = BytesMut::new();
+//! let connect = Connect { protocol_version: ProtocolVersion::V5, ..Connect::default() };
+//! Packet::from(connect).encode(ProtocolVersion::V5, &mut out).unwrap();
+//! let publish = Publish {
+//!     qos: QoS::AtLeastOnce,
+//!     topic: "sensors/1".into(),
+//!     packet_id: Some(1),
+//!     payload: bytes::Bytes::from_static(b"21.5"),
+//!     ..Publish::default()
+//! };
+//! Packet::from(publish).encode(ProtocolVersion::V5, &mut out).unwrap();
+//!
+//! let mut buf = out; // as read from the socket
+//! let max = 1 << 20;
+//! let connect = decode_connect(&mut buf, max).unwrap().expect("whole CONNECT");
+//! let version = connect.protocol_version;
+//! while let Some(packet) = decode(&mut buf, version, max).unwrap_or_else(|e| {
+//!     // v5: send DISCONNECT with e.reason_code(), then close.
+//!     panic!("{e}: {}", e.reason_code())
+//! }) {
+//!     if let Packet::Publish(p) = packet {
+//!         assert!(topic_matches("sensors/+", &p.topic));
+//!         let ack = PubResponse::new(p.packet_id.unwrap());
+//!         Packet::Puback(ack).encode(version, &mut BytesMut::new()).unwrap();
+//!     }
+//! }
+//! ```
+//!
 //! Layers, bottom up (one file each):
 //! - `wire`: variable byte integers, a bounds-checked reader, string and binary writers.
 //! - `reason`: [`ReasonCode`] (MQTT 5) with each packet's allowed set, [`ConnectReturnCode`]

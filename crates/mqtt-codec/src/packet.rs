@@ -757,6 +757,33 @@ impl Packet {
     }
 }
 
+macro_rules! packet_from {
+    ($($ty:ident => $variant:ident),*) => {
+        $(impl From<$ty> for Packet {
+            fn from(p: $ty) -> Packet {
+                Packet::$variant(p)
+            }
+        })*
+    };
+}
+
+packet_from!(
+    Connack => Connack,
+    Publish => Publish,
+    Subscribe => Subscribe,
+    Suback => Suback,
+    Unsubscribe => Unsubscribe,
+    Unsuback => Unsuback,
+    Disconnect => Disconnect,
+    Auth => Auth
+);
+
+impl From<Connect> for Packet {
+    fn from(c: Connect) -> Packet {
+        Packet::Connect(Box::new(c))
+    }
+}
+
 fn check_reason(code: ReasonCode, ctx: ReasonCodeContext) -> Result<()> {
     if code.is_valid_for(ctx) {
         Ok(())
