@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::Error;
 use crate::properties::{Properties, PropertyContext};
 use crate::reason::{ConnectReturnCode, ReasonCode, ReasonCodeContext};
-use crate::topic::validate_topic_name;
+use crate::topic::{validate_topic_name, SHARED_PREFIX};
 use crate::wire::{put_binary, put_string, Reader};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -478,6 +478,9 @@ impl Packet {
                 for sub in &s.subscriptions {
                     put_string(b, &sub.filter)?;
                     let o = sub.options;
+                    if v5 {
+                        check_no_local(&sub.filter, o)?;
+                    }
                     let mut byte = o.qos as u8;
                     if v5 {
                         byte |= u8::from(o.no_local) << 2
@@ -644,6 +647,7 @@ impl Packet {
                 while !r.is_empty() {
                     let filter = r.string()?;
                     let options = read_subscription_options(r.u8()?, v5)?;
+                    check_no_local(&filter, options)?;
                     subscriptions.push(Subscription { filter, options });
                 }
                 if subscriptions.is_empty() {
@@ -826,6 +830,14 @@ fn check_publish_topic(
         return Err(Error::TopicNameInvalid);
     }
     validate_topic_name(topic).map_err(|_| Error::TopicNameInvalid)
+}
+
+/// No Local on a shared subscription is a protocol error (MQTT-3.8.3-4).
+fn check_no_local(filter: &str, options: SubscriptionOptions) -> Result<()> {
+    if options.no_local && filter.starts_with(SHARED_PREFIX) {
+        return Err(Error::Protocol("No Local on a shared subscription"));
+    }
+    Ok(())
 }
 
 fn read_subscription_options(byte: u8, v5: bool) -> Result<SubscriptionOptions> {

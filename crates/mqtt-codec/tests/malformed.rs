@@ -278,6 +278,16 @@ fn subscription_options() {
         err("82 07 00 01 00 00 01 61 30", V5),
         Error::Protocol(_)
     ));
+    // No Local on a shared subscription ("$share/g/a", options 0x04).
+    assert!(matches!(
+        err("82 10 00 01 00 00 0A 24 73 68 61 72 65 2F 67 2F 61 04", V5),
+        Error::Protocol(_)
+    ));
+    assert!(decode_one(
+        &hex("82 10 00 01 00 00 0A 24 73 68 61 72 65 2F 67 2F 61 00"),
+        V5
+    )
+    .is_ok());
     // A filter without its options byte.
     assert!(matches!(
         err("82 05 00 01 00 01 61", V311),

@@ -286,10 +286,10 @@ fn subscription(version: ProtocolVersion) -> impl Strategy<Value = Subscription>
         ],
     )
         .prop_map(move |(filter, qos, nl, rap, rh)| Subscription {
-            filter,
+            // No Local is a protocol error on a shared subscription.
             options: SubscriptionOptions {
                 qos,
-                no_local: nl && v5,
+                no_local: nl && v5 && !filter.starts_with(SHARED_PREFIX),
                 retain_as_published: rap && v5,
                 retain_handling: if v5 {
                     rh
@@ -297,6 +297,7 @@ fn subscription(version: ProtocolVersion) -> impl Strategy<Value = Subscription>
                     RetainHandling::SendAtSubscribe
                 },
             },
+            filter,
         })
 }
 

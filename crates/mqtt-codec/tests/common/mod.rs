@@ -175,13 +175,17 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
             subscriptions: vec![
                 Subscription {
                     filter: "a/b".into(),
-                    options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+                    options: SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: v5,
+                        ..SubscriptionOptions::default()
+                    },
                 },
                 Subscription {
                     filter: "$share/g/c/+/#".into(),
                     options: SubscriptionOptions {
                         qos: QoS::ExactlyOnce,
-                        no_local: v5,
+                        no_local: false,
                         retain_as_published: v5,
                         retain_handling: if v5 {
                             RetainHandling::DoNotSend
