@@ -209,7 +209,8 @@ impl Default for Connect {
 /// CONNACK.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Connack {
-    /// Must be false when `reason_code` is a failure.
+    /// Must be false when `reason_code` is a failure. MQTT 3.1 has no such flag: it is
+    /// written as 0 and decodes as false.
     pub session_present: bool,
     /// MQTT 5 reason code. For MQTT 3 it travels as a [`ConnectReturnCode`]: on encode
     /// through [`ConnectReturnCode::from_reason_code`] (lossy for codes without a v3
@@ -430,7 +431,10 @@ impl Packet {
                         "session present with a failure reason code",
                     ));
                 }
-                b.put_u8(u8::from(c.session_present));
+                // MQTT 3.1 has no Session Present flag (the byte is reserved).
+                b.put_u8(u8::from(
+                    c.session_present && version != ProtocolVersion::V3_1,
+                ));
                 if v5 {
                     check_reason(c.reason_code, ReasonCodeContext::Connack)?;
                     b.put_u8(c.reason_code.0);
@@ -565,10 +569,14 @@ impl Packet {
             PacketType::Connect => Packet::Connect(Box::new(Connect::read(&mut r)?)),
             PacketType::Connack => {
                 let ack_flags = r.u8()?;
-                if ack_flags & 0xFE != 0 {
+                // MQTT 3.1 has no flags here: the byte is reserved and not used.
+                let session_present = if version == ProtocolVersion::V3_1 {
+                    false
+                } else if ack_flags & 0xFE != 0 {
                     return Err(Error::Malformed("reserved CONNACK flag bits set"));
-                }
-                let session_present = ack_flags & 1 == 1;
+                } else {
+                    ack_flags & 1 == 1
+                };
                 let code = r.u8()?;
                 let (reason_code, properties) = if v5 {
                     let code = ReasonCode(code);

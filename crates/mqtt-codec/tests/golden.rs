@@ -318,6 +318,16 @@ fn fixed_size_packets() {
             properties: Properties::default(),
         }),
     );
+    // MQTT 3.1: the first byte is reserved; Session Present does not exist.
+    assert_eq!(
+        decode_one(&hex("20 02 01 00"), V31).unwrap(),
+        Packet::Connack(Connack::default())
+    );
+    let present = Packet::Connack(Connack {
+        session_present: true,
+        ..Connack::default()
+    });
+    assert_eq!(&encode(&present, V31)[..], hex("20 02 00 00"));
     golden(
         &hex("20 03 00 00 00"),
         V5,

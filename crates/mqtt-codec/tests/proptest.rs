@@ -310,9 +310,11 @@ fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             reason(version, ReasonCodeContext::Connack),
             props(version, PropertyContext::Connack),
         )
-            .prop_map(|(sp, reason_code, properties)| {
+            .prop_map(move |(sp, reason_code, properties)| {
                 Packet::Connack(Connack {
-                    session_present: sp && !reason_code.is_error(),
+                    session_present: sp
+                        && !reason_code.is_error()
+                        && version != ProtocolVersion::V3_1,
                     reason_code,
                     properties,
                 })

@@ -102,7 +102,7 @@ pub fn samples(version: ProtocolVersion) -> Vec<Packet> {
             ..Connect::default()
         })),
         Packet::Connack(Connack {
-            session_present: true,
+            session_present: version != ProtocolVersion::V3_1,
             reason_code: ReasonCode::SUCCESS,
             properties: props(Properties {
                 session_expiry_interval: Some(0),
