@@ -21,6 +21,9 @@ pub trait FileIo: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current file size.
     fn size(&self) -> io::Result<u64>;
+    /// Hint that `len` bytes at `pos` will be read soon (sequential readers ask for the next
+    /// chunk before verifying the current one, so the disk works while the CPU does).
+    fn will_need(&self, _pos: u64, _len: u64) {}
 
     /// Reads exactly `buf.len()` bytes at `pos`; `UnexpectedEof` if the file is shorter.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -96,6 +99,18 @@ impl FileIo for StdFile {
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    #[cfg(target_os = "linux")]
+    fn will_need(&self, pos: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(pos), Ok(len)) = (i64::try_from(pos), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by self.
+        // A failure only means no read-ahead, so the result is ignored.
+        unsafe {
+            libc::posix_fadvise(self.0.as_raw_fd(), pos, len, libc::POSIX_FADV_WILLNEED);
+        }
     }
 }
 
