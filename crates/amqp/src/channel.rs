@@ -219,7 +219,7 @@ fn rabbitmq_queue_type_rules(decl: &QueueDecl, vhost: &str) -> Result<(), Except
 fn delivery_header(queue: Option<&QueueRef>, d: &Delivery) -> Option<(&'static str, AmqpValue)> {
     match queue? {
         QueueRef::Stream(_) => Some(("x-stream-offset", AmqpValue::I64(d.id as i64))),
-        QueueRef::Classic(q) if q.args.queue_type == ferrymq_core::queue::QueueType::Quorum => {
+        QueueRef::Classic(q) if q.args().queue_type == ferrymq_core::queue::QueueType::Quorum => {
             Some((
                 "x-delivery-count",
                 AmqpValue::I64(i64::from(d.delivery_count.saturating_sub(1))),

@@ -13,6 +13,7 @@ use crate::clock::now_ms;
 use crate::config::{BrokerConfig, VhostLimits};
 use crate::error::{CoreError, Result};
 use crate::exchange::{Binding, ExchangeDecl};
+use crate::policy::{self, AppliedPolicy, Compiled, Kind, Policies, Policy};
 use crate::queue::{ConnectionId, ConsumerId, QueueArgs, QueueDecl};
 use crate::timer::Timer;
 use crate::vhost::{QueueRef, VHost};
@@ -86,6 +87,8 @@ pub struct Definitions {
     pub queues: Vec<QueueDef>,
     #[serde(default)]
     pub bindings: Vec<BindingDef>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
 }
 
 /// Resource alarms. While any is raised, adapters block publishers and let
@@ -147,6 +150,7 @@ pub(crate) struct Shared {
     users: RwLock<HashMap<String, User>>,
     permissions: RwLock<HashMap<(String, String), Permission>>,
     connections: RwLock<HashMap<ConnectionId, Arc<ConnectionHandle>>>,
+    policies: RwLock<Policies>,
     defs_lock: Mutex<()>,
     next_id: AtomicU64,
     flow: watch::Sender<FlowState>,
@@ -155,6 +159,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn next_consumer_id(&self) -> ConsumerId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The policy that applies to an entity, if any.
+    pub(crate) fn policy_for(&self, vhost: &str, name: &str, kind: Kind) -> Option<Arc<Compiled>> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .effective(vhost, name, kind)
     }
 
     fn definitions(&self) -> Definitions {
@@ -197,6 +209,7 @@ impl Shared {
             .unwrap_or_default();
         d.permissions
             .sort_by(|a, b| (&a.user, &a.vhost).cmp(&(&b.user, &b.vhost)));
+        d.policies = self.policies.read().map(|p| p.all()).unwrap_or_default();
         d
     }
 
@@ -261,6 +274,7 @@ impl Broker {
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
             connections: RwLock::new(HashMap::new()),
+            policies: RwLock::new(Policies::default()),
             defs_lock: Mutex::new(()),
             next_id: AtomicU64::new(1),
             flow,
@@ -305,6 +319,20 @@ impl Broker {
     fn restore(&self, d: Definitions) -> Result<()> {
         let now = now_ms();
         {
+            // Policies first, so that queues open with their effective arguments.
+            let mut ps = self
+                .shared
+                .policies
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for p in d.policies {
+                let (vhost, name) = (p.vhost.clone(), p.name.clone());
+                if let Err(e) = Compiled::new(p).and_then(|c| ps.put(c)) {
+                    tracing::warn!(%vhost, policy = %name, error = %e, "stored policy skipped");
+                }
+            }
+        }
+        {
             let mut vs = self
                 .shared
                 .vhosts
@@ -341,6 +369,9 @@ impl Broker {
             {
                 x.bind(b.binding);
             }
+        }
+        for vh in self.vhosts() {
+            self.apply_policies(&vh);
         }
         {
             let mut us = self.shared.users.write().unwrap_or_else(|p| p.into_inner());
@@ -530,6 +561,11 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, v), _| v != name);
+        self.shared
+            .policies
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_vhost(name);
         self.shared.persist_definitions()
     }
 
@@ -687,6 +723,9 @@ impl Broker {
         for p in d.permissions {
             self.set_permission(p)?;
         }
+        for p in d.policies {
+            self.put_policy(p)?;
+        }
         let vh = |name: &str| {
             self.vhost(name)
                 .ok_or_else(|| CoreError::NotFound(format!("no vhost '{name}'")))
@@ -701,6 +740,105 @@ impl Broker {
             vh(&b.vhost)?.bind(b.binding, 0)?;
         }
         Ok(())
+    }
+
+    // ------------------------------------------------------------- policies
+
+    /// Every policy, ordered by vhost and name.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.shared
+            .policies
+            .read()
+            .map(|p| p.all())
+            .unwrap_or_default()
+    }
+
+    pub fn policy(&self, vhost: &str, name: &str) -> Option<Policy> {
+        self.shared.policies.read().ok()?.get(vhost, name)
+    }
+
+    /// Creates or replaces a policy, persists it, and applies it to the vhost's existing
+    /// queues, streams and exchanges.
+    ///
+    /// # Errors
+    /// `NotFound` (vhost), `InvalidArgument` (pattern, key or value), `LimitReached`.
+    pub fn put_policy(&self, p: Policy) -> Result<()> {
+        let vh = self
+            .vhost(&p.vhost)
+            .ok_or_else(|| CoreError::NotFound(format!("no vhost '{}'", p.vhost)))?;
+        let c = Compiled::new(p)?;
+        self.shared
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(c)?;
+        self.shared.persist_definitions()?;
+        self.apply_policies(&vh);
+        Ok(())
+    }
+
+    /// Deletes a policy; the entities it applied to fall back to the next matching
+    /// policy or their own arguments.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such policy.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> Result<()> {
+        let removed = self
+            .shared
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vhost, name);
+        if !removed {
+            return Err(CoreError::NotFound(format!(
+                "no policy '{name}' in vhost '{vhost}'"
+            )));
+        }
+        self.shared.persist_definitions()?;
+        if let Some(vh) = self.vhost(vhost) {
+            self.apply_policies(&vh);
+        }
+        Ok(())
+    }
+
+    /// The policy applied to a queue or stream and the part of its definition in effect.
+    pub fn queue_policy(&self, vhost: &str, q: &QueueRef) -> AppliedPolicy {
+        let kind = policy::kind_of(q);
+        policy::applied(
+            self.shared.policy_for(vhost, q.name(), kind),
+            &q.decl().arguments,
+            kind,
+        )
+    }
+
+    /// The policy applied to an exchange and the part of its definition in effect.
+    pub fn exchange_policy(&self, vhost: &str, x: &crate::exchange::Exchange) -> AppliedPolicy {
+        policy::applied(
+            self.shared.policy_for(vhost, x.name(), Kind::Exchange),
+            &x.decl.arguments,
+            Kind::Exchange,
+        )
+    }
+
+    /// Recomputes the arguments of every queue, stream and exchange of a vhost.
+    fn apply_policies(&self, vh: &VHost) {
+        let now = now_ms();
+        for q in vh.queues() {
+            let kind = policy::kind_of(&q);
+            let p = self.shared.policy_for(&vh.name, q.name(), kind);
+            let Ok(declared) = QueueArgs::parse(q.name(), &vh.name, &q.decl().arguments) else {
+                continue;
+            };
+            let args = policy::queue_args(q.decl(), &declared, p.as_deref());
+            match &q {
+                QueueRef::Classic(c) => c.set_args(args, now),
+                QueueRef::Stream(s) => s.set_retention(crate::stream::Stream::retention_of(&args)),
+            }
+        }
+        for x in vh.exchanges() {
+            let p = self.shared.policy_for(&vh.name, x.name(), Kind::Exchange);
+            policy::apply_to_exchange(&x, p.as_deref());
+        }
     }
 
     // ------------------------------------------------------------- connections

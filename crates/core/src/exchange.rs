@@ -110,6 +110,8 @@ struct Bindings {
 pub struct Exchange {
     pub decl: ExchangeDecl,
     bindings: RwLock<Bindings>,
+    /// The alternate exchange a policy gives it (its own argument wins).
+    policy_alternate: RwLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -125,11 +127,31 @@ impl Exchange {
         Exchange {
             decl,
             bindings: RwLock::new(Bindings::default()),
+            policy_alternate: RwLock::new(None),
         }
     }
 
     pub fn name(&self) -> &str {
         &self.decl.name
+    }
+
+    /// The alternate exchange in effect: the declared `alternate-exchange` argument,
+    /// else the applicable policy's.
+    pub fn alternate_exchange(&self) -> Option<String> {
+        if let Some(a) = self.decl.alternate_exchange() {
+            return Some(a.to_owned());
+        }
+        self.policy_alternate
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_policy_alternate(&self, ae: Option<String>) {
+        *self
+            .policy_alternate
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = ae;
     }
 
     /// Checks a binding's arguments against this exchange's kind.

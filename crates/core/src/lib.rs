@@ -11,6 +11,8 @@
 //! - [`queue`]: queues with consumers, credit, acks and lifecycle;
 //! - [`stream`]: partitioned append-only streams and their consumers;
 //! - [`vhost`]: namespaces, the publish path, dead-lettering;
+//! - [`policy`]: policies (pattern, apply-to, priority, definition) and how they
+//!   combine with declared arguments;
 //! - [`broker`]: opening, recovery, users, connections, flow control, shutdown.
 
 pub mod broker;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod routing;
 pub mod stream;
@@ -33,6 +36,7 @@ pub use config::{BrokerConfig, VhostLimits};
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, ExchangeDecl, ExchangeKind};
 pub use message::{FieldTable, Message, Properties, Value};
+pub use policy::{AppliedPolicy, ApplyTo, Policy};
 pub use queue::{ConsumerEvent, ConsumerOptions, Delivery, QueueDecl};
 pub use stream::StreamOffset;
 pub use vhost::{DeclareOk, PublishOutcome, Published, PublishedBatch, QueueRef, VHost};

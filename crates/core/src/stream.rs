@@ -137,6 +137,21 @@ impl Stream {
         }
     }
 
+    /// Sets every partition's retention (a policy changed).
+    pub(crate) fn set_retention(&self, r: Retention) {
+        for p in &self.partitions {
+            p.log.set_retention(r);
+        }
+    }
+
+    /// Retention in effect (the first partition's; all partitions share it).
+    pub fn retention(&self) -> Retention {
+        self.partitions
+            .first()
+            .map(|p| p.log.retention())
+            .unwrap_or_default()
+    }
+
     pub fn partition_count(&self) -> u32 {
         self.partitions.len() as u32
     }

@@ -12,6 +12,7 @@ use crate::config::VhostLimits;
 use crate::error::{CoreError, Result};
 use crate::exchange::{dedup, Binding, Destination, Exchange, ExchangeDecl, ExchangeKind};
 use crate::message::{FieldTable, Message, Value};
+use crate::policy::{self, Kind};
 use crate::queue::{
     ConnectionId, ConsumerId, ConsumerOptions, ConsumerSink, DeathReason, Enqueued, Queue,
     QueueArgs, QueueDecl, QueueInfo, QueueType,
@@ -203,7 +204,7 @@ impl VHost {
         })
     }
 
-    fn shared(&self) -> Result<Arc<Shared>> {
+    pub(crate) fn shared(&self) -> Result<Arc<Shared>> {
         self.shared.upgrade().ok_or(CoreError::ShuttingDown)
     }
 
@@ -293,6 +294,13 @@ impl VHost {
                 .or_insert_with(|| Arc::new(Exchange::new(decl)))
                 .clone()
         };
+        let shared = self.shared()?;
+        policy::apply_to_exchange(
+            &x,
+            shared
+                .policy_for(&self.name, x.name(), Kind::Exchange)
+                .as_deref(),
+        );
         if durable {
             self.persist()?;
         }
@@ -483,6 +491,8 @@ impl VHost {
         now: i64,
     ) -> Result<QueueRef> {
         let shared = self.shared()?;
+        let policy = shared.policy_for(&self.name, &decl.name, Kind::Queue(args.queue_type));
+        let args = policy::queue_args(&decl, &args, policy.as_deref());
         let persisted = Self::is_persisted(&decl);
         if args.queue_type == QueueType::Stream {
             let retention = Stream::retention_of(&args);
@@ -842,7 +852,11 @@ impl VHost {
         let mut names: Vec<Destination> = Vec::new();
         Self::route_from(&xs, x, msg, &mut visited, &mut names);
         // Alternate exchanges, followed in a chain while nothing is routed.
-        let mut ae = x.decl.alternate_exchange().map(str::to_owned);
+        let mut ae = if names.is_empty() {
+            x.alternate_exchange()
+        } else {
+            None
+        };
         while names.is_empty() {
             let Some(name) = ae.take() else { break };
             let Some(axe) = xs.get(&name) else { break };
@@ -850,7 +864,7 @@ impl VHost {
                 break;
             }
             Self::route_from(&xs, axe, msg, &mut visited, &mut names);
-            ae = axe.decl.alternate_exchange().map(str::to_owned);
+            ae = axe.alternate_exchange();
         }
         drop(xs);
         dedup(&mut names);
@@ -1029,14 +1043,15 @@ impl VHost {
 
     /// Dead-letters messages that left `from`, with RabbitMQ's `x-death` history.
     pub(crate) fn dead_letter(&self, from: &Queue, msgs: Vec<(Arc<Message>, DeathReason)>) {
-        let Some(dlx) = from.args.dead_letter_exchange.clone() else {
+        let args = from.args();
+        let Some(dlx) = args.dead_letter_exchange.clone() else {
             return;
         };
         let now = now_ms();
         for (m, reason) in msgs {
             let mut msg = (*m).clone();
             let cycle_safe = add_death(&mut msg, from.name(), reason, now);
-            if let Some(rk) = &from.args.dead_letter_routing_key {
+            if let Some(rk) = &args.dead_letter_routing_key {
                 msg.routing_key = rk.clone();
             }
             msg.exchange = dlx.clone();

@@ -53,7 +53,7 @@ async fn definitions_survive_restart() {
     assert!(vh.exchange("orders").is_some());
     assert!(vh.exchange("tmpx").is_none(), "transient exchange is gone");
     assert!(vh.queue("scratch").is_none(), "transient queue is gone");
-    assert_eq!(classic(&vh, "audit").args.max_length, Some(100));
+    assert_eq!(classic(&vh, "audit").args().max_length, Some(100));
     assert!(b.vhost("v2").is_some());
     assert_eq!(
         vh.publish("orders", msg("order.created", "x"))

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use ferrymq_storage::{Commit, QueueLog};
 use tokio::sync::mpsc::UnboundedSender;
@@ -312,7 +313,9 @@ pub(crate) enum Enqueued {
 /// A classic (or quorum-compatible) queue.
 pub struct Queue {
     pub decl: QueueDecl,
-    pub args: QueueArgs,
+    /// The arguments in effect: the declared ones over a policy's (swapped as a whole
+    /// when a policy changes, see `crate::policy`).
+    args: ArcSwap<QueueArgs>,
     /// Set for exclusive queues.
     pub owner: Option<ConnectionId>,
     vhost: Weak<VHost>,
@@ -351,7 +354,7 @@ impl Queue {
         let levels = args.max_priority.map_or(1, |p| p as usize + 1);
         Arc::new_cyclic(|me| Queue {
             decl,
-            args,
+            args: ArcSwap::from_pointee(args),
             owner,
             vhost,
             me: me.clone(),
@@ -381,6 +384,44 @@ impl Queue {
 
     pub fn name(&self) -> &str {
         &self.decl.name
+    }
+
+    /// The arguments in effect (declared arguments over the applicable policy's).
+    pub fn args(&self) -> Arc<QueueArgs> {
+        self.args.load_full()
+    }
+
+    /// Replaces the arguments in effect (a policy was set, changed or deleted): new
+    /// length limits trim the queue at once (oldest first, dead-lettered as `maxlen`),
+    /// and the timer is re-armed for a changed `x-expires`. Messages already queued keep
+    /// the expiry they were given.
+    pub(crate) fn set_args(&self, args: QueueArgs, now: i64) {
+        if *self.args.load_full() == args {
+            return;
+        }
+        self.args.store(Arc::new(args));
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if st.deleted {
+                return;
+            }
+            let a = self.args.load();
+            let over = |n: u64, b: u64| {
+                a.max_length.is_some_and(|m| n > m) || a.max_length_bytes.is_some_and(|m| b > m)
+            };
+            while over(
+                st.ready_count + st.delayed.len() as u64 + st.tail.count,
+                st.ready_bytes + st.delayed_bytes + st.tail.bytes,
+            ) {
+                let Some(head) = self.pop_paged(&mut st, now) else {
+                    break;
+                };
+                self.discard(head, DeathReason::MaxLen, &mut fx);
+            }
+            self.reschedule(&mut st, now);
+        }
+        self.apply(fx);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -521,7 +562,10 @@ impl Queue {
     }
 
     fn expiry_of(&self, msg: &Message, enqueued_ms: i64) -> Option<i64> {
-        let ttl = match (self.args.message_ttl_ms, msg.properties.expiration_ms) {
+        let ttl = match (
+            self.args.load().message_ttl_ms,
+            msg.properties.expiration_ms,
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
@@ -529,7 +573,7 @@ impl Queue {
     }
 
     fn level_of(&self, msg: &Message) -> usize {
-        match self.args.max_priority {
+        match self.args.load().max_priority {
             None => 0,
             Some(max) => msg.properties.priority.unwrap_or(0).min(max) as usize,
         }
@@ -587,8 +631,8 @@ impl Queue {
             }
             // Length limits count ready and delayed messages, as RabbitMQ counts ready ones.
             let over = |n: u64, b: u64| {
-                self.args.max_length.is_some_and(|m| n > m)
-                    || self.args.max_length_bytes.is_some_and(|m| b > m)
+                self.args.load().max_length.is_some_and(|m| n > m)
+                    || self.args.load().max_length_bytes.is_some_and(|m| b > m)
             };
             // 1. Decide acceptance. Reject modes refuse what does not fit; drop-head
             //    accepts everything that fits in an empty queue.
@@ -604,7 +648,7 @@ impl Queue {
                 (st.ready_count, st.ready_bytes, st.tail.count > 0);
             for (i, m) in msgs.iter().enumerate() {
                 let size = m.body_size();
-                let fits = match self.args.overflow {
+                let fits = match self.args.load().overflow {
                     Overflow::DropHead => !over(1, size),
                     _ => !over(n + 1, b + size),
                 };
@@ -690,7 +734,7 @@ impl Queue {
                     self.counters
                         .rejected_publishes
                         .fetch_add(1, Ordering::Relaxed);
-                    match self.args.overflow {
+                    match self.args.load().overflow {
                         Overflow::RejectPublish => result.push(Enqueued::Rejected),
                         Overflow::RejectPublishDlx => {
                             fx.dead.push((m.clone(), DeathReason::MaxLen));
@@ -699,7 +743,7 @@ impl Queue {
                         Overflow::DropHead => {
                             // Larger than the limit on its own: RabbitMQ drops it.
                             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            if self.args.dead_letter_exchange.is_some() {
+                            if self.args.load().dead_letter_exchange.is_some() {
                                 fx.dead.push((m.clone(), DeathReason::MaxLen));
                             }
                             result.push(Enqueued::Accepted);
@@ -767,7 +811,7 @@ impl Queue {
             DeathReason::Expired => self.counters.expired.fetch_add(1, Ordering::Relaxed),
             _ => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
         };
-        if self.args.dead_letter_exchange.is_some() {
+        if self.args.load().dead_letter_exchange.is_some() {
             self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
             fx.dead.push((e.msg, reason));
         }
@@ -809,7 +853,8 @@ impl Queue {
             let Some(size) = Self::peek_ready(st).map(|e| e.size) else {
                 break;
             };
-            let Some(ci) = Self::pick_consumer(st, self.args.single_active_consumer, size) else {
+            let Some(ci) = Self::pick_consumer(st, self.args.load().single_active_consumer, size)
+            else {
                 break;
             };
             let Some(mut e) = self.pop_ready(st) else {
@@ -931,7 +976,7 @@ impl Queue {
         if let Some(((t, _), _)) = st.delayed.iter().next() {
             consider(*t);
         }
-        if let Some(exp) = self.args.expires_ms {
+        if let Some(exp) = self.args.load().expires_ms {
             if st.consumers.is_empty() {
                 consider(st.last_used_ms.saturating_add(exp as i64));
             }
@@ -966,7 +1011,7 @@ impl Queue {
                 self.push_ready_back(&mut st, e);
             }
             self.expire_heads(&mut st, now, &mut fx);
-            if let Some(exp) = self.args.expires_ms {
+            if let Some(exp) = self.args.load().expires_ms {
                 if st.consumers.is_empty() && now >= st.last_used_ms.saturating_add(exp as i64) {
                     fx.delete_queue = true;
                 }
@@ -1156,6 +1201,7 @@ impl Queue {
                     self.discard(e, DeathReason::Rejected, &mut fx);
                 } else if self
                     .args
+                    .load()
                     .delivery_limit
                     .is_some_and(|l| e.delivery_count > l)
                 {
@@ -1168,6 +1214,7 @@ impl Queue {
             for e in back.into_iter().rev() {
                 let delay = delay_ms.or_else(|| {
                     self.args
+                        .load()
                         .retry
                         .as_ref()
                         .map(|r| r.delay_ms(e.delivery_count, fastrand::f64()))
