@@ -40,10 +40,22 @@ pub struct ExchangeJson {
     pub arguments: Map<String, JsonValue>,
     /// Bindings from this exchange.
     pub bindings: u64,
+    /// The policy that applies to it, if any.
+    pub policy: Option<String>,
+    /// The part of that policy in effect (keys its own arguments set are left out).
+    #[schema(value_type = Object)]
+    pub effective_policy_definition: Map<String, JsonValue>,
 }
 
-fn exchange_json(vhost: &str, x: &ferrymq_core::exchange::Exchange) -> ExchangeJson {
+fn exchange_json(
+    state: &AppState,
+    vhost: &str,
+    x: &ferrymq_core::exchange::Exchange,
+) -> ExchangeJson {
+    let policy = state.broker.exchange_policy(vhost, x);
     ExchangeJson {
+        policy: policy.name,
+        effective_policy_definition: policy.definition,
         vhost: vhost.to_string(),
         name: x.decl.name.clone(),
         kind: x.decl.kind.as_str().to_string(),
@@ -111,7 +123,7 @@ pub async fn list_exchanges(
             .flat_map(|vh| {
                 vh.exchanges()
                     .iter()
-                    .map(|x| exchange_json(&vh.name, x))
+                    .map(|x| exchange_json(&state, &vh.name, x))
                     .collect::<Vec<_>>()
             })
             .collect(),
@@ -130,7 +142,7 @@ pub async fn list_vhost_exchanges(
     Ok(Json(
         vh.exchanges()
             .iter()
-            .map(|x| exchange_json(&vh.name, x))
+            .map(|x| exchange_json(&state, &vh.name, x))
             .collect(),
     ))
 }
@@ -148,7 +160,7 @@ pub async fn get_exchange(
     let x = vh
         .exchange(&name)
         .ok_or_else(|| ApiError::not_found(format!("no exchange '{name}' in vhost '{vhost}'")))?;
-    Ok(Json(exchange_json(&vhost, &x)))
+    Ok(Json(exchange_json(&state, &vhost, &x)))
 }
 
 /// Declare an exchange (201 when created, 200 when an equivalent one exists).
@@ -188,7 +200,7 @@ pub async fn put_exchange(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(exchange_json(&vhost, &x))))
+    Ok((status, Json(exchange_json(&state, &vhost, &x))))
 }
 
 /// Delete an exchange and its bindings.
@@ -244,6 +256,12 @@ pub struct QueueJson {
     pub dead_lettered: u64,
     /// Per second, over the last sampling interval.
     pub rates: RatesJson,
+    /// The policy that applies to it, if any.
+    pub policy: Option<String>,
+    /// The part of that policy in effect (keys its own `x-` arguments set are left out:
+    /// declared arguments win).
+    #[schema(value_type = Object)]
+    pub effective_policy_definition: Map<String, JsonValue>,
 }
 
 fn queue_kind(q: &QueueRef) -> &'static str {
@@ -261,7 +279,10 @@ pub fn queue_json(state: &AppState, vhost: &str, q: &QueueRef) -> QueueJson {
     use std::sync::atomic::Ordering::Relaxed;
     let d = q.decl();
     let rates = state.rates.get(vhost, q.name());
+    let policy = state.broker.queue_policy(vhost, q);
     let base = |messages, ready, unacked, delayed, consumers, bytes| QueueJson {
+        policy: policy.name.clone(),
+        effective_policy_definition: policy.definition.clone(),
         vhost: vhost.to_string(),
         name: d.name.clone(),
         kind: queue_kind(q).to_string(),

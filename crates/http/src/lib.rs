@@ -5,7 +5,7 @@
 //! Layers, one file each (outermost first):
 //! - [`server`]: the router and the listener (HTTP/1.1 keep-alive and HTTP/2 cleartext);
 //! - [`publish`], [`pull`], [`streams`], [`ws`], [`sse`]: the data plane;
-//! - [`entities`], [`admin`]: management; [`metrics`]: metrics and health; [`openapi`];
+//! - [`entities`], [`admin`], [`policies`]: management; [`metrics`]: metrics and health; [`openapi`];
 //! - [`auth`]: Basic and bearer authentication, permissions; [`json`]: extractors that
 //!   answer JSON errors; [`error`]: the one mapping from core errors to statuses;
 //! - [`convert`]: HTTP/JSON ⇄ neutral `Message`; [`leases`]: pulled messages and their
@@ -24,6 +24,7 @@ pub mod json;
 pub mod leases;
 pub mod metrics;
 pub mod openapi;
+pub mod policies;
 pub mod publish;
 pub mod pull;
 pub mod rates;

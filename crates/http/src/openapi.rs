@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, entities, metrics, publish, pull, streams};
+use crate::{admin, entities, metrics, policies, publish, pull, streams};
 
 struct Security;
 
@@ -48,6 +48,8 @@ impl Modify for Security {
         publish::queue_publish, publish::queue_publish_batch, publish::queue_publish_raw,
         pull::pull, pull::ack, pull::nack, pull::extend,
         streams::read, streams::get_offset, streams::commit_offset,
+        policies::list_policies, policies::list_vhost_policies, policies::get_policy,
+        policies::put_policy, policies::delete_policy,
     )
 )]
 pub struct ApiDoc;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, entities, metrics, openapi, publish, pull, sse, streams, ws};
+use crate::{admin, entities, metrics, openapi, policies, publish, pull, sse, streams, ws};
 
 /// Why the listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +216,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/streams/{vhost}/{name}/offsets/{group}",
             get(streams::get_offset).put(streams::commit_offset),
+        )
+        .route("/api/policies", get(policies::list_policies))
+        .route("/api/policies/{vhost}", get(policies::list_vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::get_policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
         )
         .route("/api/bindings", get(entities::list_bindings))
         .route("/api/bindings/{vhost}", get(entities::list_vhost_bindings))

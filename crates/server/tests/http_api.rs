@@ -868,3 +868,137 @@ fn moves_keep_routing_keys_and_permissions_can_be_deleted() {
     let (_, all) = api.get("/api/permissions");
     assert!(!all.to_string().contains("carol"), "{all}");
 }
+
+#[test]
+fn policies_apply_to_queues_and_exchanges_and_travel_in_definitions() {
+    let api = Api::start();
+    assert_eq!(api.put("/api/queues/%2F/jobs.a", json!({})).0, 201);
+    assert_eq!(
+        api.put(
+            "/api/queues/%2F/jobs.own",
+            json!({"arguments": {"x-max-length": 4}})
+        )
+        .0,
+        201
+    );
+    for i in 0..5 {
+        for q in ["jobs.a", "jobs.own"] {
+            let (s, _) = api.post(
+                &format!("/api/queues/%2F/{q}/publish"),
+                json!({"payload": i.to_string()}),
+            );
+            assert_eq!(s, 200);
+        }
+    }
+    let body = json!({"pattern": "^jobs\\.", "apply-to": "queues", "priority": 1,
+                      "definition": {"max-length": 2, "message-ttl": 60000}});
+    let (s, p) = api.put("/api/policies/%2F/limit", body.clone());
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["apply-to"], "queues");
+    // Applied to the existing queue at once; the declared x-max-length wins.
+    let (_, q) = api.get("/api/queues/%2F/jobs.a");
+    assert_eq!(q["messages"], 2, "{q}");
+    assert_eq!(q["policy"], "limit");
+    assert_eq!(
+        q["effective_policy_definition"],
+        json!({"max-length": 2, "message-ttl": 60000})
+    );
+    let (_, q) = api.get("/api/queues/%2F/jobs.own");
+    assert_eq!(q["messages"], 4);
+    assert_eq!(
+        q["effective_policy_definition"],
+        json!({"message-ttl": 60000})
+    );
+    // Listings and errors.
+    let (_, all) = api.get("/api/policies");
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+    let (_, vp) = api.get("/api/policies/%2F");
+    assert_eq!(vp[0]["name"], "limit");
+    assert_eq!(api.get("/api/policies/%2F/limit").1["priority"], 1);
+    assert_eq!(api.get("/api/policies/%2F/nope").0, 404);
+    assert_eq!(api.get("/api/policies/nope").0, 404);
+    assert_eq!(api.put("/api/policies/nope/p", body.clone()).0, 404);
+    let (s, e) = api.put(
+        "/api/policies/%2F/bad",
+        json!({"pattern": "(", "definition": {"max-length": 1}}),
+    );
+    assert_eq!(s, 422, "{e}");
+    let (s, e) = api.put(
+        "/api/policies/%2F/bad",
+        json!({"pattern": ".*", "definition": {"max-lenght": 1}}),
+    );
+    assert_eq!(s, 422);
+    assert!(e["reason"].as_str().unwrap().contains("max-lenght"), "{e}");
+    assert_eq!(
+        api.put(
+            "/api/policies/%2F/bad",
+            json!({"pattern": ".*", "apply-to": "everything", "definition": {"max-length": 1}})
+        )
+        .0,
+        422
+    );
+    // Exchanges: a policy's alternate exchange.
+    assert_eq!(
+        api.put("/api/exchanges/%2F/events", json!({"type": "direct"}))
+            .0,
+        201
+    );
+    assert_eq!(api.put("/api/queues/%2F/lost", json!({})).0, 201);
+    assert_eq!(
+        api.post("/api/bindings/%2F/e/amq.fanout/q/lost", json!({}))
+            .0,
+        201
+    );
+    let (s, _) = api.put(
+        "/api/policies/%2F/ae",
+        json!({"pattern": "^events$", "apply-to": "exchanges",
+               "definition": {"alternate-exchange": "amq.fanout"}}),
+    );
+    assert_eq!(s, 200);
+    let (_, x) = api.get("/api/exchanges/%2F/events");
+    assert_eq!(x["policy"], "ae");
+    let (_, r) = api.post(
+        "/api/exchanges/%2F/events/publish",
+        json!({"routing_key": "none", "payload": "x"}),
+    );
+    assert_eq!(r["routed"], true, "{r}");
+    assert_eq!(api.get("/api/queues/%2F/lost").1["messages"], 1);
+    // Definitions carry policies.
+    let (_, d) = api.get("/api/definitions");
+    let names: Vec<&str> = d["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ae", "limit"]);
+    // Only administrators and policymakers manage policies.
+    assert_eq!(api.put("/api/users/pat", json!({"password": "pw"})).0, 201);
+    assert_eq!(
+        api.put(
+            "/api/permissions/%2F/pat",
+            json!({"configure": ".*", "write": ".*", "read": ".*"})
+        )
+        .0,
+        200
+    );
+    let pat = api.as_auth(Some(basic("pat", "pw")));
+    assert_eq!(
+        pat.call("PUT", "/api/policies/%2F/x", Some(body.clone())).0,
+        403
+    );
+    assert_eq!(pat.call("DELETE", "/api/policies/%2F/limit", None).0, 403);
+    assert_eq!(pat.call("GET", "/api/policies/%2F/limit", None).0, 200);
+    // Deleting the policy lifts the limit.
+    assert_eq!(api.delete("/api/policies/%2F/limit").0, 204);
+    assert_eq!(api.delete("/api/policies/%2F/limit").0, 404);
+    let (_, q) = api.get("/api/queues/%2F/jobs.a");
+    assert_eq!(q["policy"], Value::Null);
+    for i in 0..3 {
+        api.post(
+            "/api/queues/%2F/jobs.a/publish",
+            json!({"payload": i.to_string()}),
+        );
+    }
+    assert_eq!(api.get("/api/queues/%2F/jobs.a").1["messages"], 5);
+}
