@@ -3,6 +3,7 @@
 //! deliveries with delivery tags, acks, and direct reply-to.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -20,8 +21,8 @@ use ferrymq_core::queue::{
     GET_CONSUMER,
 };
 use ferrymq_core::{
-    Binding, ConnectionHandle, Destination, ExchangeDecl, ExchangeKind, Message, PublishedBatch,
-    QueueRef, StreamOffset, VHost,
+    Binding, ChannelRegistration, ConnectionHandle, Destination, ExchangeDecl, ExchangeKind,
+    Message, PublishedBatch, QueueRef, StreamOffset, VHost,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -109,11 +110,14 @@ pub(crate) struct Channel {
     global_credit: Option<Arc<CreditPool>>,
     last_queue: Option<String>,
     reply_token: Option<String>,
+    /// Its entry in the connection's channel registry (management); unregistered on drop.
+    registration: Option<ChannelRegistration>,
 }
 
 impl Channel {
     fn new() -> Self {
         Channel {
+            registration: None,
             closing: false,
             content: None,
             confirm: false,
@@ -129,6 +133,16 @@ impl Channel {
             global_credit: None,
             last_queue: None,
             reply_token: None,
+        }
+    }
+}
+
+impl Channel {
+    /// Publishes the live state management shows (unacked deliveries); called once per
+    /// turn of the connection's loop.
+    pub(crate) fn sync_registration(&self) {
+        if let Some(r) = &self.registration {
+            r.unacked.store(self.unacked.len() as u64, Relaxed);
         }
     }
 }
@@ -305,7 +319,9 @@ impl Ctx {
                     "second 'channel.open' seen",
                 )));
             }
-            channels.insert(id, Channel::new());
+            let mut ch = Channel::new();
+            ch.registration = self.handle.as_ref().map(|h| h.register_channel(id as u32));
+            channels.insert(id, ch);
             if let Some(h) = &self.handle {
                 h.stats
                     .channels
@@ -1157,8 +1173,15 @@ impl Ctx {
                                 ch.global_credit = Some(CreditPool::new(q.prefetch_count as u32))
                             }
                         }
+                        if let Some(r) = &ch.registration {
+                            r.global_prefetch_count
+                                .store(q.prefetch_count as u32, Relaxed);
+                        }
                     } else {
                         ch.prefetch_count = q.prefetch_count;
+                        if let Some(r) = &ch.registration {
+                            r.prefetch_count.store(q.prefetch_count as u32, Relaxed);
+                        }
                     }
                 }
                 send(out, id, Method::BasicQosOk(BasicQosOk {}));
@@ -1287,6 +1310,9 @@ impl Ctx {
                     ));
                 }
                 ch.confirm = true;
+                if let Some(r) = &ch.registration {
+                    r.confirm.store(true, Relaxed);
+                }
                 if !c.nowait {
                     send(out, id, Method::ConfirmSelectOk(ConfirmSelectOk {}));
                 }
@@ -1302,6 +1328,9 @@ impl Ctx {
                     ));
                 }
                 ch.tx.get_or_insert_with(Tx::default);
+                if let Some(r) = &ch.registration {
+                    r.transactional.store(true, Relaxed);
+                }
                 send(out, id, Method::TxSelectOk(TxSelectOk {}));
             }
             Method::TxCommit(_) => self.tx_commit(channels, id, out, frame_max)?,
@@ -1460,6 +1489,7 @@ impl Ctx {
                     .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
                 exclusive: c.exclusive,
                 connection: conn,
+                channel: id as u32,
             };
             // Register before attaching: the core may deliver synchronously.
             let (cid, qref) = vh.consume(&queue, opts, offset, self.sink.clone())?;

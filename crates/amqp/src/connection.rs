@@ -232,6 +232,9 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
+        for ch in conn.channels.values() {
+            ch.sync_registration();
+        }
         if !conn.out.is_empty() {
             if wr.write_all(&conn.out).await.is_err() {
                 break End::Io;

@@ -2,7 +2,7 @@
 //! hosts, users, connections, flow control and the background tasks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferrymq_storage::Storage;
@@ -14,7 +14,7 @@ use crate::config::{BrokerConfig, VhostLimits};
 use crate::error::{CoreError, Result};
 use crate::exchange::{Binding, ExchangeDecl};
 use crate::policy::{self, AppliedPolicy, Compiled, Kind, Policies, Policy};
-use crate::queue::{ConnectionId, ConsumerId, QueueArgs, QueueDecl};
+use crate::queue::{ConnectionId, ConsumerId, ConsumerInfo, QueueArgs, QueueDecl};
 use crate::timer::Timer;
 use crate::vhost::{QueueRef, VHost};
 
@@ -132,12 +132,85 @@ pub struct ConnectionHandle {
     pub connected_at_ms: i64,
     pub stats: ConnectionStats,
     close: watch::Sender<Option<String>>,
+    channels: Mutex<std::collections::BTreeMap<u32, Arc<ChannelHandle>>>,
 }
 
 impl ConnectionHandle {
     /// Resolves with a reason when management asks to close the connection.
     pub fn close_requested(&self) -> watch::Receiver<Option<String>> {
         self.close.subscribe()
+    }
+
+    /// Registers an open channel (a protocol's unit of concurrency on a connection: an
+    /// AMQP channel, a WebSocket's subscriptions). The adapter keeps its live state in the
+    /// handle's atomics; dropping the registration unregisters it.
+    pub fn register_channel(self: &Arc<Self>, number: u32) -> ChannelRegistration {
+        let h = Arc::new(ChannelHandle {
+            connection: self.id,
+            number,
+            opened_at_ms: now_ms(),
+            ..ChannelHandle::default()
+        });
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number, h.clone());
+        ChannelRegistration {
+            conn: self.clone(),
+            handle: h,
+        }
+    }
+
+    /// Its open channels, by number.
+    pub fn channels(&self) -> Vec<Arc<ChannelHandle>> {
+        self.channels
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// An open channel as management sees it; the adapter updates the atomics.
+#[derive(Debug, Default)]
+pub struct ChannelHandle {
+    pub connection: ConnectionId,
+    pub number: u32,
+    pub opened_at_ms: i64,
+    /// Per-consumer prefetch (0 = unlimited).
+    pub prefetch_count: AtomicU32,
+    /// Channel-wide prefetch shared by its consumers (0 = none).
+    pub global_prefetch_count: AtomicU32,
+    /// Publisher confirms on.
+    pub confirm: AtomicBool,
+    pub transactional: AtomicBool,
+    /// Deliveries on this channel not yet acknowledged.
+    pub unacked: AtomicU64,
+}
+
+/// Keeps a channel registered on its connection; unregisters it when dropped.
+#[derive(Debug)]
+pub struct ChannelRegistration {
+    conn: Arc<ConnectionHandle>,
+    handle: Arc<ChannelHandle>,
+}
+
+impl std::ops::Deref for ChannelRegistration {
+    type Target = ChannelHandle;
+    fn deref(&self) -> &ChannelHandle {
+        &self.handle
+    }
+}
+
+impl Drop for ChannelRegistration {
+    fn drop(&mut self) {
+        let mut cs = self.conn.channels.lock().unwrap_or_else(|p| p.into_inner());
+        // A channel number reused meanwhile belongs to the newer registration.
+        if cs
+            .get(&self.handle.number)
+            .is_some_and(|h| Arc::ptr_eq(h, &self.handle))
+        {
+            cs.remove(&self.handle.number);
+        }
     }
 }
 
@@ -873,6 +946,7 @@ impl Broker {
             connected_at_ms: now_ms(),
             stats: ConnectionStats::default(),
             close,
+            channels: Mutex::new(std::collections::BTreeMap::new()),
         });
         cs.insert(id, h.clone());
         Ok(h)
@@ -900,6 +974,26 @@ impl Broker {
             .unwrap_or_default();
         v.sort_by_key(|c| c.id);
         v
+    }
+
+    /// The consumers of a vhost's queues and streams (every vhost with `None`), each with
+    /// its vhost, ordered by vhost, queue and tag.
+    pub fn consumers(&self, vhost: Option<&str>) -> Vec<(String, ConsumerInfo)> {
+        let mut out = Vec::new();
+        for vh in self.vhosts() {
+            if vhost.is_some_and(|v| v != vh.name) {
+                continue;
+            }
+            for q in vh.queues() {
+                let cs = match &q {
+                    QueueRef::Classic(c) => c.consumer_infos(),
+                    QueueRef::Stream(s) => s.consumer_infos(),
+                };
+                out.extend(cs.into_iter().map(|c| (vh.name.clone(), c)));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.queue, &a.1.tag).cmp(&(&b.0, &b.1.queue, &b.1.tag)));
+        out
     }
 
     /// Asks a connection's adapter to close it.

@@ -30,13 +30,14 @@ mod timer;
 pub mod vhost;
 
 pub use broker::{
-    Broker, ConnectionHandle, ConnectionInfo, Definitions, FlowState, Permission, User,
+    Broker, ChannelHandle, ChannelRegistration, ConnectionHandle, ConnectionInfo, Definitions,
+    FlowState, Permission, User,
 };
 pub use config::{BrokerConfig, VhostLimits};
 pub use error::{CoreError, Result};
 pub use exchange::{Binding, Destination, ExchangeDecl, ExchangeKind};
 pub use message::{FieldTable, Message, Properties, Value};
 pub use policy::{AppliedPolicy, ApplyTo, Policy};
-pub use queue::{ConsumerEvent, ConsumerOptions, Delivery, QueueDecl};
+pub use queue::{ConsumerEvent, ConsumerInfo, ConsumerOptions, Delivery, QueueDecl};
 pub use stream::StreamOffset;
 pub use vhost::{DeclareOk, PublishOutcome, Published, PublishedBatch, QueueRef, VHost};

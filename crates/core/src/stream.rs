@@ -43,6 +43,9 @@ struct Partition {
 
 struct ConsumerCtl {
     id: ConsumerId,
+    /// How it consumes (for management).
+    opts: ConsumerOptions,
+    window: u32,
     credit: Arc<Semaphore>,
     stop: watch::Sender<bool>,
     tag: Arc<str>,
@@ -339,6 +342,8 @@ impl Stream {
             id,
             ConsumerCtl {
                 id,
+                opts,
+                window,
                 credit,
                 stop: stop_tx,
                 tag,
@@ -421,6 +426,32 @@ impl Stream {
                 return Ok(());
             }
         }
+    }
+
+    /// Its consumers, for management: `unacked` is the used part of each send window.
+    pub fn consumer_infos(&self) -> Vec<crate::queue::ConsumerInfo> {
+        let Ok(cs) = self.consumers.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = cs
+            .values()
+            .map(|c| crate::queue::ConsumerInfo {
+                queue: self.decl.name.clone(),
+                tag: c.tag.to_string(),
+                connection: c.opts.connection,
+                channel: c.opts.channel,
+                ack_required: !c.opts.no_ack,
+                prefetch_count: c.opts.prefetch_count,
+                unacked: c
+                    .window
+                    .saturating_sub(c.credit.available_permits().min(u32::MAX as usize) as u32),
+                priority: c.opts.priority,
+                exclusive: c.opts.exclusive,
+                active: true,
+            })
+            .collect();
+        v.sort_by(|a, b| a.tag.cmp(&b.tag));
+        v
     }
 
     /// Gives a consumer credit for `n` more messages.

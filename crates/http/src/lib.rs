@@ -5,7 +5,7 @@
 //! Layers, one file each (outermost first):
 //! - [`server`]: the router and the listener (HTTP/1.1 keep-alive and HTTP/2 cleartext);
 //! - [`publish`], [`pull`], [`streams`], [`ws`], [`sse`]: the data plane;
-//! - [`entities`], [`admin`], [`policies`]: management; [`metrics`]: metrics and health; [`openapi`];
+//! - [`entities`], [`admin`], [`policies`], [`channels`] (channels and consumers): management; [`metrics`]: metrics and health; [`openapi`];
 //! - [`auth`]: Basic and bearer authentication, permissions; [`json`]: extractors that
 //!   answer JSON errors; [`error`]: the one mapping from core errors to statuses;
 //! - [`convert`]: HTTP/JSON ⇄ neutral `Message`; [`leases`]: pulled messages and their
@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod channels;
 pub mod convert;
 pub mod entities;
 pub mod error;

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, entities, metrics, policies, publish, pull, streams};
+use crate::{admin, channels, entities, metrics, policies, publish, pull, streams};
 
 struct Security;
 
@@ -50,6 +50,8 @@ impl Modify for Security {
         streams::read, streams::get_offset, streams::commit_offset,
         policies::list_policies, policies::list_vhost_policies, policies::get_policy,
         policies::put_policy, policies::delete_policy,
+        channels::list_channels, channels::list_vhost_channels, channels::list_connection_channels,
+        channels::list_consumers, channels::list_vhost_consumers,
     )
 )]
 pub struct ApiDoc;

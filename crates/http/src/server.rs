@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, entities, metrics, openapi, policies, publish, pull, sse, streams, ws};
+use crate::{
+    admin, channels, entities, metrics, openapi, policies, publish, pull, sse, streams, ws,
+};
 
 /// Why the listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,20 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/connections/{id}",
             get(admin::get_connection).delete(admin::close_connection),
+        )
+        .route(
+            "/api/connections/{id}/channels",
+            get(channels::list_connection_channels),
+        )
+        .route("/api/channels", get(channels::list_channels))
+        .route(
+            "/api/vhosts/{vhost}/channels",
+            get(channels::list_vhost_channels),
+        )
+        .route("/api/consumers", get(channels::list_consumers))
+        .route(
+            "/api/consumers/{vhost}",
+            get(channels::list_vhost_consumers),
         )
         .route(
             "/api/definitions",

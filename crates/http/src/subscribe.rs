@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use ferrymq_core::queue::Queue;
 use ferrymq_core::{
-    Binding, Broker, ConnectionHandle, ConnectionInfo, ConsumerEvent, ConsumerOptions, Delivery,
-    Destination, FieldTable, QueueDecl, QueueRef, VHost,
+    Binding, Broker, ChannelRegistration, ConnectionHandle, ConnectionInfo, ConsumerEvent,
+    ConsumerOptions, Delivery, Destination, FieldTable, QueueDecl, QueueRef, VHost,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -61,14 +61,21 @@ pub fn register(
     })?;
     Ok(Registered {
         broker: broker.clone(),
+        channel: handle.register_channel(CHANNEL),
         handle,
     })
 }
+
+/// The one channel a WebSocket or event stream registers: its subscriptions are its
+/// consumers (`GET /api/channels`, `GET /api/consumers`).
+pub const CHANNEL: u32 = 1;
 
 /// A registered connection; dropping it unregisters it, which deletes its exclusive queues.
 pub struct Registered {
     broker: Arc<Broker>,
     pub handle: Arc<ConnectionHandle>,
+    /// Its channel; `unacked` is kept up to date by the socket.
+    pub channel: ChannelRegistration,
 }
 
 impl Drop for Registered {
@@ -146,6 +153,7 @@ pub fn attach(
 ) -> ApiResult<Attached> {
     let opts = ConsumerOptions {
         connection: conn.id,
+        channel: CHANNEL,
         ..opts
     };
     match target {

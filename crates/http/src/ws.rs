@@ -217,6 +217,10 @@ impl Session {
         let mut shutdown = self.state.shutdown.clone();
         let mut close = self.reg.handle.close_requested();
         loop {
+            self.reg.channel.unacked.store(
+                self.unacked.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if *shutdown.borrow() {
                 return End::Close("server shutting down".into());
             }

@@ -100,6 +100,26 @@ pub struct ConsumerOptions {
     /// Credit shared with other consumers (a channel-wide prefetch).
     pub shared_credit: Option<Arc<CreditPool>>,
     pub connection: ConnectionId,
+    /// The adapter's channel on that connection (0 where the protocol has none).
+    pub channel: u32,
+}
+
+/// A consumer as management sees it (`GET /api/consumers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub queue: String,
+    pub tag: String,
+    pub connection: ConnectionId,
+    pub channel: u32,
+    /// False for no-ack (auto-ack) consumers.
+    pub ack_required: bool,
+    pub prefetch_count: u32,
+    /// Deliveries not yet acknowledged (no-ack: not yet released by the adapter).
+    pub unacked: u32,
+    pub priority: i32,
+    pub exclusive: bool,
+    /// False for the waiting consumers of a single-active-consumer queue.
+    pub active: bool,
 }
 
 struct Entry {
@@ -1391,6 +1411,28 @@ impl Queue {
     }
 
     /// A snapshot for management.
+    /// Its consumers, for management.
+    pub fn consumer_infos(&self) -> Vec<ConsumerInfo> {
+        let single_active = self.args.load().single_active_consumer;
+        let st = self.lock();
+        st.consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ConsumerInfo {
+                queue: self.decl.name.clone(),
+                tag: c.tag.to_string(),
+                connection: c.opts.connection,
+                channel: c.opts.channel,
+                ack_required: !c.opts.no_ack,
+                prefetch_count: c.opts.prefetch_count,
+                unacked: c.in_flight,
+                priority: c.opts.priority,
+                exclusive: c.opts.exclusive,
+                active: !single_active || i == 0,
+            })
+            .collect()
+    }
+
     pub fn info(&self) -> QueueInfo {
         let st = self.lock();
         let c = &self.counters;
