@@ -1,4 +1,5 @@
 //! The admin CLI: `ferrymq queues|exchanges|bindings|streams|users|vhosts|connections …`,
+//! `ferrymq channels|consumers list`, `ferrymq policies list|declare|delete`,
 //! `ferrymq publish`, `ferrymq consume`, `ferrymq dlq redrive`, `ferrymq definitions
 //! export|import` — clients of a running server's HTTP management API (`--url`, default
 //! http://127.0.0.1:15672; `--user`/`--password`, default guest/guest; env `FERRYMQ_URL`,
@@ -101,6 +102,27 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// List channels (AMQP channels; one per WebSocket or event stream)
+    Channels {
+        #[command(subcommand)]
+        cmd: ListCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List consumers of queues and streams
+    Consumers {
+        #[command(subcommand)]
+        cmd: ListCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List, declare and delete policies
+    Policies {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Publish one message (body from --body or stdin)
     Publish(PublishArgs),
     /// Receive messages from a queue (acked after printing)
@@ -156,6 +178,35 @@ pub enum EntityCmd {
     },
     /// Remove a queue's ready messages
     Purge { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    /// List them (in --vhost)
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// List them (in --vhost)
+    List,
+    /// Create or replace one
+    Declare {
+        name: String,
+        /// Regular expression over queue/exchange names
+        #[arg(long)]
+        pattern: String,
+        /// queues, classic_queues, quorum_queues, streams, exchanges or all
+        #[arg(long, default_value = "all")]
+        apply_to: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Definition KEY=VALUE (VALUE parsed as JSON when it can be), repeatable
+        #[arg(long = "definition", value_name = "KEY=VALUE", required = true)]
+        definition: Vec<String>,
+    },
+    /// Delete one
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,8 +592,99 @@ fn entity(kind: &str, cmd: EntityCmd, conn: &Conn) -> R<()> {
     Ok(())
 }
 
+const CHANNEL_COLS: &[&str] = &[
+    "name",
+    "protocol",
+    "user",
+    "vhost",
+    "prefetch_count",
+    "messages_unacknowledged",
+    "consumer_count",
+    "confirm",
+    "transactional",
+];
+
+const CONSUMER_COLS: &[&str] = &[
+    "vhost",
+    "queue",
+    "consumer_tag",
+    "channel_name",
+    "protocol",
+    "ack_required",
+    "prefetch_count",
+    "messages_unacknowledged",
+    "active",
+];
+
+const POLICY_COLS: &[&str] = &[
+    "vhost",
+    "name",
+    "pattern",
+    "apply-to",
+    "priority",
+    "definition",
+];
+
+fn policies(cmd: PolicyCmd, conn: &Conn) -> R<()> {
+    let c = Client::new(conn);
+    let vh = seg(&conn.vhost);
+    match cmd {
+        PolicyCmd::List => out(
+            conn,
+            &c.call("GET", &format!("/api/policies/{vh}"), None)?,
+            POLICY_COLS,
+        ),
+        PolicyCmd::Declare {
+            name,
+            pattern,
+            apply_to,
+            priority,
+            definition,
+        } => {
+            let body = json!({"pattern": pattern, "apply-to": apply_to, "priority": priority,
+                              "definition": kvs(&definition)?});
+            let v = c.call(
+                "PUT",
+                &format!("/api/policies/{vh}/{}", seg(&name)),
+                Some(&body),
+            )?;
+            out(conn, &v, POLICY_COLS);
+        }
+        PolicyCmd::Delete { name } => {
+            c.call(
+                "DELETE",
+                &format!("/api/policies/{vh}/{}", seg(&name)),
+                None,
+            )?;
+            if !conn.json {
+                println!("deleted {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn exec(cmd: AdminCommand) -> R<()> {
     match cmd {
+        AdminCommand::Channels {
+            cmd: ListCmd::List,
+            conn,
+        } => {
+            let c = Client::new(&conn);
+            let path = format!("/api/vhosts/{}/channels", seg(&conn.vhost));
+            out(&conn, &c.call("GET", &path, None)?, CHANNEL_COLS);
+            Ok(())
+        }
+        AdminCommand::Consumers {
+            cmd: ListCmd::List,
+            conn,
+        } => {
+            let c = Client::new(&conn);
+            let path = format!("/api/consumers/{}", seg(&conn.vhost));
+            out(&conn, &c.call("GET", &path, None)?, CONSUMER_COLS);
+            Ok(())
+        }
+        AdminCommand::Policies { cmd, conn } => policies(cmd, &conn),
         AdminCommand::Queues { cmd, conn } => entity("queues", cmd, &conn),
         AdminCommand::Streams { cmd, conn } => entity("streams", cmd, &conn),
         AdminCommand::Exchanges { cmd, conn } => entity("exchanges", cmd, &conn),

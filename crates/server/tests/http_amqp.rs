@@ -352,6 +352,17 @@ async fn amqp_publishes_reach_http_consumers_with_headers_and_properties() {
     conn.close(200, s("bye")).await.unwrap();
 }
 
+/// Runs the admin CLI against the server; returns its stdout (it must succeed).
+async fn cli(b: &Both, args: &[&str]) -> String {
+    let mut cmd = common::ferrymq(b._dir.path());
+    cmd.env("FERRYMQ_URL", &b.http).args(args);
+    let r = tokio::task::spawn_blocking(move || common::run(&mut cmd))
+        .await
+        .expect("cli thread");
+    assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+    r.stdout
+}
+
 /// Polls `path` until `ok` holds for its JSON (listings reflect a connection's state once its
 /// loop has turned), failing after the deadline with the last answer.
 async fn eventually(base: &str, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
@@ -485,6 +496,22 @@ async fn amqp_channels_and_consumers_are_listed() {
         )
     );
     assert_eq!(get(&b.http, "/api/consumers").await, consumers);
+    // The admin CLI lists them too.
+    let table = cli(&b, &["consumers", "list"]).await;
+    let mut lines = table.lines();
+    assert!(
+        lines.next().is_some_and(|h| h.starts_with("vhost")),
+        "{table}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.contains("work") && l.contains("c-1")),
+        "{table}"
+    );
+    let listed: Value = serde_json::from_str(&cli(&b, &["channels", "list", "--json"]).await)
+        .expect("channels list --json prints JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     // Closing a channel unregisters it; cancelling the consumer removes it.
     ch2.close(200, s("done")).await.unwrap();
     ch.basic_cancel(s("c-1"), BasicCancelOptions::default())

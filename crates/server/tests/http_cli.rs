@@ -100,3 +100,65 @@ fn admin_cli_against_a_running_server() {
     assert!(r.stderr.contains("cannot reach FerryMQ"), "{}", r.stderr);
     drop(server);
 }
+
+#[test]
+fn policies_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), &dir.path().join("data"), &[]);
+    let url = format!("http://{}", common::listening(&server, "http"));
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let r = cli(d, &url, args);
+        assert!(r.status.success(), "{args:?}: {}{}", r.stdout, r.stderr);
+        r.stdout
+    };
+    ok(&["queues", "declare", "jobs"]);
+    ok(&[
+        "policies",
+        "declare",
+        "cap",
+        "--pattern",
+        "^jobs$",
+        "--apply-to",
+        "queues",
+        "--priority",
+        "2",
+        "--definition",
+        "max-length=1",
+        "--definition",
+        "overflow=reject-publish",
+    ]);
+    let list = ok(&["policies", "list"]);
+    assert!(
+        list.lines().next().unwrap().starts_with("vhost") && list.contains("cap"),
+        "{list}"
+    );
+    let queues: serde_json::Value =
+        serde_json::from_str(&ok(&["queues", "list", "--json"])).unwrap();
+    assert_eq!(queues[0]["policy"], "cap");
+    ok(&["publish", "--queue", "jobs", "--body", "one"]);
+    let refused = cli(d, &url, &["publish", "--queue", "jobs", "--body", "two"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", refused.stderr);
+    let bad = cli(
+        d,
+        &url,
+        &[
+            "policies",
+            "declare",
+            "bad",
+            "--pattern",
+            "(",
+            "--definition",
+            "max-length=1",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stderr.contains("422"), "{}", bad.stderr);
+    ok(&["policies", "delete", "cap"]);
+    assert_eq!(
+        cli(d, &url, &["policies", "delete", "cap"]).status.code(),
+        Some(1)
+    );
+    ok(&["publish", "--queue", "jobs", "--body", "two"]);
+    assert!(!ok(&["policies", "list"]).contains("cap"));
+}
