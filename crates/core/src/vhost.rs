@@ -1109,6 +1109,33 @@ impl VHost {
         Ok((id, q))
     }
 
+    /// Attaches a consumer to one partition of a stream, from `at`.
+    ///
+    /// # Errors
+    /// `NotFound` (no such stream or partition), `PreconditionFailed` (a classic queue).
+    pub fn consume_stream(
+        &self,
+        name: &str,
+        opts: ConsumerOptions,
+        partition: u32,
+        at: StreamOffset,
+        sink: ConsumerSink,
+    ) -> Result<(ConsumerId, Arc<Stream>)> {
+        let s = match self.queue(name) {
+            Some(QueueRef::Stream(s)) => s,
+            Some(QueueRef::Classic(_)) => {
+                return Err(CoreError::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '{}' is not a stream",
+                    self.name
+                )))
+            }
+            None => return Err(self.not_found_queue(name)),
+        };
+        let id = self.shared()?.next_consumer_id();
+        s.consume(id, opts, partition, at, sink)?;
+        Ok((id, s))
+    }
+
     /// All durable definitions of this vhost, for persistence and export.
     pub(crate) fn durable_definitions(&self) -> (Vec<ExchangeDecl>, Vec<QueueDecl>, Vec<Binding>) {
         let exchanges: Vec<ExchangeDecl> = self

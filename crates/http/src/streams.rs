@@ -78,7 +78,8 @@ pub fn stream(vh: &ferrymq_core::VHost, name: &str) -> ApiResult<Arc<Stream>> {
     }
 }
 
-fn check_group(g: &str) -> ApiResult<()> {
+/// Checks a consumer-group name.
+pub fn check_group(g: &str) -> ApiResult<()> {
     if g.is_empty() || g.len() > GROUP_BYTES_MAX || g.chars().any(|c| c.is_control() || c == '/') {
         return Err(ApiError::invalid(format!(
             "group names are 1 to {GROUP_BYTES_MAX} bytes, without '/' or control characters"

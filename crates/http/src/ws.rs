@@ -1,5 +1,6 @@
-//! WebSocket at `GET /api/ws?vhost=…`: subscribe to queues (prefetch, acks over the socket)
-//! or to exchanges with a routing pattern, and publish, with JSON text frames.
+//! WebSocket at `GET /api/ws?vhost=…`: subscribe to queues (prefetch, acks over the socket),
+//! to exchanges with a routing pattern, or to streams from an offset (credit-based flow,
+//! consumer-group offset commits), and publish, with JSON text frames.
 //!
 //! One task per socket owns everything: the socket, the registered broker connection, the
 //! subscriptions and their unacked deliveries. All subscriptions share one consumer sink, so
@@ -19,18 +20,20 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use ferrymq_core::queue::Queue;
-use ferrymq_core::{ConsumerEvent, ConsumerOptions, Delivery};
+use ferrymq_core::stream::Stream;
+use ferrymq_core::{ConsumerEvent, ConsumerOptions, Delivery, StreamOffset};
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
 
 use crate::auth::{Access, Auth};
-use crate::convert::PublishMessage;
+use crate::convert::{MessageJson, PublishMessage};
 use crate::error::{ApiError, ApiResult};
 use crate::json::ApiQuery;
 use crate::publish::{check_user_id, direct_target, exchange_name, publish_messages, single};
 use crate::pull::HANDLES_MAX;
 use crate::state::AppState;
+use crate::streams::{check_group, parse_offset, stream};
 use crate::subscribe::{
     attach, detach, now_ms, register, Attached, MessageEvent, Peer, Registered, Target,
     PREFETCH_DEFAULT, PREFETCH_MAX,
@@ -88,6 +91,7 @@ pub async fn ws(
         tx,
         rx,
         subs: HashMap::new(),
+        streams: HashMap::new(),
         by_consumer: HashMap::new(),
         unacked: HashMap::new(),
         next_tag: 1,
@@ -121,6 +125,38 @@ enum Request {
         auto_ack: Option<bool>,
         #[serde(default)]
         base64: bool,
+        /// A stream to read (instead of queue or exchange).
+        #[serde(default)]
+        stream: Option<String>,
+        /// Streams: `first`, `last`, `next` (default) or an offset number.
+        #[serde(default)]
+        offset: Option<Json>,
+        /// Streams: start at the first record at or after this time; overrides `offset`.
+        #[serde(default)]
+        timestamp_ms: Option<i64>,
+        /// Streams: a consumer group; start at its committed offset if it has one.
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        partition: Option<u32>,
+        /// Streams: messages the server may send before the client grants more.
+        #[serde(default)]
+        credit: Option<u32>,
+    },
+    /// Streams: grant a subscription more credit.
+    Credit {
+        #[serde(default)]
+        id: Option<Json>,
+        subscription: String,
+        credit: u32,
+    },
+    /// Streams: commit the subscription's group offset (default: after the last message sent).
+    Commit {
+        #[serde(default)]
+        id: Option<Json>,
+        subscription: String,
+        #[serde(default)]
+        offset: Option<u64>,
     },
     Unsubscribe {
         #[serde(default)]
@@ -151,11 +187,33 @@ fn yes() -> bool {
     true
 }
 
+/// Where a stream subscription starts.
+struct StreamFrom {
+    offset: Option<Json>,
+    timestamp_ms: Option<i64>,
+    group: Option<String>,
+    partition: u32,
+}
+
 struct Sub {
     name: String,
     attached: Attached,
     auto_ack: bool,
     base64: bool,
+}
+
+/// A stream subscription: a consumer of one partition with credit.
+struct StreamSub {
+    name: String,
+    stream: Arc<Stream>,
+    consumer: u64,
+    partition: u32,
+    group: Option<String>,
+    base64: bool,
+    /// Credit granted and not yet used (at most `PREFETCH_MAX`).
+    credit: u32,
+    /// The offset after the last message sent (what `commit` commits by default).
+    next_offset: u64,
 }
 
 /// An unacked delivery: its subscription's queue and the message id there.
@@ -181,6 +239,7 @@ struct Session {
     tx: mpsc::UnboundedSender<ConsumerEvent>,
     rx: mpsc::UnboundedReceiver<ConsumerEvent>,
     subs: HashMap<String, Sub>,
+    streams: HashMap<String, StreamSub>,
     by_consumer: HashMap<u64, String>,
     unacked: HashMap<u64, Unacked>,
     next_tag: u64,
@@ -283,7 +342,7 @@ impl Session {
             match serde_json::from_value::<Request>(v) {
                 Ok(r) => self.dispatch(r, socket).await,
                 Err(e) => Err(ApiError::invalid(format!(
-                    "bad request: {e} (ops: subscribe, unsubscribe, ack, nack, publish)"
+                    "bad request: {e} (ops: subscribe, unsubscribe, ack, nack, credit, commit, publish)"
                 ))),
             }
         };
@@ -305,7 +364,47 @@ impl Session {
                 prefetch,
                 auto_ack,
                 base64,
+                stream,
+                offset,
+                timestamp_ms,
+                group,
+                partition,
+                credit,
             } => {
+                if let Some(name) = stream {
+                    if queue.is_some() || exchange.is_some() || pattern.is_some() {
+                        return Err(ApiError::invalid("give one of queue, exchange and stream"));
+                    }
+                    if prefetch.is_some() || auto_ack.is_some() {
+                        return Err(ApiError::invalid(
+                            "streams take credit, not prefetch or auto_ack (stream reads are not acked)",
+                        ));
+                    }
+                    let from = StreamFrom {
+                        offset,
+                        timestamp_ms,
+                        group,
+                        partition: partition.unwrap_or(0),
+                    };
+                    let (sub, start) =
+                        self.subscribe_stream(subscription, name, from, credit, base64)?;
+                    let s = &self.streams[&sub];
+                    return Ok(Some(
+                        json!({"type": "subscribed", "id": id, "subscription": sub,
+                        "stream": s.stream.name(), "partition": s.partition, "offset": start,
+                        "credit": s.credit, "group": s.group}),
+                    ));
+                }
+                if offset.is_some()
+                    || timestamp_ms.is_some()
+                    || group.is_some()
+                    || partition.is_some()
+                    || credit.is_some()
+                {
+                    return Err(ApiError::invalid(
+                        "offset, timestamp_ms, group, partition and credit go with stream",
+                    ));
+                }
                 let target = Target::from_fields(queue, exchange, pattern)?;
                 let sub = self.subscribe(subscription, target, prefetch, auto_ack, base64)?;
                 let s = &self.subs[&sub];
@@ -314,6 +413,16 @@ impl Session {
                     "queue": s.attached.queue_name, "auto_ack": s.auto_ack}),
                 ))
             }
+            Request::Credit {
+                id,
+                subscription,
+                credit,
+            } => self.grant(id, &subscription, credit),
+            Request::Commit {
+                id,
+                subscription,
+                offset,
+            } => self.commit(id, &subscription, offset).await,
             Request::Unsubscribe { id, subscription } => {
                 self.unsubscribe(&subscription, socket).await?;
                 Ok(Some(
@@ -342,38 +451,13 @@ impl Session {
         auto_ack: Option<bool>,
         base64: bool,
     ) -> ApiResult<String> {
-        if self.subs.len() >= SUBSCRIPTIONS_MAX {
-            return Err(ApiError::too_many(format!(
-                "a socket holds at most {SUBSCRIPTIONS_MAX} subscriptions"
-            )));
-        }
         let prefetch = prefetch.unwrap_or(PREFETCH_DEFAULT);
         if prefetch == 0 || prefetch > PREFETCH_MAX {
             return Err(ApiError::invalid(format!(
                 "prefetch must be 1 to {PREFETCH_MAX}"
             )));
         }
-        let name = match name {
-            Some(n) if n.is_empty() || n.len() > SUBSCRIPTION_NAME_BYTES_MAX => {
-                return Err(ApiError::invalid(format!(
-                    "subscription names are 1 to {SUBSCRIPTION_NAME_BYTES_MAX} bytes"
-                )))
-            }
-            Some(n) => n,
-            None => loop {
-                let n = format!("s{}", self.next_sub);
-                self.next_sub += 1;
-                if !self.subs.contains_key(&n) {
-                    break n;
-                }
-            },
-        };
-        if self.subs.contains_key(&name) {
-            return Err(ApiError::conflict(
-                "subscription_exists",
-                format!("this socket already has a subscription '{name}'"),
-            ));
-        }
+        let name = self.new_subscription(name)?;
         // Topic subscriptions are fire-and-forget by default; queues are acked.
         let auto_ack = auto_ack.unwrap_or(matches!(target, Target::Exchange { .. }));
         let opts = ConsumerOptions {
@@ -404,8 +488,173 @@ impl Session {
         Ok(name)
     }
 
+    /// Checks the subscription limit and picks (or checks) the subscription's name.
+    fn new_subscription(&mut self, name: Option<String>) -> ApiResult<String> {
+        if self.subs.len() + self.streams.len() >= SUBSCRIPTIONS_MAX {
+            return Err(ApiError::too_many(format!(
+                "a socket holds at most {SUBSCRIPTIONS_MAX} subscriptions"
+            )));
+        }
+        let taken = |s: &Self, n: &str| s.subs.contains_key(n) || s.streams.contains_key(n);
+        let name = match name {
+            Some(n) if n.is_empty() || n.len() > SUBSCRIPTION_NAME_BYTES_MAX => {
+                return Err(ApiError::invalid(format!(
+                    "subscription names are 1 to {SUBSCRIPTION_NAME_BYTES_MAX} bytes"
+                )))
+            }
+            Some(n) => n,
+            None => loop {
+                let n = format!("s{}", self.next_sub);
+                self.next_sub += 1;
+                if !taken(self, &n) {
+                    break n;
+                }
+            },
+        };
+        if taken(self, &name) {
+            return Err(ApiError::conflict(
+                "subscription_exists",
+                format!("this socket already has a subscription '{name}'"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Subscribes to a stream partition from an offset, a timestamp or a group's committed
+    /// offset; returns the subscription's name and the offset it starts at.
+    fn subscribe_stream(
+        &mut self,
+        name: Option<String>,
+        stream_name: String,
+        from: StreamFrom,
+        credit: Option<u32>,
+        base64: bool,
+    ) -> ApiResult<(String, u64)> {
+        let credit = credit.unwrap_or(PREFETCH_DEFAULT);
+        if credit == 0 || credit > PREFETCH_MAX {
+            return Err(ApiError::invalid(format!(
+                "credit must be 1 to {PREFETCH_MAX}"
+            )));
+        }
+        let vh = self
+            .auth
+            .check(&self.state, &self.vhost, Access::Read, &stream_name)?;
+        let s = stream(&vh, &stream_name)?;
+        if from.partition >= s.partition_count() {
+            return Err(ApiError::not_found(format!(
+                "stream '{stream_name}' has no partition {} (it has {})",
+                from.partition,
+                s.partition_count()
+            )));
+        }
+        let mut at = match (from.timestamp_ms, &from.offset) {
+            (Some(ts), _) => StreamOffset::Timestamp(ts),
+            (None, None) => StreamOffset::Next,
+            (None, Some(Json::String(o))) => parse_offset(o)?,
+            (None, Some(Json::Number(n))) => StreamOffset::Offset(n.as_u64().ok_or_else(|| {
+                ApiError::invalid("offset must be first, last, next or a non-negative number")
+            })?),
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "offset must be first, last, next or a number",
+                ))
+            }
+        };
+        if let Some(g) = &from.group {
+            check_group(g)?;
+            if let Some(o) = s.committed_offset(g, from.partition)? {
+                at = StreamOffset::Offset(o);
+            }
+        }
+        let start = s.resolve(from.partition, at)?;
+        let name = self.new_subscription(name)?;
+        let opts = ConsumerOptions {
+            tag: format!("ws-{}-{name}", self.reg.handle.id),
+            no_ack: true,
+            prefetch_count: credit,
+            connection: self.reg.handle.id,
+            channel: crate::subscribe::CHANNEL,
+            ..Default::default()
+        };
+        let (consumer, s) = vh.consume_stream(
+            &stream_name,
+            opts,
+            from.partition,
+            StreamOffset::Offset(start),
+            self.tx.clone(),
+        )?;
+        self.by_consumer.insert(consumer, name.clone());
+        self.streams.insert(
+            name.clone(),
+            StreamSub {
+                name: name.clone(),
+                stream: s,
+                consumer,
+                partition: from.partition,
+                group: from.group,
+                base64,
+                credit,
+                next_offset: start,
+            },
+        );
+        Ok((name, start))
+    }
+
+    /// Grants a stream subscription more credit (outstanding credit stays ≤ `PREFETCH_MAX`).
+    fn grant(&mut self, id: Option<Json>, name: &str, n: u32) -> ApiResult<Option<Json>> {
+        let s = self.streams.get_mut(name).ok_or_else(|| {
+            ApiError::not_found(format!("this socket has no stream subscription '{name}'"))
+        })?;
+        if n == 0 || s.credit.saturating_add(n) > PREFETCH_MAX {
+            return Err(ApiError::invalid(format!(
+                "credit must be at least 1, and outstanding credit at most {PREFETCH_MAX} (now {})",
+                s.credit
+            )));
+        }
+        s.credit += n;
+        s.stream.credit(s.consumer, n);
+        if id.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            json!({"type": "credit", "id": id, "subscription": name, "credit": s.credit}),
+        ))
+    }
+
+    /// Commits a stream subscription's group offset; answers once it is durable.
+    async fn commit(
+        &mut self,
+        id: Option<Json>,
+        name: &str,
+        offset: Option<u64>,
+    ) -> ApiResult<Option<Json>> {
+        let s = self.streams.get(name).ok_or_else(|| {
+            ApiError::not_found(format!("this socket has no stream subscription '{name}'"))
+        })?;
+        let group = s
+            .group
+            .clone()
+            .ok_or_else(|| ApiError::invalid("subscribe with a group to commit offsets"))?;
+        let offset = offset.unwrap_or(s.next_offset);
+        let commit = s.stream.commit_offset(&group, s.partition, offset)?;
+        let partition = s.partition;
+        commit
+            .await
+            .map_err(|e| ApiError::from(ferrymq_core::CoreError::Storage(e)))?;
+        Ok(Some(
+            json!({"type": "committed", "id": id, "subscription": name, "group": group,
+                   "partition": partition, "offset": offset}),
+        ))
+    }
+
     /// Cancels a subscription; its unacked and not yet written deliveries return to the queue.
     async fn unsubscribe(&mut self, name: &str, socket: &mut WebSocket) -> ApiResult<()> {
+        if let Some(s) = self.streams.remove(name) {
+            // Nothing to return: what is still in the channel for it is dropped as it comes.
+            self.by_consumer.remove(&s.consumer);
+            s.stream.cancel(s.consumer);
+            return Ok(());
+        }
         let sub = self.subs.remove(name).ok_or_else(|| {
             ApiError::not_found(format!("this socket has no subscription '{name}'"))
         })?;
@@ -532,6 +781,14 @@ impl Session {
                 let Some(name) = self.by_consumer.remove(&consumer) else {
                     return Ok(());
                 };
+                if let Some(s) = self.streams.remove(&name) {
+                    return send(
+                        socket,
+                        &json!({"type": "cancelled", "subscription": name,
+                            "stream": s.stream.name(), "reason": "the stream was deleted"}),
+                    )
+                    .await;
+                }
                 let sub = self.subs.remove(&name);
                 let queue = sub.as_ref().map(|s| s.attached.queue_name.clone());
                 self.unacked.retain(|_, u| u.consumer != consumer);
@@ -556,6 +813,30 @@ impl Session {
         let mut out = Ok(());
         let stats = &self.reg.handle.stats;
         for d in ds {
+            let stream_sub = self
+                .by_consumer
+                .get(&d.consumer)
+                .and_then(|n| self.streams.get_mut(n));
+            if let Some(s) = stream_sub {
+                // A stream record: sent with its offset, paid for with one unit of credit.
+                if out.is_err() {
+                    continue;
+                }
+                s.credit = s.credit.saturating_sub(1);
+                s.next_offset = d.id + 1;
+                let ev = json!({"type": "message", "subscription": s.name,
+                    "stream": s.stream.name(), "partition": s.partition, "offset": d.id,
+                    "message": MessageJson::from_core(&d.message, s.base64)});
+                out = send(socket, &ev).await;
+                stats
+                    .messages_out
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.bytes_out.fetch_add(
+                    d.message.body.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                continue;
+            }
             let sub = match self.by_consumer.get(&d.consumer) {
                 Some(name) => self.subs.get(name),
                 None => retiring.filter(|s| s.attached.consumer == d.consumer),
@@ -624,6 +905,9 @@ impl Session {
         let vh = self.state.broker.vhost(&self.vhost);
         for sub in self.subs.values() {
             detach(vh.as_deref(), &sub.attached, self.reg.handle.id);
+        }
+        for s in self.streams.values() {
+            s.stream.cancel(s.consumer);
         }
         let now = now_ms();
         while let Ok(ev) = self.rx.try_recv() {

@@ -602,3 +602,156 @@ fn sse_queue_events_are_auto_acked_and_exchange_events_use_a_temporary_queue() {
     assert_eq!(sse.event().unwrap().0, "cancelled");
     assert!(sse.event().is_none(), "the stream ends");
 }
+
+#[test]
+fn websocket_stream_subscription_with_credit_offsets_and_group_commit() {
+    let env = Env::start();
+    assert_eq!(
+        env.call("PUT", "/api/streams/%2F/events", Some(json!({})))
+            .0,
+        201
+    );
+    for i in 0..5 {
+        env.publish("events", &format!("e{i}"));
+    }
+    let mut ws = Ws::connect(env.addr, "");
+    ws.send(
+        json!({"op": "subscribe", "id": 1, "subscription": "tail", "stream": "events",
+                   "offset": "first", "credit": 2, "group": "billing"}),
+    );
+    let sub = ws.expect("subscribed");
+    assert_eq!(
+        (
+            &sub["stream"],
+            &sub["offset"],
+            &sub["credit"],
+            &sub["group"]
+        ),
+        (&json!("events"), &json!(0), &json!(2), &json!("billing"))
+    );
+    let m0 = ws.expect("message");
+    let m1 = ws.expect("message");
+    assert_eq!(
+        (
+            &m0["offset"],
+            &m0["message"]["payload"],
+            &m0["subscription"]
+        ),
+        (&json!(0), &json!("e0"), &json!("tail"))
+    );
+    assert_eq!((&m1["offset"], &m1["partition"]), (&json!(1), &json!(0)));
+    assert!(m0.get("delivery").is_none(), "stream records are not acked");
+    // Credit used up: the consumer listing shows the whole window in flight.
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        let (_, cs) = env.call("GET", "/api/consumers", None);
+        let c = &cs[0];
+        if c["messages_unacknowledged"] == 2 {
+            assert_eq!(
+                (&c["queue"], &c["ack_required"], &c["protocol"]),
+                (&json!("events"), &json!(false), &json!("websocket"))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumer listing: {cs}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Commit after the last record sent (offset 2), durable before the answer.
+    ws.send(json!({"op": "commit", "id": "c1", "subscription": "tail"}));
+    let c = ws.expect("committed");
+    assert_eq!(
+        (&c["id"], &c["group"], &c["offset"]),
+        (&json!("c1"), &json!("billing"), &json!(2))
+    );
+    assert!(
+        ws.pending.iter().all(|f| f["type"] != "message"),
+        "nothing beyond the credit: {:?}",
+        ws.pending
+    );
+    let (_, off) = env.call("GET", "/api/streams/%2F/events/offsets/billing", None);
+    assert_eq!(off["offset"], 2);
+    // More credit: the rest, then the live tail.
+    ws.send(json!({"op": "credit", "id": 2, "subscription": "tail", "credit": 10}));
+    assert_eq!(ws.expect("credit")["credit"], 10);
+    for want in 2..5 {
+        assert_eq!(ws.expect("message")["offset"], want);
+    }
+    env.publish("events", "e5");
+    let live = ws.expect("message");
+    assert_eq!(
+        (&live["offset"], &live["message"]["payload"]),
+        (&json!(5), &json!("e5"))
+    );
+    // Errors are frames; the socket stays usable.
+    for (req, status) in [
+        (
+            json!({"op": "credit", "subscription": "tail", "credit": 1000}),
+            422,
+        ),
+        (
+            json!({"op": "credit", "subscription": "nope", "credit": 1}),
+            404,
+        ),
+        (
+            json!({"op": "subscribe", "stream": "events", "credit": 0}),
+            422,
+        ),
+        (json!({"op": "subscribe", "stream": "missing"}), 404),
+        (
+            json!({"op": "subscribe", "stream": "events", "prefetch": 5}),
+            422,
+        ),
+        (
+            json!({"op": "subscribe", "stream": "events", "partition": 3}),
+            404,
+        ),
+        (
+            json!({"op": "subscribe", "stream": "events", "offset": "middle"}),
+            422,
+        ),
+        (
+            json!({"op": "subscribe", "queue": "events", "offset": "first"}),
+            422,
+        ),
+        (
+            json!({"op": "subscribe", "stream": "events", "group": "a/b"}),
+            422,
+        ),
+    ] {
+        ws.send(req.clone());
+        let e = ws.expect("error");
+        assert_eq!(e["status"], status, "{req} -> {e}");
+    }
+    // A new subscription of the group starts at its committed offset.
+    ws.send(json!({"op": "unsubscribe", "subscription": "tail"}));
+    ws.expect("unsubscribed");
+    ws.pending.retain(|f| f["type"] != "message");
+    ws.send(json!({"op": "subscribe", "stream": "events", "group": "billing", "credit": 1}));
+    let again = ws.expect("subscribed");
+    assert_eq!(again["offset"], 2);
+    assert_eq!(ws.expect("message")["offset"], 2);
+    ws.send(json!({"op": "commit", "subscription": again["subscription"], "offset": 4}));
+    assert_eq!(ws.expect("committed")["offset"], 4);
+    // From a timestamp (0: the first record), without a group: commit is refused.
+    ws.send(
+        json!({"op": "subscribe", "subscription": "ts", "stream": "events",
+                   "timestamp_ms": 0, "credit": 1}),
+    );
+    assert_eq!(ws.expect("subscribed")["offset"], 0);
+    ws.send(json!({"op": "commit", "subscription": "ts"}));
+    assert_eq!(ws.expect("error")["status"], 422);
+    // "last" starts at the last record; "next" after it.
+    ws.send(json!({"op": "subscribe", "stream": "events", "offset": "last", "credit": 1}));
+    assert_eq!(ws.expect("subscribed")["offset"], 5);
+    ws.send(json!({"op": "subscribe", "stream": "events", "credit": 1}));
+    assert_eq!(ws.expect("subscribed")["offset"], 6);
+    let (_, chans) = env.call("GET", "/api/channels", None);
+    assert_eq!(chans[0]["protocol"], "websocket");
+    assert_eq!(chans[0]["consumer_count"], 4, "{chans}");
+    ws.close();
+    let deadline = Instant::now() + common::TIMEOUT;
+    while env.call("GET", "/api/consumers", None).1 != json!([]) {
+        assert!(Instant::now() < deadline, "stream consumers cancelled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
