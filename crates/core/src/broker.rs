@@ -897,16 +897,7 @@ impl Broker {
     fn apply_policies(&self, vh: &VHost) {
         let now = now_ms();
         for q in vh.queues() {
-            let kind = policy::kind_of(&q);
-            let p = self.shared.policy_for(&vh.name, q.name(), kind);
-            let Ok(declared) = QueueArgs::parse(q.name(), &vh.name, &q.decl().arguments) else {
-                continue;
-            };
-            let args = policy::queue_args(q.decl(), &declared, p.as_deref());
-            match &q {
-                QueueRef::Classic(c) => c.set_args(args, now),
-                QueueRef::Stream(s) => s.set_retention(crate::stream::Stream::retention_of(&args)),
-            }
+            policy::reapply(&self.shared, &vh.name, &q, now);
         }
         for x in vh.exchanges() {
             let p = self.shared.policy_for(&vh.name, x.name(), Kind::Exchange);

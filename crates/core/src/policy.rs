@@ -22,10 +22,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue};
 
+use crate::broker::Shared;
 use crate::error::{CoreError, Result};
 use crate::exchange::Exchange;
 use crate::message::{FieldTable, Value};
 use crate::queue::{QueueArgs, QueueDecl, QueueType};
+use crate::stream::Stream;
 use crate::vhost::QueueRef;
 
 /// Policies a broker may hold, across vhosts.
@@ -372,6 +374,21 @@ pub(crate) fn applied(c: Option<Arc<Compiled>>, own: &FieldTable, kind: Kind) ->
     AppliedPolicy {
         name: Some(c.policy.name.clone()),
         definition,
+    }
+}
+
+/// Recomputes a queue's or stream's arguments from its declaration and the policy that
+/// applies now (a no-op when nothing changed).
+pub(crate) fn reapply(shared: &Shared, vhost: &str, q: &QueueRef, now: i64) {
+    let kind = kind_of(q);
+    let p = shared.policy_for(vhost, q.name(), kind);
+    let Ok(declared) = QueueArgs::parse(q.name(), vhost, &q.decl().arguments) else {
+        return;
+    };
+    let args = queue_args(q.decl(), &declared, p.as_deref());
+    match q {
+        QueueRef::Classic(c) => c.set_args(args, now),
+        QueueRef::Stream(s) => s.set_retention(Stream::retention_of(&args)),
     }
 }
 

@@ -526,7 +526,7 @@ pub async fn close_connection(
 // ------------------------------------------------------------------ definitions
 
 /// Export every durable definition (vhosts, users, permissions, exchanges, queues,
-/// bindings) as one JSON document (administrators).
+/// bindings, policies) as one JSON document (administrators).
 #[utoipa::path(get, path = "/api/definitions", tag = "definitions",
     responses((status = 200, description = "The definitions document", body = Object), ApiErrors),
     security(("basic" = []), ("bearer" = [])))]
@@ -547,6 +547,7 @@ pub struct ImportResult {
     pub exchanges: u64,
     pub queues: u64,
     pub bindings: u64,
+    pub policies: u64,
 }
 
 /// Import a definitions document: everything in it is created; existing equivalent entities
@@ -567,6 +568,7 @@ pub async fn import_definitions(
         exchanges: d.exchanges.len() as u64,
         queues: d.queues.len() as u64,
         bindings: d.bindings.len() as u64,
+        policies: d.policies.len() as u64,
     };
     for p in &d.permissions {
         for pat in [&p.configure, &p.write, &p.read] {

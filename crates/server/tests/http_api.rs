@@ -972,6 +972,11 @@ fn policies_apply_to_queues_and_exchanges_and_travel_in_definitions() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(names, ["ae", "limit"]);
+    let (s, r) = api.post("/api/definitions", d.clone());
+    assert_eq!((s, &r["policies"]), (200, &json!(2)), "{r}");
+    let mut bad = d.clone();
+    bad["policies"][0]["pattern"] = json!("(");
+    assert_eq!(api.post("/api/definitions", bad).0, 422);
     // Only administrators and policymakers manage policies.
     assert_eq!(api.put("/api/users/pat", json!({"password": "pw"})).0, 201);
     assert_eq!(
