@@ -464,7 +464,9 @@ impl VHost {
             qs.insert(name.clone(), q.clone());
         }
         // A policy set between computing the arguments and the insert above missed this queue.
-        policy::reapply(&*self.shared()?, &self.name, &q, now);
+        if let Ok(shared) = self.shared() {
+            policy::reapply(&shared, &self.name, &q, now);
+        }
         if Self::is_persisted(&decl) {
             self.persist()?;
         }
