@@ -437,6 +437,7 @@ pub struct ConnectionJson {
     pub user: String,
     pub vhost: String,
     pub connected_at_ms: i64,
+    /// Channels open now (AMQP channels; 1 for a WebSocket or event stream).
     pub channels: u64,
     pub messages_in: u64,
     pub messages_out: u64,
@@ -453,7 +454,7 @@ fn conn_json(c: &ferrymq_core::ConnectionHandle) -> ConnectionJson {
         user: c.info.user.clone(),
         vhost: c.info.vhost.clone(),
         connected_at_ms: c.connected_at_ms,
-        channels: c.stats.channels.load(Relaxed),
+        channels: c.channels().len() as u64,
         messages_in: c.stats.messages_in.load(Relaxed),
         messages_out: c.stats.messages_out.load(Relaxed),
         bytes_in: c.stats.bytes_in.load(Relaxed),

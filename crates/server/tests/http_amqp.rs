@@ -446,6 +446,11 @@ async fn amqp_channels_and_consumers_are_listed() {
         format!("{conn_id} ({})", ch.id()),
         "RabbitMQ-style channel name"
     );
+    assert_eq!(
+        get(&b.http, &format!("/api/connections/{conn_id}")).await["channels"],
+        2,
+        "open channels"
+    );
     let per_conn = get(&b.http, &format!("/api/connections/{conn_id}/channels")).await;
     assert_eq!(per_conn.as_array().map(Vec::len), Some(2));
     let per_vhost = get(&b.http, "/api/vhosts/%2F/channels").await;
@@ -522,6 +527,11 @@ async fn amqp_channels_and_consumers_are_listed() {
     })
     .await;
     assert_eq!(left[0]["consumer_count"], 0);
+    assert_eq!(
+        get(&b.http, &format!("/api/connections/{conn_id}")).await["channels"],
+        1,
+        "a closed channel is no longer counted"
+    );
     assert_eq!(get(&b.http, "/api/consumers").await, json!([]));
     conn.close(200, s("bye")).await.unwrap();
     eventually(&b.http, "/api/channels", |v| v == &json!([])).await;
