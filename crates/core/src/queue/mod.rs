@@ -330,12 +330,21 @@ pub(crate) enum Enqueued {
     Gone,
 }
 
+/// The arguments fixed at declaration (policies never set them).
+#[derive(Debug, Clone, Copy)]
+struct FixedArgs {
+    max_priority: Option<u8>,
+    single_active_consumer: bool,
+}
+
 /// A classic (or quorum-compatible) queue.
 pub struct Queue {
     pub decl: QueueDecl,
     /// The arguments in effect: the declared ones over a policy's (swapped as a whole
     /// when a policy changes, see `crate::policy`).
     args: ArcSwap<QueueArgs>,
+    /// Arguments no policy changes, read per message without loading `args`.
+    fixed: FixedArgs,
     /// Set for exclusive queues.
     pub owner: Option<ConnectionId>,
     vhost: Weak<VHost>,
@@ -374,6 +383,10 @@ impl Queue {
         let levels = args.max_priority.map_or(1, |p| p as usize + 1);
         Arc::new_cyclic(|me| Queue {
             decl,
+            fixed: FixedArgs {
+                max_priority: args.max_priority,
+                single_active_consumer: args.single_active_consumer,
+            },
             args: ArcSwap::from_pointee(args),
             owner,
             vhost,
@@ -502,6 +515,7 @@ impl Queue {
         let mut n = 0;
         let mut drop_offsets = Vec::new();
         let mut exhausted = true;
+        let queue_ttl_ms = self.args.load().message_ttl_ms;
         for pending in log.recover_from(from) {
             let p = pending?;
             if st.tail.pinned.remove(&p.offset) {
@@ -537,7 +551,7 @@ impl Queue {
             }
             let entry = Entry {
                 id,
-                expires_at: self.expiry_of(&msg, p.timestamp_ms),
+                expires_at: Self::expiry_of(queue_ttl_ms, &msg, p.timestamp_ms),
                 msg: Arc::new(msg),
                 offset: Some(p.offset),
                 delivery_count: p.delivery_count,
@@ -581,11 +595,8 @@ impl Queue {
         }
     }
 
-    fn expiry_of(&self, msg: &Message, enqueued_ms: i64) -> Option<i64> {
-        let ttl = match (
-            self.args.load().message_ttl_ms,
-            msg.properties.expiration_ms,
-        ) {
+    fn expiry_of(queue_ttl_ms: Option<u64>, msg: &Message, enqueued_ms: i64) -> Option<i64> {
+        let ttl = match (queue_ttl_ms, msg.properties.expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
@@ -593,7 +604,7 @@ impl Queue {
     }
 
     fn level_of(&self, msg: &Message) -> usize {
-        match self.args.load().max_priority {
+        match self.fixed.max_priority {
             None => 0,
             Some(max) => msg.properties.priority.unwrap_or(0).min(max) as usize,
         }
@@ -649,10 +660,11 @@ impl Queue {
             if st.deleted {
                 return Ok((msgs.iter().map(|_| Enqueued::Gone).collect(), None));
             }
+            let args = self.args.load();
             // Length limits count ready and delayed messages, as RabbitMQ counts ready ones.
             let over = |n: u64, b: u64| {
-                self.args.load().max_length.is_some_and(|m| n > m)
-                    || self.args.load().max_length_bytes.is_some_and(|m| b > m)
+                args.max_length.is_some_and(|m| n > m)
+                    || args.max_length_bytes.is_some_and(|m| b > m)
             };
             // 1. Decide acceptance. Reject modes refuse what does not fit; drop-head
             //    accepts everything that fits in an empty queue.
@@ -668,7 +680,7 @@ impl Queue {
                 (st.ready_count, st.ready_bytes, st.tail.count > 0);
             for (i, m) in msgs.iter().enumerate() {
                 let size = m.body_size();
-                let fits = match self.args.load().overflow {
+                let fits = match args.overflow {
                     Overflow::DropHead => !over(1, size),
                     _ => !over(n + 1, b + size),
                 };
@@ -754,7 +766,7 @@ impl Queue {
                     self.counters
                         .rejected_publishes
                         .fetch_add(1, Ordering::Relaxed);
-                    match self.args.load().overflow {
+                    match args.overflow {
                         Overflow::RejectPublish => result.push(Enqueued::Rejected),
                         Overflow::RejectPublishDlx => {
                             fx.dead.push((m.clone(), DeathReason::MaxLen));
@@ -763,7 +775,7 @@ impl Queue {
                         Overflow::DropHead => {
                             // Larger than the limit on its own: RabbitMQ drops it.
                             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            if self.args.load().dead_letter_exchange.is_some() {
+                            if args.dead_letter_exchange.is_some() {
                                 fx.dead.push((m.clone(), DeathReason::MaxLen));
                             }
                             result.push(Enqueued::Accepted);
@@ -787,7 +799,7 @@ impl Queue {
                     msg: m.clone(),
                     offset: offsets[i],
                     delivery_count: 0,
-                    expires_at: self.expiry_of(m, now),
+                    expires_at: Self::expiry_of(args.message_ttl_ms, m, now),
                     size,
                 };
                 self.counters.published.fetch_add(1, Ordering::Relaxed);
@@ -873,8 +885,7 @@ impl Queue {
             let Some(size) = Self::peek_ready(st).map(|e| e.size) else {
                 break;
             };
-            let Some(ci) = Self::pick_consumer(st, self.args.load().single_active_consumer, size)
-            else {
+            let Some(ci) = Self::pick_consumer(st, self.fixed.single_active_consumer, size) else {
                 break;
             };
             let Some(mut e) = self.pop_ready(st) else {
@@ -1413,7 +1424,7 @@ impl Queue {
     /// A snapshot for management.
     /// Its consumers, for management.
     pub fn consumer_infos(&self) -> Vec<ConsumerInfo> {
-        let single_active = self.args.load().single_active_consumer;
+        let single_active = self.fixed.single_active_consumer;
         let st = self.lock();
         st.consumers
             .iter()
