@@ -196,3 +196,32 @@ async fn policies_persist_and_travel_in_definitions() {
     b.delete_vhost("/").unwrap();
     assert!(b.policies().is_empty());
 }
+
+/// Polls `f` until it holds, failing after the deadline.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + DEADLINE;
+    while !f() {
+        assert!(std::time::Instant::now() < end, "never happened: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn message_ttl_and_expires_come_from_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    vh.declare_queue(QueueDecl::durable("ttl"), 0, false)
+        .unwrap();
+    vh.declare_queue(QueueDecl::transient("idle"), 0, false)
+        .unwrap();
+    b.put_policy(policy("ttl", "^ttl$", 0, json!({"message-ttl": 20})))
+        .unwrap();
+    vh.publish("", msg("ttl", "short-lived")).unwrap();
+    assert_eq!(depth(&b, "ttl"), 1);
+    until("the message expired", || depth(&b, "ttl") == 0).await;
+    // An unused queue goes once the policy's `expires` passes.
+    b.put_policy(policy("idle", "^idle$", 0, json!({"expires": 30})))
+        .unwrap();
+    until("the idle queue expired", || vh.queue("idle").is_none()).await;
+}
