@@ -148,6 +148,12 @@ pub struct Tally {
     /// any guarantee, but reported.
     pub unconfirmed_not_received: u64,
     pub foreign: u64,
+    /// Fan-out runs (MQTT topics) only: copies due, the sum over producers of messages sent
+    /// times subscribers of their topic. Then `received`, `lost` and
+    /// `unconfirmed_not_received` count copies (one per subscriber), and
+    /// `received + lost + unconfirmed_not_received == copies_expected`.
+    #[serde(default)]
+    pub copies_expected: u64,
 }
 
 /// Merges every producer's ledger and every consumer's tracker.
@@ -179,6 +185,50 @@ pub fn tally(ledgers: &[Ledger], trackers: &[RxTracker], consumers_ran: bool) ->
             let mut either = got.clone();
             either.merge(&l.confirmed);
             t.unconfirmed_not_received += l.sent - either.count_and_not(&BitSet::default(), l.sent);
+        }
+    }
+    t
+}
+
+/// Like [`tally`], for fan-out (MQTT topics): each consumer `c` with `subscribed(p, c)` is due
+/// its own copy of every message of producer `p`. A copy is lost when the message was confirmed
+/// and that subscriber never got it; a duplicate is a second delivery to the same subscriber;
+/// a delivery to a consumer not subscribed to the producer's topic is foreign.
+pub fn tally_fanout(
+    ledgers: &[Ledger],
+    trackers: &[RxTracker],
+    subscribed: impl Fn(usize, usize) -> bool,
+    consumers_ran: bool,
+) -> Tally {
+    let mut t = Tally::default();
+    for tr in trackers {
+        t.duplicated += tr.duplicates;
+        t.out_of_order += tr.out_of_order;
+        t.foreign += tr.foreign;
+    }
+    let none = BitSet::default();
+    for (p, l) in ledgers.iter().enumerate() {
+        t.sent += l.sent;
+        t.confirmed += l.confirmed.count();
+        t.nacked += l.nacked;
+        t.failed += l.failed;
+        for (c, tr) in trackers.iter().enumerate() {
+            let got = tr.seen.get(p).unwrap_or(&none);
+            let mine = got.count_and_not(&none, l.sent);
+            let beyond = got.count() - mine;
+            if !subscribed(p, c) {
+                t.foreign += got.count();
+                continue;
+            }
+            t.foreign += beyond;
+            t.received += mine;
+            t.copies_expected += l.sent;
+            if consumers_ran {
+                t.lost += l.confirmed.count_and_not(got, l.sent);
+                let mut either = got.clone();
+                either.merge(&l.confirmed);
+                t.unconfirmed_not_received += l.sent - either.count_and_not(&none, l.sent);
+            }
         }
     }
     t
@@ -289,5 +339,40 @@ mod tests {
         assert_eq!(t.lost, 2);
         let t = tally(&[ledger(3, 0..3)], &[], false);
         assert_eq!((t.received, t.lost, t.unconfirmed_not_received), (0, 0, 0));
+    }
+
+    #[test]
+    fn fanout_counts_one_copy_per_subscriber() {
+        // Producer 0 → topic 0 (consumers 0 and 2), producer 1 → topic 1 (consumer 1).
+        let sub = |p: usize, c: usize| p % 2 == c % 2;
+        let (mut c0, mut c1, mut c2) = (RxTracker::new(2), RxTracker::new(2), RxTracker::new(2));
+        for s in 0..10 {
+            c0.record(0, s);
+            if s != 7 {
+                c2.record(0, s); // consumer 2 misses message 7 of producer 0
+            }
+        }
+        c2.record(0, 3); // and gets 3 twice
+        for s in [0, 2, 1, 3] {
+            c1.record(1, s); // out of order
+        }
+        c1.record(0, 0); // a message of a topic it never subscribed to
+        let ledgers = [ledger(10, 0..10), ledger(5, 0..4)];
+        let t = tally_fanout(&ledgers, &[c0, c1, c2], sub, true);
+        assert_eq!(t.sent, 15);
+        assert_eq!(t.copies_expected, 10 * 2 + 5);
+        assert_eq!(t.received, 10 + 9 + 4);
+        assert_eq!(t.lost, 1);
+        assert_eq!(t.unconfirmed_not_received, 1); // producer 1's message 4
+        assert_eq!(t.duplicated, 1);
+        assert_eq!(t.out_of_order, 1);
+        assert_eq!(t.foreign, 1);
+        assert_eq!(
+            t.received + t.lost + t.unconfirmed_not_received,
+            t.copies_expected
+        );
+        // Publish only: nothing is lost.
+        let t = tally_fanout(&ledgers, &[], sub, false);
+        assert_eq!((t.received, t.lost, t.copies_expected), (0, 0, 0));
     }
 }

@@ -25,13 +25,13 @@ use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::accounting::{tally, Ledger, RxTracker};
+use crate::accounting::Ledger;
+use crate::harness::{drive, ConsumerOut, Driver, ProducerOut};
 use crate::latency::Latency;
-use crate::monitor;
 use crate::native;
 use crate::payload::{self, Header, Payload};
-use crate::rate::{per_producer, Schedule};
-use crate::run::{BrokerUsage, Client, Ctx, Protocol, RunResult, Scenario, Window, WindowCount};
+use crate::rate::Schedule;
+use crate::run::{Client, Ctx, Protocol, RunResult, Scenario, Window, WindowCount};
 
 /// Most messages started together by one producer.
 pub const BATCH: usize = 64;
@@ -50,77 +50,6 @@ async fn connect(url: &str) -> Result<Connection> {
 
 pub(crate) fn queue_name(s: &Scenario, i: usize) -> String {
     format!("{}-{}", s.queue_prefix, i % s.queues)
-}
-
-/// What a producer hands back.
-pub(crate) struct ProducerOut {
-    pub(crate) ledger: Ledger,
-    pub(crate) confirm: Latency,
-    pub(crate) published: WindowCount,
-}
-
-/// What a consumer hands back.
-pub(crate) struct ConsumerOut {
-    pub(crate) rx: RxTracker,
-    pub(crate) e2e: Latency,
-    pub(crate) received: WindowCount,
-    /// (send stamp, end-to-end latency) of deliveries slower than `slow_log_ms`, at most
-    /// [`SLOW_LOG_MAX`].
-    pub(crate) slow: Vec<(u64, u64)>,
-}
-
-/// Most slow deliveries kept per consumer for `--slow-log-ms`.
-pub(crate) const SLOW_LOG_MAX: usize = 1_000_000;
-
-impl ConsumerOut {
-    pub(crate) fn new(s: &Scenario) -> ConsumerOut {
-        ConsumerOut {
-            rx: RxTracker::new(s.producers),
-            e2e: Latency::new(),
-            received: WindowCount::default(),
-            slow: Vec::new(),
-        }
-    }
-
-    /// Records one delivery's end-to-end latency.
-    pub(crate) fn latency(&mut self, s: &Scenario, send_ns: u64, now_ns: u64) {
-        let lat = now_ns.saturating_sub(send_ns);
-        self.e2e.record(lat);
-        if let Some(ms) = s.slow_log_ms {
-            if lat >= ms * 1_000_000 && self.slow.len() < SLOW_LOG_MAX {
-                self.slow.push((send_ns, lat));
-            }
-        }
-    }
-}
-
-/// Groups slow deliveries into episodes (sends less than 100 ms apart) and prints them.
-fn print_slow(ctx: &Ctx, s: &Scenario, slow: &mut [(u64, u64)]) {
-    let Some(ms) = s.slow_log_ms else { return };
-    slow.sort_unstable();
-    eprintln!(
-        "deliveries with end-to-end latency >= {ms} ms: {} (episodes: by send time, run clock and UTC)",
-        slow.len()
-    );
-    let mut i = 0;
-    while i < slow.len() {
-        let mut j = i + 1;
-        while j < slow.len() && slow[j].0 - slow[j - 1].0 < 100_000_000 {
-            j += 1;
-        }
-        let ep = &slow[i..j];
-        let (first, last) = (ep[0].0, ep[ep.len() - 1].0);
-        let max = ep.iter().map(|e| e.1).max().unwrap_or(0);
-        eprintln!(
-            "  sent {:>9.3}–{:>9.3} s ({} UTC): {:>6} messages, max e2e {:>8.1} ms",
-            first as f64 / 1e9,
-            last as f64 / 1e9,
-            ctx.wall(first),
-            ep.len(),
-            max as f64 / 1e6
-        );
-        i = j;
-    }
 }
 
 async fn producer(
@@ -419,39 +348,6 @@ async fn declare_lapin(s: &Scenario) -> Result<Connection> {
     Ok(conn)
 }
 
-async fn spawn_consumers(
-    ctx: &Arc<Ctx>,
-    s: &Arc<Scenario>,
-    stop: &watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<Result<ConsumerOut>>>> {
-    let mut handles = Vec::new();
-    let mut readies = Vec::new();
-    for id in 0..s.consumers {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (ctx, s, stop) = (ctx.clone(), s.clone(), stop.clone());
-        handles.push(match s.client {
-            Client::Native => tokio::spawn(native::consumer(ctx, s, id, tx, stop)),
-            Client::Lapin => tokio::spawn(consumer(ctx, s, id, tx, stop)),
-        });
-        readies.push(rx);
-    }
-    for (id, r) in readies.into_iter().enumerate() {
-        if r.await.is_err() {
-            // The consumer failed before it was ready: surface its error.
-            let h = handles.remove(id);
-            for h in handles {
-                h.abort();
-            }
-            return Err(match h.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => anyhow::anyhow!("consumer {id} ended early"),
-                Err(e) => anyhow::Error::new(e),
-            });
-        }
-    }
-    Ok(handles)
-}
-
 /// Runs one AMQP scenario to the end.
 ///
 /// # Errors
@@ -461,206 +357,48 @@ pub async fn run(scenario: Scenario, ctx: Arc<Ctx>) -> Result<RunResult> {
     let s = Arc::new(scenario);
     let setup = declare(&s).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let result = run_declared(&s, &ctx, &stop_tx, stop_rx).await;
+    let driver = AmqpDriver { client: s.client };
+    let result = drive(&driver, &s, &ctx, &stop_tx, stop_rx).await;
     let _ = stop_tx.send(true);
     teardown(&s, setup).await;
     result
 }
 
-async fn run_declared(
-    s: &Arc<Scenario>,
-    ctx: &Arc<Ctx>,
-    stop_tx: &watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
-) -> Result<RunResult> {
-    let (mon_tx, mon_rx) = watch::channel(false);
-    let mut consumers = if s.consume_after_publish {
-        Vec::new()
-    } else {
-        spawn_consumers(ctx, s, &stop_rx).await?
-    };
-    let sampler = s
-        .broker_pid
-        .map(|pid| monitor::sampler(ctx.clone(), pid, mon_rx.clone()));
-    let progress = if s.progress {
-        monitor::progress(ctx.clone(), mon_rx.clone())
-    } else {
-        None
-    };
-
-    // The window starts now: warm-up, then the measured duration.
-    let p0 = ctx.now_ns() + 1_000_000;
-    let start = p0 + s.warmup.as_nanos() as u64;
-    let end = if s.count.is_some() {
-        u64::MAX
-    } else {
-        start + s.duration.as_nanos() as u64
-    };
-    let window = Window {
-        producers_start_ns: p0,
-        start_ns: start,
-        end_ns: end,
-    };
-    ctx.window.set(window).expect("one window per run");
-    // The load generator's own CPU over the window (duration runs only).
-    let client_cpu = (s.count.is_none()).then(|| {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(ctx.at(window.start_ns).into()).await;
-            let a = crate::procstat::self_cpu_s()?;
-            tokio::time::sleep_until(ctx.at(window.end_ns).into()).await;
-            let b = crate::procstat::self_cpu_s()?;
-            let secs = (window.end_ns - window.start_ns) as f64 / 1e9;
-            Some((b - a).max(0.0) / secs * 100.0)
-        })
-    });
-    let mut producers = Vec::new();
-    for id in 0..s.producers {
-        let schedule = match s.rate {
-            Some(r) => Schedule::fixed(p0, per_producer(r, s.producers)),
-            None => Schedule::Max,
-        };
-        let quota = s
-            .count
-            .map(|n| n / s.producers as u64 + u64::from((id as u64) < n % s.producers as u64));
-        let (ctx, s) = (ctx.clone(), s.clone());
-        producers.push(match s.client {
-            Client::Native => tokio::spawn(native::producer(ctx, s, id, schedule, quota)),
-            Client::Lapin => tokio::spawn(producer(ctx, s, id, schedule, quota)),
-        });
-    }
-    let mut outs = Vec::new();
-    let mut first_err = None;
-    for p in producers {
-        match p.await? {
-            Ok(o) => outs.push(o),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    let publish_end = ctx.now_ns();
-    if let Some(e) = first_err {
-        let _ = stop_tx.send(true);
-        let _ = mon_tx.send(true);
-        return Err(e);
-    }
-    let consume_start = ctx.now_ns();
-    if s.consume_after_publish {
-        consumers = spawn_consumers(ctx, s, &stop_rx).await?;
-    }
-
-    // Drain: until every sent message arrived, or nothing arrives for `drain_idle`.
-    let sent = ctx.sent.load(Ordering::Relaxed);
-    let mut drain_incomplete = false;
-    if s.consumers > 0 {
-        let mut last = (ctx.received.load(Ordering::Relaxed), ctx.now_ns());
-        loop {
-            let got = ctx.received.load(Ordering::Relaxed);
-            if got >= sent {
-                break;
-            }
-            let now = ctx.now_ns();
-            if got != last.0 {
-                last = (got, now);
-            } else if now - last.1 > s.drain_idle.as_nanos() as u64
-                || (ctx.stopping() && now - publish_end > 1_000_000_000)
-            {
-                drain_incomplete = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let consume_end = ctx.now_ns();
-    let _ = stop_tx.send(true);
-    let mut cons = Vec::new();
-    for c in consumers {
-        cons.push(c.await??);
-    }
-
-    // Broker usage over the window.
-    let _ = mon_tx.send(true);
-    if let Some(p) = progress {
-        let _ = p.await;
-    }
-    let broker = match sampler {
-        Some(h) => {
-            let samples = h.await?;
-            let last = if s.count.is_some() {
-                publish_end.max(consume_end)
-            } else {
-                window.end_ns
-            };
-            Some(broker_usage(
-                s.broker_pid.unwrap_or_default(),
-                &samples,
-                &window,
-                last,
-            ))
-        }
-        None => None,
-    };
-
-    let client_cpu_percent = match client_cpu {
-        Some(h) => h.await.ok().flatten(),
-        None => None,
-    };
-    let ledgers: Vec<Ledger> = outs.iter().map(|o| o.ledger.clone()).collect();
-    let trackers: Vec<RxTracker> = cons.iter().map(|c| c.rx.clone()).collect();
-    let t = tally(&ledgers, &trackers, s.consumers > 0);
-    let (mut published, mut received) = (WindowCount::default(), WindowCount::default());
-    let (mut confirm, mut e2e) = (Latency::new(), Latency::new());
-    for o in &outs {
-        published.merge(&o.published);
-        confirm.merge(&o.confirm);
-    }
-    for c in &cons {
-        received.merge(&c.received);
-        e2e.merge(&c.e2e);
-    }
-    let mut slow: Vec<(u64, u64)> = cons.iter().flat_map(|c| c.slow.iter().copied()).collect();
-    print_slow(ctx, s, &mut slow);
-    Ok(RunResult {
-        protocol: Protocol::Amqp,
-        scenario: (**s).clone(),
-        tally: t,
-        publish: published.rate(&window, p0, s.size),
-        consume: received.rate(
-            &window,
-            if s.consume_after_publish {
-                consume_start
-            } else {
-                p0
-            },
-            s.size,
-        ),
-        end_to_end: e2e.summary(),
-        confirm: confirm.summary(),
-        broker,
-        client_cpu_percent,
-        elapsed_s: (ctx.now_ns() - p0) as f64 / 1e9,
-        drain_incomplete,
-    })
+/// The AMQP producers and consumers of the scenario's client.
+struct AmqpDriver {
+    client: Client,
 }
 
-/// CPU over `[w.start_ns, end_ns)` and memory over the whole run, from the samples.
-fn broker_usage(pid: u32, samples: &monitor::Samples, w: &Window, end_ns: u64) -> BrokerUsage {
-    let cpu_s = match (samples.cpu_at(w.start_ns), samples.cpu_at(end_ns)) {
-        (Some(a), Some(b)) => (b - a).max(0.0),
-        _ => 0.0,
-    };
-    let secs = end_ns.saturating_sub(w.start_ns) as f64 / 1e9;
-    BrokerUsage {
-        pid,
-        cpu_s,
-        cpu_percent: if secs > 0.0 {
-            cpu_s / secs * 100.0
-        } else {
-            0.0
-        },
-        peak_rss_bytes: samples.peak_rss,
-        end_rss_bytes: samples.points.last().map_or(0, |p| p.1.rss_bytes),
-        rss_curve: samples.rss_curve(w.producers_start_ns),
+impl Driver for AmqpDriver {
+    fn protocol(&self) -> Protocol {
+        Protocol::Amqp
+    }
+
+    fn producer(
+        &self,
+        ctx: Arc<Ctx>,
+        s: Arc<Scenario>,
+        id: usize,
+        schedule: Schedule,
+        quota: Option<u64>,
+    ) -> JoinHandle<Result<ProducerOut>> {
+        match self.client {
+            Client::Native => tokio::spawn(native::producer(ctx, s, id, schedule, quota)),
+            Client::Lapin => tokio::spawn(producer(ctx, s, id, schedule, quota)),
+        }
+    }
+
+    fn consumer(
+        &self,
+        ctx: Arc<Ctx>,
+        s: Arc<Scenario>,
+        id: usize,
+        ready: tokio::sync::oneshot::Sender<()>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<Result<ConsumerOut>> {
+        match self.client {
+            Client::Native => tokio::spawn(native::consumer(ctx, s, id, ready, stop)),
+            Client::Lapin => tokio::spawn(consumer(ctx, s, id, ready, stop)),
+        }
     }
 }

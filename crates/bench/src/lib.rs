@@ -9,6 +9,7 @@
 //! - [`procstat`]: a broker process tree's CPU time and resident memory from `/proc`.
 //! - [`run`]: scenario, shared run state, measurement window, results.
 //! - [`monitor`]: progress line and broker sampler tasks.
+//! - [`harness`]: the protocol-neutral run: one window, drain, tally ([`harness::Driver`]).
 //! - [`amqp`]: the AMQP 0-9-1 run and its `lapin` driver (`--client lapin`).
 //! - [`native`]: the default AMQP 0-9-1 driver, on `ferrymq-amqp-codec` (`--client native`).
 //! - [`report`]: the human table.
@@ -20,6 +21,7 @@ pub mod accounting;
 pub mod amqp;
 pub mod brokers;
 pub mod compare;
+pub mod harness;
 pub mod latency;
 pub mod monitor;
 pub mod native;

@@ -37,7 +37,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
 use crate::accounting::Ledger;
-use crate::amqp::{queue_name, ConsumerOut, ProducerOut};
+use crate::amqp::queue_name;
+use crate::harness::{ConsumerOut, ProducerOut};
 use crate::latency::Latency;
 use crate::payload::{self, Header, Payload, HEADER_BYTES};
 use crate::rate::Schedule;
