@@ -12,6 +12,8 @@
 //! - [`harness`]: the protocol-neutral run: one window, drain, tally ([`harness::Driver`]).
 //! - [`amqp`]: the AMQP 0-9-1 run and its `lapin` driver (`--client lapin`).
 //! - [`native`]: the default AMQP 0-9-1 driver, on `ferrymq-amqp-codec` (`--client native`).
+//! - [`mqtt`]: the MQTT 3.1.1 driver on `rumqttc` (topics, fan-out, QoS 0/1), idle connections.
+//! - [`http`]: the FerryMQ HTTP API driver on `ureq`: raw or batched publishes, long-poll pull + ack.
 //! - [`report`]: the human table.
 //! - [`brokers`]: starting and stopping FerryMQ and RabbitMQ for `compare`.
 //! - [`compare`]: the scenario matrix, medians and ratios, the markdown section.
@@ -22,8 +24,10 @@ pub mod amqp;
 pub mod brokers;
 pub mod compare;
 pub mod harness;
+pub mod http;
 pub mod latency;
 pub mod monitor;
+pub mod mqtt;
 pub mod native;
 pub mod payload;
 pub mod procstat;
@@ -39,12 +43,14 @@ use run::{Ctx, Protocol, RunResult, Scenario};
 /// Runs one scenario against the broker its URL names.
 ///
 /// # Errors
-/// Protocols without a driver yet (MQTT, Kafka, HTTP), connection and publish failures.
+/// Protocols without a driver yet (Kafka), connection and publish failures.
 pub async fn run_scenario(s: Scenario, ctx: Arc<Ctx>) -> anyhow::Result<RunResult> {
     match Protocol::of_url(&s.url)? {
         Protocol::Amqp => amqp::run(s, ctx).await,
-        p @ (Protocol::Mqtt | Protocol::Kafka | Protocol::Http) => anyhow::bail!(
-            "{p:?} is not supported by ferrymq-bench yet: only AMQP 0-9-1 has a driver (issue #8 tracks MQTT, Kafka and HTTP)"
+        Protocol::Mqtt => mqtt::run(s, ctx).await,
+        Protocol::Http => http::run(s, ctx).await,
+        Protocol::Kafka => anyhow::bail!(
+            "Kafka is not supported by ferrymq-bench yet: AMQP 0-9-1, MQTT and HTTP have drivers (issue #8 tracks Kafka)"
         ),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ferrymq_bench::compare::{self, CompareOptions};
-use ferrymq_bench::run::{Client, Ctx, Scenario};
+use ferrymq_bench::run::{Client, Ctx, Protocol, Scenario};
 use ferrymq_bench::{report, run_scenario};
 
 #[derive(Parser)]
@@ -68,18 +68,33 @@ struct RunArgs {
     /// AMQP client: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
     #[arg(long, default_value = "native", value_parser = parse_client)]
     client: Client,
-    /// Broker URL: amqp://user:pass@host:port/vhost (mqtt://, kafka://, http:// are not supported yet).
+    /// Broker URL; its scheme picks the driver: amqp://user:pass@host:port/vhost (AMQP 0-9-1),
+    /// mqtt://[user:pass@]host:port (MQTT 3.1.1, rumqttc), http://user:pass@host:port[/vhost]
+    /// (FerryMQ's HTTP API). kafka:// is not supported yet.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     url: String,
     #[arg(long, default_value_t = 1)]
     producers: usize,
+    /// Consumers. MQTT: subscribers; consumer j subscribes to topic j % --topics and gets its
+    /// own copy of every message there (one topic, N consumers = a 1 → N fan-out).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
+    /// MQTT: QoS of publishes and subscriptions, 0 or 1 (1: confirm latency is PUBLISH → PUBACK).
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// HTTP: messages per publish request (1: raw body to …/messages; more: JSON …/publish/batch).
+    #[arg(long, default_value_t = 1)]
+    http_batch: usize,
+    /// MQTT: instead of traffic, open N idle connections and report the broker's resident
+    /// memory per connection (needs --broker-pid; raises the open-file limit as needed).
+    #[arg(long)]
+    idle_connections: Option<usize>,
     /// Payload bytes per message (at least 16: producer, sequence number, send time).
     #[arg(long, default_value_t = 16)]
     size: usize,
-    /// Number of queues; producers and consumers are spread over them round-robin.
-    #[arg(long, default_value_t = 1)]
+    /// Number of queues (MQTT: topics, `--topics`); producers and consumers are spread over
+    /// them round-robin.
+    #[arg(long, visible_alias = "topics", default_value_t = 1)]
     queues: usize,
     /// Measured duration (after the warm-up).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -89,19 +104,21 @@ struct RunArgs {
     /// Publish exactly N messages in all instead of running for a duration.
     #[arg(long)]
     count: Option<u64>,
-    /// Durable queues and persistent messages (delivery mode 2).
+    /// Durable queues and persistent messages (AMQP delivery mode 2, HTTP `persistent`);
+    /// MQTT: persistent sessions (clean session off), discarded after the run.
     #[arg(long)]
     persistent: bool,
-    /// Publisher confirms.
+    /// AMQP publisher confirms (MQTT: QoS 1 is confirmed; HTTP: every answer is a confirm).
     #[arg(long)]
     confirms: bool,
-    /// Most unconfirmed messages per producer.
+    /// Most unconfirmed messages per producer (MQTT: the client's in-flight window).
     #[arg(long, default_value_t = 1000)]
     confirm_window: usize,
-    /// Consumer prefetch (basic.qos); 0 = unlimited.
+    /// Consumer prefetch (basic.qos); 0 = unlimited. HTTP: messages per pull (1 to 1000).
     #[arg(long, default_value_t = 1000)]
     prefetch: u16,
-    /// Ack every N deliveries (multiple); 0 = automatic acknowledgement.
+    /// Ack every N deliveries (multiple); 0 = automatic acknowledgement. HTTP: 0 = `auto_ack`,
+    /// else every pull is acked with one request.
     #[arg(long, default_value_t = 50)]
     ack_every: u32,
     /// Total publish rate in messages/s (latency from each message's intended send time); default: maximum.
@@ -169,8 +186,10 @@ struct CompareArgs {
 }
 
 fn scenario(a: &RunArgs) -> Scenario {
-    let mut s = Scenario::amqp(&a.url);
+    let mut s = Scenario::new(&a.url);
     s.client = a.client;
+    s.qos = a.qos;
+    s.http_batch = a.http_batch;
     s.producers = a.producers;
     s.consumers = a.consumers;
     s.size = a.size;
@@ -203,6 +222,21 @@ fn scenario(a: &RunArgs) -> Scenario {
 async fn run(a: RunArgs) -> Result<()> {
     let s = scenario(&a);
     s.validate()?;
+    if let Some(n) = a.idle_connections {
+        let pid = a.broker_pid.context(
+            "--idle-connections needs --broker-pid (the memory measured is the broker's)",
+        )?;
+        if Protocol::of_url(&a.url)? != Protocol::Mqtt {
+            anyhow::bail!("--idle-connections is for mqtt:// URLs");
+        }
+        let r = ferrymq_bench::mqtt::idle(&a.url, n, pid).await?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print!("{}", report::idle(&r));
+        }
+        return Ok(());
+    }
     let ctx = Arc::new(Ctx::new());
     let c2 = ctx.clone();
     tokio::spawn(async move {

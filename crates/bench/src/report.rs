@@ -54,6 +54,26 @@ fn latency_row(out: &mut String, name: &str, s: &Summary) {
     );
 }
 
+/// The idle-connection memory measurement, for people.
+pub fn idle(r: &crate::mqtt::IdleResult) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "idle MQTT connections: {} of {} open (in {:.1} s); broker pid {} RSS {} → {}: {:.1} KiB per connection",
+        thousands(r.connected as f64),
+        thousands(r.connections as f64),
+        r.connect_s,
+        r.pid,
+        mib(r.rss_before_bytes),
+        mib(r.rss_after_bytes),
+        r.bytes_per_connection / 1024.0
+    );
+    if let Some(e) = &r.error {
+        let _ = writeln!(o, "  first failure: {e}");
+    }
+    o
+}
+
 /// The table printed at the end of a run.
 pub fn human(r: &RunResult) -> String {
     let mut o = String::new();
@@ -81,7 +101,15 @@ pub fn human(r: &RunResult) -> String {
         thousands(r.consume.msgs_per_s),
         r.consume.mb_per_s
     );
-    if s.confirms {
+    if t.copies_expected > 0 {
+        let _ = writeln!(
+            o,
+            "  {:<12} {:>14}   (fan-out: received counts one copy per subscriber)",
+            "copies due",
+            thousands(t.copies_expected as f64)
+        );
+    }
+    if s.confirms || t.confirmed > 0 {
         let _ = writeln!(
             o,
             "  {:<12} {:>14}   nacked {}",
@@ -107,7 +135,7 @@ pub fn human(r: &RunResult) -> String {
         "latency", "p50", "p99", "p99.9", "max"
     );
     latency_row(&mut o, "end-to-end", &r.end_to_end);
-    if s.confirms {
+    if s.confirms || r.confirm.count > 0 {
         latency_row(&mut o, "confirm", &r.confirm);
     }
     if let Some(b) = &r.broker {
@@ -124,7 +152,11 @@ pub fn human(r: &RunResult) -> String {
         let _ = writeln!(
             o,
             "  load generator ({} client): {c:.0}% of one core in the window",
-            s.client.name()
+            match r.protocol {
+                crate::run::Protocol::Mqtt => "rumqttc",
+                crate::run::Protocol::Http => "ureq",
+                _ => s.client.name(),
+            }
         );
     }
     o

@@ -115,6 +115,16 @@ pub struct Scenario {
     /// (when the slow messages were sent, wall clock included, to match with broker traces).
     #[serde(default)]
     pub slow_log_ms: Option<u64>,
+    /// MQTT: the QoS of publishes and subscriptions (0 or 1; 1 = confirm latency to PUBACK).
+    #[serde(default)]
+    pub qos: u8,
+    /// HTTP: messages per publish request (1 = `…/publish`, more = `…/publish/batch`).
+    #[serde(default = "one")]
+    pub http_batch: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Scenario {
@@ -143,7 +153,14 @@ impl Scenario {
             broker_pid: None,
             progress: false,
             slow_log_ms: None,
+            qos: 0,
+            http_batch: 1,
         }
+    }
+
+    /// A scenario for `url` with the CLI's defaults (whatever its protocol).
+    pub fn new(url: &str) -> Scenario {
+        Scenario::amqp(url)
     }
 
     /// # Errors
@@ -184,6 +201,14 @@ impl Scenario {
             !self.consume_after_publish || self.count.is_some(),
             "--consume-after-publish needs --count"
         );
+        ensure!(
+            self.qos <= 1,
+            "--qos must be 0 or 1 (QoS 2 is not driven by ferrymq-bench)"
+        );
+        ensure!(
+            (1..=1000).contains(&self.http_batch),
+            "--http-batch must be 1 to 1000"
+        );
         Ok(())
     }
 
@@ -197,6 +222,37 @@ impl Scenario {
             Some(n) => format!("{n} messages"),
             None => format!("{:?} (+{:?} warm-up)", self.duration, self.warmup),
         };
+        let proto = Protocol::of_url(&self.url).unwrap_or(Protocol::Amqp);
+        match proto {
+            Protocol::Mqtt => {
+                return format!(
+                    "rumqttc, {} → {} over {} topic(s), {} B, QoS {}, {} session, {}, {}",
+                    self.producers,
+                    self.consumers,
+                    self.queues,
+                    self.size,
+                    self.qos,
+                    if self.persistent { "persistent" } else { "clean" },
+                    rate,
+                    length
+                )
+            }
+            Protocol::Http => {
+                return format!(
+                    "ureq, {} → {} over {} queue(s), {} B, {}, {} per publish request, pull up to {} per request, {}, {}",
+                    self.producers,
+                    self.consumers,
+                    self.queues,
+                    self.size,
+                    if self.persistent { "persistent" } else { "transient" },
+                    self.http_batch,
+                    self.prefetch.clamp(1, 1000),
+                    rate,
+                    length
+                )
+            }
+            Protocol::Amqp | Protocol::Kafka => {}
+        }
         format!(
             "{} client, {} → {} over {} queue(s), {} B, {}, {}, {}, prefetch {}, {}",
             self.client.name(),
