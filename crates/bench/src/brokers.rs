@@ -1,6 +1,6 @@
-//! Starting and stopping the brokers that `compare` measures: FerryMQ (its release binary)
-//! and RabbitMQ (Debian's package), each on free loopback ports with a temporary data
-//! directory. A [`Broker`] stops its processes when dropped, so they go on success, error,
+//! Starting and stopping the brokers that `compare` measures: FerryMQ (its release binary),
+//! RabbitMQ and Mosquitto (Debian's packages), each on free loopback ports with a temporary
+//! data directory. A [`Broker`] stops its processes when dropped, so they go on success, error,
 //! panic and Ctrl-C alike.
 
 use std::io::{BufRead, BufReader};
@@ -23,6 +23,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Kind {
     FerryMq,
     RabbitMq,
+    Mosquitto,
 }
 
 impl Kind {
@@ -30,6 +31,7 @@ impl Kind {
         match self {
             Kind::FerryMq => "FerryMQ",
             Kind::RabbitMq => "RabbitMQ",
+            Kind::Mosquitto => "Mosquitto",
         }
     }
 }
@@ -38,8 +40,12 @@ impl Kind {
 #[derive(Debug)]
 pub struct Broker {
     pub kind: Kind,
-    /// AMQP URL with the default user and vhost.
+    /// AMQP URL with the default user and vhost (Mosquitto: its MQTT URL).
     pub url: String,
+    /// FerryMQ: `mqtt://` URL when it logged `MQTT listening on <addr>`; Mosquitto: its URL.
+    pub mqtt_url: Option<String>,
+    /// FerryMQ: `http://guest:guest@<addr>` when its HTTP listener is on.
+    pub http_url: Option<String>,
     /// Root of the process tree to measure.
     pub pid: u32,
     pub version: String,
@@ -133,6 +139,8 @@ impl Broker {
             rabbit_env: Vec::new(),
             log,
             dir: Some(dir),
+            mqtt_url: None,
+            http_url: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut addr = None;
@@ -142,13 +150,14 @@ impl Broker {
                 Ok(l) => l,
                 Err(_) => bail!("FerryMQ did not become ready:\n{}", b.log_tail()),
             };
-            if let Some(i) = line.find("AMQP listening on ") {
-                let rest = &line[i + "AMQP listening on ".len()..];
-                let a = rest.split_whitespace().next().unwrap_or_default();
-                addr = Some(
-                    a.trim_end_matches(|c: char| !c.is_ascii_digit())
-                        .to_string(),
-                );
+            if let Some(a) = listening_on(&line, "AMQP listening on ") {
+                addr = Some(a);
+            }
+            if let Some(a) = listening_on(&line, "MQTT listening on ") {
+                b.mqtt_url = Some(format!("mqtt://{a}"));
+            }
+            if let Some(a) = listening_on(&line, "http listening on ") {
+                b.http_url = Some(format!("http://guest:guest@{a}"));
             }
             if line.contains("FerryMQ ready") {
                 break;
@@ -241,6 +250,8 @@ impl Broker {
             rabbit_env: env,
             log,
             dir: Some(dir),
+            mqtt_url: None,
+            http_url: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -267,6 +278,83 @@ impl Broker {
         Ok(b)
     }
 
+    /// Starts Mosquitto from Debian's package (installing it with apt-get when `install` and it
+    /// is missing) on a free loopback port with a temporary configuration: one listener,
+    /// anonymous clients allowed, persistence off (Mosquitto's default: QoS 1 messages and
+    /// sessions live in memory, tier T0).
+    ///
+    /// # Errors
+    /// Not installed (and not installable), or it never accepts an MQTT connection.
+    pub async fn mosquitto(data_root: &Path, install: bool) -> Result<Broker> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        let bin = match bin {
+            Some(b) => b,
+            None if install => {
+                apt_install("mosquitto", Some("mosquitto"))?;
+                PathBuf::from("/usr/sbin/mosquitto")
+            }
+            None => bail!("Mosquitto is not installed (apt-get install mosquitto), and --install false"),
+        };
+        let dir = scratch_dir(data_root, "mosquitto-bench-")?;
+        let port = free_port()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\nlog_dest stderr\n"),
+        )?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
+            .arg(&conf)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().context("starting mosquitto")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        pipe_lines(child.stdout.take().expect("piped"), log.clone(), None);
+        pipe_lines(child.stderr.take().expect("piped"), log.clone(), None);
+        let pid = child.id();
+        let version = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", "mosquitto"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let url = format!("mqtt://127.0.0.1:{port}");
+        let mut b = Broker {
+            kind: Kind::Mosquitto,
+            url: url.clone(),
+            pid,
+            version: format!("Mosquitto {version} (Debian package)"),
+            child: Some(child),
+            rabbit_env: Vec::new(),
+            log,
+            dir: Some(dir),
+            mqtt_url: Some(url),
+            http_url: None,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(st) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("mosquitto exited with {st}:\n{}", b.log_tail());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Mosquitto did not listen in {START_TIMEOUT:?}:\n{}",
+                    b.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(b)
+    }
+
     /// The last lines the broker printed.
     pub fn log_tail(&self) -> String {
         let l = self.log.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,7 +369,7 @@ impl Broker {
         };
         let pgid = child.id() as i32;
         match self.kind {
-            Kind::FerryMq => {
+            Kind::FerryMq | Kind::Mosquitto => {
                 // SAFETY: plain kill(2) on our own child's process group.
                 unsafe { libc::kill(-pgid, libc::SIGTERM) };
             }
@@ -346,10 +434,22 @@ fn wait_timeout(c: &mut Child, t: Duration) -> std::io::Result<()> {
     }
 }
 
-/// `apt-get install rabbitmq-server` (after `apt-get update`), as root; the package's own
-/// service is stopped again if its install script started one.
+/// The address after `marker` in a log line (`… MQTT listening on 127.0.0.1:1883`).
+pub fn listening_on(line: &str, marker: &str) -> Option<String> {
+    let i = line.find(marker)?;
+    let a = line[i + marker.len()..].split_whitespace().next()?;
+    let a = a.trim_end_matches(|c: char| !c.is_ascii_digit());
+    (!a.is_empty()).then(|| a.to_string())
+}
+
 fn install_rabbitmq() -> Result<()> {
-    eprintln!("installing rabbitmq-server from Debian's packages (apt-get)…");
+    apt_install("rabbitmq-server", Some("rabbitmq-server"))
+}
+
+/// `apt-get install <package>` (after `apt-get update`), as root; the package's own service
+/// is stopped again if its install script started one.
+fn apt_install(package: &str, service: Option<&str>) -> Result<()> {
+    eprintln!("installing {package} from Debian's packages (apt-get)…");
     let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
     let env = [("DEBIAN_FRONTEND", "noninteractive")];
     if !ok(Command::new("apt-get").arg("update").envs(env)) {
@@ -360,17 +460,39 @@ fn install_rabbitmq() -> Result<()> {
             "install",
             "-y",
             "--no-install-recommends",
-            "rabbitmq-server",
+            package,
         ])
         .envs(env))
     {
-        bail!("apt-get install rabbitmq-server failed");
+        bail!("apt-get install {package} failed");
     }
     // Without systemd the package's script may have started the system service: stop it.
-    let _ = Command::new("invoke-rc.d")
-        .args(["rabbitmq-server", "stop"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    if let Some(service) = service {
+        let _ = Command::new("invoke-rc.d")
+            .args([service, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_addresses_from_log_lines() {
+        let l = "2026-12-06T20:23:42Z  INFO ferrymq::serve: MQTT listening on 127.0.0.1:41883";
+        assert_eq!(
+            listening_on(l, "MQTT listening on ").as_deref(),
+            Some("127.0.0.1:41883")
+        );
+        let json = r#"{"fields":{"message":"http listening on 127.0.0.1:9000"}}"#;
+        assert_eq!(
+            listening_on(json, "http listening on ").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(listening_on(l, "AMQP listening on "), None);
+    }
 }
