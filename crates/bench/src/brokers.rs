@@ -154,7 +154,7 @@ impl Broker {
                 addr = Some(a);
             }
             if let Some(a) = listening_on(&line, "MQTT listening on ") {
-                b.mqtt_url = Some(format!("mqtt://{a}"));
+                b.mqtt_url = Some(format!("mqtt://guest:guest@{a}"));
             }
             if let Some(a) = listening_on(&line, "http listening on ") {
                 b.http_url = Some(format!("http://guest:guest@{a}"));
@@ -296,7 +296,9 @@ impl Broker {
                 apt_install("mosquitto", Some("mosquitto"))?;
                 PathBuf::from("/usr/sbin/mosquitto")
             }
-            None => bail!("Mosquitto is not installed (apt-get install mosquitto), and --install false"),
+            None => {
+                bail!("Mosquitto is not installed (apt-get install mosquitto), and --install false")
+            }
         };
         let dir = scratch_dir(data_root, "mosquitto-bench-")?;
         let port = free_port()?;
@@ -456,12 +458,7 @@ fn apt_install(package: &str, service: Option<&str>) -> Result<()> {
         bail!("apt-get update failed (root and network to Debian's mirror needed)");
     }
     if !ok(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            package,
-        ])
+        .args(["install", "-y", "--no-install-recommends", package])
         .envs(env))
     {
         bail!("apt-get install {package} failed");

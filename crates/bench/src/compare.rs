@@ -41,6 +41,53 @@ pub struct CompareOptions {
     pub json_out: Option<PathBuf>,
     /// Rewrite the section from a report saved with `json_out`, without running anything.
     pub from_json: Option<PathBuf>,
+    /// Which matrices to run (default: all).
+    pub protocols: Vec<Matrix>,
+    /// Idle MQTT connections measured per broker (default 10,000; 1,000 with `--quick`).
+    pub idle_connections: Option<usize>,
+}
+
+/// A protocol matrix of `compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matrix {
+    /// AMQP 0-9-1, FerryMQ vs RabbitMQ.
+    Amqp,
+    /// MQTT 3.1.1, FerryMQ vs Mosquitto.
+    Mqtt,
+}
+
+impl Matrix {
+    pub const ALL: [Matrix; 2] = [Matrix::Amqp, Matrix::Mqtt];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Matrix::Amqp => "amqp",
+            Matrix::Mqtt => "mqtt",
+        }
+    }
+
+    /// `amqp,mqtt` → the list (duplicates dropped).
+    ///
+    /// # Errors
+    /// An unknown name, or none.
+    pub fn parse_list(s: &str) -> Result<Vec<Matrix>, String> {
+        let mut v = Vec::new();
+        for n in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let m = match n.to_ascii_lowercase().as_str() {
+                "amqp" => Matrix::Amqp,
+                "mqtt" => Matrix::Mqtt,
+                _ => return Err(format!("unknown protocol {n:?}: amqp or mqtt (Kafka and HTTP have no compare matrix yet)")),
+            };
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
+        if v.is_empty() {
+            return Err("no protocol given: amqp, mqtt".into());
+        }
+        Ok(v)
+    }
 }
 
 /// One point of the matrix: 1 producer → 1 consumer, one queue.
@@ -143,6 +190,16 @@ pub struct Report {
     pub runs: Vec<Measured>,
     pub backlog: Option<RunResult>,
     pub elapsed_s: f64,
+    /// Whether the AMQP matrix ran (reports from before `--protocols`: it did).
+    #[serde(default = "yes")]
+    pub amqp: bool,
+    /// The MQTT matrix, when it ran.
+    #[serde(default)]
+    pub mqtt: Option<crate::compare_mqtt::Report>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Report {
@@ -323,20 +380,12 @@ fn one_line(b: &str, p: Point, r: &RunResult) -> String {
 /// Runs the matrix; `brokers` holds what was started so that the caller stops it whatever happens.
 async fn matrix(
     o: &CompareOptions,
+    bin: &Path,
+    data_root: &Path,
     brokers: &Mutex<Vec<Broker>>,
     report: &mut Report,
 ) -> Result<()> {
-    let bin = tokio::task::spawn_blocking({
-        let b = o.ferrymq_bin.clone();
-        move || locate_ferrymq(b)
-    })
-    .await??;
-    let data_root = bin
-        .parent()
-        .map(|d| d.join("bench-data"))
-        .unwrap_or_else(|| PathBuf::from("bench-data"));
-    std::fs::create_dir_all(&data_root)
-        .with_context(|| format!("creating {}", data_root.display()))?;
+    let (bin, data_root) = (bin.to_path_buf(), data_root.to_path_buf());
     report.machine = machine(&data_root);
     eprintln!("starting FerryMQ ({}) and RabbitMQ…", bin.display());
     let f = tokio::task::spawn_blocking({
@@ -473,8 +522,10 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
             std::fs::read_to_string(j).with_context(|| format!("reading {}", j.display()))?;
         let report: Report =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", j.display()))?;
-        return write_outputs(&report, &o.out);
+        return write_all(&report, &o.out);
     }
+    let amqp = o.protocols.contains(&Matrix::Amqp);
+    let mqtt = o.protocols.contains(&Matrix::Mqtt);
     let t0 = Instant::now();
     let mut report = Report {
         generated: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -491,11 +542,73 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         runs: Vec::new(),
         backlog: None,
         elapsed_s: 0.0,
+        amqp,
+        mqtt: None,
+    };
+    let mut mqtt_report = crate::compare_mqtt::Report {
+        generated: report.generated.clone(),
+        command: report.command.clone(),
+        machine: Vec::new(),
+        versions: Vec::new(),
+        repeats: report.repeats,
+        duration_s: o
+            .duration
+            .unwrap_or(Duration::from_secs(if o.quick { 2 } else { 4 }))
+            .as_secs_f64(),
+        warmup_s: 1.0,
+        fanout: if o.quick {
+            crate::compare_mqtt::FANOUT_QUICK
+        } else {
+            crate::compare_mqtt::FANOUT
+        },
+        runs: Vec::new(),
+        idle: Vec::new(),
+        ferrymq_skipped: None,
+        elapsed_s: 0.0,
     };
     let brokers = Mutex::new(Vec::new());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let idle_n = o.idle_connections.unwrap_or(if o.quick {
+        crate::compare_mqtt::IDLE_QUICK
+    } else {
+        crate::compare_mqtt::IDLE
+    });
+    let all = async {
+        let bin = tokio::task::spawn_blocking({
+            let b = o.ferrymq_bin.clone();
+            move || locate_ferrymq(b)
+        })
+        .await??;
+        let data_root = bin
+            .parent()
+            .map(|d| d.join("bench-data"))
+            .unwrap_or_else(|| PathBuf::from("bench-data"));
+        std::fs::create_dir_all(&data_root)
+            .with_context(|| format!("creating {}", data_root.display()))?;
+        if amqp {
+            matrix(&o, &bin, &data_root, &brokers, &mut report).await?;
+            // Each matrix has the machine to itself.
+            let old: Vec<Broker> =
+                std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
+            tokio::task::spawn_blocking(move || drop(old)).await?;
+        }
+        if mqtt {
+            let t = Instant::now();
+            crate::compare_mqtt::matrix(
+                &bin,
+                &data_root,
+                o.install,
+                idle_n,
+                &brokers,
+                &mut mqtt_report,
+            )
+            .await?;
+            mqtt_report.elapsed_s = t.elapsed().as_secs_f64();
+        }
+        Ok::<(), anyhow::Error>(())
+    };
     let outcome = tokio::select! {
-        r = matrix(&o, &brokers, &mut report) => r,
+        r = all => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C)")),
         _ = term.recv() => Err(anyhow!("terminated (SIGTERM)")),
     };
@@ -505,11 +618,25 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     tokio::task::spawn_blocking(move || drop(stopping)).await?;
     outcome?;
     report.elapsed_s = t0.elapsed().as_secs_f64();
+    if mqtt {
+        report.mqtt = Some(mqtt_report);
+    }
     if let Some(j) = &o.json_out {
         std::fs::write(j, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    write_outputs(&report, &o.out)
+    write_all(&report, &o.out)
+}
+
+/// Writes the section of every matrix the report holds.
+fn write_all(report: &Report, out: &Path) -> Result<()> {
+    if report.amqp {
+        write_outputs(report, out)?;
+    }
+    if let Some(m) = &report.mqtt {
+        crate::compare_mqtt::write_outputs(m, out)?;
+    }
+    Ok(())
 }
 
 /// Writes the markdown section into `out` and the chart beside it.
@@ -544,6 +671,13 @@ fn command_line(o: &CompareOptions) -> String {
     if let Some(n) = o.backlog {
         let _ = write!(c, " --backlog {n}");
     }
+    if o.protocols != Matrix::ALL {
+        let names: Vec<&str> = o.protocols.iter().map(|m| m.name()).collect();
+        let _ = write!(c, " --protocols {}", names.join(","));
+    }
+    if let Some(n) = o.idle_connections {
+        let _ = write!(c, " --idle-connections {n}");
+    }
     c
 }
 
@@ -562,13 +696,18 @@ pub fn write_section(path: &Path, section: &str) -> Result<()> {
 /// # Errors
 /// Markers out of order.
 pub fn replace_section(old: &str, section: &str) -> Result<String> {
-    let block = format!("{START_MARKER}\n{}\n{END_MARKER}", section.trim_end());
-    match (old.find(START_MARKER), old.find(END_MARKER)) {
-        (Some(a), Some(b)) if b > a => Ok(format!(
-            "{}{block}{}",
-            &old[..a],
-            &old[b + END_MARKER.len()..]
-        )),
+    replace_between(old, section, START_MARKER, END_MARKER)
+}
+
+/// The file's text with the section between `start` and `end` (inclusive) replaced by (or
+/// appended with) `section`.
+///
+/// # Errors
+/// Markers out of order.
+pub fn replace_between(old: &str, section: &str, start: &str, end: &str) -> Result<String> {
+    let block = format!("{start}\n{}\n{end}", section.trim_end());
+    match (old.find(start), old.find(end)) {
+        (Some(a), Some(b)) if b > a => Ok(format!("{}{block}{}", &old[..a], &old[b + end.len()..])),
         (None, None) => {
             let mut s = old.trim_end().to_string();
             if !s.is_empty() {
@@ -578,11 +717,11 @@ pub fn replace_section(old: &str, section: &str) -> Result<String> {
             s.push('\n');
             Ok(s)
         }
-        _ => bail!("the markers {START_MARKER} / {END_MARKER} are out of order"),
+        _ => bail!("the markers {start} / {end} are out of order"),
     }
 }
 
-fn fmt_stat(s: Option<Stat>, f: impl Fn(f64) -> String) -> String {
+pub(crate) fn fmt_stat(s: Option<Stat>, f: impl Fn(f64) -> String) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
         Some(s) => f(s.median),
@@ -590,14 +729,14 @@ fn fmt_stat(s: Option<Stat>, f: impl Fn(f64) -> String) -> String {
     }
 }
 
-fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
         _ => None,
     }
 }
 
-fn fmt_ratio(r: Option<f64>) -> String {
+pub(crate) fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("**{r:.2}×**"))
 }
 
@@ -640,7 +779,7 @@ Transient points: non-durable queue, delivery mode 1, no confirms (tier T0 on bo
 Consumers: prefetch 1,000, `basic.ack` with `multiple` every 50 deliveries. Every payload carries producer id, sequence number and send time; *delivered* = distinct messages received in the measured window; latency is from send to delivery (*e2e*) or to confirm, HdrHistogram, 3 significant digits. \
 The second table runs each point at a fixed rate of half RabbitMQ's median delivered rate, with latency measured from each message's intended send time (no coordinated omission). Broker CPU is the process tree's user + system time over the window (100% = one core); RSS is the peak resident set, sampled every 250 ms. \
 Caveat: the client shares the 2 cores with the broker ({}), so at the maximum rate the two compete for CPU (see the broker and load generator CPU columns); that compresses the ratios rather than inflating them. \
-Not in this matrix yet: MQTT (against Mosquitto), the Kafka protocol and HTTP — `ferrymq-bench` has no driver for them yet and refuses such URLs.\n",
+MQTT against Mosquitto has its own section (below); the Kafka protocol has no driver yet, and HTTP (FerryMQ only, `ferrymq-bench run --url http://…`) no comparison peer.\n",
         client_description(r.client),
         client_caveat(r.client),
     );
@@ -902,6 +1041,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn protocol_lists() {
+        assert_eq!(Matrix::parse_list("amqp,mqtt"), Ok(Matrix::ALL.to_vec()));
+        assert_eq!(Matrix::parse_list(" MQTT "), Ok(vec![Matrix::Mqtt]));
+        assert_eq!(Matrix::parse_list("mqtt,mqtt"), Ok(vec![Matrix::Mqtt]));
+        assert!(Matrix::parse_list("kafka").is_err());
+        assert!(Matrix::parse_list(",").is_err());
+    }
+
+    #[test]
     fn medians_and_ranges() {
         assert_eq!(
             stat(&[3.0, 1.0, 2.0]),
@@ -948,6 +1096,8 @@ mod tests {
             runs: vec![],
             backlog: None,
             elapsed_s: 1.0,
+            amqp: true,
+            mqtt: None,
         };
         let md = markdown(&r);
         assert!(md.starts_with("## AMQP 0-9-1: FerryMQ vs RabbitMQ"));

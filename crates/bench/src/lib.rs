@@ -15,14 +15,16 @@
 //! - [`mqtt`]: the MQTT 3.1.1 driver on `rumqttc` (topics, fan-out, QoS 0/1), idle connections.
 //! - [`http`]: the FerryMQ HTTP API driver on `ureq`: raw or batched publishes, long-poll pull + ack.
 //! - [`report`]: the human table.
-//! - [`brokers`]: starting and stopping FerryMQ and RabbitMQ for `compare`.
+//! - [`brokers`]: starting and stopping FerryMQ, RabbitMQ and Mosquitto for `compare`.
 //! - [`compare`]: the scenario matrix, medians and ratios, the markdown section.
+//! - [`compare_mqtt`]: the MQTT matrix (FerryMQ vs Mosquitto) and idle connections.
 //! - [`svg`]: a hand-written SVG bar chart.
 
 pub mod accounting;
 pub mod amqp;
 pub mod brokers;
 pub mod compare;
+pub mod compare_mqtt;
 pub mod harness;
 pub mod http;
 pub mod latency;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ferrymq_bench::compare::{self, CompareOptions};
+use ferrymq_bench::compare::{self, CompareOptions, Matrix};
 use ferrymq_bench::run::{Client, Ctx, Protocol, Scenario};
 use ferrymq_bench::{report, run_scenario};
 
@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run one scenario against a broker and report throughput, latency and accounting.
     Run(RunArgs),
-    /// Start FerryMQ and RabbitMQ, run the AMQP matrix against each, write docs/benchmarks.md.
+    /// Start FerryMQ and RabbitMQ (AMQP) and Mosquitto (MQTT), run each protocol's matrix
+    /// against FerryMQ and its peer, write docs/benchmarks.md.
     Compare(CompareArgs),
 }
 
@@ -162,19 +163,19 @@ struct CompareArgs {
     /// The FerryMQ binary; default: `ferrymq` beside this binary, built with `cargo build --release -p ferrymq` if missing.
     #[arg(long)]
     ferrymq_bin: Option<PathBuf>,
-    /// The markdown file whose AMQP section is written (between its markers).
+    /// The markdown file whose AMQP and MQTT sections are written (between their markers).
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
     /// Repeats of each point (default 3; 1 with --quick).
     #[arg(long)]
     repeats: Option<usize>,
-    /// Measured seconds per point (default 8 s; 3 s with --quick).
+    /// Measured seconds per point (default 8 s AMQP, 4 s MQTT; 2 s with --quick).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Also build a backlog of N persistent 1 KiB messages in FerryMQ and report its RSS (issue #4 asks 10,000,000).
     #[arg(long)]
     backlog: Option<u64>,
-    /// Install RabbitMQ with apt-get when it is missing (default: yes).
+    /// Install RabbitMQ and Mosquitto with apt-get when missing (default: yes).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     install: bool,
     /// Also write every run's result as JSON here.
@@ -183,6 +184,13 @@ struct CompareArgs {
     /// Only rewrite the section and chart from a report saved with --json-out (runs nothing).
     #[arg(long)]
     from_json: Option<PathBuf>,
+    /// Matrices to run, comma-separated: amqp (vs RabbitMQ), mqtt (vs Mosquitto).
+    #[arg(long, default_value = "amqp,mqtt", value_parser = Matrix::parse_list)]
+    protocols: std::vec::Vec<Matrix>,
+    /// Idle MQTT connections opened per broker to measure memory per connection
+    /// (default 10,000; 1,000 with --quick).
+    #[arg(long)]
+    idle_connections: Option<usize>,
 }
 
 fn scenario(a: &RunArgs) -> Scenario {
@@ -274,6 +282,8 @@ fn main() -> Result<()> {
                 install: a.install,
                 json_out: a.json_out,
                 from_json: a.from_json,
+                protocols: a.protocols,
+                idle_connections: a.idle_connections,
             };
             rt.block_on(compare::compare(opts))
         }
