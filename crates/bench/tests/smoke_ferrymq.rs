@@ -1,6 +1,6 @@
 //! Issue #8: a short smoke run of the load generator against the real `ferrymq` server
-//! binary, with each AMQP client (`native`, the default, and `lapin`): messages flow and the
-//! accounting adds up. Never asserts a speed.
+//! binary, with each AMQP client (`native`, the default, and `lapin`) and over the HTTP API:
+//! messages flow and the accounting adds up. Never asserts a speed.
 //!
 //! The server binary is another package's, so it is found in this test's target directory
 //! (`target/debug/ferrymq`); `./scripts/test` (`cargo test --workspace`) builds it before any
@@ -186,11 +186,8 @@ fn the_binary_prints_json_and_refuses_protocols_it_cannot_drive() {
         assert!(v["broker"]["peak_rss_bytes"].as_u64().unwrap_or(0) > 0);
     }
 
-    for url in [
-        "mqtt://127.0.0.1:1883",
-        "kafka://127.0.0.1:9092",
-        "http://127.0.0.1:15672",
-    ] {
+    {
+        let url = "kafka://127.0.0.1:9092";
         let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
             .args(["run", "--url", url, "--duration", "1s"])
             .output()
@@ -203,4 +200,84 @@ fn the_binary_prints_json_and_refuses_protocols_it_cannot_drive() {
         );
         assert!(out.stdout.is_empty());
     }
+}
+
+/// FerryMQ with its HTTP listener on a free port.
+fn start_http() -> (Broker, tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = Broker::ferrymq(
+        &ferrymq_bin(),
+        tmp.path(),
+        &["http.enabled=true", "http.port=0"],
+    )
+    .expect("ferrymq starts");
+    let url = b
+        .http_url
+        .clone()
+        .expect("FerryMQ logged `http listening on`");
+    (b, tmp, url)
+}
+
+/// HTTP: single raw publishes (persistent, T2) and JSON batches (transient, auto-ack pulls),
+/// each consumed by long-poll pulls; every message arrives once, in order, and every publish
+/// answer counts as its confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_single_and_batched_publishes_all_arrive_once_in_order() {
+    let (broker, _tmp, url) = start_http();
+    for (batch, persistent, ack_every) in [(1, true, 50), (50, false, 0)] {
+        let mut s = Scenario::new(&url);
+        s.http_batch = batch;
+        s.persistent = persistent;
+        s.ack_every = ack_every;
+        s.size = 200;
+        s.count = Some(1_000);
+        s.warmup = Duration::ZERO;
+        s.broker_pid = Some(broker.pid);
+        let r = run_scenario(s, Arc::new(Ctx::new()))
+            .await
+            .unwrap_or_else(|e| panic!("batch {batch}: {e:#}"));
+        let t = &r.tally;
+        assert_eq!(r.protocol, ferrymq_bench::run::Protocol::Http);
+        assert_eq!(
+            (t.sent, t.confirmed, t.received),
+            (1_000, 1_000, 1_000),
+            "{t:?}"
+        );
+        assert_eq!(
+            (t.lost, t.duplicated, t.out_of_order, t.failed, t.foreign),
+            (0, 0, 0, 0, 0),
+            "batch {batch}: {t:?}"
+        );
+        assert_eq!(r.confirm.count, 1_000);
+        assert_eq!(r.end_to_end.count, 1_000);
+        assert!(!r.drain_incomplete);
+        assert!(r.broker.is_some_and(|b| b.peak_rss_bytes > 0));
+    }
+}
+
+/// The binary drives HTTP from its URL scheme and prints JSON.
+#[test]
+fn the_binary_runs_http_urls() {
+    let (broker, _tmp, url) = start_http();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-bench"))
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--count",
+            "300",
+            "--http-batch",
+            "10",
+            "--json",
+        ])
+        .output()
+        .expect("run ferrymq-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["protocol"], "http");
+    assert_eq!(v["tally"]["sent"], 300);
+    assert_eq!(v["tally"]["received"], 300);
+    assert_eq!(v["tally"]["lost"], 0);
+    drop(broker);
 }
