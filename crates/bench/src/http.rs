@@ -144,11 +144,17 @@ fn sleep_until(ctx: &Ctx, at_ns: u64) {
     }
 }
 
+/// Where a producer publishes.
+struct Target {
+    agent: ureq::Agent,
+    u: HttpUrl,
+    /// The queue's URL.
+    url: String,
+}
+
 /// One publish request of `n` messages from `seq`; returns their stamps.
 fn publish(
-    agent: &ureq::Agent,
-    u: &HttpUrl,
-    url: &str,
+    t: &Target,
     s: &Scenario,
     ctx: &Ctx,
     (id, seq, n): (usize, u64, usize),
@@ -167,6 +173,7 @@ fn publish(
         .to_vec()
     };
     let persistent = if s.persistent { "true" } else { "false" };
+    let (agent, u, url) = (&t.agent, &t.u, &t.url);
     let res = if n == 1 {
         let body = stamp(seq, buf);
         agent
@@ -208,9 +215,12 @@ fn producer(
     quota: Option<u64>,
 ) -> Result<ProducerOut> {
     let u = HttpUrl::parse(&s.url)?;
-    let agent = agent();
     let queue = queue_name(&s, id);
-    let url = u.queue(&queue);
+    let target = Target {
+        agent: agent(),
+        url: u.queue(&queue),
+        u,
+    };
     let mut buf = Payload::new(s.size);
     let mut ledger = Ledger::default();
     let mut confirm = Latency::new();
@@ -237,16 +247,7 @@ fn producer(
             n = n.min(q - seq);
         }
         let n = n as usize;
-        match publish(
-            &agent,
-            &u,
-            &url,
-            &s,
-            &ctx,
-            (id, seq, n),
-            &schedule,
-            &mut buf,
-        ) {
+        match publish(&target, &s, &ctx, (id, seq, n), &schedule, &mut buf) {
             Ok(stamps) => {
                 let after = ctx.now_ns();
                 for (k, st) in stamps.iter().enumerate() {
