@@ -551,11 +551,12 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         machine: Vec::new(),
         versions: Vec::new(),
         repeats: report.repeats,
+        // Shorter points than AMQP's, so that both matrices fit in about 15 minutes.
         duration_s: o
             .duration
-            .unwrap_or(Duration::from_secs(if o.quick { 2 } else { 4 }))
+            .unwrap_or(Duration::from_secs(if o.quick { 1 } else { 3 }))
             .as_secs_f64(),
-        warmup_s: 1.0,
+        warmup_s: if o.quick { 0.5 } else { 1.0 },
         fanout: if o.quick {
             crate::compare_mqtt::FANOUT_QUICK
         } else {

@@ -169,7 +169,7 @@ struct CompareArgs {
     /// Repeats of each point (default 3; 1 with --quick).
     #[arg(long)]
     repeats: Option<usize>,
-    /// Measured seconds per point (default 8 s AMQP, 4 s MQTT; 2 s with --quick).
+    /// Measured seconds per point (default 8 s AMQP, 3 s MQTT; --quick: 2 s AMQP, 1 s MQTT).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Also build a backlog of N persistent 1 KiB messages in FerryMQ and report its RSS (issue #4 asks 10,000,000).
