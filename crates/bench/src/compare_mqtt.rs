@@ -133,6 +133,16 @@ fn scenario(url: &str, pid: u32, p: Point, duration: Duration, warmup: Duration)
     s
 }
 
+/// `v`, or NaN (shown as `–`) when the summary has no samples (no message was stamped inside
+/// the window: a publisher held back by the broker for the whole window).
+fn sampled(l: &crate::latency::Summary, v: f64) -> f64 {
+    if l.count == 0 {
+        f64::NAN
+    } else {
+        v
+    }
+}
+
 /// Starts FerryMQ with its MQTT listener on a free port; `Err(reason)` when it has none.
 fn ferrymq_with_mqtt(bin: &Path, data_root: &Path) -> Result<Broker, String> {
     match Broker::ferrymq(bin, data_root, &["mqtt.port=0"]) {
@@ -258,7 +268,11 @@ pub async fn matrix(
                         p.label(),
                         thousands(r.publish.msgs_per_s),
                         thousands(r.consume.msgs_per_s),
-                        micros(r.end_to_end.p99_us),
+                        if r.end_to_end.count == 0 {
+                            "–".to_string()
+                        } else {
+                            micros(r.end_to_end.p99_us)
+                        },
                         r.tally.lost,
                         r.tally.duplicated,
                         r.tally.out_of_order,
@@ -311,7 +325,7 @@ pub fn markdown(r: &Report) -> String {
         "\n**Method.** One load generator process on the same 2 cores as the broker, the same client for both brokers (`rumqttc` 0.25, MQTT 3.1.1, one connection per publisher and per subscriber, TCP_NODELAY): 1 publisher on one topic, and 1 subscriber (1 → 1) or {} subscribers (1 → {}, fan-out: every subscriber is due its own copy of every message, and *delivered* counts copies). \
 QoS 0: publishes are fire-and-forget, subscriptions QoS 0. QoS 1: subscriptions QoS 1 (the client acks every delivery), publishes QoS 1 with at most 1,000 awaiting their PUBACK; the confirm latency runs from the stamp to the PUBACK. \
 Clean sessions throughout, so nothing is durable on either side (tier **T0**): Mosquitto runs with `persistence false` (its default: QoS 1 messages are kept in memory), and FerryMQ maps a clean session's subscription onto a transient queue bound to `amq.topic`; FerryMQ's T2 path (persistent sessions, durable session queues, `--persistent` in `ferrymq-bench run`) is not in this matrix. \
-Every payload carries publisher id, sequence number and send time; *lost* = confirmed (QoS 1 PUBACK) and never received by a subscriber, *unconfirmed + missing* = QoS 0 copies that never arrived (MQTT allows dropping them; Mosquitto drops messages beyond `max_queued_messages` for a slow subscriber). All points run at the maximum rate, so latencies include queueing. Broker CPU is the process tree's user + system time over the window (100% = one core); RSS the peak resident set, sampled every 250 ms.\n",
+Every payload carries publisher id, sequence number and send time; *lost* = confirmed (QoS 1 PUBACK) and never received by a subscriber, *unconfirmed + missing* = QoS 0 copies that never arrived (MQTT allows dropping them; Mosquitto drops messages beyond `max_queued_messages` for a slow subscriber). All points run at the maximum rate, so latencies include queueing; a publisher that the broker holds back (TCP backpressure) for the whole window publishes nothing in it, and its latency is `–`. Broker CPU is the process tree's user + system time over the window (100% = one core); RSS the peak resident set, sampled every 250 ms.\n",
         r.fanout, r.fanout
     );
 
@@ -371,10 +385,10 @@ Every payload carries publisher id, sequence number and send time; *lost* = conf
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.label(),
                 k.name(),
-                med(|x| x.end_to_end.p50_us).map_or("–".into(), micros),
-                med(|x| x.end_to_end.p99_us).map_or("–".into(), micros),
+                med(|x| sampled(&x.end_to_end, x.end_to_end.p50_us)).map_or("–".into(), micros),
+                med(|x| sampled(&x.end_to_end, x.end_to_end.p99_us)).map_or("–".into(), micros),
                 if p.qos == 1 {
-                    med(|x| x.confirm.p99_us).map_or("–".into(), micros)
+                    med(|x| sampled(&x.confirm, x.confirm.p99_us)).map_or("–".into(), micros)
                 } else {
                     "–".into()
                 },
