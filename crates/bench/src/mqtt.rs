@@ -151,6 +151,34 @@ async fn connected(el: &mut EventLoop, what: &str) -> Result<()> {
     }
 }
 
+/// Maps QoS 1 publishes to their PUBACKs: the producer queues each publish's (sequence, stamp)
+/// before handing it to the client; the client assigns packet ids in that order (reported as
+/// `Outgoing::Publish(pkid)`), and the broker acks by packet id, in any order.
+#[derive(Debug, Default)]
+pub struct PubackTracker {
+    queued: std::collections::VecDeque<(u64, u64)>,
+    in_flight: std::collections::HashMap<u16, (u64, u64)>,
+}
+
+impl PubackTracker {
+    /// The producer is about to publish message `seq`, stamped `stamp`.
+    pub fn queued(&mut self, seq: u64, stamp: u64) {
+        self.queued.push_back((seq, stamp));
+    }
+
+    /// The client wrote the oldest queued publish with packet id `pkid`.
+    pub fn sent(&mut self, pkid: u16) {
+        if let Some(x) = self.queued.pop_front() {
+            self.in_flight.insert(pkid, x);
+        }
+    }
+
+    /// The PUBACK of `pkid`: the (sequence, stamp) it confirms, once.
+    pub fn acked(&mut self, pkid: u16) -> Option<(u64, u64)> {
+        self.in_flight.remove(&pkid)
+    }
+}
+
 /// What a producer's event loop task hands back.
 struct Acks {
     ledger: Ledger,
@@ -171,17 +199,19 @@ async fn producer_events(
         confirm: Latency::new(),
         error: None,
     };
-    let mut pending: Vec<Option<(u64, u64)>> = vec![None; usize::from(u16::MAX) + 1];
+    let mut pending = PubackTracker::default();
     let w = ctx.window();
     loop {
         match el.poll().await {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                if let Ok(x) = queued.try_recv() {
-                    pending[usize::from(pkid)] = Some(x);
+                // Queued before the publish was handed to the client, so already here.
+                while let Ok((seq, stamp)) = queued.try_recv() {
+                    pending.queued(seq, stamp);
                 }
+                pending.sent(pkid);
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => {
-                if let Some((seq, stamp)) = pending[usize::from(a.pkid)].take() {
+                if let Some((seq, stamp)) = pending.acked(a.pkid) {
                     let now = ctx.now_ns();
                     out.ledger.confirmed.set(seq);
                     ctx.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -664,6 +694,27 @@ mod tests {
         assert_eq!(crate::harness::copies_of(&s, false, 1), 1);
         s.consumers = 0;
         assert_eq!(crate::harness::copies_of(&s, true, 0), 0);
+    }
+
+    #[test]
+    fn pubacks_settle_the_publish_of_their_packet_id_once() {
+        let mut t = PubackTracker::default();
+        for seq in 0..3 {
+            t.queued(seq, 100 + seq);
+        }
+        t.sent(1);
+        t.sent(2);
+        // Acks out of order, a duplicate ack, an unknown id.
+        assert_eq!(t.acked(2), Some((1, 101)));
+        assert_eq!(t.acked(2), None);
+        assert_eq!(t.acked(9), None);
+        assert_eq!(t.acked(1), Some((0, 100)));
+        // Packet id 1 reused for the next publish.
+        t.sent(1);
+        assert_eq!(t.acked(1), Some((2, 102)));
+        // A packet id with nothing queued (should not happen) maps to nothing.
+        t.sent(3);
+        assert_eq!(t.acked(3), None);
     }
 
     #[test]
