@@ -595,7 +595,8 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         }
         if mqtt {
             let t = Instant::now();
-            crate::compare_mqtt::matrix(
+            // A failing MQTT matrix (Mosquitto not installable...) keeps the AMQP results.
+            if let Err(e) = crate::compare_mqtt::matrix(
                 &bin,
                 &data_root,
                 o.install,
@@ -603,10 +604,13 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
                 &brokers,
                 &mut mqtt_report,
             )
-            .await?;
+            .await
+            {
+                return Ok(Some(e.context("the MQTT matrix")));
+            }
             mqtt_report.elapsed_s = t.elapsed().as_secs_f64();
         }
-        Ok::<(), anyhow::Error>(())
+        Ok::<Option<anyhow::Error>, anyhow::Error>(None)
     };
     let outcome = tokio::select! {
         r = all => r,
@@ -617,16 +621,20 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     let stopping: Vec<Broker> =
         std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
     tokio::task::spawn_blocking(move || drop(stopping)).await?;
-    outcome?;
+    let mqtt_failed = outcome?;
     report.elapsed_s = t0.elapsed().as_secs_f64();
-    if mqtt {
+    if mqtt && mqtt_failed.is_none() {
         report.mqtt = Some(mqtt_report);
     }
     if let Some(j) = &o.json_out {
         std::fs::write(j, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
-    write_all(&report, &o.out)
+    write_all(&report, &o.out)?;
+    match mqtt_failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Writes the section of every matrix the report holds.

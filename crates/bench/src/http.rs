@@ -327,7 +327,7 @@ fn consumer(
     let url = u.queue(&queue);
     let auto_ack = s.ack_every == 0;
     let pull = serde_json::json!({
-        "max_messages": s.prefetch.clamp(1, 1000),
+        "max_messages": pull_max(s.prefetch),
         "wait_ms": POLL_WAIT_MS,
         "visibility_timeout_ms": VISIBILITY_MS,
         "auto_ack": auto_ack,
@@ -376,6 +376,15 @@ fn consumer(
         }
     }
     Ok(out)
+}
+
+/// Messages per pull: `--prefetch`, 0 (unlimited) and anything above the API's 1,000 = 1,000.
+pub fn pull_max(prefetch: u16) -> u16 {
+    if prefetch == 0 {
+        1000
+    } else {
+        prefetch.min(1000)
+    }
 }
 
 struct HttpDriver;
@@ -490,6 +499,11 @@ mod tests {
         );
         assert!(HttpUrl::parse("https://x").is_err());
         assert!(HttpUrl::parse("http://u:p@").is_err());
+    }
+
+    #[test]
+    fn pull_sizes() {
+        assert_eq!((pull_max(0), pull_max(1), pull_max(5000)), (1000, 1, 1000));
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Scenario {
                     self.size,
                     if self.persistent { "persistent" } else { "transient" },
                     self.http_batch,
-                    self.prefetch.clamp(1, 1000),
+                    crate::http::pull_max(self.prefetch),
                     rate,
                     length
                 )
