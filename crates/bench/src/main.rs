@@ -131,7 +131,8 @@ struct RunArgs {
     /// End the drain after this long without a delivery.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_idle: Duration,
-    /// Queue name prefix (default: ferrymq-bench-<pid>); queues are <prefix>-<n>.
+    /// Queue name prefix (default: ferrymq-bench-<pid>); queues are <prefix>-<n>. MQTT: topics
+    /// are <prefix>/<n>, client ids <prefix>-p<i> and <prefix>-c<j>.
     #[arg(long)]
     queue_prefix: Option<String>,
     /// Keep the queues after the run.
