@@ -68,6 +68,12 @@ ferrymq_only = pytest.mark.skipif(
 both_versions = pytest.mark.parametrize("version", [V311, V5])
 
 
+def versions_xfail_on(name, reason, versions=(V311,)):
+    """parametrize("version", [V311, V5]) with the given versions xfail on broker `name`."""
+    return pytest.mark.parametrize("version", [
+        pytest.param(v, marks=xfail_on(name, reason)) if v in versions else v for v in (V311, V5)])
+
+
 def xfail_on(name, reason, strict=True):
     """The test follows the specification; the named reference broker deviates from it."""
     return pytest.mark.xfail(broker_name() == name, reason="%s deviates: %s" % (name, reason), strict=strict)
