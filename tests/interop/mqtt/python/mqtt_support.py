@@ -696,7 +696,7 @@ class Raw:
         qos, retain, properties); `properties`: dict of v5 CONNECT properties."""
         self.client_id = unique("raw-") if client_id is None else client_id
         v5 = self.version == V5
-        level = level or LEVEL[self.version]
+        level = LEVEL[self.version] if level is None else level
         name = b"MQIsdp" if level == 3 else b"MQTT"
         flags = 0x02 if clean else 0
         payload = utf8(self.client_id)
