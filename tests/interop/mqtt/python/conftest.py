@@ -9,7 +9,7 @@ import pytest
 
 pytest.register_assert_rewrite("mqtt_support")
 
-from mqtt_support import V5, FerryServer, MosquittoServer, Mqtt, Raw, Target, external, unique  # noqa: E402
+from mqtt_support import V5, V311, FerryServer, MosquittoServer, Mqtt, Raw, Target, external, unique  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[4]
 

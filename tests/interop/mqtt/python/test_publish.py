@@ -4,7 +4,7 @@ including a reconnection in the middle of the flow (raw sockets stop after PUBRE
 import pytest
 
 from mqtt_support import (
-    PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, V5, both_versions, sub_opts, unique,
+    PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, V5, V311, both_versions, sub_opts, unique,
 )
 
 
