@@ -75,21 +75,36 @@ def test_right_password_is_accepted(raw, version):
 
 
 @both_versions
-def test_keep_alive_enforced_and_will_published(mq, raw, uid, version):
-    """A client that stops sending is disconnected after 1.5 x keep-alive, and its will is published."""
+def test_keep_alive_timeout_publishes_will(mq, raw, uid, version):
+    """A client that stops sending is disconnected (keep-alive 1 s), and its will is published."""
     watcher = mq(version)
     watcher.subscribe(uid + "/will", 1)
     r = raw(version)
-    keepalive = 1
-    ack = r.connect(keepalive=keepalive, will=dict(topic=uid + "/will", payload=b"gone", qos=1))
+    ack = r.connect(keepalive=1, will=dict(topic=uid + "/will", payload=b"gone", qos=1))
     assert ack.rc == 0
-    keepalive = prop(ack.props, "ServerKeepAlive", keepalive)  # v5: the server's value rules
+    keepalive = prop(ack.props, "ServerKeepAlive", 1)  # v5: the server's value rules
     t0 = time.monotonic()
-    r.expect_closed(timeout=keepalive * 1.5 + 5)
+    r.expect_closed(timeout=keepalive * 1.5 + 10)  # the timing itself: the next test
     elapsed = time.monotonic() - t0
     assert elapsed >= keepalive * 1.0, "closed after %.2fs, before the keep-alive expired" % elapsed
     m = watcher.get()
     assert (m.topic, m.payload, m.qos) == (uid + "/will", b"gone", 1)
+
+
+@both_versions
+@xfail_on("mosquitto", "2.0.11 checks keep-alives only every few seconds: an idle client with keep-alive 2 s "
+                       "is closed after 3 to 8 s, not 3 s (MQTT-3.1.2-24)", strict=False)
+def test_keep_alive_enforced_at_one_and_a_half_intervals(raw, version):
+    """Closed after 1.5 x keep-alive (2 s -> 3 s), with 1.5 s of slack for a loaded machine."""
+    r = raw(version)
+    ack = r.connect(keepalive=2)
+    assert ack.rc == 0
+    keepalive = prop(ack.props, "ServerKeepAlive", 2)
+    t0 = time.monotonic()
+    r.expect_closed(timeout=keepalive * 1.5 + 10)
+    elapsed = time.monotonic() - t0
+    assert keepalive * 1.0 <= elapsed <= keepalive * 1.5 + 1.5, "closed after %.2fs (keep-alive %ds)" % (
+        elapsed, keepalive)
 
 
 @both_versions

@@ -334,7 +334,12 @@ def test_server_maximum_packet_size_enforced(raw, broker, uid):
     ack = r.connect()
     limit = prop(ack.props, "MaximumPacketSize")
     assert limit, "the server advertises no Maximum Packet Size"
-    r.publish(uid, b"x" * limit, qos=0)
+    if limit > 64 * 1024 * 1024:
+        pytest.skip("Maximum Packet Size %d: too large to send here (test_bad_input checks the header)" % limit)
+    try:
+        r.publish(uid, b"x" * limit, qos=0)
+    except OSError:
+        pass  # the server may close before the whole packet is written; its DISCONNECT is still read
     got = r.expect_closed()
     assert got and got[0].type == DISCONNECT and got[0].rc == 0x95, got
     still_serving(broker, V5)
