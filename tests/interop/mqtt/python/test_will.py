@@ -148,3 +148,18 @@ def test_v5_will_qos_and_subscription_qos(mq, raw, uid):
     m = watcher.get()
     assert (m.payload, m.qos, prop(m.properties, "PayloadFormatIndicator")) == (b"q2", 2, 1)
 
+
+
+@both_versions
+def test_will_published_on_session_takeover(mq, raw, uid, version):
+    """The server ends the first connection without a DISCONNECT from that client: its will is
+    due (MQTT-3.1.2-8; v5 with Will Delay Interval 0)."""
+    watcher = mq(version)
+    watcher.subscribe(uid + "/will", 1)
+    cid = unique("takewill-")
+    first = raw(version)
+    assert first.connect(client_id=cid, will=dict(topic=uid + "/will", payload=b"taken over", qos=1)).rc == 0
+    second = raw(version)
+    assert second.connect(client_id=cid).rc == 0
+    assert watcher.get().payload == b"taken over"
+    first.expect_closed()
