@@ -152,7 +152,7 @@ def test_v5_connack_advertises_limits(mq):
     assert prop(p, "MaximumPacketSize", 0) > 0, "no Maximum Packet Size in CONNACK: %s" % p
     assert prop(p, "TopicAliasMaximum", 0) > 0, "no Topic Alias Maximum in CONNACK: %s" % p
     assert prop(p, "ReceiveMaximum", 65535) > 0
-    assert prop(p, "MaximumQoS", 2) in (1, 2) or prop(p, "MaximumQoS") is None
+    assert prop(p, "MaximumQoS") is None, "Maximum QoS %s: QoS 2 is required" % prop(p, "MaximumQoS")
     assert prop(p, "RetainAvailable", 1) == 1
     assert prop(p, "SharedSubscriptionAvailable", 1) == 1
     assert prop(p, "SubscriptionIdentifierAvailable", 1) == 1
