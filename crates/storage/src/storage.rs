@@ -271,6 +271,13 @@ impl Storage {
         Ok(())
     }
 
+    /// Deletes a plain log's directory (one opened with [`Storage::open_log`]). A handle
+    /// still open is fenced: its writes fail.
+    pub fn remove_log(&self, kind: &str, name: &str) -> Result<()> {
+        name::check_kind(kind)?;
+        self.remove(kind, name)
+    }
+
     /// Deletes a queue's directory. A handle still open is fenced: its writes fail.
     pub fn remove_queue(&self, name: &str) -> Result<()> {
         self.remove(QUEUES_DIR, name)

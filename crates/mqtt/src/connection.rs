@@ -1,0 +1,1406 @@
+//! One MQTT connection over any byte stream: CONNECT (authentication, session takeover,
+//! the session queue), then a `select!` loop over socket reads, consumer deliveries,
+//! durable-publish completions, resource alarms, takeover and management close requests,
+//! shutdown and the keep-alive deadline. All output of a turn goes to one buffer written
+//! with one `write_all`; the read buffer is allocated on demand and dropped when large and
+//! empty, so an idle connection holds little memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrymq_core::clock::now_ms;
+use ferrymq_core::queue::{ConsumerEvent, ConsumerId, ConsumerOptions, CreditPool, Queue};
+use ferrymq_core::{
+    Binding, ConnectionHandle, ConnectionInfo, CoreError, Delivery, Destination, Message,
+    PublishedBatch, QueueDecl, QueueRef, VHost, Value,
+};
+use ferrymq_mqtt_codec::{
+    decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_name,
+    Connack, Connect, Disconnect, Error as CodecError, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe, Unsuback, Unsubscribe, Will,
+};
+use ferrymq_storage::Commit;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::alias;
+use crate::mapping::{self, Sub};
+use crate::session::{Attached, SessionState};
+use crate::Mqtt;
+
+/// Deliveries taken from the sink per turn at most, so reads are not starved.
+const DELIVERY_EVENTS_PER_TURN: usize = 64;
+/// Spare read capacity reserved before a read.
+const READ_RESERVE: usize = 4096;
+/// A read buffer larger than this is dropped once empty (idle memory stays small).
+const READ_KEEP_MAX: usize = 64 * 1024;
+/// A write buffer larger than this is dropped after a flush.
+const WRITE_KEEP_MAX: usize = 64 * 1024;
+/// Queue name prefix of session queues (RabbitMQ: `mqtt-subscription-{id}qos1`).
+pub const SESSION_QUEUE_PREFIX: &str = "mqtt-subscription-";
+/// Queue name prefix of shared-subscription queues.
+pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+/// Session expiry meaning "never".
+const EXPIRY_NEVER: u32 = u32::MAX;
+
+/// Where a consumer's deliveries come from.
+struct Source {
+    queue: Arc<Queue>,
+    /// `Some(full $share filter)` for a shared subscription's queue.
+    shared: Option<String>,
+}
+
+/// An outbound QoS 1/2 delivery awaiting PUBACK / PUBREC.
+struct Inflight {
+    /// `None` for retained messages sent at subscribe (nothing to ack in the core).
+    source: Option<(Arc<Queue>, u64)>,
+}
+
+/// An acknowledgement to send once a publish batch is durable.
+struct Ack {
+    qos: QoS,
+    packet_id: u16,
+    reason: ReasonCode,
+}
+
+struct AckBatch {
+    seq: u64,
+    /// `Some(ok)` once resolved.
+    done: Option<bool>,
+    acks: Vec<Ack>,
+}
+
+/// A publish decoded this turn, not yet handed to the core.
+struct Pending {
+    /// `None` for an answer without a publish (QoS 2 duplicate, refused payload).
+    message: Option<Message>,
+    ack: Option<Ack>,
+    commit: Option<Commit>,
+}
+
+enum End {
+    /// The client closed the socket, I/O failed or the connection was closed for cause:
+    /// the will is published.
+    Abnormal,
+    /// DISCONNECT 0x00: no will.
+    Clean,
+    /// Server shutdown: no will (the broker is stopping).
+    Shutdown,
+}
+
+struct Conn {
+    mqtt: Arc<Mqtt>,
+    peer: String,
+    version: ProtocolVersion,
+    client_id: String,
+    vhost: Arc<VHost>,
+    handle: Arc<ConnectionHandle>,
+    generation: u64,
+    out: BytesMut,
+    keep_alive: Duration,
+    session_expiry: u32,
+    state: SessionState,
+    queue_name: String,
+    subs: HashMap<String, Sub>,
+    sources: HashMap<ConsumerId, Source>,
+    sink: mpsc::UnboundedSender<ConsumerEvent>,
+    pool: Arc<CreditPool>,
+    prefetch: u32,
+    inflight: HashMap<u16, Inflight>,
+    next_pid: u16,
+    client_max_packet: u32,
+    aliases_in: alias::Inbound,
+    aliases_out: alias::Outbound,
+    pending: Vec<Pending>,
+    acks: VecDeque<AckBatch>,
+    next_seq: u64,
+    done_tx: mpsc::UnboundedSender<(u64, bool)>,
+    will: Option<Will>,
+    published: bool,
+    blocked: bool,
+    /// Set when the loop must end after this turn's output is written.
+    ending: Option<End>,
+}
+
+fn v5(version: ProtocolVersion) -> bool {
+    version.is_v5()
+}
+
+fn encode(out: &mut BytesMut, version: ProtocolVersion, p: Packet) {
+    if let Err(e) = p.encode(version, out) {
+        tracing::warn!(error = %e, "MQTT packet could not be encoded; not sent");
+    }
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run<S>(mqtt: Arc<Mqtt>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let max = mqtt.config.max_packet_size;
+    let mut inbuf = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_millis(mqtt.config.connect_timeout_ms.max(1));
+    // CONNECT first, within the deadline.
+    let connect = loop {
+        match decode_connect(&mut inbuf, max) {
+            Ok(Some(c)) => break c,
+            Ok(None) => {}
+            Err(CodecError::UnsupportedProtocolVersion(level)) => {
+                tracing::debug!(%peer, level, "unsupported MQTT protocol level");
+                // MQTT 3 CONNACK "unacceptable protocol version"; v5 clients read 0x01 too.
+                let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad first MQTT packet; closing");
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+        if inbuf.capacity() - inbuf.len() < 256 {
+            inbuf.reserve(READ_RESERVE);
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(&mut inbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    let mut stop = mqtt.stop.subscribe();
+    if *stop.borrow() {
+        return;
+    }
+    let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, bool)>();
+    let mut out = BytesMut::new();
+    let opened = open_session(&mqtt, connect, &peer, sink_tx, done_tx, &mut out).await;
+    let (mut conn, attached) = match opened {
+        Ok(x) => x,
+        Err(()) => {
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let Attached {
+        mut kicked, done, ..
+    } = attached;
+    let mut flow = mqtt.broker.flow();
+    {
+        let st = *flow.borrow_and_update();
+        conn.blocked = st.blocked();
+    }
+    let mut close_req = conn.handle.close_requested();
+    let mut last_read = Instant::now();
+    let ka = conn.keep_alive;
+    let keepalive = tokio::time::sleep_until(ka_deadline(last_read, ka));
+    tokio::pin!(keepalive);
+    // Whatever arrived after CONNECT in the same read.
+    if !inbuf.is_empty() {
+        conn.on_bytes(&mut inbuf);
+    }
+    loop {
+        if !conn.out.is_empty() {
+            if wr.write_all(&conn.out).await.is_err() {
+                conn.ending.get_or_insert(End::Abnormal);
+                break;
+            }
+            conn.handle
+                .stats
+                .bytes_out
+                .fetch_add(conn.out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            conn.out.clear();
+            if conn.out.capacity() > WRITE_KEEP_MAX {
+                conn.out = BytesMut::new();
+            }
+        }
+        if conn.ending.is_some() {
+            break;
+        }
+        let paused = conn.blocked && conn.published;
+        if !paused && inbuf.capacity() - inbuf.len() < 256 {
+            inbuf.reserve(READ_RESERVE);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut inbuf), if !paused => {
+                match r {
+                    Ok(0) | Err(_) => { conn.ending = Some(End::Abnormal); }
+                    Ok(n) => {
+                        conn.handle.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        last_read = Instant::now();
+                        keepalive.as_mut().reset(ka_deadline(last_read, ka));
+                        conn.on_bytes(&mut inbuf);
+                        if inbuf.is_empty() && inbuf.capacity() > READ_KEEP_MAX {
+                            inbuf = BytesMut::new();
+                        }
+                    }
+                }
+            }
+            Some(ev) = sink_rx.recv() => {
+                conn.on_event(ev);
+                for _ in 1..DELIVERY_EVENTS_PER_TURN {
+                    match sink_rx.try_recv() {
+                        Ok(ev) => conn.on_event(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some((seq, ok)) = done_rx.recv() => conn.on_done(seq, ok),
+            Ok(()) = flow.changed() => {
+                conn.blocked = flow.borrow_and_update().blocked();
+            }
+            Ok(()) = close_req.changed() => {
+                let reason = close_req.borrow().clone().unwrap_or_default();
+                tracing::info!(peer = %conn.peer, client_id = %conn.client_id, reason, "MQTT connection closed by management");
+                conn.disconnect(ReasonCode::ADMINISTRATIVE_ACTION, Some(format!("Closed via management: {reason}")));
+                conn.ending = Some(End::Abnormal);
+            }
+            Ok(()) = kicked.changed() => {
+                if *kicked.borrow() {
+                    tracing::info!(peer = %conn.peer, client_id = %conn.client_id, "MQTT session taken over");
+                    conn.disconnect(ReasonCode::SESSION_TAKEN_OVER, None);
+                    conn.ending = Some(End::Abnormal);
+                }
+            }
+            Ok(()) = stop.changed() => {
+                if *stop.borrow() {
+                    conn.disconnect(ReasonCode::SERVER_SHUTTING_DOWN, None);
+                    conn.ending = Some(End::Shutdown);
+                }
+            }
+            () = &mut keepalive, if !ka.is_zero() => {
+                tracing::info!(peer = %conn.peer, client_id = %conn.client_id, "MQTT keep-alive timeout");
+                conn.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, None);
+                conn.ending = Some(End::Abnormal);
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+    // Deliveries still in the channel go back to their queues.
+    conn.cancel_consumers();
+    sink_rx.close();
+    while let Ok(ev) = sink_rx.try_recv() {
+        if let ConsumerEvent::Deliver(ds) = ev {
+            for d in ds {
+                conn.return_delivery(&d);
+            }
+        }
+    }
+    conn.cleanup();
+    drop(done);
+}
+
+fn ka_deadline(from: Instant, ka: Duration) -> Instant {
+    // 1.5 × the keep-alive (MQTT 3.1.1 §3.1.2.10); far away when disabled.
+    if ka.is_zero() {
+        from + Duration::from_secs(86_400 * 365)
+    } else {
+        from + ka + ka / 2
+    }
+}
+
+/// Refuses a CONNECT with `code` (CONNACK, then close).
+fn refuse(out: &mut BytesMut, version: ProtocolVersion, code: ReasonCode, why: &str) {
+    let mut properties = Properties::default();
+    if v5(version) {
+        properties.reason_string = Some(why.to_owned());
+    }
+    encode(
+        out,
+        version,
+        Packet::Connack(Connack {
+            session_present: false,
+            reason_code: code,
+            properties,
+        }),
+    );
+}
+
+fn assigned_id() -> String {
+    format!(
+        "ferrymq-{:016x}{:08x}",
+        fastrand::u64(..),
+        fastrand::u32(..)
+    )
+}
+
+/// Handles CONNECT: authentication, takeover, the session queue, CONNACK.
+async fn open_session(
+    mqtt: &Arc<Mqtt>,
+    c: Connect,
+    peer: &str,
+    sink: mpsc::UnboundedSender<ConsumerEvent>,
+    done_tx: mpsc::UnboundedSender<(u64, bool)>,
+    out: &mut BytesMut,
+) -> Result<(Conn, Attached), ()> {
+    let cfg = &mqtt.config;
+    let version = c.protocol_version;
+    let p = &c.properties;
+    if p.authentication_method.is_some() {
+        refuse(
+            out,
+            version,
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "no enhanced authentication method is configured",
+        );
+        return Err(());
+    }
+    // Client identifier.
+    let mut client_id = c.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        let allowed = match version {
+            ProtocolVersion::V5 => true,
+            ProtocolVersion::V3_1_1 => c.clean_start,
+            _ => false,
+        };
+        if !allowed {
+            refuse(
+                out,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client identifier",
+            );
+            return Err(());
+        }
+        client_id = assigned_id();
+        assigned = Some(client_id.clone());
+    }
+    // Authentication and vhost permission.
+    let user = match (&c.username, &c.password) {
+        (Some(u), pw) => {
+            let pw = pw
+                .as_ref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("");
+            match mqtt.broker.authenticate(u, pw) {
+                Ok(u) => u.name,
+                Err(_) => {
+                    tracing::info!(%peer, user = %u, "MQTT login refused");
+                    refuse(
+                        out,
+                        version,
+                        ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                        "bad user name or password",
+                    );
+                    return Err(());
+                }
+            }
+        }
+        (None, _) if cfg.allow_anonymous => cfg.default_user.clone(),
+        (None, _) => {
+            refuse(
+                out,
+                version,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "anonymous connections are not allowed",
+            );
+            return Err(());
+        }
+    };
+    let vhost = match mqtt.broker.open_vhost(&user, &cfg.vhost) {
+        Ok(v) => v,
+        Err(e) => {
+            refuse(out, version, ReasonCode::NOT_AUTHORIZED, &e.to_string());
+            return Err(());
+        }
+    };
+    // Will: its topic must be valid (the codec checked the syntax).
+    if let Some(w) = &c.will {
+        if validate_topic_name(&w.topic).is_err() {
+            refuse(
+                out,
+                version,
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid will topic",
+            );
+            return Err(());
+        }
+    }
+    // Session expiry.
+    let requested = if v5(version) {
+        p.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        EXPIRY_NEVER
+    };
+    let session_expiry = requested.min(cfg.session_expiry_max_s);
+    // Keep-alive.
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if cfg.keepalive_max_s > 0 && (keep_alive == 0 || keep_alive > cfg.keepalive_max_s) {
+        keep_alive = cfg.keepalive_max_s;
+        server_keep_alive = Some(keep_alive);
+    }
+    // Takeover, then the registry's state of a persistent session.
+    let (mut attached, took_over) = mqtt.sessions.attach(&client_id).await;
+    if took_over {
+        tracing::info!(%peer, client_id = %client_id, "MQTT session takeover");
+    }
+    let info = ConnectionInfo {
+        protocol: "mqtt".into(),
+        peer: peer.to_owned(),
+        user: user.clone(),
+        vhost: vhost.name.clone(),
+    };
+    let handle = match mqtt.broker.register_connection(info) {
+        Ok(h) => h,
+        Err(e) => {
+            mqtt.sessions.detach(&client_id, attached.generation, None);
+            refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.to_string());
+            return Err(());
+        }
+    };
+    let queue_name = format!("{SESSION_QUEUE_PREFIX}{client_id}");
+    if c.clean_start {
+        attached.state = None;
+        mqtt.sessions.clear_state(&client_id);
+        if vhost.queue(&queue_name).is_some() {
+            if let Err(e) = vhost.delete_queue(&queue_name, false, false, handle.id) {
+                tracing::warn!(queue = %queue_name, error = %e, "deleting the old session queue failed");
+            }
+        }
+    }
+    let existing = vhost.queue(&queue_name);
+    let session_present = !c.clean_start && existing.is_some();
+    let queue = match existing {
+        Some(QueueRef::Classic(q)) => Ok(q),
+        Some(QueueRef::Stream(_)) => Err(CoreError::PreconditionFailed(format!(
+            "'{queue_name}' is a stream"
+        ))),
+        None => {
+            let mut decl = if session_expiry > 0 {
+                QueueDecl::durable(queue_name.clone())
+            } else {
+                QueueDecl {
+                    name: queue_name.clone(),
+                    durable: false,
+                    exclusive: true,
+                    auto_delete: false,
+                    arguments: Default::default(),
+                }
+            };
+            if session_expiry > 0 && session_expiry != EXPIRY_NEVER {
+                decl.arguments.insert(
+                    "x-expires",
+                    Value::Int(i64::from(session_expiry).saturating_mul(1000).max(1)),
+                );
+            }
+            vhost
+                .declare_queue(decl, handle.id, false)
+                .and_then(|_| match vhost.queue(&queue_name) {
+                    Some(QueueRef::Classic(q)) => Ok(q),
+                    _ => Err(CoreError::NotFound(queue_name.clone())),
+                })
+        }
+    };
+    let queue = match queue {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(%peer, client_id = %client_id, error = %e, "MQTT session queue unavailable");
+            mqtt.broker.unregister_connection(handle.id);
+            mqtt.sessions.detach(&client_id, attached.generation, None);
+            refuse(
+                out,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                &e.to_string(),
+            );
+            return Err(());
+        }
+    };
+    // Subscriptions of a resumed session are its queue's bindings.
+    let mut subs = HashMap::new();
+    if session_present {
+        if let Some(x) = vhost.exchange(&cfg.exchange) {
+            for b in x.bindings() {
+                if b.destination == Destination::Queue(queue_name.clone()) {
+                    if let Some(s) = mapping::Sub::from_args(&b.arguments) {
+                        subs.insert(s.filter.clone(), s);
+                    }
+                }
+            }
+        }
+    }
+    let client_receive_max = if v5(version) {
+        p.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let prefetch = u32::from(client_receive_max.min(cfg.max_inflight).max(1));
+    let state = if session_present {
+        attached.state.take().unwrap_or_default()
+    } else {
+        SessionState::default()
+    };
+    let mut conn = Conn {
+        mqtt: mqtt.clone(),
+        peer: peer.to_owned(),
+        version,
+        client_id: client_id.clone(),
+        vhost,
+        handle,
+        generation: attached.generation,
+        out: std::mem::take(out),
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        session_expiry,
+        state,
+        queue_name,
+        subs,
+        sources: HashMap::new(),
+        sink,
+        pool: CreditPool::new(prefetch),
+        prefetch,
+        inflight: HashMap::new(),
+        next_pid: 1,
+        client_max_packet: if v5(version) {
+            p.maximum_packet_size.unwrap_or(u32::MAX)
+        } else {
+            u32::MAX
+        },
+        aliases_in: alias::Inbound::new(if v5(version) {
+            cfg.topic_alias_maximum
+        } else {
+            0
+        }),
+        aliases_out: alias::Outbound::new(if v5(version) {
+            p.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        }),
+        pending: Vec::new(),
+        acks: VecDeque::new(),
+        next_seq: 0,
+        done_tx,
+        will: c.will.clone(),
+        published: false,
+        blocked: false,
+        ending: None,
+    };
+    // CONNACK.
+    let mut props = Properties::default();
+    if v5(version) {
+        props.receive_maximum = Some(cfg.receive_maximum.max(1));
+        props.retain_available = Some(true);
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.wildcard_subscription_available = Some(true);
+        props.subscription_identifier_available = Some(true);
+        props.shared_subscription_available = Some(true);
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+        if session_expiry != requested {
+            props.session_expiry_interval = Some(session_expiry);
+        }
+    }
+    encode(
+        &mut conn.out,
+        version,
+        Packet::Connack(Connack {
+            session_present,
+            reason_code: ReasonCode::SUCCESS,
+            properties: props,
+        }),
+    );
+    // Resume: PUBRELs not yet completed, then deliveries (unacked ones come back
+    // redelivered, so with DUP).
+    let pubrels: Vec<u16> = conn.state.outbound_pubrel.iter().copied().collect();
+    for pid in pubrels {
+        encode(&mut conn.out, version, Packet::Pubrel(PubResponse::new(pid)));
+    }
+    conn.consume(queue, None);
+    let shared = std::mem::take(&mut conn.state.shared);
+    for (full, sub) in shared {
+        conn.subscribe_shared(&full, sub);
+    }
+    Ok((conn, attached))
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        v5(self.version)
+    }
+
+    fn send(&mut self, p: Packet) {
+        encode(&mut self.out, self.version, p);
+    }
+
+    /// MQTT 5: DISCONNECT with a reason; MQTT 3 just closes.
+    fn disconnect(&mut self, code: ReasonCode, why: Option<String>) {
+        if self.v5() {
+            let properties = Properties {
+                reason_string: why,
+                ..Properties::default()
+            };
+            self.send(Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties,
+            }));
+        }
+    }
+
+    fn fail(&mut self, code: ReasonCode, why: &str) {
+        tracing::info!(peer = %self.peer, client_id = %self.client_id, code = code.0, why, "closing MQTT connection");
+        self.disconnect(code, Some(why.to_owned()));
+        self.ending = Some(End::Abnormal);
+    }
+
+    fn consume(&mut self, queue: Arc<Queue>, shared: Option<String>) -> bool {
+        let opts = ConsumerOptions {
+            tag: format!("mqtt-{}", self.client_id),
+            no_ack: false,
+            prefetch_count: self.prefetch,
+            shared_credit: Some(self.pool.clone()),
+            connection: self.handle.id,
+            ..ConsumerOptions::default()
+        };
+        match self
+            .vhost
+            .consume(queue.name(), opts, None, self.sink.clone())
+        {
+            Ok((id, _)) => {
+                self.sources.insert(id, Source { queue, shared });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue.name(), error = %e, "MQTT consume failed");
+                false
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ input
+
+    fn on_bytes(&mut self, inbuf: &mut BytesMut) {
+        let max = self.mqtt.config.max_packet_size;
+        while self.ending.is_none() {
+            match decode(inbuf, self.version, max) {
+                Ok(None) => break,
+                Ok(Some(p)) => self.on_packet(p),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, client_id = %self.client_id, error = %e, "malformed MQTT input");
+                    inbuf.clear();
+                    self.fail(e.reason_code(), &e.to_string());
+                }
+            }
+        }
+        self.flush_publishes();
+    }
+
+    fn on_packet(&mut self, p: Packet) {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Puback(r) => {
+                if let Some(f) = self.inflight.remove(&r.packet_id) {
+                    self.settle(f);
+                }
+            }
+            Packet::Pubrec(r) => {
+                if let Some(f) = self.inflight.remove(&r.packet_id) {
+                    self.settle(f);
+                    if !r.reason_code.is_error() {
+                        self.state.outbound_pubrel.insert(r.packet_id);
+                        self.send(Packet::Pubrel(PubResponse::new(r.packet_id)));
+                    }
+                } else if self.state.outbound_pubrel.contains(&r.packet_id) {
+                    self.send(Packet::Pubrel(PubResponse::new(r.packet_id)));
+                } else if self.v5() {
+                    let mut rel = PubResponse::new(r.packet_id);
+                    rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    self.send(Packet::Pubrel(rel));
+                }
+            }
+            Packet::Pubcomp(r) => {
+                self.state.outbound_pubrel.remove(&r.packet_id);
+            }
+            Packet::Pubrel(r) => {
+                // Earlier acks first, so PUBCOMP never overtakes this id's PUBREC.
+                self.flush_publishes();
+                let mut comp = PubResponse::new(r.packet_id);
+                if !self.state.inbound_qos2.remove(&r.packet_id) && self.v5() {
+                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                if self.acks.is_empty() {
+                    self.send(Packet::Pubcomp(comp));
+                } else {
+                    self.acks.push_back(AckBatch {
+                        seq: u64::MAX,
+                        done: Some(true),
+                        acks: vec![Ack {
+                            qos: QoS::AtMostOnce, // marks a PUBCOMP
+                            packet_id: comp.packet_id,
+                            reason: comp.reason_code,
+                        }],
+                    });
+                }
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::Pingreq => self.send(Packet::Pingresp),
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.session_expiry == 0 && e > 0 {
+                        self.fail(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "session expiry set on DISCONNECT after 0 at CONNECT",
+                        );
+                        return;
+                    }
+                    self.session_expiry = e.min(self.mqtt.config.session_expiry_max_s);
+                }
+                self.ending = Some(if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+                    End::Abnormal
+                } else {
+                    End::Clean
+                });
+            }
+            Packet::Auth(_) => self.fail(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "enhanced authentication is not supported",
+            ),
+            Packet::Connect(_) => self.fail(ReasonCode::PROTOCOL_ERROR, "second CONNECT"),
+            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
+                self.fail(ReasonCode::PROTOCOL_ERROR, "server-to-client packet from the client")
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) {
+        let v5 = self.v5();
+        // Topic alias.
+        if v5 {
+            match self.aliases_in.resolve(&p.topic, p.properties.topic_alias) {
+                Ok(t) => p.topic = t,
+                Err(alias::AliasError::OutOfRange) => {
+                    return self.fail(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range")
+                }
+                Err(alias::AliasError::Unknown) => {
+                    return self.fail(ReasonCode::PROTOCOL_ERROR, "unknown topic alias")
+                }
+            }
+            p.properties.topic_alias = None;
+        }
+        if validate_topic_name(&p.topic).is_err() {
+            return self.fail(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name");
+        }
+        self.published = true;
+        self.handle
+            .stats
+            .messages_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = p.packet_id.unwrap_or(0);
+        // QoS 2 duplicate: already stored, answer again without publishing.
+        if p.qos == QoS::ExactlyOnce {
+            if self.state.inbound_qos2.contains(&pid) {
+                self.pending.push(Pending {
+                    message: None,
+                    ack: Some(Ack {
+                        qos: QoS::ExactlyOnce,
+                        packet_id: pid,
+                        reason: ReasonCode::SUCCESS,
+                    }),
+                    commit: None,
+                });
+                return;
+            }
+            let in_flight = self.state.inbound_qos2.len() + self.pending.len();
+            if in_flight >= usize::from(self.mqtt.config.receive_maximum.max(1)) * 2 {
+                return self.fail(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
+            }
+            self.state.inbound_qos2.insert(pid);
+        }
+        // MQTT 5: a payload declared UTF-8 must be UTF-8.
+        if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            if p.qos != QoS::AtMostOnce {
+                self.state.inbound_qos2.remove(&pid);
+                self.pending.push(Pending {
+                    message: None,
+                    ack: Some(Ack {
+                        qos: p.qos,
+                        packet_id: pid,
+                        reason: ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    }),
+                    commit: None,
+                });
+            }
+            return;
+        }
+        let message = mapping::publish_to_message(&p, &self.client_id);
+        let mut commit = None;
+        if p.retain {
+            let r = if p.payload.is_empty() {
+                self.mqtt.retained.set(&p.topic, None)
+            } else {
+                let mut stored = message.clone();
+                stored.exchange = self.mqtt.config.exchange.clone();
+                self.mqtt.retained.set(&p.topic, Some(stored))
+            };
+            match r {
+                Ok(c) => commit = c,
+                Err(e) => tracing::warn!(topic = %p.topic, error = %e, "retained message not stored"),
+            }
+        }
+        let ack = (p.qos != QoS::AtMostOnce).then_some(Ack {
+            qos: p.qos,
+            packet_id: pid,
+            reason: ReasonCode::SUCCESS,
+        });
+        self.pending.push(Pending {
+            message: Some(message),
+            ack,
+            commit,
+        });
+    }
+
+    /// Publishes what this turn decoded as one core batch; acks follow once it is durable.
+    fn flush_publishes(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut acks = Vec::new();
+        let mut commits = Vec::new();
+        let mut msgs = Vec::new();
+        let mut slots = Vec::new(); // index into acks for each message, if any
+        for p in pending {
+            if let Some(c) = p.commit {
+                commits.push(c);
+            }
+            let slot = p.ack.map(|a| {
+                acks.push(a);
+                acks.len() - 1
+            });
+            if let Some(m) = p.message {
+                msgs.push(m);
+                slots.push(slot);
+            }
+        }
+        let mut batch: Option<PublishedBatch> = None;
+        if !msgs.is_empty() {
+            match self.vhost.publish_batch(&self.mqtt.config.exchange, msgs) {
+                Ok(b) => {
+                    if self.v5() {
+                        for (o, slot) in b.outcomes.iter().zip(&slots) {
+                            if let Some(i) = slot {
+                                if o.rejected > 0 {
+                                    acks[*i].reason = ReasonCode::QUOTA_EXCEEDED;
+                                } else if o.unroutable() {
+                                    acks[*i].reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+                                }
+                            }
+                        }
+                    }
+                    batch = Some(b);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, error = %e, "MQTT publish failed");
+                    if !self.v5() {
+                        self.ending = Some(End::Abnormal);
+                        return;
+                    }
+                    for i in slots.into_iter().flatten() {
+                        acks[i].reason = ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR;
+                    }
+                }
+            }
+        }
+        if acks.is_empty() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.acks.push_back(AckBatch {
+            seq,
+            done: None,
+            acks,
+        });
+        if batch.is_none() && commits.is_empty() {
+            self.on_done(seq, true);
+            return;
+        }
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let mut ok = true;
+            if let Some(b) = batch {
+                ok &= b.durable().await.is_ok();
+            }
+            for c in commits {
+                ok &= c.await.is_ok();
+            }
+            let _ = done.send((seq, ok));
+        });
+    }
+
+    /// A publish batch is durable (or failed): release acks in order.
+    fn on_done(&mut self, seq: u64, ok: bool) {
+        if let Some(b) = self.acks.iter_mut().find(|b| b.seq == seq) {
+            b.done = Some(ok);
+        }
+        while let Some(Some(ok)) = self.acks.front().map(|b| b.done) {
+            let Some(b) = self.acks.pop_front() else { break };
+            if !ok && !self.v5() {
+                self.fail(ReasonCode::UNSPECIFIED_ERROR, "publish not durable");
+                return;
+            }
+            for a in b.acks {
+                let mut r = PubResponse::new(a.packet_id);
+                r.reason_code = if ok {
+                    a.reason
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                };
+                match a.qos {
+                    QoS::AtMostOnce => self.send(Packet::Pubcomp(r)),
+                    QoS::AtLeastOnce => self.send(Packet::Puback(r)),
+                    QoS::ExactlyOnce => {
+                        if r.reason_code.is_error() {
+                            self.state.inbound_qos2.remove(&a.packet_id);
+                        }
+                        self.send(Packet::Pubrec(r));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.subscriptions.len());
+        let mut retained = Vec::new();
+        for item in s.subscriptions {
+            let sub = Sub::new(&item.filter, &item.options, sub_id);
+            let code = match parse_shared_subscription(&item.filter) {
+                Err(e) => e.reason_code(),
+                Ok(Some(_)) => {
+                    if self.subscribe_shared(&item.filter, sub) {
+                        ReasonCode(mapping::qos_u8(item.options.qos))
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    }
+                }
+                Ok(None) => {
+                    let existed = self.subs.contains_key(&item.filter);
+                    if self.bind(&sub) {
+                        if mapping::send_retained(item.options.retain_handling, existed) {
+                            retained.push(sub.clone());
+                        }
+                        self.subs.insert(item.filter.clone(), sub);
+                        ReasonCode(mapping::qos_u8(item.options.qos))
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        self.send(Packet::Suback(Suback {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        for sub in retained {
+            for (topic, r) in self.mqtt.retained.matching(&sub.filter) {
+                let qos = mapping::message_qos(&r.message).min(sub.qos);
+                let ids: Vec<u32> = sub.id.into_iter().collect();
+                self.deliver(&topic, &r.message, qos, true, false, ids, None);
+            }
+        }
+    }
+
+    /// Binds (or rebinds with new options) a plain subscription to the session queue.
+    fn bind(&mut self, sub: &Sub) -> bool {
+        let x = self.mqtt.config.exchange.clone();
+        if let Some(old) = self.subs.get(&sub.filter) {
+            let b = Binding {
+                source: x.clone(),
+                destination: Destination::Queue(self.queue_name.clone()),
+                routing_key: mapping::filter_to_key(&old.filter),
+                arguments: old.to_args(),
+            };
+            let _ = self.vhost.unbind(&b, self.handle.id);
+        }
+        let b = Binding {
+            source: x,
+            destination: Destination::Queue(self.queue_name.clone()),
+            routing_key: mapping::filter_to_key(&sub.filter),
+            arguments: sub.to_args(),
+        };
+        match self.vhost.bind(b, self.handle.id) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(filter = %sub.filter, error = %e, "MQTT subscribe failed");
+                false
+            }
+        }
+    }
+
+    fn shared_queue_name(full: &str) -> String {
+        format!("{SHARED_QUEUE_PREFIX}{}", &full[ferrymq_mqtt_codec::SHARED_PREFIX.len()..])
+    }
+
+    /// Joins a shared subscription: its queue (one per group and filter), bound once,
+    /// consumed by every member.
+    fn subscribe_shared(&mut self, full: &str, mut sub: Sub) -> bool {
+        let Ok(Some(shared)) = parse_shared_subscription(full) else {
+            return false;
+        };
+        let filter = shared.filter.to_owned();
+        let name = Self::shared_queue_name(full);
+        if self.sources.values().any(|s| s.shared.as_deref() == Some(full)) {
+            return true; // already a member
+        }
+        let decl = QueueDecl {
+            name: name.clone(),
+            durable: false,
+            exclusive: false,
+            auto_delete: true,
+            arguments: Default::default(),
+        };
+        let queue = self
+            .vhost
+            .declare_queue(decl, self.handle.id, false)
+            .and_then(|_| match self.vhost.queue(&name) {
+                Some(QueueRef::Classic(q)) => Ok(q),
+                _ => Err(CoreError::NotFound(name.clone())),
+            });
+        let queue = match queue {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(filter = %full, error = %e, "MQTT shared subscribe failed");
+                return false;
+            }
+        };
+        sub.filter = filter.clone();
+        let mut args = sub.to_args();
+        // The queue's binding is the group's, not one member's options.
+        args.0.retain(|(k, _)| k == mapping::ARG_FILTER);
+        let b = Binding {
+            source: self.mqtt.config.exchange.clone(),
+            destination: Destination::Queue(name.clone()),
+            routing_key: mapping::filter_to_key(&filter),
+            arguments: args,
+        };
+        if let Err(e) = self.vhost.bind(b, self.handle.id) {
+            tracing::warn!(filter = %full, error = %e, "MQTT shared subscribe failed");
+            return false;
+        }
+        if !self.consume(queue, Some(full.to_owned())) {
+            return false;
+        }
+        self.state.shared.retain(|(f, _)| f != full);
+        self.state.shared.push((full.to_owned(), sub));
+        true
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in u.filters {
+            let found = if f.starts_with(ferrymq_mqtt_codec::SHARED_PREFIX) {
+                let id = self
+                    .sources
+                    .iter()
+                    .find(|(_, s)| s.shared.as_deref() == Some(f.as_str()))
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    if let Some(s) = self.sources.remove(&id) {
+                        s.queue.cancel(id, now_ms());
+                    }
+                }
+                self.state.shared.retain(|(x, _)| *x != f);
+                id.is_some()
+            } else if let Some(old) = self.subs.remove(&f) {
+                let b = Binding {
+                    source: self.mqtt.config.exchange.clone(),
+                    destination: Destination::Queue(self.queue_name.clone()),
+                    routing_key: mapping::filter_to_key(&old.filter),
+                    arguments: old.to_args(),
+                };
+                let _ = self.vhost.unbind(&b, self.handle.id);
+                true
+            } else {
+                false
+            };
+            codes.push(if found {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.send(Packet::Unsuback(Unsuback {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+    }
+
+    // ------------------------------------------------------------------ output
+
+    fn on_event(&mut self, ev: ConsumerEvent) {
+        match ev {
+            ConsumerEvent::Deliver(ds) => {
+                for d in ds {
+                    self.on_delivery(d);
+                }
+            }
+            ConsumerEvent::Cancelled { consumer, .. } => {
+                self.sources.remove(&consumer);
+            }
+        }
+    }
+
+    fn on_delivery(&mut self, d: Delivery) {
+        let Some(src) = self.sources.get(&d.consumer) else {
+            return;
+        };
+        let queue = src.queue.clone();
+        let topic = mapping::message_topic(&d.message);
+        // Match against the subscriptions this queue serves, with MQTT's rules.
+        let mut granted: Option<QoS> = None;
+        let mut ids = Vec::new();
+        let mut rap = false;
+        let mut local_only = true;
+        let publisher = d.message.headers.get_str(mapping::HEADER_PUBLISHER);
+        let is_local = publisher == Some(self.client_id.as_str());
+        let mut consider = |s: &Sub| {
+            if !topic_matches(&s.filter, &topic) {
+                return;
+            }
+            if s.no_local && is_local {
+                return;
+            }
+            local_only = false;
+            granted = Some(granted.map_or(s.qos, |g| g.max(s.qos)));
+            ids.extend(s.id);
+            rap |= s.retain_as_published;
+        };
+        match &src.shared {
+            Some(full) => {
+                if let Some((_, s)) = self.state.shared.iter().find(|(f, _)| f == full) {
+                    consider(s);
+                }
+            }
+            None => self.subs.values().for_each(&mut consider),
+        }
+        let Some(granted) = granted else {
+            // Routed by the coarser key match only (or No Local): not for this client.
+            let _ = local_only;
+            queue.ack(&[d.id], now_ms());
+            return;
+        };
+        let qos = mapping::message_qos(&d.message).min(granted);
+        let retain = rap && mapping::message_retained(&d.message);
+        let source = Some((queue, d.id));
+        self.deliver(&topic, &d.message, qos, retain, d.redelivered, ids, source);
+    }
+
+    fn alloc_pid(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            if pid != 0
+                && !self.inflight.contains_key(&pid)
+                && !self.state.outbound_pubrel.contains(&pid)
+            {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        topic: &str,
+        m: &Message,
+        qos: QoS,
+        retain: bool,
+        dup: bool,
+        sub_ids: Vec<u32>,
+        source: Option<(Arc<Queue>, u64)>,
+    ) {
+        let mut properties = Properties::default();
+        let mut wire_topic = topic.to_owned();
+        if self.v5() {
+            properties = mapping::message_to_props(m);
+            properties.subscription_identifiers = sub_ids;
+            let (alias, with_topic) = self.aliases_out.assign(topic);
+            properties.topic_alias = alias;
+            if !with_topic {
+                wire_topic.clear();
+            }
+        }
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            match self.alloc_pid() {
+                Some(p) => Some(p),
+                None => {
+                    // No free packet id: give the message back for later.
+                    if let Some((q, id)) = source {
+                        q.nack(&[id], true, now_ms());
+                    }
+                    return;
+                }
+            }
+        };
+        let p = Publish {
+            dup: dup && qos != QoS::AtMostOnce,
+            qos,
+            retain,
+            topic: wire_topic,
+            packet_id,
+            properties,
+            payload: m.body.clone(),
+        };
+        let before = self.out.len();
+        let written = Packet::Publish(p).encode(self.version, &mut self.out);
+        let too_large = match written {
+            Ok(n) => n as u64 > u64::from(self.client_max_packet),
+            Err(_) => true,
+        };
+        if too_large {
+            // Larger than the client accepts (or not encodable): dropped, as MQTT 5 says.
+            self.out.truncate(before);
+            if let Some((q, id)) = source {
+                q.ack(&[id], now_ms());
+            }
+            return;
+        }
+        self.handle
+            .stats
+            .messages_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match packet_id {
+            None => {
+                if let Some((q, id)) = source {
+                    q.ack(&[id], now_ms());
+                }
+            }
+            Some(pid) => {
+                self.inflight.insert(pid, Inflight { source });
+            }
+        }
+    }
+
+    /// The client acknowledged a delivery.
+    fn settle(&mut self, f: Inflight) {
+        if let Some((q, id)) = f.source {
+            q.ack(&[id], now_ms());
+            // Credit is shared across this connection's queues: let the others use it.
+            if self.sources.len() > 1 {
+                let now = now_ms();
+                for s in self.sources.values() {
+                    if !Arc::ptr_eq(&s.queue, &q) {
+                        s.queue.kick(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn return_delivery(&self, d: &Delivery) {
+        if let Some(src) = self.sources.get(&d.consumer) {
+            src.queue.nack(&[d.id], true, now_ms());
+        } else if let Some(QueueRef::Classic(q)) = self.vhost.queue(&self.queue_name) {
+            q.nack(&[d.id], true, now_ms());
+        }
+    }
+
+    fn cancel_consumers(&mut self) {
+        let now = now_ms();
+        for (id, s) in &self.sources {
+            s.queue.cancel(*id, now);
+        }
+    }
+
+    // ------------------------------------------------------------------ end
+
+    fn cleanup(&mut self) {
+        let now = now_ms();
+        // Unacked deliveries go back (redelivered: DUP on the next connection).
+        for (_, f) in self.inflight.drain() {
+            if let Some((q, id)) = f.source {
+                q.nack(&[id], true, now);
+            }
+        }
+        self.sources.clear();
+        let end = self.ending.take().unwrap_or(End::Abnormal);
+        if self.session_expiry == 0 {
+            if let Some(QueueRef::Classic(q)) = self.vhost.queue(&self.queue_name) {
+                if q.owner.is_none() {
+                    let _ = self
+                        .vhost
+                        .delete_queue(&self.queue_name, false, false, self.handle.id);
+                }
+            }
+        }
+        self.mqtt.broker.unregister_connection(self.handle.id);
+        let state = (self.session_expiry > 0).then(|| std::mem::take(&mut self.state));
+        self.mqtt
+            .sessions
+            .detach(&self.client_id, self.generation, state);
+        if let (End::Abnormal, Some(w)) = (end, self.will.take()) {
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            let delay = delay.min(self.session_expiry);
+            let mqtt = self.mqtt.clone();
+            let client_id = self.client_id.clone();
+            let generation = self.generation;
+            if delay == 0 {
+                publish_will(&mqtt, &client_id, w);
+            } else {
+                tokio::spawn(async move {
+                    let mut stop = mqtt.stop.subscribe();
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    if mqtt.sessions.still_detached(&client_id, generation) {
+                        publish_will(&mqtt, &client_id, w);
+                    }
+                });
+            }
+        }
+        tracing::debug!(peer = %self.peer, client_id = %self.client_id, "MQTT connection ended");
+    }
+}
+
+/// Publishes a will message (and stores it when it is retained).
+fn publish_will(mqtt: &Mqtt, client_id: &str, w: Will) {
+    let Some(vh) = mqtt.vhost() else { return };
+    let p = Publish {
+        dup: false,
+        qos: w.qos,
+        retain: w.retain,
+        topic: w.topic.clone(),
+        packet_id: (w.qos != QoS::AtMostOnce).then_some(1),
+        properties: w.properties.clone(),
+        payload: w.payload.clone(),
+    };
+    let mut m = mapping::publish_to_message(&p, client_id);
+    m.properties.expiration_ms = w
+        .properties
+        .message_expiry_interval
+        .map(|s| u64::from(s) * 1000);
+    if w.retain {
+        let stored = (!w.payload.is_empty()).then(|| {
+            let mut s = m.clone();
+            s.exchange = mqtt.config.exchange.clone();
+            s
+        });
+        if let Err(e) = mqtt.retained.set(&w.topic, stored) {
+            tracing::warn!(topic = %w.topic, error = %e, "retained will not stored");
+        }
+    }
+    match vh.publish(&mqtt.config.exchange, m) {
+        Ok(_) => tracing::debug!(client_id, topic = %w.topic, "MQTT will published"),
+        Err(e) => tracing::warn!(client_id, error = %e, "MQTT will not published"),
+    }
+}

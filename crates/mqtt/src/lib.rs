@@ -1,0 +1,187 @@
+//! FerryMQ's MQTT 3.1 / 3.1.1 / 5.0 adapter: sessions, retained messages and a connection
+//! driver over any byte stream (TCP here, WebSocket through the server's shim), translating
+//! MQTT onto the protocol-neutral core with RabbitMQ's conventions (topics on `amq.topic`,
+//! one queue per session). Wire types stop here; the core never sees them.
+//!
+//! Layers (one file each):
+//! - [`mapping`]: topics/filters ⇄ routing/binding keys, PUBLISH ⇄ `Message`, subscription
+//!   options ⇄ binding arguments (pure);
+//! - [`alias`]: topic alias tables, both directions (pure);
+//! - [`retained`]: the per-vhost retained store, persisted as a log of set/clear records;
+//! - [`session`]: the in-memory session registry (takeover, QoS 2 state across reconnects);
+//! - `connection`: one task per connection — CONNECT, the packet loop, publishing with
+//!   durable acks, deliveries with packet ids, keep-alive, wills, flow control;
+//! - [`error`]: the adapter's errors.
+
+pub mod alias;
+mod connection;
+pub mod error;
+pub mod mapping;
+pub mod retained;
+pub mod session;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ferrymq_core::{Broker, VHost};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::Error;
+
+/// Limits and defaults of the MQTT listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// The vhost MQTT clients live in.
+    pub vhost: String,
+    /// The topic exchange MQTT topics map onto.
+    pub exchange: String,
+    /// Largest packet accepted (and advertised as Maximum Packet Size), in bytes.
+    pub max_packet_size: u32,
+    /// Largest keep-alive granted, in seconds (larger or zero requests get this as Server
+    /// Keep Alive; 0 = no limit).
+    pub keepalive_max_s: u16,
+    /// Longest session expiry granted, in seconds (also the expiry of MQTT 3 persistent
+    /// sessions).
+    pub session_expiry_max_s: u32,
+    /// Inbound QoS 1/2 publishes in flight per connection (advertised Receive Maximum).
+    pub receive_maximum: u16,
+    /// Inbound topic aliases per connection (advertised Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Outbound QoS 1/2 deliveries in flight per connection (capped by the client's
+    /// Receive Maximum).
+    pub max_inflight: u16,
+    /// Retained topics held at most.
+    pub retained_max: usize,
+    /// Connections without a user name act as `default_user`.
+    pub allow_anonymous: bool,
+    pub default_user: String,
+    /// Time allowed from accept to a complete CONNECT.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            vhost: "/".into(),
+            exchange: "amq.topic".into(),
+            max_packet_size: 1 << 20,
+            keepalive_max_s: 0,
+            session_expiry_max_s: 86_400,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_inflight: 1024,
+            retained_max: 100_000,
+            allow_anonymous: true,
+            default_user: "guest".into(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The adapter's shared state: one per server, shared by the TCP listener and the
+/// WebSocket endpoint.
+pub struct Mqtt {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: MqttConfig,
+    pub(crate) retained: retained::RetainedStore,
+    pub(crate) sessions: session::Registry,
+    pub(crate) stop: watch::Sender<bool>,
+    open: AtomicUsize,
+}
+
+impl Mqtt {
+    /// Opens the adapter: checks the vhost and exchange, rebuilds the retained store.
+    ///
+    /// # Errors
+    /// A missing vhost or exchange, storage errors.
+    pub fn open(broker: Arc<Broker>, config: MqttConfig) -> Result<Arc<Mqtt>, Error> {
+        let vh = broker
+            .vhost(&config.vhost)
+            .ok_or_else(|| Error::NoVhost(config.vhost.clone()))?;
+        if vh.exchange(&config.exchange).is_none() {
+            return Err(Error::Core(ferrymq_core::CoreError::NotFound(format!(
+                "no exchange '{}' in vhost '{}'",
+                config.exchange, config.vhost
+            ))));
+        }
+        let retained = retained::RetainedStore::open(
+            broker.storage().clone(),
+            &config.vhost,
+            config.retained_max,
+        )?;
+        let (stop, _) = watch::channel(false);
+        Ok(Arc::new(Mqtt {
+            broker,
+            config,
+            retained,
+            sessions: session::Registry::default(),
+            stop,
+            open: AtomicUsize::new(0),
+        }))
+    }
+
+    pub(crate) fn vhost(&self) -> Option<Arc<VHost>> {
+        self.broker.vhost(&self.config.vhost)
+    }
+
+    /// Asks every connection to end (MQTT 5: DISCONNECT 0x8B Server shutting down).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Open connections (TCP and WebSocket).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Runs one MQTT connection over any byte stream until it ends.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping it skips the session's cleanup (wills, queue release).
+    pub async fn serve_stream<S>(self: Arc<Self>, stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        connection::run(self.clone(), stream, peer).await;
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts MQTT connections until `stop` turns true, then ends every connection and
+/// returns once all of them have ended.
+///
+/// # Cancel safety
+/// Not cancel safe: drive it to completion so connections end cleanly.
+pub async fn run(listener: TcpListener, mqtt: Arc<Mqtt>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(mqtt.clone().serve_stream(stream, peer.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTT accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    mqtt.stop();
+    while conns.join_next().await.is_some() {}
+}
+
+/// Binds the MQTT listener.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
