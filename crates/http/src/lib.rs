@@ -37,4 +37,4 @@ pub mod subscribe;
 pub mod ws;
 
 pub use error::{ApiError, ErrorBody};
-pub use server::{bind, router, serve, HttpError};
+pub use server::{bind, router, serve, serve_with_routes, HttpError};

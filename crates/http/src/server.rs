@@ -273,11 +273,31 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
+    serve_with_routes(listener, broker, Router::new(), shutdown).await
+}
+
+/// [`serve`] with extra routes merged into the router: how the server crate mounts
+/// endpoints of other adapters (MQTT over WebSocket at `/mqtt`) without this crate
+/// depending on them. `extra` must not set a fallback or reuse a path of [`router`].
+///
+/// # Errors
+/// As [`serve`].
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops open connections.
+pub async fn serve_with_routes(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(broker.clone(), stop_rx.clone());
     let reaper = tokio::spawn(state.leases.clone().run_reaper(stop_rx.clone()));
     let sampler = tokio::spawn(state.rates.clone().run(broker, stop_rx));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state)
+        .merge(extra)
+        .into_make_service_with_connect_info::<SocketAddr>();
     let signal = async move {
         shutdown.await;
         stop_tx.send_replace(true);

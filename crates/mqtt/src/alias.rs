@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(t.resolve("x", Some(0)), Err(AliasError::OutOfRange));
         assert_eq!(t.resolve("c", Some(1)).unwrap(), "c");
         assert_eq!(t.resolve("", Some(1)).unwrap(), "c");
-        assert_eq!(Inbound::new(0).resolve("x", Some(1)), Err(AliasError::OutOfRange));
+        assert_eq!(
+            Inbound::new(0).resolve("x", Some(1)),
+            Err(AliasError::OutOfRange)
+        );
     }
 
     #[test]

@@ -17,9 +17,9 @@ use ferrymq_core::{
     PublishedBatch, QueueDecl, QueueRef, VHost, Value,
 };
 use ferrymq_mqtt_codec::{
-    decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_name,
-    Connack, Connect, Disconnect, Error as CodecError, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe, Unsuback, Unsubscribe, Will,
+    decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_name, Connack,
+    Connect, Disconnect, Error as CodecError, Packet, Properties, ProtocolVersion, PubResponse,
+    Publish, QoS, ReasonCode, Suback, Subscribe, Unsuback, Unsubscribe, Will,
 };
 use ferrymq_storage::Commit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -491,12 +491,12 @@ async fn open_session(
                     Value::Int(i64::from(session_expiry).saturating_mul(1000).max(1)),
                 );
             }
-            vhost
-                .declare_queue(decl, handle.id, false)
-                .and_then(|_| match vhost.queue(&queue_name) {
+            vhost.declare_queue(decl, handle.id, false).and_then(|_| {
+                match vhost.queue(&queue_name) {
                     Some(QueueRef::Classic(q)) => Ok(q),
                     _ => Err(CoreError::NotFound(queue_name.clone())),
-                })
+                }
+            })
         }
     };
     let queue = match queue {
@@ -611,7 +611,11 @@ async fn open_session(
     // redelivered, so with DUP).
     let pubrels: Vec<u16> = conn.state.outbound_pubrel.iter().copied().collect();
     for pid in pubrels {
-        encode(&mut conn.out, version, Packet::Pubrel(PubResponse::new(pid)));
+        encode(
+            &mut conn.out,
+            version,
+            Packet::Pubrel(PubResponse::new(pid)),
+        );
     }
     conn.consume(queue, None);
     let shared = std::mem::take(&mut conn.state.shared);
@@ -753,20 +757,24 @@ impl Conn {
                     }
                     self.session_expiry = e.min(self.mqtt.config.session_expiry_max_s);
                 }
-                self.ending = Some(if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
-                    End::Abnormal
-                } else {
-                    End::Clean
-                });
+                self.ending = Some(
+                    if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+                        End::Abnormal
+                    } else {
+                        End::Clean
+                    },
+                );
             }
             Packet::Auth(_) => self.fail(
                 ReasonCode::BAD_AUTHENTICATION_METHOD,
                 "enhanced authentication is not supported",
             ),
             Packet::Connect(_) => self.fail(ReasonCode::PROTOCOL_ERROR, "second CONNECT"),
-            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
-                self.fail(ReasonCode::PROTOCOL_ERROR, "server-to-client packet from the client")
-            }
+            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => self
+                .fail(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "server-to-client packet from the client",
+                ),
         }
     }
 
@@ -810,7 +818,10 @@ impl Conn {
             }
             let in_flight = self.state.inbound_qos2.len() + self.pending.len();
             if in_flight >= usize::from(self.mqtt.config.receive_maximum.max(1)) * 2 {
-                return self.fail(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
+                return self.fail(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                );
             }
             self.state.inbound_qos2.insert(pid);
         }
@@ -845,7 +856,9 @@ impl Conn {
             };
             match r {
                 Ok(c) => commit = c,
-                Err(e) => tracing::warn!(topic = %p.topic, error = %e, "retained message not stored"),
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, error = %e, "retained message not stored")
+                }
             }
         }
         let ack = (p.qos != QoS::AtMostOnce).then_some(Ack {
@@ -945,7 +958,9 @@ impl Conn {
             b.done = Some(ok);
         }
         while let Some(Some(ok)) = self.acks.front().map(|b| b.done) {
-            let Some(b) = self.acks.pop_front() else { break };
+            let Some(b) = self.acks.pop_front() else {
+                break;
+            };
             if !ok && !self.v5() {
                 self.fail(ReasonCode::UNSPECIFIED_ERROR, "publish not durable");
                 return;
@@ -1043,7 +1058,10 @@ impl Conn {
     }
 
     fn shared_queue_name(full: &str) -> String {
-        format!("{SHARED_QUEUE_PREFIX}{}", &full[ferrymq_mqtt_codec::SHARED_PREFIX.len()..])
+        format!(
+            "{SHARED_QUEUE_PREFIX}{}",
+            &full[ferrymq_mqtt_codec::SHARED_PREFIX.len()..]
+        )
     }
 
     /// Joins a shared subscription: its queue (one per group and filter), bound once,
@@ -1054,7 +1072,11 @@ impl Conn {
         };
         let filter = shared.filter.to_owned();
         let name = Self::shared_queue_name(full);
-        if self.sources.values().any(|s| s.shared.as_deref() == Some(full)) {
+        if self
+            .sources
+            .values()
+            .any(|s| s.shared.as_deref() == Some(full))
+        {
             return true; // already a member
         }
         let decl = QueueDecl {

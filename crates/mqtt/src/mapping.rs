@@ -93,7 +93,8 @@ pub fn props_to_message(pr: &Properties, m: &mut Message) {
         m.headers.0.push((k.clone(), Value::String(v.clone())));
     }
     if let Some(f) = pr.payload_format_indicator {
-        m.headers.insert(HEADER_PAYLOAD_FORMAT, Value::Int(i64::from(f)));
+        m.headers
+            .insert(HEADER_PAYLOAD_FORMAT, Value::Int(i64::from(f)));
     }
     m.properties.content_type = pr.content_type.clone();
     m.properties.reply_to = pr.response_topic.as_deref().map(topic_to_key);
@@ -103,7 +104,9 @@ pub fn props_to_message(pr: &Properties, m: &mut Message) {
     if let Some(c) = &pr.correlation_data {
         match std::str::from_utf8(c) {
             Ok(s) if c.len() <= SHORT_STRING_MAX => m.properties.correlation_id = Some(s.into()),
-            _ => m.headers.insert(HEADER_CORRELATION, Value::Bytes(c.clone())),
+            _ => m
+                .headers
+                .insert(HEADER_CORRELATION, Value::Bytes(c.clone())),
         }
     }
 }

@@ -368,7 +368,11 @@ mod tests {
         }
         let (s, r) = open(tmp.path(), 100);
         assert_eq!(r.len(), 4);
-        assert_eq!(s.list_logs(LOG_KIND).unwrap().len(), 1, "old generation removed");
+        assert_eq!(
+            s.list_logs(LOG_KIND).unwrap().len(),
+            1,
+            "old generation removed"
+        );
     }
 
     #[test]

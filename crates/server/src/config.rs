@@ -45,7 +45,44 @@ pub struct Config {
     pub users: UsersSection,
     pub shutdown: ShutdownSection,
     pub amqp: AmqpSection,
+    pub mqtt: MqttSection,
     pub http: HttpSection,
+}
+
+/// `[mqtt]`: the MQTT 3.1 / 3.1.1 / 5.0 listener (MQTT over WebSocket is served by the HTTP
+/// listener at `/mqtt`) and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    pub enabled: bool,
+    /// IP address to listen on (loopback by default).
+    pub bind: String,
+    /// TCP port (0 = pick a free one; the chosen address is logged).
+    pub port: u16,
+    /// Serve MQTT over WebSocket on the HTTP listener at `/mqtt` (subprotocol `mqtt`).
+    pub websocket: bool,
+    /// The vhost MQTT clients use.
+    pub vhost: String,
+    /// The topic exchange MQTT topics map onto.
+    pub exchange: String,
+    /// Largest MQTT packet accepted (advertised as Maximum Packet Size), in bytes.
+    pub max_packet_size: u32,
+    /// Largest keep-alive granted, in seconds (0 = any).
+    pub keepalive_max_s: u16,
+    /// Longest session expiry granted, in seconds (MQTT 3 persistent sessions get this).
+    pub session_expiry_max_s: u32,
+    /// Inbound QoS 1/2 publishes in flight per connection (advertised Receive Maximum).
+    pub receive_maximum: u16,
+    /// Inbound topic aliases per connection (advertised Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Outbound QoS 1/2 deliveries in flight per connection.
+    pub max_inflight: u16,
+    /// Retained topics held at most.
+    pub retained_max: u64,
+    /// Connections without a user name act as `users.default_user`.
+    pub allow_anonymous: bool,
+    /// Time allowed from TCP accept to a complete CONNECT.
+    pub connect_timeout_ms: u64,
 }
 
 /// `[http]`: the HTTP API, WebSocket, SSE and metrics listener.
@@ -190,6 +227,9 @@ pub mod bounds {
     pub const NAME_BYTES_MAX: usize = 255;
     pub const AMQP_FRAME_MAX_MIN: u32 = 4096;
     pub const AMQP_FRAME_MAX_MAX: u32 = 16 * MIB as u32;
+    pub const MQTT_PACKET_SIZE_MIN: u64 = 1024;
+    /// MQTT's own limit (the remaining length's largest value, plus the fixed header).
+    pub const MQTT_PACKET_SIZE_MAX: u32 = 268_435_460;
 }
 
 impl Config {
@@ -228,6 +268,23 @@ impl Config {
                 connections_max: 0,
                 consumers_per_channel_max: 0,
                 handshake_timeout_ms: 10_000,
+            },
+            mqtt: MqttSection {
+                enabled: true,
+                bind: "127.0.0.1".into(),
+                port: 1883,
+                websocket: true,
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                max_packet_size: MIB as u32,
+                keepalive_max_s: 65_535,
+                session_expiry_max_s: 86_400,
+                receive_maximum: 1024,
+                topic_alias_maximum: 64,
+                max_inflight: 1024,
+                retained_max: 100_000,
+                allow_anonymous: true,
+                connect_timeout_ms: 10_000,
             },
             http: HttpSection {
                 enabled: true,
@@ -332,10 +389,60 @@ impl Config {
         if a.handshake_timeout_ms == 0 {
             return Err(("amqp.handshake_timeout_ms", "must be at least 1".into()));
         }
+        let m = &self.mqtt;
+        if m.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err((
+                "mqtt.bind",
+                format!("must be an IP address, got {:?}", m.bind),
+            ));
+        }
+        name("mqtt.vhost", &m.vhost)?;
+        name("mqtt.exchange", &m.exchange)?;
+        in_range(
+            "mqtt.max_packet_size",
+            u64::from(m.max_packet_size),
+            MQTT_PACKET_SIZE_MIN,
+            // A packet carries one message plus its topic and properties.
+            (l.message_size_max_bytes + 64 * KIB).min(u64::from(MQTT_PACKET_SIZE_MAX)),
+        )
+        .map_err(|(k, p)| {
+            (
+                k,
+                format!("{p} (limits.message_size_max_bytes + 64 KiB, at most 256 MiB)"),
+            )
+        })?;
+        if m.receive_maximum == 0 {
+            return Err(("mqtt.receive_maximum", "must be at least 1".into()));
+        }
+        if m.max_inflight == 0 {
+            return Err(("mqtt.max_inflight", "must be at least 1".into()));
+        }
+        if m.connect_timeout_ms == 0 {
+            return Err(("mqtt.connect_timeout_ms", "must be at least 1".into()));
+        }
         if self.http.bind.trim().is_empty() {
             return Err(("http.bind", "must not be empty".into()));
         }
         Ok(())
+    }
+
+    /// The MQTT adapter's settings.
+    pub fn mqtt_config(&self) -> ferrymq_mqtt::MqttConfig {
+        let m = &self.mqtt;
+        ferrymq_mqtt::MqttConfig {
+            vhost: m.vhost.clone(),
+            exchange: m.exchange.clone(),
+            max_packet_size: m.max_packet_size,
+            keepalive_max_s: m.keepalive_max_s,
+            session_expiry_max_s: m.session_expiry_max_s,
+            receive_maximum: m.receive_maximum,
+            topic_alias_maximum: m.topic_alias_maximum,
+            max_inflight: m.max_inflight,
+            retained_max: usize::try_from(m.retained_max).unwrap_or(usize::MAX),
+            allow_anonymous: m.allow_anonymous,
+            default_user: self.users.default_user.clone(),
+            connect_timeout_ms: m.connect_timeout_ms,
+        }
     }
 
     /// The AMQP listener's settings as the adapter takes them.

@@ -14,6 +14,7 @@ mod admin;
 mod cli;
 mod config;
 mod logging;
+mod mqtt_ws;
 mod serve;
 mod shutdown;
 

@@ -110,15 +110,58 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
+    let mut mqtt = None;
+    if config.mqtt.enabled {
+        let addr = SocketAddr::new(
+            config.mqtt.bind.parse().context("mqtt.bind")?,
+            config.mqtt.port,
+        );
+        let adapter = ferrymq_mqtt::Mqtt::open(broker.clone(), config.mqtt_config())
+            .context("cannot open the MQTT adapter")?;
+        let listener = ferrymq_mqtt::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+        let local = listener.local_addr().context("MQTT listener address")?;
+        info!("MQTT listening on {local}");
+        let tcp = adapter.clone();
+        tasks.spawn("mqtt", move |mut shutdown| async move {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let run = ferrymq_mqtt::run(listener, tcp, stop_rx);
+            tokio::pin!(run);
+            tokio::select! {
+                _ = &mut run => {}
+                _ = shutdown.recv() => {
+                    let _ = stop_tx.send(true);
+                    run.await;
+                }
+            }
+            Ok(())
+        });
+        mqtt = Some(adapter);
+    }
     if config.http.enabled {
         let listener = ferrymq_http::bind(&config.http.bind, config.http.port).await?;
         let addr = listener.local_addr().context("http listener address")?;
         info!("http listening on {addr}");
+        let mut extra = axum::Router::new();
+        if let (Some(m), true) = (&mqtt, config.mqtt.websocket) {
+            let max = usize::try_from(config.mqtt.max_packet_size).unwrap_or(usize::MAX);
+            extra = crate::mqtt_ws::routes(m.clone(), max);
+            info!("MQTT over WebSocket on http://{addr}/mqtt");
+        }
         let broker = broker.clone();
+        let ws_mqtt = mqtt.clone();
         tasks.spawn("http", move |mut shutdown| async move {
             // Held until the server has drained, so shutdown waits for in-flight requests.
             let draining = shutdown.child();
-            ferrymq_http::serve(listener, broker, async move { shutdown.recv().await }).await?;
+            let signal = async move {
+                shutdown.recv().await;
+                // WebSocket MQTT connections are not drained by the HTTP server: end them.
+                if let Some(m) = ws_mqtt {
+                    m.stop();
+                }
+            };
+            ferrymq_http::serve_with_routes(listener, broker, extra, signal).await?;
             drop(draining);
             Ok(())
         });

@@ -18,7 +18,8 @@ pub fn ferrymq(dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env_clear()
         .env("FERRYMQ_AMQP_PORT", "0")
-        .env("FERRYMQ_HTTP_PORT", "0");
+        .env("FERRYMQ_HTTP_PORT", "0")
+        .env("FERRYMQ_MQTT_PORT", "0");
     cmd
 }
 
