@@ -1,0 +1,288 @@
+//! Issue #6: MQTT durability across `kill -9`, MQTT ⇄ AMQP (lapin) with properties mapped,
+//! and MQTT over WebSocket (tungstenite) on the HTTP listener's `/mqtt`.
+
+mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt;
+
+use bytes::{Bytes, BytesMut};
+use common::{listening, serve};
+use ferrymq_mqtt_codec::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use mqtt::{connect_packet, Client};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_qos1_and_retained_messages_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let mut sub = Client::v311(addr, "durable-sub", false).await;
+        sub.subscribe(1, "d/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        let mut publ = Client::v311(addr, "pub", true).await;
+        for i in 0..5u8 {
+            // PUBACK comes after the fsync (T2), so these must survive.
+            publ.publish(
+                "d/x",
+                &[b'0' + i],
+                QoS::AtLeastOnce,
+                false,
+                u16::from(i) + 1,
+            )
+            .await;
+        }
+        publ.publish("d/ret", b"kept", QoS::AtLeastOnce, true, 10)
+            .await;
+        publ.publish("e/ret", b"also", QoS::AtLeastOnce, true, 11)
+            .await;
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let addr = listening(&server, "MQTT");
+    let (mut sub, a) = Client::connect(
+        addr,
+        connect_packet(ProtocolVersion::V3_1_1, "durable-sub", false),
+    )
+    .await;
+    assert!(a.session_present, "the session survived");
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let p = sub.expect_publish().await;
+        got.push((p.topic, p.payload));
+    }
+    let bodies: Vec<&[u8]> = got.iter().map(|(_, b)| &b[..]).collect();
+    assert_eq!(bodies, vec![&b"0"[..], b"1", b"2", b"3", b"4", b"kept"]);
+    let mut fresh = Client::v5(addr, "fresh", true).await;
+    fresh.subscribe(1, "+/ret", QoS::AtLeastOnce).await;
+    let mut ret = vec![fresh.expect_publish().await, fresh.expect_publish().await];
+    ret.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(ret[0].topic, "d/ret");
+    assert_eq!(&ret[0].payload[..], b"kept");
+    assert!(ret[0].retain);
+    assert_eq!(ret[1].topic, "e/ret");
+}
+
+fn s(v: &str) -> ShortString {
+    v.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_and_amqp_exchange_messages_with_properties() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let maddr = listening(&server, "MQTT");
+    let aaddr = listening(&server, "AMQP");
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@{aaddr}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        s("from-mqtt"),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        s("from-mqtt"),
+        s("amq.topic"),
+        s("sensors.#"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // MQTT → AMQP
+    let mut m = Client::v5(maddr, "dev", true).await;
+    let props = Properties {
+        user_properties: vec![("room".into(), "kitchen".into())],
+        content_type: Some("application/json".into()),
+        correlation_data: Some(Bytes::from_static(b"corr-1")),
+        response_topic: Some("replies/dev".into()),
+        message_expiry_interval: Some(60),
+        ..Properties::default()
+    };
+    m.publish_props(
+        "sensors/1/temp",
+        b"{\"t\":21}",
+        QoS::AtLeastOnce,
+        false,
+        1,
+        props,
+    )
+    .await;
+    let mut consumer = ch
+        .basic_consume(
+            s("from-mqtt"),
+            s("c"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(mqtt::WAIT, consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.routing_key.as_str(), "sensors.1.temp");
+    assert_eq!(d.data, b"{\"t\":21}");
+    let p = &d.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|v| v.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|v| v.as_str()),
+        Some("corr-1")
+    );
+    assert_eq!(
+        p.reply_to().as_ref().map(|v| v.as_str()),
+        Some("replies.dev")
+    );
+    assert_eq!(p.expiration().as_ref().map(|v| v.as_str()), Some("60000"));
+    assert_eq!(*p.delivery_mode(), Some(2), "QoS 1 is persistent");
+    let headers = p.headers().clone().unwrap_or_default();
+    let room = headers.inner().get("room").cloned();
+    assert!(
+        matches!(&room, Some(AMQPValue::LongString(v)) if v.to_string() == "kitchen"),
+        "{room:?}"
+    );
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    // AMQP → MQTT
+    let mut sub = Client::v5(maddr, "app", true).await;
+    sub.subscribe(1, "cmd/+", QoS::AtLeastOnce).await;
+    let mut h = FieldTable::default();
+    h.insert(s("op"), AMQPValue::LongString("reboot".into()));
+    ch.basic_publish(
+        s("amq.topic"),
+        s("cmd.dev1"),
+        BasicPublishOptions::default(),
+        b"now",
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(s("text/plain"))
+            .with_correlation_id(s("c-9"))
+            .with_reply_to(s("acks.dev1"))
+            .with_headers(h),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let p = sub.expect_publish().await;
+    assert_eq!(p.topic, "cmd/dev1");
+    assert_eq!(&p.payload[..], b"now");
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.properties.correlation_data.as_deref(), Some(&b"c-9"[..]));
+    assert_eq!(p.properties.response_topic.as_deref(), Some("acks/dev1"));
+    assert_eq!(
+        p.properties.user_properties,
+        vec![("op".to_string(), "reboot".to_string())]
+    );
+    // a transient AMQP message arrives at QoS 0
+    ch.basic_publish(
+        s("amq.topic"),
+        s("cmd.dev2"),
+        BasicPublishOptions::default(),
+        b"t",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sub.expect_publish().await.qos, QoS::AtMostOnce);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket() {
+    use tungstenite::client::IntoClientRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let maddr = listening(&server, "MQTT");
+    let haddr = listening(&server, "http");
+    let ws = tokio::task::spawn_blocking(move || {
+        let stream = std::net::TcpStream::connect(haddr).unwrap();
+        stream.set_read_timeout(Some(mqtt::WAIT)).unwrap();
+        let mut req = format!("ws://{haddr}/mqtt").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+        let (mut ws, resp) = tungstenite::client(req, stream).expect("handshake");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("mqtt")
+        );
+        let v = ProtocolVersion::V3_1_1;
+        let send = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, p: Packet| {
+            let b = p.to_bytes(v).unwrap().freeze();
+            ws.send(tungstenite::Message::Binary(b)).unwrap();
+        };
+        let mut buf = BytesMut::new();
+        let mut recv = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| loop {
+            if let Some(p) = decode(&mut buf, v, PROTOCOL_MAX_PACKET_SIZE).unwrap() {
+                return p;
+            }
+            match ws.read().unwrap() {
+                tungstenite::Message::Binary(b) => buf.extend_from_slice(&b),
+                m => panic!("unexpected {m:?}"),
+            }
+        };
+        send(
+            &mut ws,
+            Packet::Connect(Box::new(connect_packet(v, "ws", true))),
+        );
+        assert!(
+            matches!(recv(&mut ws), Packet::Connack(a) if a.reason_code == ReasonCode::SUCCESS)
+        );
+        send(
+            &mut ws,
+            Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                properties: Properties::default(),
+                subscriptions: vec![Subscription {
+                    filter: "web/#".into(),
+                    options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+                }],
+            }),
+        );
+        assert!(matches!(recv(&mut ws), Packet::Suback(_)));
+        (ws, buf)
+    })
+    .await
+    .unwrap();
+    let (mut ws, mut buf) = ws;
+    let mut publ = Client::v311(maddr, "tcp", true).await;
+    publ.publish("web/page", b"hello browser", QoS::AtLeastOnce, false, 1)
+        .await;
+    let p = tokio::task::spawn_blocking(move || loop {
+        if let Some(p) =
+            decode(&mut buf, ProtocolVersion::V3_1_1, PROTOCOL_MAX_PACKET_SIZE).unwrap()
+        {
+            return p;
+        }
+        match ws.read().unwrap() {
+            tungstenite::Message::Binary(b) => buf.extend_from_slice(&b),
+            m => panic!("unexpected {m:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    match p {
+        Packet::Publish(p) => {
+            assert_eq!(p.topic, "web/page");
+            assert_eq!(&p.payload[..], b"hello browser");
+        }
+        p => panic!("{p:?}"),
+    }
+}
