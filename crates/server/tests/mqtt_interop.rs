@@ -60,7 +60,7 @@ async fn queued_qos1_and_retained_messages_survive_kill_9() {
     assert_eq!(bodies, vec![&b"0"[..], b"1", b"2", b"3", b"4", b"kept"]);
     let mut fresh = Client::v5(addr, "fresh", true).await;
     fresh.subscribe(1, "+/ret", QoS::AtLeastOnce).await;
-    let mut ret = vec![fresh.expect_publish().await, fresh.expect_publish().await];
+    let mut ret = [fresh.expect_publish().await, fresh.expect_publish().await];
     ret.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(ret[0].topic, "d/ret");
     assert_eq!(&ret[0].payload[..], b"kept");
