@@ -35,6 +35,8 @@ use crate::Mqtt;
 const DELIVERY_EVENTS_PER_TURN: usize = 64;
 /// Spare read capacity reserved before a read.
 const READ_RESERVE: usize = 4096;
+/// Largest reservation made at once for reads.
+const READ_CHUNK_MAX: usize = 256 * 1024;
 /// A read buffer larger than this is dropped once empty (idle memory stays small).
 const READ_KEEP_MAX: usize = 64 * 1024;
 /// A write buffer larger than this is dropped after a flush.
@@ -110,6 +112,8 @@ struct Conn {
     pool: Arc<CreditPool>,
     prefetch: u32,
     inflight: HashMap<u16, Inflight>,
+    /// Core acks collected this turn, one `ack` call per queue (see `flush_acks`).
+    to_ack: Vec<(Arc<Queue>, Vec<u64>)>,
     next_pid: u16,
     client_max_packet: u32,
     aliases_in: alias::Inbound,
@@ -204,6 +208,7 @@ where
         conn.on_bytes(&mut inbuf);
     }
     loop {
+        conn.flush_acks();
         if !conn.out.is_empty() {
             if wr.write_all(&conn.out).await.is_err() {
                 conn.ending.get_or_insert(End::Abnormal);
@@ -223,7 +228,8 @@ where
         }
         let paused = conn.blocked && conn.published;
         if !paused && inbuf.capacity() - inbuf.len() < 256 {
-            inbuf.reserve(READ_RESERVE);
+            // Small when idle, doubling while data keeps coming (a large packet, a burst).
+            inbuf.reserve(READ_RESERVE.max(inbuf.len()).min(READ_CHUNK_MAX));
         }
         tokio::select! {
             r = rd.read_buf(&mut inbuf), if !paused => {
@@ -433,7 +439,11 @@ async fn open_session(
     // Keep-alive.
     let mut keep_alive = c.keep_alive;
     let mut server_keep_alive = None;
-    if cfg.keepalive_max_s > 0 && (keep_alive == 0 || keep_alive > cfg.keepalive_max_s) {
+    if cfg.keepalive_max_s > 0 && keep_alive > cfg.keepalive_max_s {
+        keep_alive = cfg.keepalive_max_s;
+        server_keep_alive = v5(version).then_some(keep_alive);
+    } else if cfg.keepalive_max_s > 0 && keep_alive == 0 && v5(version) {
+        // MQTT 5 can be told a keep-alive (Mosquitto's max_keepalive); MQTT 3 keeps 0.
         keep_alive = cfg.keepalive_max_s;
         server_keep_alive = Some(keep_alive);
     }
@@ -557,6 +567,7 @@ async fn open_session(
         pool: CreditPool::new(prefetch),
         prefetch,
         inflight: HashMap::new(),
+        to_ack: Vec::new(),
         next_pid: 1,
         client_max_packet: if v5(version) {
             p.maximum_packet_size.unwrap_or(u32::MAX)
@@ -1214,7 +1225,7 @@ impl Conn {
         let Some(granted) = granted else {
             // Routed by the coarser key match only (or No Local): not for this client.
             let _ = local_only;
-            queue.ack(&[d.id], now_ms());
+            self.ack_later(&queue, d.id);
             return;
         };
         let qos = mapping::message_qos(&d.message).min(granted);
@@ -1292,7 +1303,7 @@ impl Conn {
             // Larger than the client accepts (or not encodable): dropped, as MQTT 5 says.
             self.out.truncate(before);
             if let Some((q, id)) = source {
-                q.ack(&[id], now_ms());
+                self.ack_later(&q, id);
             }
             return;
         }
@@ -1303,7 +1314,7 @@ impl Conn {
         match packet_id {
             None => {
                 if let Some((q, id)) = source {
-                    q.ack(&[id], now_ms());
+                    self.ack_later(&q, id);
                 }
             }
             Some(pid) => {
@@ -1312,19 +1323,37 @@ impl Conn {
         }
     }
 
+    fn ack_later(&mut self, q: &Arc<Queue>, id: u64) {
+        match self.to_ack.iter_mut().find(|(x, _)| Arc::ptr_eq(x, q)) {
+            Some((_, ids)) => ids.push(id),
+            None => self.to_ack.push((q.clone(), vec![id])),
+        }
+    }
+
+    /// Settles this turn's acks: one call (one lock, one journal write) per queue.
+    fn flush_acks(&mut self) {
+        if self.to_ack.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let acked: Vec<(Arc<Queue>, Vec<u64>)> = std::mem::take(&mut self.to_ack);
+        for (q, ids) in &acked {
+            q.ack(ids, now);
+        }
+        // Credit is shared across this connection's queues: let the others use it.
+        if self.sources.len() > 1 {
+            for s in self.sources.values() {
+                if !acked.iter().any(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
+                    s.queue.kick(now);
+                }
+            }
+        }
+    }
+
     /// The client acknowledged a delivery.
     fn settle(&mut self, f: Inflight) {
         if let Some((q, id)) = f.source {
-            q.ack(&[id], now_ms());
-            // Credit is shared across this connection's queues: let the others use it.
-            if self.sources.len() > 1 {
-                let now = now_ms();
-                for s in self.sources.values() {
-                    if !Arc::ptr_eq(&s.queue, &q) {
-                        s.queue.kick(now);
-                    }
-                }
-            }
+            self.ack_later(&q, id);
         }
     }
 
@@ -1346,6 +1375,7 @@ impl Conn {
     // ------------------------------------------------------------------ end
 
     fn cleanup(&mut self) {
+        self.flush_acks();
         let now = now_ms();
         // Unacked deliveries go back (redelivered: DUP on the next connection).
         for (_, f) in self.inflight.drain() {
