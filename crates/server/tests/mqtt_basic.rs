@@ -495,3 +495,65 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
     let mut ok = Client::v311(addr, "fine", true).await;
     ok.ping().await;
 }
+
+#[tokio::test]
+async fn session_expiry_ends_a_persistent_session() {
+    let (_t, _s, addr) = start();
+    let mut c = connect_packet(ProtocolVersion::V5, "brief", true);
+    c.properties.session_expiry_interval = Some(1);
+    let (mut cl, _) = Client::connect(addr, c.clone()).await;
+    cl.subscribe(1, "brief/#", QoS::AtLeastOnce).await;
+    cl.disconnect().await;
+    // Within the interval the session is there...
+    c.clean_start = false;
+    let (cl, a) = Client::connect(addr, c.clone()).await;
+    assert!(a.session_present);
+    cl.disconnect().await;
+    // ...and after it, gone. Polled no faster than the interval: a reconnect resumes the
+    // session and restarts its expiry.
+    let deadline = std::time::Instant::now() + mqtt::WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (cl, a) = Client::connect(addr, c.clone()).await;
+        if !a.session_present {
+            break;
+        }
+        cl.disconnect().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session never expired"
+        );
+    }
+}
+
+#[tokio::test]
+async fn will_delay_is_cancelled_by_a_reconnect() {
+    let (_t, _s, addr) = start();
+    let mut watcher = Client::v5(addr, "watcher", true).await;
+    watcher.subscribe(1, "lw/#", QoS::AtLeastOnce).await;
+    let mut c = connect_packet(ProtocolVersion::V5, "flaky", false);
+    c.properties.session_expiry_interval = Some(60);
+    c.will = Some(Will {
+        topic: "lw/flaky".into(),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(2),
+            ..Properties::default()
+        },
+    });
+    let (cl, _) = Client::connect(addr, c.clone()).await;
+    drop(cl);
+    // back within the delay: no will
+    let (cl, a) = Client::connect(addr, c.clone()).await;
+    assert!(a.session_present);
+    assert!(
+        watcher.quiet(Duration::from_millis(2500)).await,
+        "will cancelled"
+    );
+    // gone for longer than the delay: the will comes
+    drop(cl);
+    let p = watcher.expect_publish().await;
+    assert_eq!(p.topic, "lw/flaky");
+}
