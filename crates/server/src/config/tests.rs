@@ -125,7 +125,7 @@ fn every_env_var_name_is_unique_and_settable() {
     let leaves = leaf_paths(&t);
     assert_eq!(
         leaves.len(),
-        26,
+        41,
         "update ARCHITECTURE-server.md: {leaves:?}"
     );
     let mut names: Vec<_> = leaves.iter().map(|l| env_name(l)).collect();
@@ -297,8 +297,10 @@ fn unknown_keys_are_rejected() {
         ),
         "{e}"
     );
-    let e = err(Some("[mqtt]\nport = 1883\n"), &[], &[]);
-    assert!(e.starts_with("mqtt: unknown key"), "{e}");
+    let e = err(Some("[kafka]\nport = 9092\n"), &[], &[]);
+    assert!(e.starts_with("kafka: unknown key"), "{e}");
+    let e = err(Some("[mqtt]\nprot = 1883\n"), &[], &[]);
+    assert!(e.starts_with("mqtt.prot: unknown key"), "{e}");
     let e = err(Some("[amqp]\nprot = 5672\n"), &[], &[]);
     assert!(e.starts_with("amqp.prot: unknown key"), "{e}");
     let e = err(None, &[], &["storage.nope=1"]);
@@ -408,4 +410,50 @@ fn amqp_section_is_validated() {
     assert!(e.starts_with("amqp.frame_max:"), "{e}");
     let e = err(None, &[], &["amqp.channel_max=0"]);
     assert!(e.starts_with("amqp.channel_max:"), "{e}");
+}
+
+#[test]
+fn mqtt_section_is_validated() {
+    let c = load_with(
+        None,
+        &[
+            ("FERRYMQ_MQTT_PORT", "0"),
+            ("FERRYMQ_MQTT_ALLOW_ANONYMOUS", "false"),
+        ],
+        &["mqtt.max_packet_size=65536", "mqtt.vhost=/"],
+    )
+    .unwrap();
+    assert_eq!((c.mqtt.port, c.mqtt.max_packet_size), (0, 65536));
+    assert!(!c.mqtt.allow_anonymous);
+    let m = c.mqtt_config();
+    assert_eq!(
+        (m.default_user.as_str(), m.max_packet_size),
+        ("guest", 65536)
+    );
+    let e = err(None, &[], &["mqtt.bind=localhost"]);
+    assert!(e.starts_with("mqtt.bind: must be an IP address"), "{e}");
+    let e = err(None, &[], &["mqtt.max_packet_size=100"]);
+    assert!(
+        e.starts_with("mqtt.max_packet_size: must be at least 1024"),
+        "{e}"
+    );
+    // bounded by the largest message (+ 64 KiB for topic and properties)
+    let e = err(
+        None,
+        &[],
+        &[
+            "limits.message_size_max_bytes=1000",
+            "mqtt.max_packet_size=1000000",
+        ],
+    );
+    assert!(
+        e.starts_with("mqtt.max_packet_size: must be at most 66536"),
+        "{e}"
+    );
+    let e = err(None, &[], &["mqtt.receive_maximum=0"]);
+    assert!(e.starts_with("mqtt.receive_maximum:"), "{e}");
+    let e = err(None, &[], &["mqtt.max_inflight=0"]);
+    assert!(e.starts_with("mqtt.max_inflight:"), "{e}");
+    let e = err(None, &[], &["mqtt.vhost="]);
+    assert!(e.starts_with("mqtt.vhost:"), "{e}");
 }
