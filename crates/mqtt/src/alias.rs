@@ -74,6 +74,11 @@ impl Outbound {
         }
         (None, true)
     }
+
+    /// Withdraws the alias just assigned to `topic` (its PUBLISH was not sent).
+    pub fn forget(&mut self, topic: &str) {
+        self.aliases.remove(topic);
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,18 @@ struct Inflight {
     source: Option<(Arc<Queue>, u64)>,
 }
 
+/// A PUBLISH to send to the client.
+struct Out {
+    topic: String,
+    message: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    sub_ids: Vec<u32>,
+    /// The queue delivery it carries (`None` for retained messages sent at subscribe).
+    source: Option<(Arc<Queue>, u64)>,
+}
+
 /// An acknowledgement to send once a publish batch is durable.
 struct Ack {
     qos: QoS,
@@ -112,6 +124,9 @@ struct Conn {
     pool: Arc<CreditPool>,
     prefetch: u32,
     inflight: HashMap<u16, Inflight>,
+    /// QoS 1/2 deliveries waiting for room in the client's Receive Maximum.
+    backlog: VecDeque<Out>,
+    client_receive_max: u16,
     /// Core acks collected this turn, one `ack` call per queue (see `flush_acks`).
     to_ack: Vec<(Arc<Queue>, Vec<u64>)>,
     next_pid: u16,
@@ -279,6 +294,11 @@ where
                 }
             }
             () = &mut keepalive, if !ka.is_zero() => {
+                if paused {
+                    // Not reading (resource alarm): the client's silence is ours.
+                    keepalive.as_mut().reset(ka_deadline(Instant::now(), ka));
+                    continue;
+                }
                 tracing::info!(peer = %conn.peer, client_id = %conn.client_id, "MQTT keep-alive timeout");
                 conn.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, None);
                 conn.ending = Some(End::Abnormal);
@@ -567,6 +587,8 @@ async fn open_session(
         pool: CreditPool::new(prefetch),
         prefetch,
         inflight: HashMap::new(),
+        backlog: VecDeque::new(),
+        client_receive_max,
         to_ack: Vec::new(),
         next_pid: 1,
         client_max_packet: if v5(version) {
@@ -1035,8 +1057,15 @@ impl Conn {
         for sub in retained {
             for (topic, r) in self.mqtt.retained.matching(&sub.filter) {
                 let qos = mapping::message_qos(&r.message).min(sub.qos);
-                let ids: Vec<u32> = sub.id.into_iter().collect();
-                self.deliver(&topic, &r.message, qos, true, false, ids, None);
+                self.deliver(Out {
+                    topic,
+                    message: r.message,
+                    qos,
+                    retain: true,
+                    dup: false,
+                    sub_ids: sub.id.into_iter().collect(),
+                    source: None,
+                });
             }
         }
     }
@@ -1199,7 +1228,6 @@ impl Conn {
         let mut granted: Option<QoS> = None;
         let mut ids = Vec::new();
         let mut rap = false;
-        let mut local_only = true;
         let publisher = d.message.headers.get_str(mapping::HEADER_PUBLISHER);
         let is_local = publisher == Some(self.client_id.as_str());
         let mut consider = |s: &Sub| {
@@ -1209,7 +1237,6 @@ impl Conn {
             if s.no_local && is_local {
                 return;
             }
-            local_only = false;
             granted = Some(granted.map_or(s.qos, |g| g.max(s.qos)));
             ids.extend(s.id);
             rap |= s.retain_as_published;
@@ -1224,14 +1251,20 @@ impl Conn {
         }
         let Some(granted) = granted else {
             // Routed by the coarser key match only (or No Local): not for this client.
-            let _ = local_only;
             self.ack_later(&queue, d.id);
             return;
         };
         let qos = mapping::message_qos(&d.message).min(granted);
         let retain = rap && mapping::message_retained(&d.message);
-        let source = Some((queue, d.id));
-        self.deliver(&topic, &d.message, qos, retain, d.redelivered, ids, source);
+        self.deliver(Out {
+            topic,
+            message: d.message,
+            qos,
+            retain,
+            dup: d.redelivered,
+            sub_ids: ids,
+            source: Some((queue, d.id)),
+        });
     }
 
     fn alloc_pid(&mut self) -> Option<u16> {
@@ -1248,24 +1281,31 @@ impl Conn {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        &mut self,
-        topic: &str,
-        m: &Message,
-        qos: QoS,
-        retain: bool,
-        dup: bool,
-        sub_ids: Vec<u32>,
-        source: Option<(Arc<Queue>, u64)>,
-    ) {
+    fn deliver(&mut self, o: Out) {
+        if o.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.client_receive_max) {
+            // The client's Receive Maximum is reached (retained messages at subscribe can
+            // add to the queues' window): wait for an acknowledgement.
+            self.backlog.push_back(o);
+            return;
+        }
+        let Out {
+            topic,
+            message: m,
+            qos,
+            retain,
+            dup,
+            sub_ids,
+            source,
+        } = o;
         let mut properties = Properties::default();
-        let mut wire_topic = topic.to_owned();
+        let mut wire_topic = topic.clone();
+        let mut new_alias = false;
         if self.v5() {
-            properties = mapping::message_to_props(m);
+            properties = mapping::message_to_props(&m);
             properties.subscription_identifiers = sub_ids;
-            let (alias, with_topic) = self.aliases_out.assign(topic);
+            let (alias, with_topic) = self.aliases_out.assign(&topic);
             properties.topic_alias = alias;
+            new_alias = alias.is_some() && with_topic;
             if !with_topic {
                 wire_topic.clear();
             }
@@ -1277,6 +1317,9 @@ impl Conn {
                 Some(p) => Some(p),
                 None => {
                     // No free packet id: give the message back for later.
+                    if new_alias {
+                        self.aliases_out.forget(&topic);
+                    }
                     if let Some((q, id)) = source {
                         q.nack(&[id], true, now_ms());
                     }
@@ -1302,6 +1345,9 @@ impl Conn {
         if too_large {
             // Larger than the client accepts (or not encodable): dropped, as MQTT 5 says.
             self.out.truncate(before);
+            if new_alias {
+                self.aliases_out.forget(&topic);
+            }
             if let Some((q, id)) = source {
                 self.ack_later(&q, id);
             }
@@ -1320,6 +1366,16 @@ impl Conn {
             Some(pid) => {
                 self.inflight.insert(pid, Inflight { source });
             }
+        }
+    }
+
+    /// Sends what waited for room in the client's Receive Maximum.
+    fn drain_backlog(&mut self) {
+        while self.inflight.len() < usize::from(self.client_receive_max) {
+            let Some(o) = self.backlog.pop_front() else {
+                break;
+            };
+            self.deliver(o);
         }
     }
 
@@ -1355,6 +1411,7 @@ impl Conn {
         if let Some((q, id)) = f.source {
             self.ack_later(&q, id);
         }
+        self.drain_backlog();
     }
 
     fn return_delivery(&self, d: &Delivery) {
@@ -1380,6 +1437,11 @@ impl Conn {
         // Unacked deliveries go back (redelivered: DUP on the next connection).
         for (_, f) in self.inflight.drain() {
             if let Some((q, id)) = f.source {
+                q.nack(&[id], true, now);
+            }
+        }
+        for o in self.backlog.drain(..) {
+            if let Some((q, id)) = o.source {
                 q.nack(&[id], true, now);
             }
         }
