@@ -557,3 +557,39 @@ async fn will_delay_is_cancelled_by_a_reconnect() {
     let p = watcher.expect_publish().await;
     assert_eq!(p.topic, "lw/flaky");
 }
+
+#[tokio::test]
+async fn outbound_window_respects_the_client_receive_maximum() {
+    let (_t, _s, addr) = start();
+    let mut publ = Client::v5(addr, "pub", true).await;
+    for i in 0..4u16 {
+        publ.publish(&format!("rm/{i}"), b"r", QoS::AtLeastOnce, true, i + 1)
+            .await;
+    }
+    let mut c = connect_packet(ProtocolVersion::V5, "small", true);
+    c.properties.receive_maximum = Some(2);
+    let (mut cl, _) = Client::connect(addr, c).await;
+    cl.subscribe(1, "rm/#", QoS::AtLeastOnce).await;
+    let first = cl.recv().await;
+    let second = cl.recv().await;
+    assert!(
+        cl.quiet(Duration::from_millis(300)).await,
+        "two in flight at most"
+    );
+    // live messages queue behind the window too
+    publ.publish("rm/live", b"l", QoS::AtLeastOnce, false, 9)
+        .await;
+    assert!(cl.quiet(Duration::from_millis(300)).await);
+    let mut seen = 2;
+    for p in [first, second] {
+        let Packet::Publish(p) = p else {
+            panic!("{p:?}")
+        };
+        cl.ack(&p).await;
+    }
+    while seen < 5 {
+        let p = cl.expect_publish().await;
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        seen += 1;
+    }
+}

@@ -286,3 +286,103 @@ async fn mqtt_over_websocket() {
         p => panic!("{p:?}"),
     }
 }
+
+/// A blocking call to the management API as guest.
+fn api(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
+    use base64::Engine;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{http}{path}");
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("guest:guest")
+    );
+    let r = match method {
+        "GET" => agent.get(&url).header("authorization", &auth).call(),
+        _ => agent.delete(&url).header("authorization", &auth).call(),
+    };
+    let mut r = r.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_lists_and_closes_mqtt_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let maddr = listening(&server, "MQTT");
+    let haddr = listening(&server, "http");
+    let mut c = Client::v5(maddr, "managed", true).await;
+    let (_, conns) = tokio::task::spawn_blocking(move || api(haddr, "GET", "/api/connections"))
+        .await
+        .unwrap();
+    let conn = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["protocol"] == "mqtt")
+        .unwrap_or_else(|| panic!("no mqtt connection in {conns}"))
+        .clone();
+    assert_eq!(conn["user"], "guest");
+    let id = conn["id"].clone();
+    let id = id
+        .as_u64()
+        .map_or_else(|| id.to_string(), |n| n.to_string());
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        api(haddr, "DELETE", &format!("/api/connections/{id}"))
+    })
+    .await
+    .unwrap();
+    assert!(status < 300, "close answered {status}");
+    match c.next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION),
+        p => panic!("expected DISCONNECT 0x98, got {p:?}"),
+    }
+    assert!(c.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_are_not_acknowledged_under_a_resource_alarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No disk has this much free space: the disk alarm is raised at once.
+    let server = serve(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &["--set", "limits.disk_free_limit_bytes=9000000000000000000"],
+    );
+    let maddr = listening(&server, "MQTT");
+    let haddr = listening(&server, "http");
+    let deadline = std::time::Instant::now() + mqtt::WAIT;
+    loop {
+        let (_, o) = tokio::task::spawn_blocking(move || api(haddr, "GET", "/api/overview"))
+            .await
+            .unwrap();
+        if o["disk_alarm"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no disk alarm: {o}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut c = Client::v5(maddr, "blocked", true).await;
+    c.send(Packet::Publish(Publish {
+        qos: QoS::AtLeastOnce,
+        topic: "t".into(),
+        packet_id: Some(1),
+        payload: Bytes::from_static(b"x"),
+        ..Publish::default()
+    }))
+    .await;
+    // The first PUBLISH is read (it is what marks a publisher), later input is not.
+    let _ = c.next_within(std::time::Duration::from_millis(500)).await;
+    c.send(Packet::Pingreq).await;
+    assert!(
+        c.quiet(std::time::Duration::from_millis(500)).await,
+        "a blocked publisher's socket is not read"
+    );
+}

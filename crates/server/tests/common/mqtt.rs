@@ -89,6 +89,11 @@ impl Client {
         self.next().await.expect("connection open")
     }
 
+    /// The next packet if one arrives within `d`.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Packet> {
+        tokio::time::timeout(d, self.next()).await.ok().flatten()
+    }
+
     /// Nothing arrives within `d` (a short negative check).
     pub async fn quiet(&mut self, d: Duration) -> bool {
         tokio::time::timeout(d, self.next()).await.is_err()
