@@ -34,11 +34,11 @@ use crate::Mqtt;
 /// Deliveries taken from the sink per turn at most, so reads are not starved.
 const DELIVERY_EVENTS_PER_TURN: usize = 64;
 /// Spare read capacity reserved before a read.
-const READ_RESERVE: usize = 4096;
+const READ_RESERVE: usize = 512;
 /// Largest reservation made at once for reads.
 const READ_CHUNK_MAX: usize = 256 * 1024;
-/// A read buffer larger than this is dropped once empty (idle memory stays small).
-const READ_KEEP_MAX: usize = 64 * 1024;
+/// An empty read buffer larger than this is dropped (idle memory stays small).
+const READ_KEEP_MAX: usize = 2 * READ_RESERVE;
 /// A write buffer larger than this is dropped after a flush.
 const WRITE_KEEP_MAX: usize = 64 * 1024;
 /// Queue name prefix of session queues (RabbitMQ: `mqtt-subscription-{id}qos1`).
@@ -181,8 +181,8 @@ where
                 return;
             }
         }
-        if inbuf.capacity() - inbuf.len() < 256 {
-            inbuf.reserve(READ_RESERVE);
+        if inbuf.capacity() - inbuf.len() < READ_RESERVE / 2 {
+            inbuf.reserve(READ_RESERVE.max(inbuf.len()).min(READ_CHUNK_MAX));
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(&mut inbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -216,6 +216,7 @@ where
     let mut close_req = conn.handle.close_requested();
     let mut last_read = Instant::now();
     let ka = conn.keep_alive;
+    let mut read_hint = READ_RESERVE;
     let keepalive = tokio::time::sleep_until(ka_deadline(last_read, ka));
     tokio::pin!(keepalive);
     // Whatever arrived after CONNECT in the same read.
@@ -242,20 +243,21 @@ where
             break;
         }
         let paused = conn.blocked && conn.published;
-        if !paused && inbuf.capacity() - inbuf.len() < 256 {
-            // Small when idle, doubling while data keeps coming (a large packet, a burst).
-            inbuf.reserve(READ_RESERVE.max(inbuf.len()).min(READ_CHUNK_MAX));
+        if !paused && inbuf.capacity() - inbuf.len() < read_hint / 2 {
+            // Small when idle, doubling while reads fill it (a large packet, a burst).
+            inbuf.reserve(read_hint.max(inbuf.len()));
         }
         tokio::select! {
             r = rd.read_buf(&mut inbuf), if !paused => {
                 match r {
                     Ok(0) | Err(_) => { conn.ending = Some(End::Abnormal); }
                     Ok(n) => {
+                        read_hint = next_read_hint(read_hint, n, inbuf.len() == inbuf.capacity());
                         conn.handle.stats.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         last_read = Instant::now();
                         keepalive.as_mut().reset(ka_deadline(last_read, ka));
                         conn.on_bytes(&mut inbuf);
-                        if inbuf.is_empty() && inbuf.capacity() > READ_KEEP_MAX {
+                        if inbuf.is_empty() && inbuf.capacity() > READ_KEEP_MAX.max(2 * read_hint) {
                             inbuf = BytesMut::new();
                         }
                     }
@@ -318,6 +320,18 @@ where
     }
     conn.cleanup();
     drop(done);
+}
+
+/// The next read reservation: doubled after a read that filled the buffer, halved after
+/// one that used less than a quarter of it, between [`READ_RESERVE`] and [`READ_CHUNK_MAX`].
+fn next_read_hint(hint: usize, read: usize, filled: bool) -> usize {
+    if filled {
+        (hint * 2).min(READ_CHUNK_MAX)
+    } else if read < hint / 4 {
+        (hint / 2).max(READ_RESERVE)
+    } else {
+        hint
+    }
 }
 
 fn ka_deadline(from: Instant, ka: Duration) -> Instant {
@@ -1516,5 +1530,24 @@ fn publish_will(mqtt: &Mqtt, client_id: &str, w: Will) {
     match vh.publish(&mqtt.config.exchange, m) {
         Ok(_) => tracing::debug!(client_id, topic = %w.topic, "MQTT will published"),
         Err(e) => tracing::warn!(client_id, error = %e, "MQTT will not published"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_hint_grows_under_load_and_shrinks_when_idle() {
+        let mut h = READ_RESERVE;
+        for _ in 0..20 {
+            h = next_read_hint(h, h, true);
+        }
+        assert_eq!(h, READ_CHUNK_MAX);
+        for _ in 0..20 {
+            h = next_read_hint(h, 2, false);
+        }
+        assert_eq!(h, READ_RESERVE);
+        assert_eq!(next_read_hint(4096, 2048, false), 4096);
     }
 }
