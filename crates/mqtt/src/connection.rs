@@ -124,6 +124,8 @@ struct Conn {
     pool: Arc<CreditPool>,
     prefetch: u32,
     inflight: HashMap<u16, Inflight>,
+    /// Messages that were in a resumed session's queue at CONNECT, still to be delivered.
+    offline_backlog: u64,
     /// QoS 1/2 deliveries waiting for room in the client's Receive Maximum.
     backlog: VecDeque<Out>,
     client_receive_max: u16,
@@ -602,6 +604,7 @@ async fn open_session(
         prefetch,
         inflight: HashMap::new(),
         backlog: VecDeque::new(),
+        offline_backlog: 0,
         client_receive_max,
         to_ack: Vec::new(),
         next_pid: 1,
@@ -664,6 +667,12 @@ async fn open_session(
             Packet::Pubrel(PubResponse::new(pid)),
         );
     }
+    // What waits in a resumed session's queue was queued while it was offline.
+    conn.offline_backlog = if session_present {
+        queue.message_count()
+    } else {
+        0
+    };
     conn.consume(queue, None);
     let shared = std::mem::take(&mut conn.state.shared);
     for (full, sub) in shared {
@@ -1269,6 +1278,15 @@ impl Conn {
             return;
         };
         let qos = mapping::message_qos(&d.message).min(granted);
+        if src.shared.is_none() && self.offline_backlog > 0 {
+            self.offline_backlog -= 1;
+            if qos == QoS::AtMostOnce {
+                // QoS 0 messages are not kept for offline sessions (Mosquitto's default,
+                // `queue_qos0_messages false`).
+                self.ack_later(&queue, d.id);
+                return;
+            }
+        }
         let retain = rap && mapping::message_retained(&d.message);
         self.deliver(Out {
             topic,

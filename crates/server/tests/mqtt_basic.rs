@@ -243,9 +243,12 @@ async fn persistent_session_keeps_subscriptions_and_queued_messages() {
         got.push(p.payload[0]);
     }
     assert_eq!(got, b"012");
-    // a QoS 0 message for an offline session is not kept (the queue holds persistent ones;
-    // a non-persistent message in a durable queue is kept in memory, as RabbitMQ does)
-    let _ = sub.quiet(Duration::from_millis(200)).await;
+    // a QoS 0 message for an offline session is not delivered (Mosquitto's default)
+    assert!(sub.quiet(Duration::from_millis(200)).await);
+    // but QoS 0 messages flow while connected
+    publ.publish("p/z", b"live q0", QoS::AtMostOnce, false, 0)
+        .await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"live q0");
     // unacked deliveries come back with DUP after a reconnect
     publ.publish("p/y", b"unacked", QoS::AtLeastOnce, false, 9)
         .await;
