@@ -1333,7 +1333,7 @@ impl Conn {
         let mut wire_topic = topic.clone();
         let mut new_alias = false;
         if self.v5() {
-            properties = mapping::message_to_props(&m);
+            properties = mapping::message_to_props(&m, now_ms());
             properties.subscription_identifiers = sub_ids;
             let (alias, with_topic) = self.aliases_out.assign(&topic);
             properties.topic_alias = alias;

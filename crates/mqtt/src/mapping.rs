@@ -22,6 +22,9 @@ pub const HEADER_RETAIN: &str = "x-mqtt-retain";
 pub const HEADER_QOS: &str = "x-mqtt-qos";
 /// MQTT 5 payload format indicator (0 or 1).
 pub const HEADER_PAYLOAD_FORMAT: &str = "x-mqtt-payload-format-indicator";
+/// When an MQTT message with an expiry interval was published (ms since the epoch), so
+/// that the interval sent on is what remains (MQTT 5 §3.3.2.3.3).
+pub const HEADER_PUBLISHED_AT: &str = "x-mqtt-published-at";
 /// Correlation data that is not a short UTF-8 string (RabbitMQ's header name).
 pub const HEADER_CORRELATION: &str = "x-correlation-id";
 
@@ -100,6 +103,10 @@ pub fn props_to_message(pr: &Properties, m: &mut Message) {
     m.properties.reply_to = pr.response_topic.as_deref().map(topic_to_key);
     if let Some(e) = pr.message_expiry_interval {
         m.properties.expiration_ms = Some(u64::from(e) * 1000);
+        m.headers.insert(
+            HEADER_PUBLISHED_AT,
+            Value::Int(ferrymq_core::clock::now_ms()),
+        );
     }
     if let Some(c) = &pr.correlation_data {
         match std::str::from_utf8(c) {
@@ -151,13 +158,13 @@ fn header_string(v: &Value) -> Option<String> {
     })
 }
 
-/// MQTT 5 PUBLISH properties for a delivered message (subscription identifiers and topic
-/// alias are the connection's to add).
-pub fn message_to_props(m: &Message) -> Properties {
+/// MQTT 5 PUBLISH properties for a delivered message at `now_ms` (subscription identifiers
+/// and topic alias are the connection's to add).
+pub fn message_to_props(m: &Message, now_ms: i64) -> Properties {
     let mut pr = Properties::default();
     for (k, v) in m.headers.iter() {
         match k {
-            HEADER_TOPIC | HEADER_PUBLISHER | HEADER_RETAIN | HEADER_QOS => {}
+            HEADER_TOPIC | HEADER_PUBLISHER | HEADER_RETAIN | HEADER_QOS | HEADER_PUBLISHED_AT => {}
             HEADER_PAYLOAD_FORMAT => {
                 pr.payload_format_indicator = v.as_i64().and_then(|f| u8::try_from(f).ok())
             }
@@ -194,10 +201,13 @@ pub fn message_to_props(m: &Message) -> Properties {
         .as_deref()
         .map(key_to_topic)
         .filter(|t| ferrymq_mqtt_codec::validate_topic_name(t).is_ok());
-    pr.message_expiry_interval = m
-        .properties
-        .expiration_ms
-        .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX));
+    pr.message_expiry_interval = m.properties.expiration_ms.map(|ms| {
+        let waited = m.headers.get_i64(HEADER_PUBLISHED_AT).map_or(0, |at| {
+            u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0)
+        });
+        let left = ms.saturating_sub(waited).div_ceil(1000).max(1);
+        u32::try_from(left).unwrap_or(u32::MAX)
+    });
     pr
 }
 
@@ -334,13 +344,39 @@ mod tests {
         assert_eq!(m.properties.expiration_ms, Some(30_000));
         assert_eq!(message_qos(&m), QoS::ExactlyOnce);
         assert!(message_retained(&m));
-        let back = message_to_props(&m);
+        let back = message_to_props(&m, ferrymq_core::clock::now_ms());
         assert_eq!(back.user_properties, pr.user_properties);
         assert_eq!(back.content_type, pr.content_type);
         assert_eq!(back.response_topic, pr.response_topic);
         assert_eq!(back.correlation_data, pr.correlation_data);
         assert_eq!(back.message_expiry_interval, Some(30));
         assert_eq!(back.payload_format_indicator, Some(1));
+    }
+
+    #[test]
+    fn expiry_sent_on_is_what_remains() {
+        let p = Publish {
+            topic: "t".into(),
+            properties: Properties {
+                message_expiry_interval: Some(100),
+                ..Properties::default()
+            },
+            ..Publish::default()
+        };
+        let m = publish_to_message(&p, "c");
+        let at = m.headers.get_i64(HEADER_PUBLISHED_AT).unwrap();
+        assert_eq!(
+            message_to_props(&m, at + 1500).message_expiry_interval,
+            Some(99)
+        );
+        assert_eq!(
+            message_to_props(&m, at + 500_000).message_expiry_interval,
+            Some(1)
+        );
+        assert!(message_to_props(&m, at)
+            .user_properties
+            .iter()
+            .all(|(k, _)| !k.starts_with("x-mqtt-")));
     }
 
     #[test]
@@ -355,7 +391,7 @@ mod tests {
             &mut m,
         );
         assert!(m.properties.correlation_id.is_none());
-        assert_eq!(message_to_props(&m).correlation_data, Some(data));
+        assert_eq!(message_to_props(&m, 0).correlation_data, Some(data));
     }
 
     #[test]
