@@ -17,9 +17,10 @@ use ferrymq_core::{
     PublishedBatch, QueueDecl, QueueRef, VHost, Value,
 };
 use ferrymq_mqtt_codec::{
-    decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_name, Connack,
-    Connect, Disconnect, Error as CodecError, Packet, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, Suback, Subscribe, Unsuback, Unsubscribe, Will,
+    decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_filter,
+    validate_topic_name, Connack, Connect, Disconnect, Error as CodecError, Packet, Properties,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe, Unsuback,
+    Unsubscribe, Will,
 };
 use ferrymq_storage::Commit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -769,9 +770,12 @@ impl Conn {
                     }
                 } else if self.state.outbound_pubrel.contains(&r.packet_id) {
                     self.send(Packet::Pubrel(PubResponse::new(r.packet_id)));
-                } else if self.v5() {
+                } else {
+                    // Unknown id: MQTT 5 says so; MQTT 3 answers anyway (as Mosquitto).
                     let mut rel = PubResponse::new(r.packet_id);
-                    rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    if self.v5() {
+                        rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    }
                     self.send(Packet::Pubrel(rel));
                 }
             }
@@ -1046,6 +1050,13 @@ impl Conn {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
+        // A malformed filter makes the packet malformed (MQTT 5 §4.7.3; Mosquitto closes).
+        if s.subscriptions
+            .iter()
+            .any(|i| validate_topic_filter(&i.filter).is_err())
+        {
+            return self.fail(ReasonCode::MALFORMED_PACKET, "invalid topic filter");
+        }
         for item in s.subscriptions {
             let sub = Sub::new(&item.filter, &item.options, sub_id);
             let code = match parse_shared_subscription(&item.filter) {
@@ -1186,6 +1197,9 @@ impl Conn {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        if u.filters.iter().any(|f| validate_topic_filter(f).is_err()) {
+            return self.fail(ReasonCode::MALFORMED_PACKET, "invalid topic filter");
+        }
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in u.filters {
             let found = if f.starts_with(ferrymq_mqtt_codec::SHARED_PREFIX) {

@@ -205,7 +205,8 @@ pub fn message_to_props(m: &Message, now_ms: i64) -> Properties {
         let waited = m.headers.get_i64(HEADER_PUBLISHED_AT).map_or(0, |at| {
             u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0)
         });
-        let left = ms.saturating_sub(waited).div_ceil(1000).max(1);
+        // Whole seconds left, as Mosquitto counts them.
+        let left = (ms.saturating_sub(waited) / 1000).max(1);
         u32::try_from(left).unwrap_or(u32::MAX)
     });
     pr
@@ -367,8 +368,9 @@ mod tests {
         let at = m.headers.get_i64(HEADER_PUBLISHED_AT).unwrap();
         assert_eq!(
             message_to_props(&m, at + 1500).message_expiry_interval,
-            Some(99)
+            Some(98)
         );
+        assert_eq!(message_to_props(&m, at).message_expiry_interval, Some(100));
         assert_eq!(
             message_to_props(&m, at + 500_000).message_expiry_interval,
             Some(1)

@@ -596,3 +596,30 @@ async fn outbound_window_respects_the_client_receive_maximum() {
         seen += 1;
     }
 }
+
+#[tokio::test]
+async fn invalid_filters_close_the_connection() {
+    let (_t, _s, addr) = start();
+    let mut c = Client::v5(addr, "f5", true).await;
+    c.send(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter: "a/#/b".into(),
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        }],
+    }))
+    .await;
+    match c.next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::MALFORMED_PACKET),
+        p => panic!("expected DISCONNECT 0x81, got {p:?}"),
+    }
+    let mut c = Client::v311(addr, "f3", true).await;
+    c.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec!["x+/y".into()],
+    }))
+    .await;
+    assert!(c.next().await.is_none(), "MQTT 3: closed");
+}
