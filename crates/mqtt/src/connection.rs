@@ -619,7 +619,7 @@ async fn open_session(
         } else {
             0
         }),
-        aliases_out: alias::Outbound::new(if v5(version) {
+        aliases_out: alias::Outbound::new(if v5(version) && cfg.topic_alias_outbound {
             p.topic_alias_maximum.unwrap_or(0)
         } else {
             0

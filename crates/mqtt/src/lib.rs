@@ -50,6 +50,8 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     /// Inbound topic aliases per connection (advertised Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Use topic aliases toward clients that announce a Topic Alias Maximum.
+    pub topic_alias_outbound: bool,
     /// Outbound QoS 1/2 deliveries in flight per connection (capped by the client's
     /// Receive Maximum).
     pub max_inflight: u16,
@@ -72,6 +74,7 @@ impl Default for MqttConfig {
             session_expiry_max_s: 86_400,
             receive_maximum: 1024,
             topic_alias_maximum: 64,
+            topic_alias_outbound: true,
             max_inflight: 1024,
             retained_max: 100_000,
             allow_anonymous: true,

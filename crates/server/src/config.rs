@@ -75,6 +75,8 @@ pub struct MqttSection {
     pub receive_maximum: u16,
     /// Inbound topic aliases per connection (advertised Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Send topic aliases to clients that announce a Topic Alias Maximum.
+    pub topic_alias_outbound: bool,
     /// Outbound QoS 1/2 deliveries in flight per connection.
     pub max_inflight: u16,
     /// Retained topics held at most.
@@ -281,6 +283,7 @@ impl Config {
                 session_expiry_max_s: 86_400,
                 receive_maximum: 1024,
                 topic_alias_maximum: 64,
+                topic_alias_outbound: true,
                 max_inflight: 1024,
                 retained_max: 100_000,
                 allow_anonymous: true,
@@ -437,6 +440,7 @@ impl Config {
             session_expiry_max_s: m.session_expiry_max_s,
             receive_maximum: m.receive_maximum,
             topic_alias_maximum: m.topic_alias_maximum,
+            topic_alias_outbound: m.topic_alias_outbound,
             max_inflight: m.max_inflight,
             retained_max: usize::try_from(m.retained_max).unwrap_or(usize::MAX),
             allow_anonymous: m.allow_anonymous,
