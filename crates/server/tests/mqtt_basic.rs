@@ -623,3 +623,46 @@ async fn invalid_filters_close_the_connection() {
     .await;
     assert!(c.next().await.is_none(), "MQTT 3: closed");
 }
+
+#[tokio::test]
+async fn outbound_qos2_resumes_mid_flow_after_a_reconnect() {
+    let (_t, _s, addr) = start();
+    let mut c = connect_packet(ProtocolVersion::V5, "q2sub", false);
+    c.properties.session_expiry_interval = Some(60);
+    let (mut sub, _) = Client::connect(addr, c.clone()).await;
+    sub.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+    let mut publ = Client::v5(addr, "q2pub", true).await;
+    publ.publish("q2/a", b"first", QoS::ExactlyOnce, false, 1)
+        .await;
+    // PUBLISH received, connection lost before PUBREC: resent with DUP.
+    let p = match sub.recv().await {
+        Packet::Publish(p) => p,
+        p => panic!("{p:?}"),
+    };
+    assert_eq!((p.qos, p.dup), (QoS::ExactlyOnce, false));
+    drop(sub);
+    let (mut sub, a) = Client::connect(addr, c.clone()).await;
+    assert!(a.session_present);
+    let p = match sub.recv().await {
+        Packet::Publish(p) => p,
+        p => panic!("{p:?}"),
+    };
+    assert_eq!((&p.payload[..], p.dup), (&b"first"[..], true));
+    let pid = p.packet_id.unwrap();
+    // PUBREC sent, PUBREL received, connection lost before PUBCOMP: PUBREL again.
+    sub.send(Packet::Pubrec(PubResponse::new(pid))).await;
+    assert!(matches!(sub.recv().await, Packet::Pubrel(r) if r.packet_id == pid));
+    drop(sub);
+    let (mut sub, a) = Client::connect(addr, c.clone()).await;
+    assert!(a.session_present);
+    assert!(matches!(sub.recv().await, Packet::Pubrel(r) if r.packet_id == pid));
+    sub.send(Packet::Pubcomp(PubResponse::new(pid))).await;
+    assert!(
+        sub.quiet(Duration::from_millis(300)).await,
+        "delivered once"
+    );
+    // the flow's packet id is free again; new messages keep flowing
+    publ.publish("q2/b", b"second", QoS::ExactlyOnce, false, 2)
+        .await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"second");
+}
