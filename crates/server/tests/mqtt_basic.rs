@@ -41,6 +41,16 @@ async fn connack_v311_and_v5_advertise_limits_and_assign_ids() {
     assert_eq!(p.wildcard_subscription_available, Some(true));
     assert_eq!(p.subscription_identifier_available, Some(true));
     assert!(p.topic_alias_maximum.is_some_and(|m| m > 0));
+    // MQTT 3.1 ("MQIsdp"): publish and receive
+    let mut c31 = Client::connect(addr, connect_packet(ProtocolVersion::V3_1, "c31", true))
+        .await
+        .0;
+    c31.subscribe(1, "v31/#", QoS::AtLeastOnce).await;
+    let mut other = Client::v311(addr, "other31", true).await;
+    other.publish("v31/x", b"old", QoS::AtLeastOnce, false, 2).await;
+    assert_eq!(&c31.expect_publish().await.payload[..], b"old");
+    let (_c, a) = Client::connect(addr, connect_packet(ProtocolVersion::V3_1, "", true)).await;
+    assert_eq!(a.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
     // v3.1.1: an empty id with clean_session=0 is refused (return code 2)
     let (_c, a) = Client::connect(addr, connect_packet(ProtocolVersion::V3_1_1, "", false)).await;
     assert_eq!(a.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
