@@ -47,7 +47,9 @@ async fn connack_v311_and_v5_advertise_limits_and_assign_ids() {
         .0;
     c31.subscribe(1, "v31/#", QoS::AtLeastOnce).await;
     let mut other = Client::v311(addr, "other31", true).await;
-    other.publish("v31/x", b"old", QoS::AtLeastOnce, false, 2).await;
+    other
+        .publish("v31/x", b"old", QoS::AtLeastOnce, false, 2)
+        .await;
     assert_eq!(&c31.expect_publish().await.payload[..], b"old");
     let (_c, a) = Client::connect(addr, connect_packet(ProtocolVersion::V3_1, "", true)).await;
     assert_eq!(a.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);

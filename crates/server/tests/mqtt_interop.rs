@@ -386,3 +386,108 @@ async fn publishers_are_not_acknowledged_under_a_resource_alarm() {
         "a blocked publisher's socket is not read"
     );
 }
+
+fn api_post(
+    http: std::net::SocketAddr,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use base64::Engine;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("guest:guest")
+    );
+    let mut r = agent
+        .post(&format!("http://{http}{path}"))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_and_http_exchange_messages() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &tmp.path().join("data"), &[]);
+    let maddr = listening(&server, "MQTT");
+    let haddr = listening(&server, "http");
+    // HTTP → MQTT
+    let mut sub = Client::v5(maddr, "web", true).await;
+    sub.subscribe(1, "orders/+", QoS::AtLeastOnce).await;
+    let (status, r) = tokio::task::spawn_blocking(move || {
+        api_post(
+            haddr,
+            "/api/exchanges/%2F/amq.topic/publish",
+            json!({"routing_key": "orders.42", "payload": "from http",
+                   "headers": {"src": "http"},
+                   "properties": {"persistent": true, "content_type": "text/plain"}}),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!((status, &r["routed"]), (200, &json!(true)), "{r}");
+    let p = sub.expect_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("orders/42", &b"from http"[..])
+    );
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        p.properties.user_properties,
+        vec![("src".to_string(), "http".to_string())]
+    );
+    // MQTT → HTTP pull from a queue bound to amq.topic
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        use base64::Engine;
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("guest:guest")
+        );
+        let r = agent
+            .put(&format!("http://{haddr}/api/queues/%2F/inbox"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(json!({"durable": true}).to_string())
+            .unwrap();
+        assert!(r.status().as_u16() < 300);
+        let (s, _) = api_post(
+            haddr,
+            "/api/bindings/%2F/e/amq.topic/q/inbox",
+            json!({"routing_key": "devices.#"}),
+        );
+        assert!(s < 300, "bind answered {s}");
+    })
+    .await
+    .unwrap();
+    let mut dev = Client::v311(maddr, "dev", true).await;
+    dev.publish("devices/7/state", b"on", QoS::AtLeastOnce, false, 1)
+        .await;
+    let (_, got) = tokio::task::spawn_blocking(move || {
+        api_post(
+            haddr,
+            "/api/queues/%2F/inbox/get",
+            json!({"max_messages": 1, "wait_ms": 5000}),
+        )
+    })
+    .await
+    .unwrap();
+    let m = &got["messages"][0]["message"];
+    assert_eq!(m["routing_key"], "devices.7.state", "{got}");
+    assert_eq!(m["payload"], "on", "{got}");
+}
