@@ -46,6 +46,10 @@ const WRITE_KEEP_MAX: usize = 64 * 1024;
 pub const SESSION_QUEUE_PREFIX: &str = "mqtt-subscription-";
 /// Queue name prefix of shared-subscription queues.
 pub const SHARED_QUEUE_PREFIX: &str = "mqtt-shared-";
+/// Subscriptions (plain and shared) per session.
+pub const SUBSCRIPTIONS_MAX: usize = 10_000;
+/// Retained QoS 1/2 PUBLISHes waiting for room in the client's Receive Maximum.
+const OUT_BACKLOG_MAX: usize = 65_536;
 /// Session expiry meaning "never".
 const EXPIRY_NEVER: u32 = u32::MAX;
 
@@ -245,7 +249,10 @@ where
         if conn.ending.is_some() {
             break;
         }
-        let paused = conn.blocked && conn.published;
+        // Not read: a publisher under a resource alarm, or one whose acknowledgements
+        // wait for more durable publishes than the Receive Maximum (backpressure).
+        let paused = (conn.blocked && conn.published)
+            || conn.acks_waiting() >= usize::from(conn.mqtt.config.receive_maximum.max(1));
         if !paused && inbuf.capacity() - inbuf.len() < read_hint / 2 {
             // Small when idle, doubling while reads fill it (a large packet, a burst).
             inbuf.reserve(read_hint.max(inbuf.len()));
@@ -876,8 +883,8 @@ impl Conn {
                 });
                 return;
             }
-            let in_flight = self.state.inbound_qos2.len() + self.pending.len();
-            if in_flight >= usize::from(self.mqtt.config.receive_maximum.max(1)) * 2 {
+            if self.state.inbound_qos2.len() >= usize::from(self.mqtt.config.receive_maximum.max(1))
+            {
                 return self.fail(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded",
@@ -1012,6 +1019,12 @@ impl Conn {
         });
     }
 
+    /// Acknowledgements not yet sent (publishes awaiting durability, and what queues
+    /// behind them).
+    fn acks_waiting(&self) -> usize {
+        self.acks.iter().map(|b| b.acks.len()).sum()
+    }
+
     /// A publish batch is durable (or failed): release acks in order.
     fn on_done(&mut self, seq: u64, ok: bool) {
         if let Some(b) = self.acks.iter_mut().find(|b| b.seq == seq) {
@@ -1064,6 +1077,17 @@ impl Conn {
                 Ok(Some(_)) => {
                     if self.subscribe_shared(&item.filter, sub) {
                         ReasonCode(mapping::qos_u8(item.options.qos))
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    }
+                }
+                Ok(None)
+                    if !self.subs.contains_key(&item.filter)
+                        && self.subs.len() + self.state.shared.len() >= SUBSCRIPTIONS_MAX =>
+                {
+                    tracing::info!(client_id = %self.client_id, max = SUBSCRIPTIONS_MAX, "MQTT subscription limit reached");
+                    if self.v5() {
+                        ReasonCode::QUOTA_EXCEEDED
                     } else {
                         ReasonCode::UNSPECIFIED_ERROR
                     }
@@ -1331,6 +1355,11 @@ impl Conn {
         if o.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.client_receive_max) {
             // The client's Receive Maximum is reached (retained messages at subscribe can
             // add to the queues' window): wait for an acknowledgement.
+            if o.source.is_none() && self.backlog.len() >= OUT_BACKLOG_MAX {
+                // Bounded: retained copies beyond it are dropped (the client can subscribe
+                // again). Queue deliveries are bounded by the consumer's prefetch already.
+                return;
+            }
             self.backlog.push_back(o);
             return;
         }
