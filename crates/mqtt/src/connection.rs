@@ -115,6 +115,8 @@ struct Conn {
     peer: String,
     version: ProtocolVersion,
     client_id: String,
+    /// `client_id` shortened for logs.
+    log_id: String,
     vhost: Arc<VHost>,
     handle: Arc<ConnectionHandle>,
     generation: u64,
@@ -288,13 +290,13 @@ where
             }
             Ok(()) = close_req.changed() => {
                 let reason = close_req.borrow().clone().unwrap_or_default();
-                tracing::info!(peer = %conn.peer, client_id = %conn.client_id, reason, "MQTT connection closed by management");
+                tracing::info!(peer = %conn.peer, client_id = %conn.log_id, reason, "MQTT connection closed by management");
                 conn.disconnect(ReasonCode::ADMINISTRATIVE_ACTION, Some(format!("Closed via management: {reason}")));
                 conn.ending = Some(End::Abnormal);
             }
             Ok(()) = kicked.changed() => {
                 if *kicked.borrow() {
-                    tracing::info!(peer = %conn.peer, client_id = %conn.client_id, "MQTT session taken over");
+                    tracing::info!(peer = %conn.peer, client_id = %conn.log_id, "MQTT session taken over");
                     conn.disconnect(ReasonCode::SESSION_TAKEN_OVER, None);
                     conn.ending = Some(End::Abnormal);
                 }
@@ -311,7 +313,7 @@ where
                     keepalive.as_mut().reset(ka_deadline(Instant::now(), ka));
                     continue;
                 }
-                tracing::info!(peer = %conn.peer, client_id = %conn.client_id, "MQTT keep-alive timeout");
+                tracing::info!(peer = %conn.peer, client_id = %conn.log_id, "MQTT keep-alive timeout");
                 conn.disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, None);
                 conn.ending = Some(End::Abnormal);
             }
@@ -368,6 +370,14 @@ fn refuse(out: &mut BytesMut, version: ProtocolVersion, code: ReasonCode, why: &
             properties,
         }),
     );
+}
+
+/// A client id as logs show it: at most 64 characters (ids may hold 65,535 bytes).
+fn log_id(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &id[..i]),
+        None => id.to_owned(),
+    }
 }
 
 fn assigned_id() -> String {
@@ -494,7 +504,7 @@ async fn open_session(
     // Takeover, then the registry's state of a persistent session.
     let (mut attached, took_over) = mqtt.sessions.attach(&client_id).await;
     if took_over {
-        tracing::info!(%peer, client_id = %client_id, "MQTT session takeover");
+        tracing::info!(%peer, client_id = %log_id(&client_id), "MQTT session takeover");
     }
     let info = ConnectionInfo {
         protocol: "mqtt".into(),
@@ -510,7 +520,7 @@ async fn open_session(
             return Err(());
         }
     };
-    let queue_name = format!("{SESSION_QUEUE_PREFIX}{client_id}");
+    let queue_name = mapping::queue_name(SESSION_QUEUE_PREFIX, &client_id);
     if c.clean_start {
         attached.state = None;
         mqtt.sessions.clear_state(&client_id);
@@ -556,7 +566,7 @@ async fn open_session(
     let queue = match queue {
         Ok(q) => q,
         Err(e) => {
-            tracing::warn!(%peer, client_id = %client_id, error = %e, "MQTT session queue unavailable");
+            tracing::warn!(%peer, client_id = %log_id(&client_id), error = %e, "MQTT session queue unavailable");
             mqtt.broker.unregister_connection(handle.id);
             mqtt.sessions.detach(&client_id, attached.generation, None);
             refuse(
@@ -597,6 +607,7 @@ async fn open_session(
         peer: peer.to_owned(),
         version,
         client_id: client_id.clone(),
+        log_id: log_id(&client_id),
         vhost,
         handle,
         generation: attached.generation,
@@ -713,7 +724,7 @@ impl Conn {
     }
 
     fn fail(&mut self, code: ReasonCode, why: &str) {
-        tracing::info!(peer = %self.peer, client_id = %self.client_id, code = code.0, why, "closing MQTT connection");
+        tracing::info!(peer = %self.peer, client_id = %self.log_id, code = code.0, why, "closing MQTT connection");
         self.disconnect(code, Some(why.to_owned()));
         self.ending = Some(End::Abnormal);
     }
@@ -751,7 +762,7 @@ impl Conn {
                 Ok(None) => break,
                 Ok(Some(p)) => self.on_packet(p),
                 Err(e) => {
-                    tracing::info!(peer = %self.peer, client_id = %self.client_id, error = %e, "malformed MQTT input");
+                    tracing::info!(peer = %self.peer, client_id = %self.log_id, error = %e, "malformed MQTT input");
                     inbuf.clear();
                     self.fail(e.reason_code(), &e.to_string());
                 }
@@ -981,7 +992,7 @@ impl Conn {
                     batch = Some(b);
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, error = %e, "MQTT publish failed");
+                    tracing::warn!(peer = %self.peer, client_id = %self.log_id, error = %e, "MQTT publish failed");
                     if !self.v5() {
                         self.ending = Some(End::Abnormal);
                         return;
@@ -1085,7 +1096,7 @@ impl Conn {
                     if !self.subs.contains_key(&item.filter)
                         && self.subs.len() + self.state.shared.len() >= SUBSCRIPTIONS_MAX =>
                 {
-                    tracing::info!(client_id = %self.client_id, max = SUBSCRIPTIONS_MAX, "MQTT subscription limit reached");
+                    tracing::info!(client_id = %self.log_id, max = SUBSCRIPTIONS_MAX, "MQTT subscription limit reached");
                     if self.v5() {
                         ReasonCode::QUOTA_EXCEEDED
                     } else {
@@ -1156,10 +1167,10 @@ impl Conn {
     }
 
     fn shared_queue_name(full: &str) -> String {
-        format!(
-            "{SHARED_QUEUE_PREFIX}{}",
-            &full[ferrymq_mqtt_codec::SHARED_PREFIX.len()..]
-        )
+        let rest = full
+            .get(ferrymq_mqtt_codec::SHARED_PREFIX.len()..)
+            .unwrap_or(full);
+        mapping::queue_name(SHARED_QUEUE_PREFIX, rest)
     }
 
     /// Joins a shared subscription: its queue (one per group and filter), bound once,
@@ -1557,7 +1568,7 @@ impl Conn {
                 });
             }
         }
-        tracing::debug!(peer = %self.peer, client_id = %self.client_id, "MQTT connection ended");
+        tracing::debug!(peer = %self.peer, client_id = %self.log_id, "MQTT connection ended");
     }
 }
 
@@ -1589,8 +1600,12 @@ fn publish_will(mqtt: &Mqtt, client_id: &str, w: Will) {
         }
     }
     match vh.publish(&mqtt.config.exchange, m) {
-        Ok(_) => tracing::debug!(client_id, topic = %w.topic, "MQTT will published"),
-        Err(e) => tracing::warn!(client_id, error = %e, "MQTT will not published"),
+        Ok(_) => {
+            tracing::debug!(client_id = %log_id(client_id), topic = %w.topic, "MQTT will published")
+        }
+        Err(e) => {
+            tracing::warn!(client_id = %log_id(client_id), error = %e, "MQTT will not published")
+        }
     }
 }
 

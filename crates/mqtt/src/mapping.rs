@@ -57,6 +57,28 @@ pub fn filter_to_key(filter: &str) -> String {
         .join(".")
 }
 
+/// Longest queue name the adapter makes (storage names hold 255 bytes, with the vhost).
+pub const QUEUE_NAME_MAX: usize = 200;
+
+/// `prefix` + `id` as a queue name: as is when short enough, otherwise a prefix of `id`
+/// (cut at a character boundary) and a stable 64-bit FNV-1a hash of the whole `id`, so that
+/// long client ids and filters still get a distinct, stable name.
+pub fn queue_name(prefix: &str, id: &str) -> String {
+    if prefix.len() + id.len() <= QUEUE_NAME_MAX {
+        return format!("{prefix}{id}");
+    }
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut cut = QUEUE_NAME_MAX
+        .saturating_sub(prefix.len() + 17)
+        .min(id.len());
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}~{hash:016x}", &id[..cut])
+}
+
 /// QoS as a number.
 pub fn qos_u8(q: QoS) -> u8 {
     q as u8
@@ -292,6 +314,20 @@ mod tests {
         assert_eq!(key_to_topic(".a..b"), "/a//b");
         // a "+" inside a level is no wildcard in MQTT filters (the codec refuses it anyway)
         assert_eq!(filter_to_key("a/b+/c"), "a.b+.c");
+    }
+
+    #[test]
+    fn long_ids_get_short_stable_queue_names() {
+        assert_eq!(
+            queue_name("mqtt-subscription-", "c1"),
+            "mqtt-subscription-c1"
+        );
+        let long = "é".repeat(300);
+        let a = queue_name("mqtt-subscription-", &long);
+        assert!(a.len() <= QUEUE_NAME_MAX, "{}", a.len());
+        assert_eq!(a, queue_name("mqtt-subscription-", &long));
+        let other = format!("{}x", "é".repeat(299));
+        assert_ne!(a, queue_name("mqtt-subscription-", &other));
     }
 
     #[test]

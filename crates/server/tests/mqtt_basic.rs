@@ -678,3 +678,19 @@ async fn outbound_qos2_resumes_mid_flow_after_a_reconnect() {
         .await;
     assert_eq!(&sub.expect_publish().await.payload[..], b"second");
 }
+
+#[tokio::test]
+async fn long_client_ids_get_persistent_sessions() {
+    let (_t, _s, addr) = start();
+    let id = "device-".repeat(3000); // 21,000 bytes
+    let mut c = Client::v311(addr, &id, false).await;
+    c.subscribe(1, "long/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut p = Client::v311(addr, "p", true).await;
+    p.publish("long/x", b"kept", QoS::AtLeastOnce, false, 1)
+        .await;
+    let (mut c, a) =
+        Client::connect(addr, connect_packet(ProtocolVersion::V3_1_1, &id, false)).await;
+    assert!(a.session_present);
+    assert_eq!(&c.expect_publish().await.payload[..], b"kept");
+}
