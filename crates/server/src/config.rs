@@ -405,15 +405,8 @@ impl Config {
             "mqtt.max_packet_size",
             u64::from(m.max_packet_size),
             MQTT_PACKET_SIZE_MIN,
-            // A packet carries one message plus its topic and properties.
-            (l.message_size_max_bytes + 64 * KIB).min(u64::from(MQTT_PACKET_SIZE_MAX)),
-        )
-        .map_err(|(k, p)| {
-            (
-                k,
-                format!("{p} (limits.message_size_max_bytes + 64 KiB, at most 256 MiB)"),
-            )
-        })?;
+            u64::from(MQTT_PACKET_SIZE_MAX),
+        )?;
         if m.receive_maximum == 0 {
             return Err(("mqtt.receive_maximum", "must be at least 1".into()));
         }
@@ -435,7 +428,10 @@ impl Config {
         ferrymq_mqtt::MqttConfig {
             vhost: m.vhost.clone(),
             exchange: m.exchange.clone(),
-            max_packet_size: m.max_packet_size,
+            // A packet carries one message plus its topic and properties: never more.
+            max_packet_size: m.max_packet_size.min(
+                u32::try_from(self.limits.message_size_max_bytes + 64 * KIB).unwrap_or(u32::MAX),
+            ),
             keepalive_max_s: m.keepalive_max_s,
             session_expiry_max_s: m.session_expiry_max_s,
             receive_maximum: m.receive_maximum,

@@ -438,16 +438,19 @@ fn mqtt_section_is_validated() {
         "{e}"
     );
     // bounded by the largest message (+ 64 KiB for topic and properties)
-    let e = err(
+    let c = load_with(
         None,
         &[],
         &[
             "limits.message_size_max_bytes=1000",
             "mqtt.max_packet_size=1000000",
         ],
-    );
+    )
+    .unwrap();
+    assert_eq!(c.mqtt_config().max_packet_size, 1000 + 65536);
+    let e = err(None, &[], &["mqtt.max_packet_size=300000000"]);
     assert!(
-        e.starts_with("mqtt.max_packet_size: must be at most 66536"),
+        e.starts_with("mqtt.max_packet_size: must be at most"),
         "{e}"
     );
     let e = err(None, &[], &["mqtt.receive_maximum=0"]);
