@@ -1285,7 +1285,12 @@ impl Conn {
                 }
             }
             ConsumerEvent::Cancelled { consumer, .. } => {
-                self.sources.remove(&consumer);
+                // The queue was deleted (management): the session is gone with it.
+                if let Some(src) = self.sources.remove(&consumer) {
+                    if src.shared.is_none() {
+                        self.fail(ReasonCode::ADMINISTRATIVE_ACTION, "session queue deleted");
+                    }
+                }
             }
         }
     }

@@ -30,7 +30,8 @@ pub fn routes(mqtt: Arc<Mqtt>, max_message: usize) -> Router {
 }
 
 fn upgrade(ws: WebSocketUpgrade, peer: SocketAddr, mqtt: Arc<Mqtt>, max: usize) -> Response {
-    ws.protocols(["mqtt"])
+    // "mqttv3.1" is what older Paho JavaScript clients ask for (Mosquitto accepts both).
+    ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
         .on_upgrade(move |socket| bridge(socket, peer, mqtt))
 }

@@ -345,6 +345,20 @@ async fn management_lists_and_closes_mqtt_connections() {
         p => panic!("expected DISCONNECT 0x98, got {p:?}"),
     }
     assert!(c.next().await.is_none());
+    // Deleting a session's queue ends its connection too.
+    let mut cp = connect_packet(ProtocolVersion::V5, "doomed", false);
+    cp.properties.session_expiry_interval = Some(60);
+    let (mut c, _) = Client::connect(maddr, cp).await;
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        api(haddr, "DELETE", "/api/queues/%2F/mqtt-subscription-doomed")
+    })
+    .await
+    .unwrap();
+    assert!(status < 300, "queue delete answered {status}");
+    match c.next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION),
+        p => panic!("expected DISCONNECT 0x98, got {p:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
