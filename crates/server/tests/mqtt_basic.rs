@@ -694,3 +694,24 @@ async fn long_client_ids_get_persistent_sessions() {
     assert!(a.session_present);
     assert_eq!(&c.expect_publish().await.payload[..], b"kept");
 }
+
+#[tokio::test]
+async fn sigterm_disconnects_mqtt_clients_and_exits_cleanly() {
+    let (_t, mut server, addr) = start();
+    let mut c = Client::v5(addr, "bye", false).await;
+    let mut old = Client::v311(addr, "bye3", true).await;
+    server.signal(libc::SIGTERM);
+    match c.next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN),
+        p => panic!("expected DISCONNECT 0x8B, got {p:?}"),
+    }
+    assert!(old.next().await.is_none(), "MQTT 3: closed");
+    let status = tokio::task::spawn_blocking(move || {
+        let st = server.wait_exit();
+        (st, server.count("FerryMQ stopped"))
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{:?}", status.0);
+    assert_eq!(status.1, 1);
+}
