@@ -693,7 +693,21 @@ async fn open_session(
         0
     };
     conn.consume(queue, None);
-    let shared = std::mem::take(&mut conn.state.shared);
+    // Shared subscriptions of a resumed session: its membership bindings (they outlive a
+    // broker restart; the registry's copy would not).
+    conn.state.shared.clear();
+    let mut shared = Vec::new();
+    if session_present {
+        if let Some(x) = conn.vhost.exchange(crate::SHARED_EXCHANGE) {
+            for b in x.bindings() {
+                if b.destination == Destination::Queue(conn.queue_name.clone()) {
+                    if let Some(s) = mapping::Sub::from_args(&b.arguments) {
+                        shared.push((b.routing_key.clone(), s));
+                    }
+                }
+            }
+        }
+    }
     for (full, sub) in shared {
         conn.subscribe_shared(&full, sub);
     }
@@ -1181,12 +1195,15 @@ impl Conn {
         };
         let filter = shared.filter.to_owned();
         let name = Self::shared_queue_name(full);
+        sub.filter = filter.clone();
         if self
             .sources
             .values()
             .any(|s| s.shared.as_deref() == Some(full))
         {
-            return true; // already a member
+            // Already a member: new options.
+            self.remember_shared(full, sub);
+            return true;
         }
         let decl = QueueDecl {
             name: name.clone(),
@@ -1209,7 +1226,6 @@ impl Conn {
                 return false;
             }
         };
-        sub.filter = filter.clone();
         let mut args = sub.to_args();
         // The queue's binding is the group's, not one member's options.
         args.0.retain(|(k, _)| k == mapping::ARG_FILTER);
@@ -1226,9 +1242,40 @@ impl Conn {
         if !self.consume(queue, Some(full.to_owned())) {
             return false;
         }
-        self.state.shared.retain(|(f, _)| f != full);
-        self.state.shared.push((full.to_owned(), sub));
+        self.remember_shared(full, sub);
         true
+    }
+
+    /// The membership binding of a shared subscription (`SHARED_EXCHANGE` → the session
+    /// queue, key = the full `$share/...` filter, the member's options as arguments).
+    fn membership(&self, full: &str, sub: &Sub) -> Binding {
+        Binding {
+            source: crate::SHARED_EXCHANGE.to_owned(),
+            destination: Destination::Queue(self.queue_name.clone()),
+            routing_key: full.to_owned(),
+            arguments: sub.to_args(),
+        }
+    }
+
+    /// Records a shared subscription in the session: in memory, and for a persistent
+    /// session as a durable binding, so it is restored after a broker restart.
+    fn remember_shared(&mut self, full: &str, sub: Sub) {
+        self.forget_shared(full);
+        if self.session_expiry > 0 {
+            let b = self.membership(full, &sub);
+            if let Err(e) = self.vhost.bind(b, self.handle.id) {
+                tracing::warn!(filter = %full, error = %e, "MQTT shared subscription not persisted");
+            }
+        }
+        self.state.shared.push((full.to_owned(), sub));
+    }
+
+    fn forget_shared(&mut self, full: &str) {
+        if let Some(pos) = self.state.shared.iter().position(|(f, _)| f == full) {
+            let (_, old) = self.state.shared.remove(pos);
+            let b = self.membership(full, &old);
+            let _ = self.vhost.unbind(&b, self.handle.id);
+        }
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
@@ -1248,7 +1295,7 @@ impl Conn {
                         s.queue.cancel(id, now_ms());
                     }
                 }
-                self.state.shared.retain(|(x, _)| *x != f);
+                self.forget_shared(&f);
                 id.is_some()
             } else if let Some(old) = self.subs.remove(&f) {
                 let b = Binding {

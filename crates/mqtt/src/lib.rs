@@ -31,6 +31,10 @@ use tokio::task::JoinSet;
 
 pub use error::Error;
 
+/// The internal exchange whose bindings to session queues record the shared subscriptions
+/// of persistent sessions (nothing is ever published to it).
+pub const SHARED_EXCHANGE: &str = "mqtt.shared-subscriptions";
+
 /// Limits and defaults of the MQTT listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
@@ -110,6 +114,17 @@ impl Mqtt {
                 config.exchange, config.vhost
             ))));
         }
+        vh.declare_exchange(
+            ferrymq_core::ExchangeDecl {
+                name: SHARED_EXCHANGE.into(),
+                kind: ferrymq_core::ExchangeKind::Direct,
+                durable: true,
+                auto_delete: false,
+                internal: true,
+                arguments: Default::default(),
+            },
+            false,
+        )?;
         let retained = retained::RetainedStore::open(
             broker.storage().clone(),
             &config.vhost,

@@ -505,3 +505,37 @@ async fn mqtt_and_http_exchange_messages() {
     assert_eq!(m["routing_key"], "devices.7.state", "{got}");
     assert_eq!(m["payload"], "on", "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscriptions_of_persistent_sessions_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut c = connect_packet(ProtocolVersion::V5, "worker", false);
+    c.properties.session_expiry_interval = Some(300);
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let (mut w, _) = Client::connect(addr, c.clone()).await;
+        w.subscribe(1, "$share/pool/jobs/#", QoS::AtLeastOnce).await;
+        w.subscribe(2, "plain/#", QoS::AtLeastOnce).await;
+        w.disconnect().await;
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let addr = listening(&server, "MQTT");
+    let (mut w, a) = Client::connect(addr, c).await;
+    assert!(a.session_present);
+    let mut p = Client::v5(addr, "boss", true).await;
+    p.publish("jobs/1", b"job", QoS::AtLeastOnce, false, 1)
+        .await;
+    p.publish("plain/1", b"plain", QoS::AtLeastOnce, false, 2)
+        .await;
+    let mut got = [w.expect_publish().await, w.expect_publish().await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(
+        (got[0].topic.as_str(), &got[0].payload[..]),
+        ("jobs/1", &b"job"[..])
+    );
+    assert_eq!(got[1].topic, "plain/1");
+}
