@@ -92,7 +92,7 @@ fn pipe_lines(
 
 impl Broker {
     /// Starts `ferrymq serve` with a fresh data directory under `data_root`, AMQP on a free
-    /// port, HTTP off, defaults otherwise (durability T2), plus `extra` `--set` pairs.
+    /// port, HTTP and MQTT off, defaults otherwise (durability T2), plus `extra` `--set` pairs.
     ///
     /// # Errors
     /// The binary fails to start or never says it is ready.
@@ -107,7 +107,8 @@ impl Broker {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--set", "amqp.port=0", "--set", "http.enabled=false"]);
+            .args(["--set", "amqp.port=0", "--set", "http.enabled=false"])
+            .args(["--set", "mqtt.enabled=false"]);
         for kv in extra {
             cmd.args(["--set", kv]);
         }
