@@ -521,6 +521,20 @@ async fn open_session(
         }
     };
     let queue_name = mapping::queue_name(SESSION_QUEUE_PREFIX, &client_id);
+    // A persistent session that went offline longer ago than its expiry (the broker may
+    // have been down meanwhile) is gone; either way its offline record ends here.
+    let expired = mqtt
+        .session_ends
+        .get(&client_id)
+        .is_some_and(|r| r.expired(now_ms()));
+    if let Err(e) = mqtt.session_ends.set(&client_id, None) {
+        tracing::warn!(client_id = %log_id(&client_id), error = %e, "clearing the session's offline record failed");
+    }
+    if expired && !c.clean_start && vhost.queue(&queue_name).is_some() {
+        if let Err(e) = vhost.delete_queue(&queue_name, false, false, handle.id) {
+            tracing::warn!(queue = %queue_name, error = %e, "deleting an expired session queue failed");
+        }
+    }
     if c.clean_start {
         attached.state = None;
         mqtt.sessions.clear_state(&client_id);
@@ -1595,6 +1609,16 @@ impl Conn {
             }
         }
         self.mqtt.broker.unregister_connection(self.handle.id);
+        if self.session_expiry > 0 && self.session_expiry != EXPIRY_NEVER {
+            // Persisted before the session is released, so that a takeover's attach (which
+            // clears it) comes after; not waited for: a lost record only means the queue's
+            // own `x-expires` ends the session after a restart.
+            let mut marker = ferrymq_core::Message::new(String::new(), bytes::Bytes::new());
+            marker.properties.expiration_ms = Some(u64::from(self.session_expiry) * 1000);
+            if let Err(e) = self.mqtt.session_ends.set(&self.client_id, Some(marker)) {
+                tracing::warn!(client_id = %self.log_id, error = %e, "recording the session's disconnect failed");
+            }
+        }
         let state = (self.session_expiry > 0).then(|| std::mem::take(&mut self.state));
         self.mqtt
             .sessions

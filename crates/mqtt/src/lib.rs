@@ -94,6 +94,10 @@ pub struct Mqtt {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: MqttConfig,
     pub(crate) retained: retained::RetainedStore,
+    /// When each persistent session with a finite expiry went offline, persisted, so that a
+    /// session that expired while the broker was down is not resumed after a restart (a
+    /// queue's `x-expires` lease restarts with the broker, as in RabbitMQ).
+    pub(crate) session_ends: retained::RetainedStore,
     pub(crate) sessions: session::Registry,
     pub(crate) stop: watch::Sender<bool>,
     open: AtomicUsize,
@@ -130,11 +134,29 @@ impl Mqtt {
             &config.vhost,
             config.retained_max,
         )?;
+        let session_ends = retained::RetainedStore::open_kind(
+            broker.storage().clone(),
+            retained::SESSIONS_LOG_KIND,
+            &config.vhost,
+            usize::MAX,
+        )?;
+        // Sessions that expired while the broker was down end now.
+        for client_id in session_ends.expired_keys(ferrymq_core::clock::now_ms()) {
+            let queue = mapping::queue_name(connection::SESSION_QUEUE_PREFIX, &client_id);
+            if vh.queue(&queue).is_some() {
+                if let Err(e) = vh.delete_queue(&queue, false, false, 0) {
+                    tracing::warn!(%queue, error = %e, "deleting an expired session's queue failed");
+                    continue;
+                }
+            }
+            drop(session_ends.set(&client_id, None)?);
+        }
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Mqtt {
             broker,
             config,
             retained,
+            session_ends,
             sessions: session::Registry::default(),
             stop,
             open: AtomicUsize::new(0),

@@ -22,6 +22,9 @@ use crate::error::Error;
 
 /// Storage kind of retained-message logs.
 pub const LOG_KIND: &str = "mqtt-retained";
+/// Storage kind of the logs recording when persistent sessions went offline: the key is the
+/// client id, the record's time the disconnect, its message's expiration the session expiry.
+pub const SESSIONS_LOG_KIND: &str = "mqtt-sessions";
 /// Records beyond twice the live set tolerated before compaction.
 pub const COMPACT_SLACK: u64 = 1024;
 /// Bytes per compaction append (well under the storage batch limit).
@@ -56,9 +59,11 @@ struct Inner {
     records: u64,
 }
 
-/// The retained messages of one vhost.
+/// The retained messages of one vhost. The same keyed, persisted store also records when
+/// persistent sessions went offline ([`SESSIONS_LOG_KIND`]; see `Mqtt::open`).
 pub struct RetainedStore {
     storage: Arc<Storage>,
+    kind: &'static str,
     vhost: String,
     max: usize,
     inner: Mutex<Inner>,
@@ -126,28 +131,41 @@ impl RetainedStore {
     /// # Errors
     /// Storage errors.
     pub fn open(storage: Arc<Storage>, vhost: &str, max: usize) -> Result<RetainedStore, Error> {
+        Self::open_kind(storage, LOG_KIND, vhost, max)
+    }
+
+    /// Opens (and rebuilds) the store of storage kind `kind` for `vhost`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn open_kind(
+        storage: Arc<Storage>,
+        kind: &'static str,
+        vhost: &str,
+        max: usize,
+    ) -> Result<RetainedStore, Error> {
         let prefix = format!("{vhost}.");
         let mut gens: Vec<u64> = storage
-            .list_logs(LOG_KIND)?
+            .list_logs(kind)?
             .iter()
             .filter_map(|n| n.strip_prefix(&prefix)?.parse().ok())
             .collect();
         gens.sort_unstable();
         let mut chosen: Option<(u64, Arc<Log>, Vec<Record>)> = None;
         while let Some(g) = gens.pop() {
-            let log = storage.open_log(LOG_KIND, &log_name(vhost, g), LogOptions::default())?;
+            let log = storage.open_log(kind, &log_name(vhost, g), LogOptions::default())?;
             let recs = read_all(&log)?;
             if chosen.is_none() && recs.iter().any(|r| r.0 == OP_BASE) {
                 chosen = Some((g, log, recs));
             } else {
                 drop(log);
-                storage.remove_log(LOG_KIND, &log_name(vhost, g))?;
+                storage.remove_log(kind, &log_name(vhost, g))?;
             }
         }
         let (generation, log, recs) = match chosen {
             Some(c) => c,
             None => {
-                let log = storage.open_log(LOG_KIND, &log_name(vhost, 0), LogOptions::default())?;
+                let log = storage.open_log(kind, &log_name(vhost, 0), LogOptions::default())?;
                 log.append(&[encode(OP_BASE, "", 0, None)], now_ms())?
                     .commit
                     .wait()?;
@@ -175,6 +193,7 @@ impl RetainedStore {
         }
         Ok(RetainedStore {
             storage,
+            kind,
             vhost: vhost.to_owned(),
             max,
             inner: Mutex::new(Inner {
@@ -256,7 +275,7 @@ impl RetainedStore {
         let name = log_name(&self.vhost, next);
         let log = self
             .storage
-            .open_log(LOG_KIND, &name, LogOptions::default())?;
+            .open_log(self.kind, &name, LogOptions::default())?;
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut last = None;
@@ -279,7 +298,7 @@ impl RetainedStore {
         let old = std::mem::replace(&mut st.log, log);
         drop(old);
         self.storage
-            .remove_log(LOG_KIND, &log_name(&self.vhost, st.generation))?;
+            .remove_log(self.kind, &log_name(&self.vhost, st.generation))?;
         st.generation = next;
         st.records = st.map.len() as u64 + 1;
         Ok(())
@@ -298,6 +317,21 @@ impl RetainedStore {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The entry of `key`, expired or not.
+    pub fn get(&self, key: &str) -> Option<Retained> {
+        self.lock().map.get(key).cloned()
+    }
+
+    /// Keys whose entry has expired at `now`.
+    pub fn expired_keys(&self, now: i64) -> Vec<String> {
+        let st = self.lock();
+        st.map
+            .iter()
+            .filter(|(_, r)| r.expired(now))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The current generation (tests).
@@ -319,6 +353,32 @@ mod tests {
         let s = Storage::open(dir, StorageConfig::default()).unwrap();
         let r = RetainedStore::open(s.clone(), "/", max).unwrap();
         (s, r)
+    }
+
+    #[test]
+    fn session_end_records_expire_and_survive_reopen_apart_from_retained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        {
+            let s = Storage::open(tmp.path(), StorageConfig::default()).unwrap();
+            let ends =
+                RetainedStore::open_kind(s.clone(), SESSIONS_LOG_KIND, "/", usize::MAX).unwrap();
+            let mut short = msg("");
+            short.properties.expiration_ms = Some(1_000);
+            let mut long = msg("");
+            long.properties.expiration_ms = Some(3_600_000);
+            drop(ends.set("short", Some(short)).unwrap());
+            drop(ends.set("long", Some(long)).unwrap());
+            assert!(ends.expired_keys(now).is_empty());
+            // The retained store of the same vhost does not see them.
+            assert!(RetainedStore::open(s, "/", 10).unwrap().is_empty());
+        }
+        let s = Storage::open(tmp.path(), StorageConfig::default()).unwrap();
+        let ends = RetainedStore::open_kind(s, SESSIONS_LOG_KIND, "/", usize::MAX).unwrap();
+        assert!(ends.get("long").is_some());
+        assert_eq!(ends.expired_keys(now + 2_000), vec!["short".to_string()]);
+        drop(ends.set("short", None).unwrap());
+        assert!(ends.get("short").is_none());
     }
 
     #[test]
