@@ -520,14 +520,20 @@ const LINGER_MAX: Duration = Duration::from_millis(1);
 /// With many writers each waiting for its commit, the writers split into cohorts: those
 /// released by the last round re-append while the next fsync already covers only the others,
 /// so every round carries about half of them. When commits were released (`released`) and
-/// others queued up meanwhile, the next round waits until as many commits are queued as
-/// were outstanding (`released` + queued), or for at most the duration of the last round
-/// (capped at `LINGER_MAX`), whichever comes first. A single writer never waits (nothing is
+/// others queued up meanwhile, the next round waits until three quarters of the commits that
+/// were outstanding (`released` + queued) are queued again, or for at most the duration of
+/// the last round (capped at `LINGER_MAX`), whichever comes first. Waiting for the last
+/// stragglers too cost more than they bring: with 64 tokio-task writers of 1 KiB, waiting
+/// for all of them gave 48 appends per fsync and 70 k appends/s, waiting for 3/4 (or 7/8)
+/// gave 56 per fsync and 105-122 k appends/s (A/B alternated on the same disk, same minutes). A single writer never waits (nothing is
 /// queued while its fsync runs), and the durability rule is unchanged: a commit still
 /// resolves only after an fsync that started after its write.
 fn linger_after(shared: &Shared, released: u64, took: Duration) -> Option<(u64, Instant)> {
     let queued = lock(&shared.state).open_commits;
-    (released > 0 && queued > 0).then(|| (released + queued, Instant::now() + took.min(LINGER_MAX)))
+    (released > 0 && queued > 0).then(|| {
+        let target = ((released + queued) * 3).div_ceil(4).max(queued);
+        (target, Instant::now() + took.min(LINGER_MAX))
+    })
 }
 
 /// One group-commit round: fdatasync each distinct file once; a failure fails its log. The
