@@ -145,7 +145,7 @@ fn sampled(l: &crate::latency::Summary, v: f64) -> f64 {
 
 /// Starts FerryMQ with its MQTT listener on a free port; `Err(reason)` when it has none.
 fn ferrymq_with_mqtt(bin: &Path, data_root: &Path) -> Result<Broker, String> {
-    match Broker::ferrymq(bin, data_root, &["mqtt.port=0"]) {
+    match Broker::ferrymq(bin, data_root, &["mqtt.enabled=true", "mqtt.port=0"]) {
         Ok(b) if b.mqtt_url.is_some() => Ok(b),
         Ok(_) => Err(
             "FerryMQ started but logged no `MQTT listening on <addr>`: it has no MQTT listener yet"
