@@ -287,8 +287,13 @@ async fn mqtt_over_websocket() {
     }
 }
 
-/// A blocking call to the management API as guest.
-fn api(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
+/// A blocking call to the management API as guest: `body` makes it a JSON POST.
+fn call(
+    http: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use base64::Engine;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -299,8 +304,13 @@ fn api(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, serde_json
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("guest:guest")
     );
-    let r = match method {
-        "GET" => agent.get(&url).header("authorization", &auth).call(),
+    let r = match (method, body) {
+        ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+        (_, Some(body)) => agent
+            .post(&url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(body.to_string()),
         _ => agent.delete(&url).header("authorization", &auth).call(),
     };
     let mut r = r.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
@@ -310,6 +320,18 @@ fn api(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, serde_json
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+fn api(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, serde_json::Value) {
+    call(http, method, path, None)
+}
+
+fn api_post(
+    http: std::net::SocketAddr,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    call(http, "POST", path, Some(body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,34 +421,6 @@ async fn publishers_are_not_acknowledged_under_a_resource_alarm() {
         c.quiet(std::time::Duration::from_millis(500)).await,
         "a blocked publisher's socket is not read"
     );
-}
-
-fn api_post(
-    http: std::net::SocketAddr,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    use base64::Engine;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("guest:guest")
-    );
-    let mut r = agent
-        .post(&format!("http://{http}{path}"))
-        .header("authorization", &auth)
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    let status = r.status().as_u16();
-    let text = r.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
