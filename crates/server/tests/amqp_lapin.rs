@@ -519,8 +519,14 @@ async fn limits_are_refused_cleanly() {
         second.is_err(),
         "connections_max=1 refuses the second connection"
     );
-    // A message over the size limit closes the channel with 406.
+    // A message over the size limit closes the channel with 406. The reply
+    // code is observed through the pending publisher confirm, which lapin
+    // fails with the channel.close error; a later call on the channel could
+    // race with lapin's own closing state instead.
     let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     ch.queue_declare(
         s("big"),
         QueueDeclareOptions::default(),
@@ -528,7 +534,7 @@ async fn limits_are_refused_cleanly() {
     )
     .await
     .unwrap();
-    let _ = ch
+    let err = match ch
         .basic_publish(
             s(""),
             s("big"),
@@ -536,18 +542,11 @@ async fn limits_are_refused_cleanly() {
             &[0u8; 2000],
             BasicProperties::default(),
         )
-        .await;
-    let err = ch
-        .queue_declare(
-            s("big"),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
         .await
-        .unwrap_err();
+    {
+        Ok(confirm) => confirm.await.unwrap_err(),
+        Err(err) => err,
+    };
     assert!(
         format!("{err:?}").contains("PRECONDITION_FAILED") || format!("{err:?}").contains("406"),
         "{err:?}"
