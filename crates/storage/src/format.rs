@@ -12,9 +12,15 @@ pub(crate) const SEG_HEADER_LEN: u64 = 16;
 /// `len u32 | crc u32 | version u8 | flags u8 | reserved u16 | count u32 | base_offset u64 | timestamp_ms i64`,
 /// followed by `count` records, each `len u32 | body`. `len` is the whole batch, header
 /// included. The CRC32C covers the `len` field and bytes 8..len.
+///
+/// `flags` is the batch's *format*: 0 is the framing above; any other value marks an
+/// *opaque* batch whose payload is one blob in a format the storage engine does not
+/// interpret (a layer above registers what it means), standing for `count` offsets.
 pub(crate) const BATCH_HEADER_LEN: usize = 32;
 pub(crate) const BATCH_VERSION: u8 = 1;
 pub(crate) const RECORD_OVERHEAD: usize = 4;
+/// The framed-records format (`flags` = 0).
+pub const FORMAT_RECORDS: u8 = 0;
 
 pub(crate) fn segment_header(base: u64) -> [u8; SEG_HEADER_LEN as usize] {
     let mut h = [0u8; SEG_HEADER_LEN as usize];
@@ -50,27 +56,67 @@ pub(crate) fn batch_len(records: &[Bytes]) -> Option<u64> {
     })
 }
 
-/// Encodes a batch into `buf` (cleared first). `len` must be `batch_len(records)` and fit u32.
+/// What a batch holds: framed records, or one opaque payload standing for `count` offsets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BatchBody<'a> {
+    Records(&'a [Bytes]),
+    Opaque {
+        format: u8,
+        count: u32,
+        payload: &'a [u8],
+    },
+}
+
+impl BatchBody<'_> {
+    /// Encoded size, header included, or `None` on overflow.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            BatchBody::Records(r) => batch_len(r),
+            BatchBody::Opaque { payload, .. } => {
+                (BATCH_HEADER_LEN as u64).checked_add(payload.len() as u64)
+            }
+        }
+    }
+
+    /// Offsets the batch takes.
+    pub fn count(&self) -> u64 {
+        match self {
+            BatchBody::Records(r) => r.len() as u64,
+            BatchBody::Opaque { count, .. } => u64::from(*count),
+        }
+    }
+}
+
+/// Encodes a batch into `buf` (cleared first). `len` must be `body.len()` and fit u32.
 pub(crate) fn encode_batch(
     buf: &mut Vec<u8>,
     len: u32,
     base_offset: u64,
     timestamp_ms: i64,
-    records: &[Bytes],
+    body: BatchBody<'_>,
 ) {
     buf.clear();
     buf.reserve(len as usize);
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&[0u8; 4]);
     buf.push(BATCH_VERSION);
-    buf.push(0);
+    let (format, count) = match body {
+        BatchBody::Records(r) => (FORMAT_RECORDS, r.len() as u32),
+        BatchBody::Opaque { format, count, .. } => (format, count),
+    };
+    buf.push(format);
     buf.extend_from_slice(&[0u8; 2]);
-    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&count.to_le_bytes());
     buf.extend_from_slice(&base_offset.to_le_bytes());
     buf.extend_from_slice(&timestamp_ms.to_le_bytes());
-    for r in records {
-        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        buf.extend_from_slice(r);
+    match body {
+        BatchBody::Records(records) => {
+            for r in records {
+                buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                buf.extend_from_slice(r);
+            }
+        }
+        BatchBody::Opaque { payload, .. } => buf.extend_from_slice(payload),
     }
     assert_eq!(buf.len(), len as usize, "batch length accounting");
     let crc = batch_crc(buf);
@@ -85,6 +131,8 @@ fn batch_crc(b: &[u8]) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchHeader {
     pub len: u32,
+    /// 0 = framed records, else an opaque payload's format.
+    pub format: u8,
     pub count: u32,
     pub base_offset: u64,
     pub timestamp_ms: i64,
@@ -102,8 +150,13 @@ pub(crate) fn parse_header(b: &[u8], batch_bytes_max: u32) -> Option<BatchHeader
         return None;
     }
     let len = u32_at(b, 0);
+    let format = b[9];
     let count = u32_at(b, 12);
-    let min_len = (BATCH_HEADER_LEN as u64) + u64::from(count) * RECORD_OVERHEAD as u64;
+    let min_len = if format == FORMAT_RECORDS {
+        (BATCH_HEADER_LEN as u64) + u64::from(count) * RECORD_OVERHEAD as u64
+    } else {
+        BATCH_HEADER_LEN as u64 + 1
+    };
     if count == 0 || u64::from(len) < min_len || len > batch_bytes_max {
         return None;
     }
@@ -111,6 +164,7 @@ pub(crate) fn parse_header(b: &[u8], batch_bytes_max: u32) -> Option<BatchHeader
     base_offset.checked_add(u64::from(count))?;
     Some(BatchHeader {
         len,
+        format,
         count,
         base_offset,
         timestamp_ms: u64_at(b, 24) as i64,
@@ -122,6 +176,9 @@ pub(crate) fn verify_batch(b: &[u8], batch_bytes_max: u32) -> Option<BatchHeader
     let h = parse_header(b, batch_bytes_max)?;
     if b.len() != h.len as usize || u32_at(b, 4) != batch_crc(b) {
         return None;
+    }
+    if h.format != FORMAT_RECORDS {
+        return Some(h);
     }
     let mut at = BATCH_HEADER_LEN;
     for _ in 0..h.count {
@@ -331,7 +388,7 @@ mod tests {
         let len = batch_len(&recs).unwrap() as u32;
         assert_eq!(len, 32 + 4 + 2 + 4);
         let mut buf = Vec::new();
-        encode_batch(&mut buf, len, 7, -3, &recs);
+        encode_batch(&mut buf, len, 7, -3, BatchBody::Records(&recs));
         assert_eq!(&buf[0..4], &42u32.to_le_bytes());
         assert_eq!(buf[8], BATCH_VERSION);
         assert_eq!(&buf[12..16], &2u32.to_le_bytes());
@@ -358,7 +415,7 @@ mod tests {
         let recs = [Bytes::from_static(b"hello"), Bytes::from_static(b"world!")];
         let len = batch_len(&recs).unwrap() as u32;
         let mut buf = Vec::new();
-        encode_batch(&mut buf, len, 100, 5, &recs);
+        encode_batch(&mut buf, len, 100, 5, BatchBody::Records(&recs));
         for bit in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);

@@ -36,6 +36,7 @@ pub mod vfs;
 pub use config::{Durability, LogOptions, Retention, StorageConfig};
 pub use definitions::{DefinitionsStore, DEFINITIONS_BYTES_MAX, DEFINITIONS_FILE};
 pub use error::{Result, StorageError};
+pub use format::FORMAT_RECORDS;
 pub use log::{Appended, Batch, Log};
 pub use metrics::{StorageMetrics, FSYNC_BUCKETS_US};
 pub use name::NAME_BYTES_MAX;

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::IoContext;
 use crate::format::{
-    self, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
+    self, BatchBody, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
 };
 use crate::metrics::Counters;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
@@ -34,18 +34,37 @@ pub struct Batch {
     pub base_offset: u64,
     pub record_count: u32,
     pub timestamp_ms: i64,
+    /// [`FORMAT_RECORDS`](crate::FORMAT_RECORDS) for framed records, else the format of an
+    /// opaque batch (see [`Log::append_opaque`]).
+    pub format: u8,
     payload: Bytes,
 }
 
 impl Batch {
-    /// `(offset, body)` of every record; bodies are slices of one read buffer.
+    /// `(offset, body)` of every record; bodies are slices of one read buffer. An opaque
+    /// batch has no framed records: this yields nothing for it (use [`Batch::payload`]).
     pub fn records(&self) -> impl Iterator<Item = (u64, Bytes)> + '_ {
         format::RecordIter {
             payload: &self.payload,
             at: 0,
-            remaining: self.record_count,
+            remaining: if self.is_opaque() {
+                0
+            } else {
+                self.record_count
+            },
             next_offset: self.base_offset,
         }
+    }
+
+    /// Whether this is an opaque batch (a payload in a format the layer above knows).
+    pub fn is_opaque(&self) -> bool {
+        self.format != format::FORMAT_RECORDS
+    }
+
+    /// The bytes after the batch header: an opaque batch's payload (a slice of the read
+    /// buffer, not copied), or the framed records.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
     }
 
     /// One past the last offset of the batch.
@@ -266,9 +285,42 @@ impl Log {
         if records.is_empty() {
             return Err(StorageError::InvalidArgument("empty batch".into()));
         }
+        self.append_body(BatchBody::Records(records), timestamp_ms)
+    }
+
+    /// Appends one *opaque* batch: `payload` is stored as one blob in `format` (non-zero,
+    /// meaningful to the layer above) and takes `count` offsets. Reads return it whole
+    /// ([`Batch::format`], [`Batch::payload`]); it has no framed records. Same durability,
+    /// limits and errors as [`Log::append`].
+    ///
+    /// # Errors
+    /// As [`Log::append`]; `InvalidArgument` for format 0, a zero count or an empty payload.
+    pub fn append_opaque(
+        &self,
+        format: u8,
+        count: u32,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<Appended> {
+        if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
+            return Err(StorageError::InvalidArgument(
+                "an opaque batch needs a non-zero format, a count and a payload".into(),
+            ));
+        }
+        self.append_body(
+            BatchBody::Opaque {
+                format,
+                count,
+                payload,
+            },
+            timestamp_ms,
+        )
+    }
+
+    fn append_body(&self, body: BatchBody<'_>, timestamp_ms: i64) -> Result<Appended> {
         let limit = self.ctx.config.batch_bytes_max;
-        let len = match format::batch_len(records) {
-            Some(l) if l <= u64::from(limit) && records.len() <= u32::MAX as usize => l as u32,
+        let len = match body.len() {
+            Some(l) if l <= u64::from(limit) && body.count() <= u64::from(u32::MAX) => l as u32,
             l => {
                 return Err(StorageError::TooLarge {
                     what: "batch",
@@ -284,7 +336,7 @@ impl Log {
             self.roll(st)?;
         }
         let base_offset = st.next_offset;
-        format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, records);
+        format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
         let behind = self.durability == Durability::T2;
         let a = &mut st.active;
         let pos = a.len;
@@ -342,7 +394,7 @@ impl Log {
             a.written = a.len;
         }
         a.max_ts = a.max_ts.max(timestamp_ms);
-        st.next_offset += records.len() as u64;
+        st.next_offset += body.count();
         let next_offset = st.next_offset;
         let sync_file = behind.then(|| a.file.clone());
         drop(guard);
@@ -697,6 +749,7 @@ impl Log {
                     acc.out.push(Batch {
                         base_offset: h.base_offset,
                         record_count: h.count,
+                        format: h.format,
                         timestamp_ms: h.timestamp_ms,
                         payload: chunk.slice(off + BATCH_HEADER_LEN..end),
                     });
@@ -1027,6 +1080,79 @@ mod tests {
         let a = log.append(&recs(1, 999), 5).unwrap();
         assert_eq!(a.base_offset, 600);
         assert_eq!(s.list_logs("logs").unwrap(), vec!["a/b".to_string()]);
+    }
+
+    #[test]
+    fn opaque_batches_mix_with_records_roll_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        // (base offset, format, count, payload) of every batch written.
+        let mut expect: Vec<(u64, u8, u32, Bytes)> = Vec::new();
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let log = s.open_log("logs", "mixed", LogOptions::default()).unwrap();
+            assert!(matches!(
+                log.append_opaque(0, 1, b"x", 0),
+                Err(StorageError::InvalidArgument(_))
+            ));
+            assert!(log.append_opaque(7, 0, b"x", 0).is_err());
+            assert!(log.append_opaque(7, 1, b"", 0).is_err());
+            for i in 0..120u32 {
+                let a = if i % 3 == 0 {
+                    let r = recs(2, u64::from(i));
+                    let a = log.append(&r, i64::from(i)).unwrap();
+                    let mut framed = Vec::new();
+                    for b in &r {
+                        framed.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        framed.extend_from_slice(b);
+                    }
+                    expect.push((a.base_offset, 0, 2, Bytes::from(framed)));
+                    a
+                } else {
+                    let payload = Bytes::from(format!("opaque-{i}-").repeat(i as usize % 7 + 4));
+                    let count = i % 5 + 1;
+                    let a = log
+                        .append_opaque(9, count, &payload, i64::from(i))
+                        .unwrap();
+                    assert_eq!(a.next_offset - a.base_offset, u64::from(count));
+                    expect.push((a.base_offset, 9, count, payload));
+                    a
+                };
+                a.commit.wait().unwrap();
+            }
+            assert!(log.segment_count() > 2, "rolled");
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "mixed", LogOptions::default()).unwrap();
+        let (last_base, _, last_count, _) = expect[expect.len() - 1];
+        assert_eq!(log.next_offset(), last_base + u64::from(last_count));
+        let mut got = Vec::new();
+        let mut from = 0;
+        loop {
+            let b = log.read(from, 1000).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            for batch in b {
+                from = batch.next_offset();
+                if batch.is_opaque() {
+                    assert_eq!(batch.records().count(), 0, "opaque batches have no records");
+                } else {
+                    assert_eq!(batch.records().count(), 2);
+                }
+                got.push((
+                    batch.base_offset,
+                    batch.format,
+                    batch.record_count,
+                    batch.payload().clone(),
+                ));
+            }
+        }
+        assert_eq!(got, expect);
+        // A read from inside an opaque batch returns that whole batch.
+        let (base, _, count, _) = expect[2];
+        assert!(count > 1);
+        let b = log.read(base + 1, 1).unwrap();
+        assert_eq!(b[0].base_offset, base);
     }
 
     #[test]
