@@ -20,6 +20,8 @@ use crate::{Result, Retention, StorageError};
 pub(crate) const OFFSETS_FILE: &str = "consumer-offsets.journal";
 /// Largest offsets journal read at open.
 pub const OFFSETS_FILE_BYTES_MAX: u64 = 64 << 20;
+/// The offset a tombstone entry carries: the consumer's offset was removed.
+const OFFSET_TOMBSTONE: u64 = u64::MAX;
 /// Compact once the journal holds more than `2 * consumers + this` entries.
 const COMPACT_SLACK_ENTRIES: u64 = 256;
 
@@ -64,7 +66,11 @@ impl StreamLog {
         let mut at = 0usize;
         let mut entries = 0;
         while let Some((name, off, n)) = format::decode_offset_entry(&data[at..]) {
-            map.insert(name, off);
+            if off == OFFSET_TOMBSTONE {
+                map.remove(&name);
+            } else {
+                map.insert(name, off);
+            }
             at += n;
             entries += 1;
         }
@@ -95,6 +101,17 @@ impl StreamLog {
     /// Appends one batch (see `Log::append`).
     pub fn append(&self, records: &[Bytes], timestamp_ms: i64) -> Result<Appended> {
         self.log.append(records, timestamp_ms)
+    }
+
+    /// Appends one opaque batch (see `Log::append_opaque`).
+    pub fn append_opaque(
+        &self,
+        format: u8,
+        count: u32,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<Appended> {
+        self.log.append_opaque(format, count, payload, timestamp_ms)
     }
 
     pub fn set_retention(&self, r: Retention) {
@@ -144,6 +161,22 @@ impl StreamLog {
     /// log's tier (it is written to the page cache before this returns).
     pub fn commit_offset(&self, consumer: &str, offset: u64) -> Result<Commit> {
         crate::name::check_name(consumer)?;
+        if offset == OFFSET_TOMBSTONE {
+            return Err(StorageError::InvalidArgument("offset u64::MAX is reserved".into()));
+        }
+        self.write_offset(consumer, offset)
+    }
+
+    /// Forgets `consumer`'s offset (a tombstone entry); false if it had none.
+    pub fn remove_offset(&self, consumer: &str) -> Result<bool> {
+        if self.committed_offset(consumer).is_none() {
+            return Ok(false);
+        }
+        self.write_offset(consumer, OFFSET_TOMBSTONE)?.wait()?;
+        Ok(true)
+    }
+
+    fn write_offset(&self, consumer: &str, offset: u64) -> Result<Commit> {
         let mut o = lock(&self.offsets);
         let o = &mut *o;
         o.buf.clear();
@@ -154,7 +187,11 @@ impl StreamLog {
         }
         o.len += o.buf.len() as u64;
         o.entries += 1;
-        o.map.insert(consumer.to_string(), offset);
+        if offset == OFFSET_TOMBSTONE {
+            o.map.remove(consumer);
+        } else {
+            o.map.insert(consumer.to_string(), offset);
+        }
         if o.entries > 2 * o.map.len() as u64 + COMPACT_SLACK_ENTRIES {
             self.compact(o)?;
             return Ok(Commit::ready());
@@ -290,5 +327,38 @@ mod tests {
             vec![("even".to_string(), 998), ("odd".to_string(), 999)]
         );
         assert_eq!(st.committed_offset("none"), None);
+    }
+
+    #[test]
+    fn removed_offsets_stay_removed_across_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let st = s
+                .open_stream("s", LogOptions::default(), Retention::default())
+                .unwrap();
+            st.commit_offset("keep", 5).unwrap().wait().unwrap();
+            st.commit_offset("gone", 7).unwrap().wait().unwrap();
+            assert!(st.commit_offset("x", u64::MAX).is_err());
+            assert!(st.remove_offset("gone").unwrap());
+            assert!(!st.remove_offset("gone").unwrap());
+            assert_eq!(st.committed_offset("gone"), None);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = s
+            .open_stream("s", LogOptions::default(), Retention::default())
+            .unwrap();
+        assert_eq!(st.committed_offsets(), vec![("keep".to_string(), 5)]);
+        // Enough entries to compact: the removed one does not come back.
+        for i in 0..600u64 {
+            st.commit_offset("keep", i).unwrap().wait().unwrap();
+        }
+        drop(st);
+        drop(s);
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = s
+            .open_stream("s", LogOptions::default(), Retention::default())
+            .unwrap();
+        assert_eq!(st.committed_offsets(), vec![("keep".to_string(), 599)]);
     }
 }
