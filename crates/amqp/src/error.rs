@@ -122,7 +122,7 @@ impl From<CoreError> for Exception {
             CoreError::ShuttingDown => {
                 Exception::connection(code::CONNECTION_FORCED, "broker is shutting down")
             }
-            CoreError::Storage(_) | CoreError::Codec(_) => {
+            CoreError::Storage(_) | CoreError::Codec(_) | CoreError::Internal(_) => {
                 Exception::connection(code::INTERNAL_ERROR, full)
             }
         }

@@ -37,6 +37,9 @@ pub enum CoreError {
     /// A stored message could not be decoded (541 INTERNAL_ERROR).
     #[error("stored message is damaged: {0}")]
     Codec(#[from] crate::codec::CodecError),
+    /// A stored batch in another format could not be decoded (541 INTERNAL_ERROR).
+    #[error("INTERNAL_ERROR - {0}")]
+    Internal(String),
 }
 
 /// Result alias for core operations.

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::BytesMut;
-use ferrymq_storage::{Commit, Retention, StreamLog};
+use bytes::{Bytes, BytesMut};
+use ferrymq_storage::{Batch, Commit, Retention, StreamLog};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::codec;
@@ -29,6 +29,76 @@ pub enum StreamOffset {
     Offset(u64),
     /// The first message at or after this time (ms since the epoch).
     Timestamp(i64),
+}
+
+/// A batch format other than the core's own framed records, stored as one opaque
+/// payload (for example a Kafka record batch kept as the producer sent it). Adapters
+/// register the formats they write so that every reader of a stream (AMQP stream
+/// consumers, HTTP reads, management) can turn such batches into neutral messages: the
+/// core never sees the wire type, only this decoder.
+pub trait RecordFormat: Send + Sync {
+    /// A short name for logs ("kafka-record-batch-v2").
+    fn name(&self) -> &'static str;
+    /// The records of one opaque batch: `(offset, timestamp_ms, message)` for each record
+    /// at or after `base_offset`, in offset order.
+    ///
+    /// # Errors
+    /// A description of what is wrong with the payload.
+    fn decode(
+        &self,
+        base_offset: u64,
+        batch_timestamp_ms: i64,
+        payload: &Bytes,
+    ) -> std::result::Result<Vec<(u64, i64, Message)>, String>;
+}
+
+static FORMATS: RwLock<Vec<(u8, Arc<dyn RecordFormat>)>> = RwLock::new(Vec::new());
+
+/// Registers the decoder of opaque batches in `format` (non-zero), for every stream of
+/// the process. Registering the same id again replaces the decoder.
+pub fn register_record_format(format: u8, decoder: Arc<dyn RecordFormat>) {
+    if let Ok(mut f) = FORMATS.write() {
+        f.retain(|(id, _)| *id != format);
+        f.push((format, decoder));
+    }
+}
+
+fn record_format(format: u8) -> Option<Arc<dyn RecordFormat>> {
+    FORMATS
+        .read()
+        .ok()?
+        .iter()
+        .find(|(id, _)| *id == format)
+        .map(|(_, d)| d.clone())
+}
+
+/// The records of a stored batch as neutral messages: `(offset, timestamp_ms, message)`.
+/// Framed batches are the core's own encoding; opaque ones go through their registered
+/// [`RecordFormat`].
+///
+/// # Errors
+/// `Internal` for a batch that does not decode or whose format nobody registered.
+pub fn decode_batch(b: &Batch) -> Result<Vec<(u64, i64, Message)>> {
+    if !b.is_opaque() {
+        return b
+            .records()
+            .map(|(off, body)| Ok((off, b.timestamp_ms, codec::decode(body)?)))
+            .collect();
+    }
+    let f = record_format(b.format).ok_or_else(|| {
+        CoreError::Internal(format!(
+            "stream batch at offset {} has format {} and no decoder is registered for it",
+            b.base_offset, b.format
+        ))
+    })?;
+    f.decode(b.base_offset, b.timestamp_ms, b.payload())
+        .map_err(|e| {
+            CoreError::Internal(format!(
+                "{} batch at offset {} does not decode: {e}",
+                f.name(),
+                b.base_offset
+            ))
+        })
 }
 
 /// Send window for consumers that ask for no limit, so memory stays bounded.
@@ -200,6 +270,75 @@ impl Stream {
         Ok((appended.base_offset, appended.commit))
     }
 
+    /// Appends one opaque batch in a registered [`RecordFormat`] to one partition; it
+    /// takes `count` offsets. Returns the first offset and the durability commit.
+    ///
+    /// # Errors
+    /// Storage errors, or `NotFound` for a partition out of range.
+    pub fn append_opaque(
+        &self,
+        partition: u32,
+        format: u8,
+        count: u32,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<(u64, Commit)> {
+        let part = self.partition(partition)?;
+        let appended = part
+            .log
+            .append_opaque(format, count, payload, timestamp_ms)?;
+        self.counters
+            .published
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        part.appended.notify_waiters();
+        Ok((appended.base_offset, appended.commit))
+    }
+
+    /// Stored batches of a partition from the one holding `from`, up to about `max_bytes`
+    /// (at least one batch when there is one), as stored: opaque batches keep their
+    /// payload, for adapters that serve them without re-encoding. [`decode_batch`] turns
+    /// any of them into messages.
+    ///
+    /// # Errors
+    /// Storage errors, `NotFound` for a partition out of range.
+    pub fn read_batches(&self, partition: u32, from: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        Ok(self.partition(partition)?.log.log().read(from, max_bytes)?)
+    }
+
+    /// A future that completes at the next append to `partition` (long polls). Create
+    /// it, `enable()` it, then check the offsets, then await it, so no append is missed.
+    ///
+    /// # Errors
+    /// `NotFound` for a partition out of range.
+    pub fn appended(&self, partition: u32) -> Result<tokio::sync::futures::Notified<'_>> {
+        Ok(self.partition(partition)?.appended.notified())
+    }
+
+    /// Forgets a consumer group's offset on every partition (a group was deleted);
+    /// returns whether any partition had one.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn remove_offsets(&self, group: &str) -> Result<bool> {
+        let mut any = false;
+        for p in &self.partitions {
+            any |= p.log.remove_offset(group)?;
+        }
+        Ok(any)
+    }
+
+    /// The groups with a committed offset on any partition, sorted.
+    pub fn offset_groups(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.log.committed_offsets().into_iter().map(|(g, _)| g))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Resolves a start position to an offset.
     pub fn resolve(&self, partition: u32, at: StreamOffset) -> Result<u64> {
         let log = self.partition(partition)?.log.log();
@@ -224,15 +363,15 @@ impl Stream {
                 break;
             }
             for b in &batches {
-                for (off, body) in b.records() {
+                for (off, ts, message) in decode_batch(b)? {
                     if off < next || out.len() >= max_records {
                         continue;
                     }
                     out.push(StreamRecord {
                         partition,
                         offset: off,
-                        timestamp_ms: b.timestamp_ms,
-                        message: codec::decode(body)?,
+                        timestamp_ms: ts,
+                        message,
                     });
                     next = off + 1;
                 }
@@ -392,7 +531,7 @@ impl Stream {
             let batches = part.log.log().read(next, READ_CHUNK_BYTES)?;
             let mut deliveries = Vec::new();
             for b in &batches {
-                for (off, body) in b.records() {
+                for (off, _ts, message) in decode_batch(b)? {
                     if off < next || budget == 0 {
                         continue;
                     }
@@ -400,7 +539,7 @@ impl Stream {
                         consumer: id,
                         consumer_tag: tag.clone(),
                         id: off,
-                        message: Arc::new(codec::decode(body)?),
+                        message: Arc::new(message),
                         redelivered: false,
                         delivery_count: 1,
                     });

@@ -94,7 +94,7 @@ impl From<CoreError> for ApiError {
             CoreError::Storage(s) if s.is_no_space() => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "disk_full", s.to_string())
             }
-            CoreError::Storage(_) | CoreError::Codec(_) => {
+            CoreError::Storage(_) | CoreError::Codec(_) | CoreError::Internal(_) => {
                 tracing::error!(error = %reason, "internal error answering an HTTP request");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", reason)
             }
