@@ -39,5 +39,5 @@ pub use exchange::{Binding, Destination, ExchangeDecl, ExchangeKind};
 pub use message::{FieldTable, Message, Properties, Value};
 pub use policy::{AppliedPolicy, ApplyTo, Policy};
 pub use queue::{ConsumerEvent, ConsumerInfo, ConsumerOptions, Delivery, QueueDecl};
-pub use stream::StreamOffset;
+pub use stream::{decode_batch, register_record_format, RecordFormat, StreamOffset};
 pub use vhost::{DeclareOk, PublishOutcome, Published, PublishedBatch, QueueRef, VHost};
