@@ -2,3 +2,4 @@
 //! partitions; this crate translates Kafka requests into core stream operations.
 
 pub mod records;
+pub mod sasl;
