@@ -2,4 +2,5 @@
 //! partitions; this crate translates Kafka requests into core stream operations.
 
 pub mod records;
+pub mod idempotence;
 pub mod sasl;
