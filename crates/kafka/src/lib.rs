@@ -4,3 +4,4 @@
 pub mod records;
 pub mod idempotence;
 pub mod sasl;
+pub mod group;
