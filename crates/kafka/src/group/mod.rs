@@ -548,6 +548,8 @@ impl Group {
             "preparing to rebalance group"
         );
         self.state = GroupState::PreparingRebalance;
+        // Like Kafka's tryCompleteElseWatch: an emptied group completes at once.
+        self.try_complete_join(now);
     }
 
     /// Completes the pending JoinGroup round if all members rejoined (outside the
