@@ -676,11 +676,13 @@ impl Group {
             .map(|m| m.id.clone())
             .collect();
         for member_id in &expired {
-            if !self
+            // An earlier removal may have started a rebalance that changed this one.
+            let still_due = self
                 .members
                 .get(member_id)
-                .is_some_and(|m| m.expiry().is_some_and(|d| d <= now))
-            {
+                .and_then(Member::expiry)
+                .is_some_and(|deadline| deadline <= now);
+            if !still_due {
                 continue;
             }
             info!(
@@ -862,6 +864,30 @@ impl GroupCoordinator {
         groups
     }
 
+    /// Makes `group_id` known as an Empty group if it is not known yet, so that
+    /// ListGroups, DescribeGroups and DeleteGroups see it: call it at start-up for
+    /// every group that has committed offsets (membership itself is not persisted).
+    ///
+    /// # Errors
+    /// `INVALID_GROUP_ID` for an empty id, `COORDINATOR_NOT_AVAILABLE` at `groups_max`.
+    pub fn register_group(&self, group_id: &str) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let group_key = key(group_id);
+        let mut state = self.shared.lock();
+        if state.groups.contains_key(&group_key) {
+            return Ok(());
+        }
+        if state.groups.len() >= self.shared.config.groups_max {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        state
+            .groups
+            .insert(group_key.clone(), Group::new(group_key));
+        Ok(())
+    }
+
     /// Checks an OffsetCommit (or TxnOffsetCommit) against group membership, as
     /// Kafka's `handleCommitOffsets` does. A commit with a negative generation is a
     /// "simple" commit by a client that does not use group management: allowed if the
@@ -974,7 +1000,8 @@ impl GroupCoordinator {
             return fail(&p.member_id, ResponseError::InvalidSessionTimeout);
         }
         let is_unknown = p.member_id.is_empty();
-        if !state.groups.contains_key(&p.group_id) {
+        let created = !state.groups.contains_key(&p.group_id);
+        if created {
             if !is_unknown {
                 return fail(&p.member_id, ResponseError::UnknownMemberId);
             }
@@ -993,7 +1020,14 @@ impl GroupCoordinator {
         let Some(group) = state.groups.get_mut(&group_id) else {
             return fail(&p.member_id, ResponseError::CoordinatorNotAvailable);
         };
-        let result = if !group.accept_joining_member(&p.member_id, config.group_members_max) {
+        // A restarting static member takes its old place: it does not grow the group.
+        let replaces_static = is_unknown
+            && p.group_instance_id
+                .as_ref()
+                .is_some_and(|instance| group.statics.contains_key(instance));
+        let result = if !replaces_static
+            && !group.accept_joining_member(&p.member_id, config.group_members_max)
+        {
             if group.members.contains_key(&p.member_id) {
                 group.remove_member_and_update(
                     &p.member_id,
@@ -1014,6 +1048,15 @@ impl GroupCoordinator {
         };
         if group.state == GroupState::PreparingRebalance {
             group.try_complete_join(now);
+        }
+        if created
+            && group.state == GroupState::Empty
+            && group.members.is_empty()
+            && group.pending.is_empty()
+        {
+            // The join that created the group failed: do not keep an empty shell.
+            state.groups.remove(&group_id);
+            return (result, None);
         }
         (result, Some(group_id))
     }

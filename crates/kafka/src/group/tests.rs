@@ -730,6 +730,8 @@ async fn protocol_selection_by_votes_among_common_protocols() {
         none.error_code,
         ResponseError::InconsistentGroupProtocol.code()
     );
+    // The failed join did not leave an empty group behind.
+    assert_eq!(c.group_state("g2"), None);
 
     // SyncGroup v5 checks the protocol type and name.
     let generation = leader.generation_id;
@@ -899,6 +901,39 @@ async fn group_size_is_bounded() {
         resp.error_code,
         ResponseError::CoordinatorNotAvailable.code()
     );
+    assert_eq!(
+        c.register_group("two"),
+        Err(ResponseError::CoordinatorNotAvailable)
+    );
+    assert_eq!(c.register_group("one"), Ok(()));
+
+    // A full group still takes back a restarting static member.
+    let c = coordinator_with(GroupConfig {
+        initial_rebalance_delay_ms: 0,
+        group_members_max: 1,
+        ..GroupConfig::default()
+    });
+    let first = done(spawn_join(
+        &c,
+        static_join("s", &StrBytes::new(), "i", RANGE),
+        JOIN_V,
+    ))
+    .await;
+    assert_eq!(first.error_code, 0);
+    assert_eq!(
+        done(spawn_sync(&c, sync_req("s", 1, &first.member_id, &[])))
+            .await
+            .error_code,
+        0
+    );
+    let again = done(spawn_join(
+        &c,
+        static_join("s", &StrBytes::new(), "i", RANGE),
+        JOIN_V,
+    ))
+    .await;
+    assert_eq!(again.error_code, 0);
+    assert_ne!(again.member_id, first.member_id);
 }
 
 #[tokio::test(start_paused = true)]
