@@ -1099,3 +1099,37 @@ async fn responses_encode_at_every_version() {
         encodes(&c.leave_group(req, version), version);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn lost_join_response_is_answered_again_during_completing_rebalance() {
+    let c = coordinator();
+    let a = new_member_id(&c, "g").await;
+    let b = new_member_id(&c, "g").await;
+    let ja = spawn_join(&c, join_req("g", &a, RANGE), JOIN_V);
+    let jb = spawn_join(&c, join_req("g", &b, RANGE), JOIN_V);
+    let (ra, rb) = (done(ja).await, done(jb).await);
+    assert_eq!(c.group_state("g"), Some(GroupState::CompletingRebalance));
+    // Heartbeats are fine while the leader computes the assignment.
+    assert_eq!(heartbeat(&c, "g", ra.generation_id, &b), 0);
+    // Same metadata: the same answer, no new rebalance.
+    let again = done(spawn_join(&c, join_req("g", &b, RANGE), JOIN_V)).await;
+    assert_eq!(again.error_code, 0);
+    assert_eq!(again.generation_id, rb.generation_id);
+    assert_eq!(again.leader, a);
+    let leader_again = done(spawn_join(&c, join_req("g", &a, RANGE), JOIN_V)).await;
+    assert_eq!(leader_again.members.len(), 2);
+    assert_eq!(c.group_state("g"), Some(GroupState::CompletingRebalance));
+    // Changed metadata: a new rebalance; the follower waiting in SyncGroup must rejoin.
+    let sb = spawn_sync(&c, sync_req("g", rb.generation_id, &b, &[]));
+    settle().await;
+    let ja = spawn_join(&c, join_req("g", &a, &[("range", b"new")]), JOIN_V);
+    settle().await;
+    assert_eq!(c.group_state("g"), Some(GroupState::PreparingRebalance));
+    assert_eq!(
+        done(sb).await.error_code,
+        ResponseError::RebalanceInProgress.code()
+    );
+    let jb = spawn_join(&c, join_req("g", &b, RANGE), JOIN_V);
+    assert_eq!(done(ja).await.generation_id, ra.generation_id + 1);
+    assert_eq!(done(jb).await.generation_id, ra.generation_id + 1);
+}
