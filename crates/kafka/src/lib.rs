@@ -1,7 +1,180 @@
 //! FerryMQ's Kafka wire-protocol adapter: a Kafka topic is a FerryMQ stream with N
 //! partitions; this crate translates Kafka requests into core stream operations.
+//!
+//! Layers, inward: `records` (pure record-batch validation and mapping), `group`
+//! (consumer-group coordinator), `idempotence` (producer sequence checks), `sasl` (PLAIN,
+//! SCRAM), `topics` (topics as core streams), `api` (one handler per request kind),
+//! `conn` (the connection driver: framing, header, dispatch, pipelining, SASL gate).
 
-pub mod records;
-pub mod idempotence;
-pub mod sasl;
+pub mod admin;
+pub mod api;
+pub mod conn;
 pub mod group;
+pub mod idempotence;
+pub mod records;
+pub mod sasl;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferrymq_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::group::{GroupConfig, GroupCoordinator};
+use crate::idempotence::{PartitionProducers, ProducerIds};
+use crate::sasl::{Mechanism, ScramCredential};
+
+/// The format byte FerryMQ's streams store Kafka record batches under (an opaque batch:
+/// the producer's bytes as received).
+pub const KAFKA_BATCH_FORMAT: u8 = 1;
+
+/// Registers the decoder of stored Kafka batches with the core, so that AMQP, HTTP and
+/// MQTT readers of a stream see records produced over Kafka. The server calls it at
+/// start, whether the Kafka listener is enabled or not (the data may be there).
+pub fn register_record_format(max_decompressed_bytes: usize) {
+    ferrymq_core::register_record_format(
+        KAFKA_BATCH_FORMAT,
+        Arc::new(records::KafkaBatchFormat {
+            max_decompressed: max_decompressed_bytes,
+        }),
+    );
+}
+
+/// Settings of the Kafka listener (the server's `[kafka]` section).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// The vhost whose streams are the Kafka topics.
+    pub vhost: String,
+    /// Host and port advertised in Metadata and FindCoordinator (port 0: the bound port).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// Metadata requests create unknown topics (with `default_partitions`).
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// Largest request accepted (Kafka's `socket.request.max.bytes`), checked on the
+    /// size prefix before anything is read.
+    pub max_request_bytes: usize,
+    /// Largest record batch accepted (Kafka's `message.max.bytes`).
+    pub message_max_bytes: usize,
+    /// Largest decompressed record batch (validation and cross-protocol reads).
+    pub max_decompressed_bytes: usize,
+    /// SASL mechanisms required before any other request; empty: no authentication
+    /// (connections act as `anonymous_user`).
+    pub sasl_mechanisms: Vec<Mechanism>,
+    /// The FerryMQ user unauthenticated connections act as.
+    pub anonymous_user: String,
+    /// This node's broker id and the cluster id reported to clients.
+    pub node_id: i32,
+    pub cluster_id: String,
+    pub group: GroupConfig,
+    /// Responses a connection may have pending (pipelined requests) before it stops
+    /// reading more.
+    pub max_inflight_requests: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            vhost: "/".into(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 << 20,
+            message_max_bytes: 1_048_588,
+            max_decompressed_bytes: 64 << 20,
+            sasl_mechanisms: Vec::new(),
+            anonymous_user: "guest".into(),
+            node_id: 0,
+            cluster_id: "ferrymq-cluster".into(),
+            group: GroupConfig::default(),
+            max_inflight_requests: 32,
+        }
+    }
+}
+
+/// The Kafka adapter: shared by all its connections.
+pub struct Kafka {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: KafkaConfig,
+    pub(crate) groups: GroupCoordinator,
+    pub(crate) producer_ids: ProducerIds,
+    /// Idempotent-producer state per (topic, partition); held while a batch is checked,
+    /// appended and recorded, so the three are one step.
+    pub(crate) producers: Mutex<HashMap<(String, u32), PartitionProducers>>,
+    /// SCRAM credentials derived from users' passwords, per (user, password).
+    pub(crate) scram: Mutex<HashMap<String, (String, ScramCredential)>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Kafka {
+    /// The adapter over `broker`. `config.advertised_port` 0 must have been replaced by
+    /// the bound port (see [`bind`]). Must be called within a tokio runtime (the group
+    /// coordinator's timer task). Groups with committed offsets are registered, so
+    /// ListGroups and DeleteGroups see them after a restart.
+    pub fn new(broker: Arc<Broker>, config: KafkaConfig) -> Arc<Kafka> {
+        let groups = GroupCoordinator::new(config.group.clone());
+        let k = Arc::new(Kafka {
+            broker,
+            groups,
+            producer_ids: ProducerIds::from_clock_ms(ferrymq_core::clock::now_ms()),
+            producers: Mutex::new(HashMap::new()),
+            scram: Mutex::new(HashMap::new()),
+            stop: watch::channel(false).0,
+            config,
+        });
+        for t in k.topic_streams() {
+            for g in t.offset_groups() {
+                let _ = k.groups.register_group(&g);
+            }
+        }
+        k
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Ends every connection (shutdown).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub(crate) fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+/// Binds the Kafka listener.
+///
+/// # Errors
+/// The bind error (address in use, permission denied).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Accepts connections until `stop` turns true, then ends them all.
+pub async fn run(listener: TcpListener, kafka: Arc<Kafka>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(conn::serve(kafka.clone(), stream, peer.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    kafka.stop();
+    while conns.join_next().await.is_some() {}
+}

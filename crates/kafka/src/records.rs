@@ -201,10 +201,7 @@ pub fn decompress(codec: i16, data: &Bytes, limit: usize) -> Result<Bytes, Recor
             .read_to_end(&mut out)
             .map_err(|e| RecordError::Corrupt(format!("decompression failed: {e}")))?;
         if n > limit {
-            return Err(RecordError::TooLarge {
-                size: n,
-                limit,
-            });
+            return Err(RecordError::TooLarge { size: n, limit });
         }
         Ok(Bytes::from(out))
     };
@@ -212,9 +209,10 @@ pub fn decompress(codec: i16, data: &Bytes, limit: usize) -> Result<Bytes, Recor
         0 => Ok(data.clone()),
         1 => bounded(&mut flate2::read::GzDecoder::new(&data[..])),
         2 => snappy_xerial(data, limit),
-        3 => bounded(&mut lz4::Decoder::new(&data[..]).map_err(|e| {
-            RecordError::Corrupt(format!("lz4 frame: {e}"))
-        })?),
+        3 => bounded(
+            &mut lz4::Decoder::new(&data[..])
+                .map_err(|e| RecordError::Corrupt(format!("lz4 frame: {e}")))?,
+        ),
         4 => bounded(
             &mut zstd::stream::read::Decoder::new(&data[..])
                 .map_err(|e| RecordError::Corrupt(format!("zstd frame: {e}")))?,
@@ -487,7 +485,8 @@ pub fn encode_messages(
     if messages.is_empty() {
         return;
     }
-    let ts_of = |(ts, m): &(i64, &Message)| m.properties.timestamp_ms.unwrap_or(*ts.max(&default_ts));
+    let ts_of =
+        |(ts, m): &(i64, &Message)| m.properties.timestamp_ms.unwrap_or(*ts.max(&default_ts));
     let base_ts = messages.iter().map(ts_of).min().unwrap_or(default_ts);
     let max_ts = messages.iter().map(ts_of).max().unwrap_or(default_ts);
     let mut recs = BytesMut::new();
@@ -565,7 +564,8 @@ mod tests {
         m.key = Some(Bytes::from(key.to_string()));
         m.headers
             .insert("h".to_string(), Value::Bytes(Bytes::from_static(b"v")));
-        m.headers.insert("s".to_string(), Value::String("str".into()));
+        m.headers
+            .insert("s".to_string(), Value::String("str".into()));
         m.properties.timestamp_ms = Some(ts);
         m
     }
@@ -631,17 +631,30 @@ mod tests {
             Err(RecordError::TooLarge { .. })
         ));
         let truncated = good.slice(..good.len() - 3);
-        assert_eq!(validate(&truncated, 1 << 20, 1 << 20).unwrap_err().code(), 2);
+        assert_eq!(
+            validate(&truncated, 1 << 20, 1 << 20).unwrap_err().code(),
+            2
+        );
         let mut old = BytesMut::from(&good[..]);
         old[16] = 1;
-        assert_eq!(validate(&old.freeze(), 1 << 20, 1 << 20).unwrap_err().code(), 43);
+        assert_eq!(
+            validate(&old.freeze(), 1 << 20, 1 << 20)
+                .unwrap_err()
+                .code(),
+            43
+        );
         // A count that disagrees with the records (CRC recomputed so only the count is wrong).
         let mut wrong = BytesMut::from(&good[..]);
         wrong[57..61].copy_from_slice(&3i32.to_be_bytes());
         wrong[23..27].copy_from_slice(&2i32.to_be_bytes());
         let crc = crc32c::crc32c(&wrong[21..]);
         wrong[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(validate(&wrong.freeze(), 1 << 20, 1 << 20).unwrap_err().code(), 2);
+        assert_eq!(
+            validate(&wrong.freeze(), 1 << 20, 1 << 20)
+                .unwrap_err()
+                .code(),
+            2
+        );
     }
 
     #[test]

@@ -46,7 +46,40 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     pub amqp: AmqpSection,
     pub mqtt: MqttSection,
+    pub kafka: KafkaSection,
     pub http: HttpSection,
+}
+
+/// `[kafka]`: the Kafka wire-protocol listener (topics are streams of `vhost`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    pub enabled: bool,
+    /// IP address to listen on (loopback by default).
+    pub bind: String,
+    /// TCP port (0 = pick a free one; the chosen address is logged).
+    pub port: u16,
+    /// Host advertised to clients in Metadata and FindCoordinator ("" = the bind address,
+    /// or 127.0.0.1 when binding every interface).
+    pub advertised_host: String,
+    /// Port advertised to clients (0 = the bound port).
+    pub advertised_port: u16,
+    /// The vhost whose streams are the Kafka topics.
+    pub vhost: String,
+    /// Metadata requests for unknown topics create them (Kafka's auto.create.topics.enable).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics without a count (num.partitions).
+    pub default_partitions: u32,
+    /// Largest request accepted, checked on the size prefix (socket.request.max.bytes).
+    pub max_request_bytes: u64,
+    /// How long the first rebalance of a new consumer group waits for more members
+    /// (group.initial.rebalance.delay.ms).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// SASL mechanisms required on the listener, comma-separated ("PLAIN", "SCRAM-SHA-256");
+    /// empty = no authentication (connections act as `users.default_user`).
+    pub sasl_mechanisms: String,
+    /// The cluster id reported to clients.
+    pub cluster_id: String,
 }
 
 /// `[mqtt]`: the MQTT 3.1 / 3.1.1 / 5.0 listener (MQTT over WebSocket is served by the HTTP
@@ -289,6 +322,20 @@ impl Config {
                 allow_anonymous: true,
                 connect_timeout_ms: 10_000,
             },
+            kafka: KafkaSection {
+                enabled: true,
+                bind: "127.0.0.1".into(),
+                port: 9092,
+                advertised_host: String::new(),
+                advertised_port: 0,
+                vhost: "/".into(),
+                auto_create_topics: true,
+                default_partitions: 1,
+                max_request_bytes: 100 * MIB,
+                group_initial_rebalance_delay_ms: 3000,
+                sasl_mechanisms: String::new(),
+                cluster_id: "ferrymq-cluster".into(),
+            },
             http: HttpSection {
                 enabled: true,
                 bind: "127.0.0.1".into(),
@@ -416,10 +463,80 @@ impl Config {
         if m.connect_timeout_ms == 0 {
             return Err(("mqtt.connect_timeout_ms", "must be at least 1".into()));
         }
+        let k = &self.kafka;
+        if k.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err((
+                "kafka.bind",
+                format!("must be an IP address, got {:?}", k.bind),
+            ));
+        }
+        name("kafka.vhost", &k.vhost)?;
+        in_range(
+            "kafka.default_partitions",
+            u64::from(k.default_partitions),
+            1,
+            10_000,
+        )?;
+        in_range(
+            "kafka.max_request_bytes",
+            k.max_request_bytes,
+            1024,
+            2 * 1024 * MIB,
+        )?;
+        self.kafka_mechanisms()
+            .map_err(|e| ("kafka.sasl_mechanisms", e))?;
         if self.http.bind.trim().is_empty() {
             return Err(("http.bind", "must not be empty".into()));
         }
         Ok(())
+    }
+
+    fn kafka_mechanisms(&self) -> Result<Vec<ferrymq_kafka::sasl::Mechanism>, String> {
+        self.kafka
+            .sasl_mechanisms
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                ferrymq_kafka::sasl::Mechanism::from_name(m)
+                    .ok_or_else(|| format!("unknown SASL mechanism {m:?} (PLAIN, SCRAM-SHA-256)"))
+            })
+            .collect()
+    }
+
+    /// The Kafka adapter's settings; `bound` is the listener's address.
+    pub fn kafka_config(&self, bound: std::net::SocketAddr) -> ferrymq_kafka::KafkaConfig {
+        let k = &self.kafka;
+        let host = if !k.advertised_host.is_empty() {
+            k.advertised_host.clone()
+        } else if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        };
+        let group = ferrymq_kafka::group::GroupConfig {
+            initial_rebalance_delay_ms: k.group_initial_rebalance_delay_ms,
+            ..Default::default()
+        };
+        ferrymq_kafka::KafkaConfig {
+            vhost: k.vhost.clone(),
+            advertised_host: host,
+            advertised_port: if k.advertised_port == 0 {
+                bound.port()
+            } else {
+                k.advertised_port
+            },
+            auto_create_topics: k.auto_create_topics,
+            default_partitions: k.default_partitions,
+            max_request_bytes: usize::try_from(k.max_request_bytes).unwrap_or(usize::MAX),
+            message_max_bytes: usize::try_from(self.limits.message_size_max_bytes)
+                .unwrap_or(usize::MAX),
+            sasl_mechanisms: self.kafka_mechanisms().unwrap_or_default(),
+            anonymous_user: self.users.default_user.clone(),
+            cluster_id: k.cluster_id.clone(),
+            group,
+            ..Default::default()
+        }
     }
 
     /// The MQTT adapter's settings.

@@ -60,6 +60,12 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         "starting FerryMQ"
     );
 
+    // Stored Kafka record batches decode for every reader of a stream (AMQP, HTTP, MQTT),
+    // whether the Kafka listener runs or not.
+    ferrymq_kafka::register_record_format(
+        ferrymq_kafka::KafkaConfig::default().max_decompressed_bytes,
+    );
+
     // A signal while the broker opens (recovery can take a while) is kept and acted on once
     // it is open; a second one exits at once.
     // Spawned: opening does blocking recovery I/O, and this task must stay free to see signals.
@@ -138,6 +144,31 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             Ok(())
         });
         mqtt = Some(adapter);
+    }
+    if config.kafka.enabled {
+        let addr = SocketAddr::new(
+            config.kafka.bind.parse().context("kafka.bind")?,
+            config.kafka.port,
+        );
+        let listener = ferrymq_kafka::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for Kafka on {addr}"))?;
+        let local = listener.local_addr().context("Kafka listener address")?;
+        let adapter = ferrymq_kafka::Kafka::new(broker.clone(), config.kafka_config(local));
+        info!("Kafka listening on {local}");
+        tasks.spawn("kafka", move |mut shutdown| async move {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let run = ferrymq_kafka::run(listener, adapter, stop_rx);
+            tokio::pin!(run);
+            tokio::select! {
+                _ = &mut run => {}
+                _ = shutdown.recv() => {
+                    let _ = stop_tx.send(true);
+                    run.await;
+                }
+            }
+            Ok(())
+        });
     }
     if config.http.enabled {
         let listener = ferrymq_http::bind(&config.http.bind, config.http.port).await?;

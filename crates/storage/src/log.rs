@@ -1110,9 +1110,7 @@ mod tests {
                 } else {
                     let payload = Bytes::from(format!("opaque-{i}-").repeat(i as usize % 7 + 4));
                     let count = i % 5 + 1;
-                    let a = log
-                        .append_opaque(9, count, &payload, i64::from(i))
-                        .unwrap();
+                    let a = log.append_opaque(9, count, &payload, i64::from(i)).unwrap();
                     assert_eq!(a.next_offset - a.base_offset, u64::from(count));
                     expect.push((a.base_offset, 9, count, payload));
                     a

@@ -162,7 +162,9 @@ impl StreamLog {
     pub fn commit_offset(&self, consumer: &str, offset: u64) -> Result<Commit> {
         crate::name::check_name(consumer)?;
         if offset == OFFSET_TOMBSTONE {
-            return Err(StorageError::InvalidArgument("offset u64::MAX is reserved".into()));
+            return Err(StorageError::InvalidArgument(
+                "offset u64::MAX is reserved".into(),
+            ));
         }
         self.write_offset(consumer, offset)
     }

@@ -1,0 +1,307 @@
+//! One Kafka connection: size-prefixed frames (bounded before reading), request header,
+//! version check, the SASL gate, dispatch to `api`, and pipelining: requests are
+//! dispatched in arrival order (so appends keep their order) while responses, which may
+//! wait (durable appends, long-poll fetches, group rebalances), are written in request
+//! order as Kafka requires.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferrymq_core::{ConnectionHandle, ConnectionInfo};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use crate::api;
+use crate::sasl::Mechanism;
+use crate::Kafka;
+
+/// A response being produced: the encoded body, or `None` for no response (acks=0).
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
+
+/// A pending response with its correlation id and response header version.
+type Answer = Pin<Box<dyn Future<Output = (i32, i16, Option<BytesMut>)> + Send>>;
+
+/// Why a connection is closed instead of answered (Kafka closes on these).
+#[derive(Debug)]
+pub(crate) struct Close(pub String);
+
+/// Where the SASL exchange of a connection is.
+pub(crate) enum Auth {
+    /// No SASL configured: the anonymous user.
+    Open,
+    /// SASL required; nothing done yet.
+    Required,
+    /// SaslHandshake chose a mechanism; SaslAuthenticate rounds follow.
+    Handshake(Mechanism),
+    /// SCRAM first message answered; the final one is next.
+    Scram(Box<crate::sasl::ScramServer<crate::api::UserCredentials>>),
+    /// Authenticated as this user.
+    Done(String),
+}
+
+/// State of one connection that handlers may use.
+pub(crate) struct ConnState {
+    pub peer: String,
+    pub client_id: String,
+    pub auth: Auth,
+    pub handle: Option<Arc<ConnectionHandle>>,
+}
+
+impl ConnState {
+    /// The user requests act as, once authenticated.
+    pub fn user(&self, kafka: &Kafka) -> Option<String> {
+        match &self.auth {
+            Auth::Open => Some(kafka.config.anonymous_user.clone()),
+            Auth::Done(u) => Some(u.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Serves one connection until the client closes it, it misbehaves, or the adapter stops.
+pub async fn serve<S>(kafka: Arc<Kafka>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let max = kafka.config.max_request_bytes;
+    let (tx, mut frames) = mpsc::channel::<Result<Bytes, String>>(4);
+    let reader = tokio::spawn(read_frames(rd, max, tx));
+    let mut out = BufWriter::with_capacity(64 << 10, wr);
+    let mut state = ConnState {
+        peer: peer.clone(),
+        client_id: String::new(),
+        auth: if kafka.config.sasl_mechanisms.is_empty() {
+            Auth::Open
+        } else {
+            Auth::Required
+        },
+        handle: None,
+    };
+    let mut stop = kafka.stopped();
+    let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
+    let mut close_requested = None;
+    let limit = kafka.config.max_inflight_requests.max(1);
+    let reason: String = 'conn: loop {
+        let mut closed_rx = close_requested.take();
+        tokio::select! {
+            biased;
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break 'conn "broker stopping".into();
+                }
+            }
+            Some((corr, hv, body)) = pending.next(), if !pending.is_empty() => {
+                if let Some(body) = body {
+                    if body.is_empty() {
+                        break 'conn "a response did not encode".into();
+                    }
+                    if let Err(e) = write_response(&mut out, corr, hv, &body).await {
+                        break 'conn format!("write failed: {e}");
+                    }
+                }
+                if pending.is_empty() {
+                    if let Err(e) = out.flush().await {
+                        break 'conn format!("write failed: {e}");
+                    }
+                }
+            }
+            _ = wait_close(&mut closed_rx) => {
+                break 'conn "closed by management".into();
+            }
+            frame = frames.recv(), if pending.len() < limit => {
+                let frame = match frame {
+                    None => break 'conn "client closed the connection".into(),
+                    Some(Err(e)) => break 'conn e,
+                    Some(Ok(f)) => f,
+                };
+                match handle_frame(&kafka, &mut state, frame) {
+                    Ok((corr, hv, fut)) => {
+                        pending.push_back(Box::pin(async move { (corr, hv, fut.await) }));
+                    }
+                    Err(Close(why)) => break 'conn why,
+                }
+                if closed_rx.is_none() {
+                    closed_rx = state.handle.as_ref().map(|h| h.close_requested());
+                }
+            }
+        }
+        close_requested = closed_rx;
+    };
+    tracing::debug!(%peer, %reason, "Kafka connection closed");
+    reader.abort();
+    let _ = out.flush().await;
+    if let Some(h) = state.handle.take() {
+        kafka.broker.unregister_connection(h.id);
+    }
+}
+
+async fn wait_close(rx: &mut Option<tokio::sync::watch::Receiver<Option<String>>>) {
+    match rx {
+        Some(rx) => loop {
+            if rx.borrow().is_some() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads size-prefixed frames; the size is checked against `max` before the body is
+/// read (and before any allocation for it).
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
+    max: usize,
+    tx: mpsc::Sender<Result<Bytes, String>>,
+) {
+    let mut rd = tokio::io::BufReader::with_capacity(64 << 10, &mut rd);
+    loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let n = i32::from_be_bytes(len);
+        let n = match usize::try_from(n) {
+            Ok(n) if (8..=max).contains(&n) => n,
+            _ => {
+                let _ = tx
+                    .send(Err(format!(
+                        "request size {n} outside 8..={max} bytes (socket.request.max.bytes)"
+                    )))
+                    .await;
+                return;
+            }
+        };
+        let mut buf = BytesMut::zeroed(n);
+        if rd.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        if tx.send(Ok(buf.freeze())).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    correlation_id: i32,
+    header_version: i16,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = BytesMut::with_capacity(16);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    if header.encode(&mut head, header_version).is_err() {
+        return Err(std::io::Error::other("response header does not encode"));
+    }
+    let len = i32::try_from(head.len() + body.len())
+        .map_err(|_| std::io::Error::other("response larger than 2 GiB"))?;
+    out.write_all(&len.to_be_bytes()).await?;
+    out.write_all(&head).await?;
+    out.write_all(body).await
+}
+
+/// Decodes the header of one request and dispatches it. Returns the correlation id,
+/// the response header version and the pending response.
+fn handle_frame(
+    kafka: &Arc<Kafka>,
+    state: &mut ConnState,
+    frame: Bytes,
+) -> Result<(i32, i16, Pending), Close> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api_key) = ApiKey::try_from(key) else {
+        return Err(Close(format!("unknown API key {key}")));
+    };
+    let Some((min, max)) = api::supported(api_key) else {
+        return Err(Close(format!("API {api_key:?} is not supported")));
+    };
+    if version < min || version > max {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with UNSUPPORTED_VERSION and what we support, so the
+            // client can retry with a version we know.
+            let body = api::api_versions_fallback();
+            return Ok((correlation_id, 0, Box::pin(async move { Some(body) })));
+        }
+        return Err(Close(format!(
+            "{api_key:?} v{version} is not supported (v{min}..=v{max})"
+        )));
+    }
+    let mut buf = frame;
+    let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| Close(format!("malformed request header: {e}")))?;
+    if let Some(c) = &header.client_id {
+        if state.client_id.is_empty() {
+            state.client_id = c.as_str().to_string();
+        }
+    }
+    let hv = api_key.response_header_version(version);
+    // SASL gate: until authenticated only the handshake APIs are allowed.
+    let authenticated = matches!(state.auth, Auth::Open | Auth::Done(_));
+    if !authenticated
+        && !matches!(
+            api_key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
+        return Err(Close(format!(
+            "{api_key:?} before SASL authentication completed"
+        )));
+    }
+    if authenticated && state.handle.is_none() {
+        register(kafka, state)?;
+    }
+    let pending = api::dispatch(kafka, state, api_key, version, &header, buf)?;
+    Ok((correlation_id, hv, pending))
+}
+
+fn register(kafka: &Kafka, state: &mut ConnState) -> Result<(), Close> {
+    let Some(user) = state.user(kafka) else {
+        return Ok(());
+    };
+    let info = ConnectionInfo {
+        protocol: "kafka".into(),
+        peer: state.peer.clone(),
+        user,
+        vhost: kafka.config.vhost.clone(),
+    };
+    match kafka.broker.register_connection(info) {
+        Ok(h) => {
+            state.handle = Some(h);
+            Ok(())
+        }
+        Err(e) => Err(Close(format!("connection refused: {e}"))),
+    }
+}
+
+/// Decodes a request body, closing the connection if it is malformed (as Kafka does).
+pub(crate) fn decode<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, Close> {
+    T::decode(&mut body, version).map_err(|e| Close(format!("malformed request: {e}")))
+}
+
+/// Encodes a response body. A response that does not encode at its version is a FerryMQ
+/// bug: it is logged and answered with an empty body, on which the connection is closed
+/// (the client reconnects and retries instead of waiting for an answer forever).
+pub(crate) fn encode<T: Encodable>(r: &T, version: i16) -> Option<BytesMut> {
+    let mut b = BytesMut::new();
+    match r.encode(&mut b, version) {
+        Ok(()) => Some(b),
+        Err(e) => {
+            tracing::error!(error = %e, version, response = std::any::type_name::<T>(), "Kafka response does not encode");
+            Some(BytesMut::new())
+        }
+    }
+}
+
+/// A ready response.
+pub(crate) fn ready(body: Option<BytesMut>) -> Pending {
+    Box::pin(async move { body })
+}
