@@ -108,7 +108,12 @@ impl Broker {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--set", "amqp.port=0", "--set", "http.enabled=false"])
-            .args(["--set", "mqtt.enabled=false"]);
+            .args([
+                "--set",
+                "mqtt.enabled=false",
+                "--set",
+                "kafka.enabled=false",
+            ]);
         for kv in extra {
             cmd.args(["--set", kv]);
         }

@@ -40,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 # FERRYMQ_BIN is ours, not a configuration key: the server refuses unknown FERRYMQ_* variables.
-env -u FERRYMQ_BIN "$bin" serve --data-dir "$work/data" --set amqp.port=0 --set http.port=0 --set mqtt.port=0 \
+env -u FERRYMQ_BIN "$bin" serve --data-dir "$work/data" --set amqp.port=0 --set http.port=0 --set mqtt.port=0 --set kafka.port=0 \
   --log-format text 2>"$work/server.log" &
 server_pid=$!
 

@@ -19,7 +19,8 @@ pub fn ferrymq(dir: &Path) -> Command {
         .env_clear()
         .env("FERRYMQ_AMQP_PORT", "0")
         .env("FERRYMQ_HTTP_PORT", "0")
-        .env("FERRYMQ_MQTT_PORT", "0");
+        .env("FERRYMQ_MQTT_PORT", "0")
+        .env("FERRYMQ_KAFKA_PORT", "0");
     cmd
 }
 

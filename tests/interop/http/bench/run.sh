@@ -13,7 +13,7 @@ work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-env -u FERRYMQ_BIN "$bin" serve --data-dir "$work/data" --set amqp.port=0 --set http.port=0 --set mqtt.port=0 \
+env -u FERRYMQ_BIN "$bin" serve --data-dir "$work/data" --set amqp.port=0 --set http.port=0 --set mqtt.port=0 --set kafka.port=0 \
   2>"$work/log" &
 pid=$!
 for _ in $(seq 1 300); do grep -q "FerryMQ ready" "$work/log" && break; sleep 0.1; done

@@ -47,7 +47,8 @@ def server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "FERRYMQ_BIN"}
     env["NO_COLOR"] = "1"
     proc = subprocess.Popen(
-        [binary, "serve", "--data-dir", str(root / "data"), "--set", "amqp.port=0", "--set", "http.port=0"],
+        [binary, "serve", "--data-dir", str(root / "data"), "--set", "amqp.port=0", "--set", "http.port=0",
+         "--set", "mqtt.port=0", "--set", "kafka.port=0"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

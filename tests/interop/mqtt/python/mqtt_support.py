@@ -226,7 +226,7 @@ class FerryServer:
     def _port_flags(self):
         """`--set SECTION.port=0` for amqp, http and mqtt, and for every other listener section the
         binary shows (Kafka, later): several servers run at once here."""
-        flags = ["--set", "amqp.port=0", "--set", "http.port=0", "--set", "mqtt.port=0"]
+        flags = ["--set", "amqp.port=0", "--set", "http.port=0", "--set", "mqtt.port=0", "--set", "kafka.port=0"]
         with contextlib.suppress(Exception):
             shown = subprocess.run(
                 [self.binary, "config", "show"], capture_output=True, text=True, timeout=30, env=self._env()
