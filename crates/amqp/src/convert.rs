@@ -119,10 +119,24 @@ pub fn message_in(
             )));
         }
     }
+    let mut headers = p.headers.as_ref().map(table_in).unwrap_or_default();
+    let key = match headers.get(KEY_HEADER) {
+        Some(Value::Bytes(b)) => {
+            let k = b.clone();
+            headers.remove(KEY_HEADER);
+            Some(k)
+        }
+        Some(Value::String(s)) => {
+            let k = Bytes::from(s.clone().into_bytes());
+            headers.remove(KEY_HEADER);
+            Some(k)
+        }
+        _ => None,
+    };
     Ok(Message {
         exchange: String::new(),
         routing_key: routing_key.to_owned(),
-        headers: p.headers.as_ref().map(table_in).unwrap_or_default(),
+        headers,
         properties: Properties {
             content_type: p.content_type.clone(),
             content_encoding: p.content_encoding.clone(),
@@ -137,10 +151,15 @@ pub fn message_in(
             user_id: p.user_id.clone(),
             app_id: p.app_id.clone(),
         },
-        key: None,
+        key,
         body,
     })
 }
+
+/// The AMQP header that carries a message's key (a Kafka record key, the partitioning
+/// key of streams), both ways: set it on a publish to give the message a key; deliveries
+/// of keyed messages carry it as a long string.
+pub const KEY_HEADER: &str = "x-message-key";
 
 /// Basic properties for delivering a neutral message, with extra headers (e.g.
 /// `x-stream-offset`) appended.
@@ -153,6 +172,11 @@ pub fn properties_out(m: &Message, extra: Option<(&str, AmqpValue)>) -> BasicPro
     };
     if let Some((k, v)) = extra {
         headers.get_or_insert_with(AmqpTable::default).insert(k, v);
+    }
+    if let Some(key) = &m.key {
+        headers
+            .get_or_insert_with(AmqpTable::default)
+            .insert(KEY_HEADER, AmqpValue::LongString(key.clone()));
     }
     BasicProperties {
         content_type: p.content_type.clone(),
@@ -176,6 +200,32 @@ pub fn properties_out(m: &Message, extra: Option<(&str, AmqpValue)>) -> BasicPro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_travels_as_the_x_message_key_header() {
+        let mut h = AmqpTable::default();
+        h.insert(
+            KEY_HEADER,
+            AmqpValue::LongString(Bytes::from_static(b"k-1")),
+        );
+        h.insert("other", AmqpValue::I64(1));
+        let p = BasicProperties {
+            headers: Some(h),
+            ..Default::default()
+        };
+        let m = message_in("rk", &p, Bytes::from_static(b"body"), "guest").unwrap();
+        assert_eq!(m.key.as_deref(), Some(&b"k-1"[..]));
+        assert!(m.headers.get(KEY_HEADER).is_none(), "moved to the key");
+        let out = properties_out(&m, None);
+        let h = out.headers.unwrap();
+        assert_eq!(
+            h.get(KEY_HEADER),
+            Some(&AmqpValue::LongString(Bytes::from_static(b"k-1")))
+        );
+        // No key, no header.
+        let plain = message_in("rk", &BasicProperties::default(), Bytes::new(), "guest").unwrap();
+        assert!(properties_out(&plain, None).headers.is_none());
+    }
 
     #[test]
     fn values_round_trip_through_the_core() {
