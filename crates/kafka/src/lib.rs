@@ -14,6 +14,7 @@ pub mod idempotence;
 pub mod records;
 pub mod sasl;
 pub mod topics;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
