@@ -378,6 +378,32 @@ pub(crate) fn decode_offset_entry(b: &[u8]) -> Option<(String, u64, usize)> {
     Some((name, u64_at(b, 5), total))
 }
 
+/// Length of the stream start-offset file.
+pub(crate) const START_OFFSET_LEN: usize = 16;
+const START_OFFSET_VERSION: u8 = 1;
+
+/// Encodes a stream's log start offset: `crc32c u32 | version u8 = 1 | 3 reserved |
+/// offset u64`; the CRC covers bytes 4..16.
+pub(crate) fn encode_start_offset(offset: u64) -> [u8; START_OFFSET_LEN] {
+    let mut b = [0u8; START_OFFSET_LEN];
+    b[4] = START_OFFSET_VERSION;
+    b[8..16].copy_from_slice(&offset.to_le_bytes());
+    let crc = crc32c::crc32c(&b[4..]);
+    b[..4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a start-offset file; `None` unless it is exactly one valid entry.
+pub(crate) fn decode_start_offset(b: &[u8]) -> Option<u64> {
+    if b.len() != START_OFFSET_LEN
+        || b[4] != START_OFFSET_VERSION
+        || u32_at(b, 0) != crc32c::crc32c(&b[4..])
+    {
+        return None;
+    }
+    Some(u64_at(b, 8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +497,20 @@ mod tests {
             Some(("c1".to_string(), 77, o.len()))
         );
         assert_eq!(decode_offset_entry(&o[..o.len() - 1]), None);
+    }
+
+    #[test]
+    fn start_offset_round_trip_golden_and_bit_flips() {
+        let b = encode_start_offset(0x0102_0304_0506_0708);
+        assert_eq!(b[4], 1);
+        assert_eq!(&b[8..], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(decode_start_offset(&b), Some(0x0102_0304_0506_0708));
+        for i in 0..b.len() * 8 {
+            let mut c = b;
+            c[i / 8] ^= 1 << (i % 8);
+            assert_eq!(decode_start_offset(&c), None, "bit {i}");
+        }
+        assert_eq!(decode_start_offset(&b[..15]), None);
+        assert_eq!(decode_start_offset(&[]), None);
     }
 }

@@ -33,7 +33,9 @@ mod stream;
 mod sync;
 pub mod vfs;
 
-pub use config::{Durability, LogOptions, Retention, StorageConfig};
+pub use config::{
+    Durability, LogOptions, Retention, StorageConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+};
 pub use definitions::{DefinitionsStore, DEFINITIONS_BYTES_MAX, DEFINITIONS_FILE};
 pub use error::{Result, StorageError};
 pub use format::FORMAT_RECORDS;

@@ -133,7 +133,12 @@ pub struct Log {
     id: u64,
     dir: PathBuf,
     durability: Durability,
-    segment_bytes: u64,
+    /// Roll threshold; changeable at runtime ([`Log::set_segment_bytes`]), read at each
+    /// append, so a change applies from the next roll.
+    segment_bytes: AtomicU64,
+    /// A floor under [`Log::start_offset`] set by the layer above (a stream's log start
+    /// offset, moved by DeleteRecords); 0 for logs that have none. Reads start at it.
+    start_floor: AtomicU64,
     ctx: Arc<Ctx>,
     health: Arc<LogHealth>,
     state: Mutex<State>,
@@ -256,7 +261,8 @@ impl Log {
             health: LogHealth::new(dir.clone()),
             dir,
             durability,
-            segment_bytes,
+            segment_bytes: AtomicU64::new(segment_bytes),
+            start_floor: AtomicU64::new(0),
             ctx: ctx.clone(),
             state: Mutex::new(state),
             dirty: AtomicBool::new(false),
@@ -332,7 +338,8 @@ impl Log {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         self.health.check()?;
-        if st.active.len > SEG_HEADER_LEN && st.active.len + u64::from(len) > self.segment_bytes {
+        let segment_bytes = self.segment_bytes.load(Ordering::Relaxed);
+        if st.active.len > SEG_HEADER_LEN && st.active.len + u64::from(len) > segment_bytes {
             self.roll(st)?;
         }
         let base_offset = st.next_offset;
@@ -635,7 +642,11 @@ impl Log {
     /// it, if that offset is gone), until `max_bytes` are collected. Returns at least one
     /// batch if any exists at or after `from_offset`, even one bigger than `max_bytes`;
     /// the first may start before `from_offset`. Corrupt batches are skipped (and counted).
+    ///
+    /// Reads start at the start floor (see [`Log::start_offset`]) when `from_offset` is
+    /// below it: the first batch returned may still hold records below the floor.
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        let from_offset = from_offset.max(self.start_floor.load(Ordering::Acquire));
         let (sealed, active, next) = self.snapshot(from_offset);
         let mut out = Vec::new();
         if from_offset >= next {
@@ -787,6 +798,13 @@ impl Log {
     /// First offset whose batch timestamp is >= `timestamp_ms` (the batch's base offset),
     /// or `None` if every batch is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let floor = self.start_floor.load(Ordering::Acquire);
+        Ok(self
+            .stored_offset_for_timestamp(timestamp_ms)?
+            .map(|o| o.max(floor)))
+    }
+
+    fn stored_offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
         let (sealed, active, _) = self.snapshot(0);
         let batch_max = self.ctx.config.batch_bytes_max;
         for m in sealed
@@ -831,13 +849,50 @@ impl Log {
         Ok(None)
     }
 
-    /// First offset still stored.
+    /// First offset still readable: the first stored one, raised to the start floor
+    /// (never beyond the next offset).
     pub fn start_offset(&self) -> u64 {
         let st = lock(&self.state);
-        st.sealed
+        let stored = st
+            .sealed
             .iter()
             .find(|m| m.end > m.base)
-            .map_or(st.active.base.min(st.next_offset), |m| m.base)
+            .map_or(st.active.base.min(st.next_offset), |m| m.base);
+        stored
+            .max(self.start_floor.load(Ordering::Acquire))
+            .min(st.next_offset)
+    }
+
+    /// Sets the floor under [`Log::start_offset`] and reads (it only ever rises; the
+    /// caller persists it). Segments below it are not deleted here.
+    pub(crate) fn raise_start_floor(&self, offset: u64) {
+        self.start_floor.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// The start floor (0 if none was set).
+    pub fn start_floor(&self) -> u64 {
+        self.start_floor.load(Ordering::Acquire)
+    }
+
+    /// The size at which the active segment is rolled.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the roll size: it applies at the next append that would exceed it (the
+    /// active segment is not rewritten). Not persisted: the owner passes it again at open.
+    ///
+    /// # Errors
+    /// `InvalidArgument` outside `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX`.
+    pub fn set_segment_bytes(&self, segment_bytes: u64) -> Result<()> {
+        use crate::config::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&segment_bytes) {
+            return Err(StorageError::InvalidArgument(format!(
+                "segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}, got {segment_bytes}"
+            )));
+        }
+        self.segment_bytes.store(segment_bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The offset the next appended record will get.

@@ -1,5 +1,8 @@
-//! `StreamLog`: a log plus retention (by age, bytes, message count; whole sealed segments)
-//! and named consumer offsets in a small CRC'd journal, compacted by rewrite-and-rename.
+//! `StreamLog`: a log plus retention (by age, bytes, message count; whole sealed segments),
+//! named consumer offsets in a small CRC'd journal, compacted by rewrite-and-rename, and a
+//! durable log start offset (Kafka's DeleteRecords): a 16-byte CRC'd file replaced by
+//! write-tmp, fsync, rename, fsync-dir. The start offset is a floor under the log's
+//! `start_offset()` and reads; sealed segments wholly below it are deleted.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,6 +21,8 @@ use crate::{Result, Retention, StorageError};
 
 /// File of the consumer offsets journal inside the stream's directory.
 pub(crate) const OFFSETS_FILE: &str = "consumer-offsets.journal";
+/// File of the log start offset inside the stream's directory (absent: none was set).
+pub(crate) const START_OFFSET_FILE: &str = "log-start-offset";
 /// Largest offsets journal read at open.
 pub const OFFSETS_FILE_BYTES_MAX: u64 = 64 << 20;
 /// The offset a tombstone entry carries: the consumer's offset was removed.
@@ -39,6 +44,8 @@ pub struct StreamLog {
     retention: Mutex<Retention>,
     offsets: Mutex<Offsets>,
     offsets_path: PathBuf,
+    /// Serializes start-offset changes (file replacement and segment deletion).
+    start_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for StreamLog {
@@ -90,8 +97,95 @@ impl StreamLog {
                 buf: Vec::new(),
             }),
             offsets_path: path,
+            start_lock: Mutex::new(()),
         });
+        s.load_start_offset()?;
         Ok(s)
+    }
+
+    fn start_offset_path(&self) -> PathBuf {
+        self.log.dir().join(START_OFFSET_FILE)
+    }
+
+    /// Reads the start-offset file at open. A damaged file is reported and ignored (the
+    /// start goes back to the first stored offset: records are shown again, none is lost
+    /// or invented). A start beyond the recovered end (a torn tail took records it
+    /// covered) is lowered to the end, so offsets given to new records are never hidden.
+    fn load_start_offset(&self) -> Result<()> {
+        let path = self.start_offset_path();
+        let _ = fs::remove_file(path.with_extension("tmp"));
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        let Some(start) = format::decode_start_offset(&data) else {
+            Counters::add(&self.log.ctx().counters.corrupt_batches_total, 1);
+            tracing::warn!(file = %path.display(), "bad log start offset file: ignored");
+            return Ok(());
+        };
+        let next = self.log.next_offset();
+        if start > next {
+            tracing::warn!(file = %path.display(), start, next, "log start offset beyond the recovered end: lowered to it");
+            self.write_start_offset(next)?;
+            self.log.raise_start_floor(next);
+        } else {
+            self.log.raise_start_floor(start);
+        }
+        self.delete_below_start()?;
+        Ok(())
+    }
+
+    fn write_start_offset(&self, offset: u64) -> Result<()> {
+        let path = self.start_offset_path();
+        let tmp = path.with_extension("tmp");
+        let f = self.log.ctx().vfs.open(&tmp, true).at(&tmp)?;
+        f.set_len(0).at(&tmp)?;
+        f.write_all_at(&format::encode_start_offset(offset), 0)
+            .at(&tmp)?;
+        f.sync_data().at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        sync_dir(self.log.dir()).at(self.log.dir())?;
+        Ok(())
+    }
+
+    /// Deletes the sealed segments whose every offset is below the start floor.
+    fn delete_below_start(&self) -> Result<u64> {
+        let floor = self.log.start_floor();
+        let (sealed, _, _) = self.log.segments();
+        let mut deleted = 0;
+        for m in sealed.iter().take_while(|m| m.end <= floor) {
+            if self.log.delete_sealed(m.base)? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Moves the log start offset up to `offset` (Kafka's DeleteRecords): records below
+    /// it are never read again, and sealed segments wholly below it are deleted. Durable
+    /// (fsynced) before it returns. An offset at or below the current start changes
+    /// nothing. Returns the new start offset (the low watermark).
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` beyond the next offset; I/O errors writing the file.
+    pub fn set_start_offset(&self, offset: u64) -> Result<u64> {
+        let _g = lock(&self.start_lock);
+        let next = self.log.next_offset();
+        if offset > next {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                next_offset: next,
+            });
+        }
+        if offset <= self.log.start_offset() {
+            return Ok(self.log.start_offset());
+        }
+        self.write_start_offset(offset)?;
+        self.log.raise_start_floor(offset);
+        let deleted = self.delete_below_start()?;
+        tracing::debug!(dir = %self.log.dir().display(), offset, deleted, "log start offset moved");
+        Ok(self.log.start_offset())
     }
 
     pub fn log(&self) -> &Log {
@@ -142,7 +236,8 @@ impl StreamLog {
             let by_count = r
                 .max_messages
                 .is_some_and(|c| msgs.saturating_sub(count) >= c);
-            if !(by_age || by_bytes || by_count) {
+            let by_start = m.end <= self.log.start_floor();
+            if !(by_age || by_bytes || by_count || by_start) {
                 break;
             }
             if self.log.delete_sealed(m.base)? {
@@ -362,5 +457,117 @@ mod tests {
             .open_stream("s", LogOptions::default(), Retention::default())
             .unwrap();
         assert_eq!(st.committed_offsets(), vec![("keep".to_string(), 599)]);
+    }
+
+    fn open_t1(s: &Storage) -> Arc<StreamLog> {
+        s.open_stream(
+            "s",
+            LogOptions {
+                durability: Some(crate::Durability::T1),
+                ..Default::default()
+            },
+            Retention::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn start_offset_hides_records_deletes_segments_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Bytes::from(vec![7u8; 200]);
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let st = open_t1(&s);
+            for i in 0..100i64 {
+                let _ = st.append(std::slice::from_ref(&rec), i).unwrap();
+            }
+            let segs = st.log().segment_count();
+            assert!(segs > 4, "{segs}");
+            assert_eq!(st.set_start_offset(0).unwrap(), 0, "no-op at the start");
+            assert!(matches!(
+                st.set_start_offset(101),
+                Err(StorageError::OffsetOutOfRange {
+                    offset: 101,
+                    next_offset: 100
+                })
+            ));
+            assert_eq!(st.set_start_offset(57).unwrap(), 57);
+            assert_eq!(st.log().start_offset(), 57);
+            assert!(
+                st.log().segment_count() < segs,
+                "segments below were deleted"
+            );
+            // Reads from below the start begin at the batch holding it.
+            let b = st.log().read(0, 1).unwrap();
+            assert_eq!(b[0].base_offset, 57);
+            assert_eq!(st.log().offset_for_timestamp(0).unwrap(), Some(57));
+            // Lower offsets change nothing.
+            assert_eq!(st.set_start_offset(10).unwrap(), 57);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = open_t1(&s);
+        assert_eq!(st.log().start_offset(), 57);
+        assert_eq!(st.log().read(3, 1).unwrap()[0].base_offset, 57);
+        // Up to the end: nothing readable, new records are.
+        assert_eq!(st.set_start_offset(100).unwrap(), 100);
+        assert!(st.log().read(0, 1 << 20).unwrap().is_empty());
+        let a = st.append(std::slice::from_ref(&rec), 1000).unwrap();
+        assert_eq!(a.base_offset, 100);
+        assert_eq!(st.log().read(0, 1).unwrap()[0].base_offset, 100);
+    }
+
+    #[test]
+    fn start_offset_beyond_a_torn_tail_is_lowered_and_damage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let st = open_t1(&s);
+            for i in 0..5i64 {
+                let _ = st.append(&[Bytes::from_static(b"x")], i).unwrap();
+            }
+            st.set_start_offset(5).unwrap();
+            path = st.log().dir().join(START_OFFSET_FILE);
+        }
+        // As if records 3..5 were lost: the file claims more than the log holds.
+        fs::write(&path, format::encode_start_offset(9)).unwrap();
+        {
+            let s = Storage::open(dir.path(), cfg()).unwrap();
+            let st = open_t1(&s);
+            assert_eq!(st.log().start_offset(), 5);
+            assert_eq!(st.log().start_floor(), 5);
+        }
+        assert_eq!(
+            format::decode_start_offset(&fs::read(&path).unwrap()),
+            Some(5)
+        );
+        fs::write(&path, b"garbage").unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = open_t1(&s);
+        assert_eq!(st.log().start_offset(), 0, "a damaged file is ignored");
+        assert!(s.metrics().corrupt_batches_total > 0);
+    }
+
+    #[test]
+    fn segment_size_changes_at_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = open_t1(&s);
+        let rec = Bytes::from(vec![7u8; 200]);
+        assert_eq!(st.log().segment_bytes(), 4096);
+        assert!(st.log().set_segment_bytes(100).is_err());
+        st.log().set_segment_bytes(1 << 20).unwrap();
+        for i in 0..100i64 {
+            let _ = st.append(std::slice::from_ref(&rec), i).unwrap();
+        }
+        assert_eq!(st.log().segment_count(), 1, "the larger size applies");
+        st.log().set_segment_bytes(1024).unwrap();
+        for i in 0..20i64 {
+            let _ = st.append(std::slice::from_ref(&rec), i).unwrap();
+        }
+        assert!(
+            st.log().segment_count() > 3,
+            "the smaller size applies from the next roll"
+        );
     }
 }
