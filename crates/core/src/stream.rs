@@ -1,5 +1,22 @@
 //! Streams: append-only partitioned logs with offsets, retention, non-destructive
 //! consumers that start anywhere, and named consumer-group offsets.
+//!
+//! Reconfiguration is copy-on-write. A `Stream` is shared (`Arc<Stream>` held by
+//! consumer tasks and adapters) and its `decl`/`args` are plain fields, so a changed
+//! declaration (new retention, segment size, more partitions) builds a new `Stream`
+//! ([`Stream::reconfigured`]) that shares the old one's partitions (`Arc<Partition>`: the
+//! same logs and the same `appended` notifier), consumer map, round-robin counter and
+//! counters, plus the logs of any added partitions; the vhost swaps it into its queue
+//! map. Holders of the old object keep working: its consumer tasks read the shared
+//! partitions, are woken by appends through the new object, and are cancelled through
+//! the shared consumer map. What they do not see is what changed: an old object still
+//! reports the old declaration and partition count (Kafka adapters look the stream up
+//! per request, so they see the new one at once). Retention and segment size live in
+//! the shared logs, so they apply to every holder.
+//!
+//! The log start offset ([`Stream::delete_records`], Kafka's DeleteRecords) is a floor
+//! kept by the storage log: `bounds`, `resolve`, `read`, `read_batches` and consumer
+//! tasks never start below it (a batch straddling it may still be returned whole).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,10 +171,11 @@ pub struct StreamCounters {
 pub struct Stream {
     pub decl: QueueDecl,
     pub args: QueueArgs,
-    partitions: Vec<Partition>,
-    consumers: Mutex<HashMap<ConsumerId, ConsumerCtl>>,
-    round_robin: AtomicU64,
-    pub counters: StreamCounters,
+    /// Shared with the objects this one replaces or is replaced by (see module docs).
+    partitions: Vec<Arc<Partition>>,
+    consumers: Arc<Mutex<HashMap<ConsumerId, ConsumerCtl>>>,
+    round_robin: Arc<AtomicU64>,
+    pub counters: Arc<StreamCounters>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -186,15 +204,85 @@ impl Stream {
             args,
             partitions: logs
                 .into_iter()
-                .map(|log| Partition {
+                .map(|log| {
+                    Arc::new(Partition {
+                        log,
+                        appended: Notify::new(),
+                    })
+                })
+                .collect(),
+            consumers: Arc::new(Mutex::new(HashMap::new())),
+            round_robin: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(StreamCounters::default()),
+        })
+    }
+
+    /// A copy of this stream with a new declaration and arguments, sharing its
+    /// partitions, consumers and counters, plus `added` partitions' logs after them.
+    /// Retention and segment size are set on every partition (the logs are shared, so
+    /// this stream sees them too).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a segment size storage refuses (nothing is changed then).
+    pub(crate) fn reconfigured(
+        &self,
+        decl: QueueDecl,
+        args: QueueArgs,
+        added: Vec<Arc<StreamLog>>,
+        segment_bytes: u64,
+    ) -> Result<Arc<Stream>> {
+        assert_eq!(
+            args.partitions as usize,
+            self.partitions.len() + added.len(),
+            "partitions are only ever added"
+        );
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .iter()
+            .cloned()
+            .chain(added.into_iter().map(|log| {
+                Arc::new(Partition {
                     log,
                     appended: Notify::new(),
                 })
-                .collect(),
-            consumers: Mutex::new(HashMap::new()),
-            round_robin: AtomicU64::new(0),
-            counters: StreamCounters::default(),
-        })
+            }))
+            .collect();
+        let retention = Self::retention_of(&args);
+        // The same check for every partition: if the first refuses, nothing changed.
+        for p in &partitions {
+            p.log
+                .log()
+                .set_segment_bytes(segment_bytes)
+                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            p.log.set_retention(retention);
+        }
+        Ok(Arc::new(Stream {
+            decl,
+            args,
+            partitions,
+            consumers: self.consumers.clone(),
+            round_robin: self.round_robin.clone(),
+            counters: self.counters.clone(),
+        }))
+    }
+
+    /// Moves a partition's log start offset up to `offset` (Kafka's DeleteRecords):
+    /// records below it are never read again and whole segments below it are deleted.
+    /// Durable when it returns. Returns the new start offset (an offset at or below the
+    /// current start changes nothing).
+    ///
+    /// # Errors
+    /// `NotFound` for a partition out of range; `Storage(OffsetOutOfRange)` beyond the
+    /// next offset; storage errors.
+    pub fn delete_records(&self, partition: u32, offset: u64) -> Result<u64> {
+        Ok(self.partition(partition)?.log.set_start_offset(offset)?)
+    }
+
+    /// The segment size of the partitions' logs (what a new segment may grow to).
+    pub fn segment_bytes(&self) -> u64 {
+        self.partitions
+            .first()
+            .map_or(0, |p| p.log.log().segment_bytes())
     }
 
     pub fn name(&self) -> &str {
@@ -230,9 +318,12 @@ impl Stream {
     }
 
     fn partition(&self, p: u32) -> Result<&Partition> {
-        self.partitions.get(p as usize).ok_or_else(|| {
-            CoreError::NotFound(format!("stream '{}' has no partition {p}", self.decl.name))
-        })
+        self.partitions
+            .get(p as usize)
+            .map(|p| &**p)
+            .ok_or_else(|| {
+                CoreError::NotFound(format!("stream '{}' has no partition {p}", self.decl.name))
+            })
     }
 
     /// The partition a message goes to: by key hash, else round-robin.

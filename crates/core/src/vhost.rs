@@ -173,6 +173,8 @@ pub struct VHost {
     limits: RwLock<VhostLimits>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, QueueRef>>,
+    /// Serializes stream reconfigurations (each builds on the one before).
+    reconfigure: std::sync::Mutex<()>,
     shared: Weak<Shared>,
     me: Weak<VHost>,
 }
@@ -199,6 +201,7 @@ impl VHost {
             limits: RwLock::new(limits),
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
+            reconfigure: std::sync::Mutex::new(()),
             shared,
             me: me.clone(),
         })
@@ -656,6 +659,132 @@ impl VHost {
                 QueueRef::Stream(_) => None,
             })
             .collect()
+    }
+
+    /// Replaces a stream's declared arguments (Kafka's AlterConfigs and CreatePartitions;
+    /// RabbitMQ has no equivalent): validates them as a declare would, applies retention
+    /// and segment size to the partitions at once (with the policy that applies, as
+    /// [`policy::reapply`] computes it), opens added partitions, swaps the new stream
+    /// object into the queue map (copy-on-write, see [`crate::stream`]) and persists the
+    /// definitions. The new segment size applies to existing partitions from their next
+    /// roll. Returns the new stream.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no stream of that name (or it was deleted meanwhile);
+    /// `InvalidArgument` for arguments that do not parse or a segment size out of range;
+    /// `PreconditionFailed` for a change of queue type or fewer partitions; storage
+    /// errors opening partitions or persisting.
+    pub fn reconfigure_stream(&self, name: &str, arguments: FieldTable) -> Result<Arc<Stream>> {
+        let _serial = self
+            .reconfigure
+            .lock()
+            .map_err(|_| CoreError::Internal("stream reconfiguration lock poisoned".into()))?;
+        let old = match self.queue(name) {
+            Some(QueueRef::Stream(s)) => s,
+            _ => {
+                return Err(CoreError::NotFound(format!(
+                    "no stream '{name}' in vhost '{}'",
+                    self.name
+                )))
+            }
+        };
+        let declared = QueueArgs::parse(name, &self.name, &arguments)?;
+        if declared.queue_type != QueueType::Stream {
+            return Err(CoreError::PreconditionFailed(format!(
+                "cannot change the type of stream '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let old_count = old.partition_count();
+        if declared.partitions < old_count {
+            return Err(CoreError::PreconditionFailed(format!(
+                "stream '{name}' in vhost '{}' has {old_count} partitions; they cannot be reduced to {}",
+                self.name, declared.partitions
+            )));
+        }
+        let shared = self.shared()?;
+        let segment_bytes = declared
+            .segment_bytes
+            .unwrap_or(shared.storage.config().segment_bytes);
+        if !(ferrymq_storage::SEGMENT_BYTES_MIN..=ferrymq_storage::SEGMENT_BYTES_MAX)
+            .contains(&segment_bytes)
+        {
+            return Err(CoreError::InvalidArgument(format!(
+                "invalid arg 'x-stream-max-segment-size-bytes' for queue '{name}' in vhost '{}': must be {}..={}, got {segment_bytes}",
+                self.name,
+                ferrymq_storage::SEGMENT_BYTES_MIN,
+                ferrymq_storage::SEGMENT_BYTES_MAX
+            )));
+        }
+        let mut decl = old.decl.clone();
+        decl.arguments = arguments;
+        let policy = shared.policy_for(&self.name, name, Kind::Queue(QueueType::Stream));
+        let args = policy::queue_args(&decl, &declared, policy.as_deref());
+        let retention = Stream::retention_of(&args);
+        let mut added = Vec::new();
+        for p in old_count..args.partitions {
+            let opts = LogOptions {
+                durability: None,
+                segment_bytes: args.segment_bytes,
+            };
+            let log_name = format!("{}/{}", self.storage_name(name), p);
+            match shared.storage.open_stream(&log_name, opts, retention) {
+                Ok(l) => added.push(l),
+                Err(e) => {
+                    self.remove_added_partitions(&shared, name, old_count, added);
+                    return Err(e.into());
+                }
+            }
+        }
+        let new_count = args.partitions;
+        let new = match old.reconfigured(decl, args, added, segment_bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                // `added` was consumed; the logs are closed with it.
+                for p in old_count..new_count {
+                    let _ = shared
+                        .storage
+                        .remove_stream(&format!("{}/{p}", self.storage_name(name)));
+                }
+                return Err(e);
+            }
+        };
+        {
+            let mut qs = write(&self.queues);
+            match qs.get(name) {
+                Some(QueueRef::Stream(cur)) if Arc::ptr_eq(cur, &old) => {
+                    qs.insert(name.to_string(), QueueRef::Stream(new.clone()));
+                }
+                _ => {
+                    drop(qs);
+                    return Err(CoreError::NotFound(format!(
+                        "stream '{name}' in vhost '{}' was deleted",
+                        self.name
+                    )));
+                }
+            }
+        }
+        if Self::is_persisted(&new.decl) {
+            self.persist()?;
+        }
+        Ok(new)
+    }
+
+    /// Removes the logs of partitions added by a reconfiguration that failed.
+    fn remove_added_partitions(
+        &self,
+        shared: &Shared,
+        name: &str,
+        from: u32,
+        added: Vec<Arc<ferrymq_storage::StreamLog>>,
+    ) {
+        let n = added.len() as u32;
+        drop(added);
+        for p in from..from + n {
+            let _ = shared
+                .storage
+                .remove_stream(&format!("{}/{p}", self.storage_name(name)));
+        }
     }
 
     /// Deletes a queue; returns the number of messages it held.
