@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use ferrymq_core::queue::args::STREAM_PARTITIONS_MAX;
+use ferrymq_core::queue::QueueArgs;
 use ferrymq_core::stream::Stream;
 use ferrymq_core::{CoreError, FieldTable, QueueDecl, QueueRef, VHost, Value};
 use kafka_protocol::ResponseError;
@@ -44,52 +46,107 @@ pub fn topic_id(vhost: &str, name: &str) -> uuid::Uuid {
 pub struct TopicConfig {
     pub name: &'static str,
     pub argument: Option<&'static str>,
+    /// Kafka's config type code in DescribeConfigs v3+ (3 INT, 5 LONG, 7 LIST).
+    pub config_type: i8,
+    /// The broker config Kafka would fall back to (a synonym in DescribeConfigs).
+    pub broker_synonym: &'static str,
 }
 
-/// The configs FerryMQ understands, as Kafka names them.
+/// The configs FerryMQ understands and can change, as Kafka names them.
 pub const CONFIGS: &[TopicConfig] = &[
     TopicConfig {
         name: "retention.ms",
         argument: Some("x-max-age"),
+        config_type: 5,
+        broker_synonym: "log.retention.ms",
     },
     TopicConfig {
         name: "retention.bytes",
         argument: Some("x-max-length-bytes"),
+        config_type: 5,
+        broker_synonym: "log.retention.bytes",
     },
     TopicConfig {
         name: "segment.bytes",
         argument: Some("x-stream-max-segment-size-bytes"),
+        config_type: 3,
+        broker_synonym: "log.segment.bytes",
     },
     TopicConfig {
         name: "cleanup.policy",
         argument: None,
+        config_type: 7,
+        broker_synonym: "log.cleanup.policy",
     },
 ];
 
+/// Topic configs FerryMQ reports but cannot change: `(name, value, Kafka config type)`.
+/// Setting one to the value it has is accepted (clients that send Kafka's defaults at
+/// topic creation keep working); any other value is INVALID_CONFIG.
+pub fn read_only_configs(message_max_bytes: usize) -> Vec<(&'static str, String, i8)> {
+    vec![
+        ("compression.type", "producer".into(), 2),
+        ("max.message.bytes", message_max_bytes.to_string(), 3),
+        ("message.timestamp.type", "CreateTime".into(), 2),
+        ("min.insync.replicas", "1".into(), 3),
+        ("unclean.leader.election.enable", "false".into(), 1),
+    ]
+}
+
+/// Whether `name` is one of the configs [`apply_config`] changes.
+pub fn is_alterable(name: &str) -> bool {
+    CONFIGS.iter().any(|c| c.name == name)
+}
+
+fn invalid_value(name: &str, v: &str, why: impl std::fmt::Display) -> (ResponseError, String) {
+    (
+        ResponseError::InvalidConfig,
+        format!("Invalid value {v} for configuration {name}: {why}"),
+    )
+}
+
 /// Applies Kafka topic configs to stream arguments. `None` removes a config (back to
-/// its default). Kafka's "-1" (unlimited) for retention removes the limit.
+/// its default). Kafka's "-1" (unlimited) for retention removes the limit. A read-only
+/// config (see [`read_only_configs`]) given its fixed value changes nothing.
 ///
 /// # Errors
-/// `(INVALID_CONFIG, message)` for an unknown config, a bad value, or
-/// `cleanup.policy=compact` (FerryMQ does not compact logs).
+/// `(INVALID_CONFIG, message)` for an unknown config, a bad value, a read-only config
+/// given another value, or `cleanup.policy=compact` (FerryMQ does not compact logs).
 pub fn apply_config(
     args: &mut FieldTable,
     name: &str,
     value: Option<&str>,
+    message_max_bytes: usize,
 ) -> Result<(), (ResponseError, String)> {
     let invalid = |m: String| (ResponseError::InvalidConfig, m);
     let Some(cfg) = CONFIGS.iter().find(|c| c.name == name) else {
+        if let Some((_, fixed, _)) = read_only_configs(message_max_bytes)
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+        {
+            return match value {
+                None => Ok(()),
+                Some(v) if v.trim() == fixed => Ok(()),
+                Some(v) => Err(invalid_value(
+                    name,
+                    v,
+                    format!("FerryMQ fixes it at {fixed}"),
+                )),
+            };
+        }
         return Err(invalid(format!(
-            "unknown or unsupported topic config '{name}' (supported: retention.ms, retention.bytes, segment.bytes, cleanup.policy)"
+            "Unknown topic config name: {name} (FerryMQ supports retention.ms, retention.bytes, segment.bytes, cleanup.policy)"
         )));
     };
     let Some(arg) = cfg.argument else {
         // cleanup.policy
         return match value {
             None | Some("delete") => Ok(()),
-            Some(v) => Err(invalid(format!(
-                "cleanup.policy '{v}' is not supported: FerryMQ streams delete whole segments by retention and do not compact"
-            ))),
+            Some(v) => Err(invalid_value(
+                name,
+                v,
+                "FerryMQ streams delete whole segments by retention and do not compact",
+            )),
         };
     };
     let Some(v) = value else {
@@ -99,16 +156,26 @@ pub fn apply_config(
     let n: i64 = v
         .trim()
         .parse()
-        .map_err(|_| invalid(format!("{name} must be an integer, got '{v}'")))?;
+        .map_err(|_| invalid_value(name, v, "Not a number of type LONG"))?;
+    let seg_min = ferrymq_storage::SEGMENT_BYTES_MIN as i64;
+    let seg_max = (ferrymq_storage::SEGMENT_BYTES_MAX as i64).min(i64::from(i32::MAX));
     match (name, n) {
         (_, -1) if name != "segment.bytes" => {
             args.remove(arg);
             Ok(())
         }
-        ("segment.bytes", n) if n < 14 => Err(invalid(format!(
-            "segment.bytes must be at least 14, got {n}"
-        ))),
-        (_, n) if n < 0 => Err(invalid(format!("{name} must be -1 or positive, got {n}"))),
+        ("segment.bytes", n) if !(seg_min..=seg_max).contains(&n) => Err(invalid_value(
+            name,
+            v,
+            format!("Value must be in {seg_min}..={seg_max}"),
+        )),
+        // Kafka takes 0 as "delete at once"; a stream keeps its active segment anyway,
+        // so the smallest limit FerryMQ stores is 1.
+        ("retention.ms", 0) => {
+            args.insert(arg.to_string(), Value::Int(1));
+            Ok(())
+        }
+        (_, n) if n < 0 => Err(invalid_value(name, v, "Value must be -1 or at least 0")),
         (_, n) => {
             args.insert(arg.to_string(), Value::Int(n));
             Ok(())
@@ -116,16 +183,36 @@ pub fn apply_config(
     }
 }
 
-/// The value of a config for a stream (as Kafka would report it) and whether it is the
-/// default.
-pub fn config_value(args: &FieldTable, name: &str) -> Option<(String, bool)> {
+/// Removes every config [`apply_config`] sets (AlterConfigs replaces the whole set).
+pub fn clear_configs(args: &mut FieldTable) {
+    for c in CONFIGS {
+        if let Some(a) = c.argument {
+            args.remove(a);
+        }
+    }
+}
+
+/// The value of a config in a stream's declared arguments (as Kafka would report it)
+/// and whether it is the default. `segment_bytes_default` is the storage default.
+/// Arguments declared by other protocols (`x-max-age` as "7D") are read as parsed.
+pub fn config_value(
+    args: &FieldTable,
+    name: &str,
+    segment_bytes_default: u64,
+) -> Option<(String, bool)> {
     let cfg = CONFIGS.iter().find(|c| c.name == name)?;
-    let Some(arg) = cfg.argument else {
+    if cfg.argument.is_none() {
         return Some(("delete".into(), true));
+    }
+    let parsed = QueueArgs::parse("", "", args).unwrap_or_default();
+    let v = match name {
+        "retention.ms" => parsed.max_age_ms,
+        "retention.bytes" => parsed.max_length_bytes,
+        _ => parsed.segment_bytes,
     };
-    Some(match args.get_i64(arg) {
+    Some(match v {
         Some(n) => (n.to_string(), false),
-        None if name == "segment.bytes" => ((1u64 << 30).to_string(), true),
+        None if name == "segment.bytes" => (segment_bytes_default.to_string(), true),
         None => ("-1".into(), true),
     })
 }
@@ -176,6 +263,31 @@ impl Kafka {
         v
     }
 
+    /// Replaces a topic's stream arguments (configs, partition count); with
+    /// `validate_only`, only checks them.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC_OR_PARTITION, INVALID_CONFIG (arguments refused), storage errors.
+    pub(crate) fn reconfigure_topic(
+        &self,
+        name: &str,
+        args: FieldTable,
+        validate_only: bool,
+    ) -> Result<(), (ResponseError, String)> {
+        let vh = self.vhost().ok_or_else(|| {
+            (
+                ResponseError::UnknownTopicOrPartition,
+                format!("vhost '{}' does not exist", self.config.vhost),
+            )
+        })?;
+        let r = if validate_only {
+            QueueArgs::parse(name, &vh.name, &args).map(|_| ())
+        } else {
+            vh.reconfigure_stream(name, args).map(|_| ())
+        };
+        r.map_err(|e| (core_error(&e), e.to_string()))
+    }
+
     /// Creates a topic: a durable stream with `partitions` partitions (-1: the default)
     /// and `configs`. With `validate_only`, checks everything and returns `None`.
     ///
@@ -209,11 +321,11 @@ impl Kafka {
         }
         let partitions = match partitions {
             -1 => self.config.default_partitions,
-            n if (1..=10_000).contains(&n) => n as u32,
+            n if n >= 1 && n as u32 <= STREAM_PARTITIONS_MAX => n as u32,
             n => {
                 return Err((
                     ResponseError::InvalidPartitions,
-                    format!("number of partitions must be 1 to 10000, got {n}"),
+                    format!("number of partitions must be 1 to {STREAM_PARTITIONS_MAX}, got {n}"),
                 ))
             }
         };
@@ -221,7 +333,7 @@ impl Kafka {
         args.insert("x-queue-type", Value::String("stream".into()));
         args.insert("x-partitions", Value::Int(i64::from(partitions)));
         for (k, v) in configs {
-            apply_config(&mut args, k, v.as_deref())?;
+            apply_config(&mut args, k, v.as_deref(), self.config.message_max_bytes)?;
         }
         if validate_only {
             return Ok(None);
@@ -254,24 +366,51 @@ mod tests {
 
     #[test]
     fn configs_map_to_stream_arguments() {
+        let apply = |a: &mut FieldTable, n: &str, v: Option<&str>| apply_config(a, n, v, 1000);
         let mut a = FieldTable::default();
-        apply_config(&mut a, "retention.ms", Some("60000")).unwrap();
-        apply_config(&mut a, "retention.bytes", Some("1000000")).unwrap();
-        apply_config(&mut a, "segment.bytes", Some("1048576")).unwrap();
-        apply_config(&mut a, "cleanup.policy", Some("delete")).unwrap();
+        apply(&mut a, "retention.ms", Some("60000")).unwrap();
+        apply(&mut a, "retention.bytes", Some("1000000")).unwrap();
+        apply(&mut a, "segment.bytes", Some("1048576")).unwrap();
+        apply(&mut a, "cleanup.policy", Some("delete")).unwrap();
         assert_eq!(a.get_i64("x-max-age"), Some(60000));
         assert_eq!(
-            config_value(&a, "retention.bytes"),
+            config_value(&a, "retention.bytes", 7),
             Some(("1000000".into(), false))
         );
-        apply_config(&mut a, "retention.ms", Some("-1")).unwrap();
-        assert_eq!(config_value(&a, "retention.ms"), Some(("-1".into(), true)));
-        apply_config(&mut a, "retention.bytes", None).unwrap();
+        assert_eq!(
+            config_value(&a, "segment.bytes", 7),
+            Some(("1048576".into(), false))
+        );
+        apply(&mut a, "retention.ms", Some("-1")).unwrap();
+        assert_eq!(
+            config_value(&a, "retention.ms", 7),
+            Some(("-1".into(), true))
+        );
+        apply(&mut a, "retention.bytes", None).unwrap();
         assert_eq!(a.get_i64("x-max-length-bytes"), None);
-        let e = apply_config(&mut a, "cleanup.policy", Some("compact")).unwrap_err();
+        let e = apply(&mut a, "cleanup.policy", Some("compact")).unwrap_err();
         assert_eq!(e.0, ResponseError::InvalidConfig);
-        assert!(apply_config(&mut a, "retention.ms", Some("soon")).is_err());
-        assert!(apply_config(&mut a, "min.insync.replicas", Some("2")).is_err());
+        assert!(apply(&mut a, "retention.ms", Some("soon")).is_err());
+        assert!(apply(&mut a, "retention.ms", Some("-2")).is_err());
+        assert!(apply(&mut a, "segment.bytes", Some("100")).is_err());
+        assert!(apply(&mut a, "nope", Some("1")).is_err());
+        // Read-only facts: their own value is accepted, another is not.
+        apply(&mut a, "min.insync.replicas", Some("1")).unwrap();
+        apply(&mut a, "max.message.bytes", Some("1000")).unwrap();
+        assert!(apply(&mut a, "min.insync.replicas", Some("2")).is_err());
+        assert!(apply(&mut a, "max.message.bytes", Some("5")).is_err());
+        clear_configs(&mut a);
+        assert_eq!(
+            config_value(&a, "segment.bytes", 7),
+            Some(("7".into(), true))
+        );
+        // Arguments declared over AMQP.
+        let mut amqp = FieldTable::default();
+        amqp.insert("x-max-age", Value::String("1h".into()));
+        assert_eq!(
+            config_value(&amqp, "retention.ms", 7),
+            Some(("3600000".into(), false))
+        );
     }
 
     #[test]

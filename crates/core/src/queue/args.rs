@@ -79,6 +79,9 @@ pub struct QueueArgs {
     pub segment_bytes: Option<u64>,
 }
 
+/// Most partitions a stream may have (`x-partitions`).
+pub const STREAM_PARTITIONS_MAX: u32 = 1024;
+
 /// `queue` is the queue as RabbitMQ names it in errors: `'q' in vhost '/'`.
 fn invalid(queue: &str, arg: &str, why: impl std::fmt::Display) -> CoreError {
     CoreError::InvalidArgument(format!("invalid arg '{arg}' for queue {queue}: {why}"))
@@ -231,12 +234,12 @@ impl QueueArgs {
         };
         let partitions = match non_negative(queue, args, "x-partitions")? {
             None => 1,
-            Some(p) if (1..=1024).contains(&p) => p as u32,
+            Some(p) if (1..=u64::from(STREAM_PARTITIONS_MAX)).contains(&p) => p as u32,
             Some(p) => {
                 return Err(invalid(
                     queue,
                     "x-partitions",
-                    format!("must be 1..=1024, got {p}"),
+                    format!("must be 1..={STREAM_PARTITIONS_MAX}, got {p}"),
                 ))
             }
         };
