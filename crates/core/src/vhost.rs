@@ -755,8 +755,18 @@ impl VHost {
                 Some(QueueRef::Stream(cur)) if Arc::ptr_eq(cur, &old) => {
                     qs.insert(name.to_string(), QueueRef::Stream(new.clone()));
                 }
-                _ => {
+                cur => {
+                    // Deleted meanwhile: forget the partitions added here. If another
+                    // stream of that name was declared since, its logs may be these
+                    // very names, so they are left alone.
+                    let redeclared = cur.is_some();
                     drop(qs);
+                    drop(new);
+                    for p in (old_count..new_count).filter(|_| !redeclared) {
+                        let _ = shared
+                            .storage
+                            .remove_stream(&format!("{}/{p}", self.storage_name(name)));
+                    }
                     return Err(CoreError::NotFound(format!(
                         "stream '{name}' in vhost '{}' was deleted",
                         self.name
