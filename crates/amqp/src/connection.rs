@@ -484,7 +484,11 @@ impl Conn {
                     )
                     .at(10, 11));
                 };
-                if let Err(e) = self.shared.broker.authenticate(&user, &pass) {
+                if let Err(e) = self
+                    .shared
+                    .broker
+                    .authenticate(&user, &pass, Some(self.peer.ip()))
+                {
                     let text = e.to_string();
                     let text = text
                         .split_once(" - ")

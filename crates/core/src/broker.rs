@@ -2,6 +2,7 @@
 //! hosts, users, connections, flow control and the background tasks.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -9,6 +10,7 @@ use ferrymq_storage::Storage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::auth::{self, ScramSha256, VerifiedCache};
 use crate::clock::now_ms;
 use crate::config::{BrokerConfig, VhostLimits};
 use crate::error::{CoreError, Result};
@@ -18,14 +20,63 @@ use crate::queue::{ConnectionId, ConsumerId, ConsumerInfo, QueueArgs, QueueDecl}
 use crate::timer::Timer;
 use crate::vhost::{QueueRef, VHost};
 
-/// A user account. Passwords are compared in constant time; hashing them at rest
-/// arrives with the security issue (argon2).
+/// A user account. The password is kept only as an argon2id hash (and SCRAM-SHA-256
+/// stored keys for SASL SCRAM); see `auth.rs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
-    pub password: String,
+    /// argon2id PHC string (or a RabbitMQ SHA-256 hash from imported definitions).
+    #[serde(default)]
+    pub password_hash: String,
+    /// SCRAM-SHA-256 stored keys, derived when the password was set in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_sha256: Option<ScramSha256>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// A password in clear as input (API, import, definitions of older versions): replaced
+    /// by its hash when the user is stored, never written out.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl User {
+    /// A user to store with this password (hashed by [`Broker::put_user`]).
+    pub fn with_password(
+        name: impl Into<String>,
+        password: impl Into<String>,
+        tags: Vec<String>,
+    ) -> User {
+        User {
+            name: name.into(),
+            password_hash: String::new(),
+            scram_sha256: None,
+            tags,
+            password: Some(password.into()),
+        }
+    }
+
+    /// Replaces a clear-text password by its hashes.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a user with neither a password nor a hash; hashing errors.
+    fn seal(&mut self) -> Result<()> {
+        if let Some(pw) = self.password.take() {
+            if pw.is_empty() {
+                return Err(CoreError::InvalidArgument(
+                    "password must not be empty".into(),
+                ));
+            }
+            self.password_hash = auth::hash_password(&pw)?;
+            self.scram_sha256 = Some(ScramSha256::derive(&pw)?);
+        }
+        if self.password_hash.is_empty() {
+            return Err(CoreError::InvalidArgument(format!(
+                "user '{}' needs a password or a password_hash",
+                self.name
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// RabbitMQ-style permissions of a user on a vhost: regular expressions over
@@ -227,6 +278,8 @@ pub(crate) struct Shared {
     defs_lock: Mutex<()>,
     next_id: AtomicU64,
     flow: watch::Sender<FlowState>,
+    /// Recently verified passwords (see `auth::VerifiedCache`).
+    verified: VerifiedCache,
 }
 
 impl Shared {
@@ -351,6 +404,7 @@ impl Broker {
             defs_lock: Mutex::new(()),
             next_id: AtomicU64::new(1),
             flow,
+            verified: VerifiedCache::new(),
         });
         let (stop, _) = watch::channel(false);
         let broker = Arc::new(Broker {
@@ -372,11 +426,11 @@ impl Broker {
     fn bootstrap(&self) -> Result<()> {
         let c = &self.shared.config;
         self.add_vhost(&c.default_vhost)?;
-        self.put_user(User {
-            name: c.default_user.clone(),
-            password: c.default_password.clone(),
-            tags: vec!["administrator".into()],
-        })?;
+        self.put_user(User::with_password(
+            c.default_user.clone(),
+            c.default_password.clone(),
+            vec!["administrator".into()],
+        ))?;
         self.set_permission(Permission {
             user: c.default_user.clone(),
             vhost: c.default_vhost.clone(),
@@ -391,6 +445,7 @@ impl Broker {
     /// Rebuilds vhosts, exchanges, queues (with their messages) and bindings.
     fn restore(&self, d: Definitions) -> Result<()> {
         let now = now_ms();
+        let mut migrated = false;
         {
             // Policies first, so that queues open with their effective arguments.
             let mut ps = self
@@ -448,7 +503,12 @@ impl Broker {
         }
         {
             let mut us = self.shared.users.write().unwrap_or_else(|p| p.into_inner());
-            for u in d.users {
+            for mut u in d.users {
+                // Definitions written before passwords were hashed hold them in clear.
+                if u.password.is_some() {
+                    u.seal()?;
+                    migrated = true;
+                }
                 us.insert(u.name.clone(), u);
             }
         }
@@ -459,6 +519,11 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner());
         for p in d.permissions {
             ps.insert((p.user.clone(), p.vhost.clone()), p);
+        }
+        drop(ps);
+        if migrated {
+            tracing::info!("user passwords stored in clear were replaced by their hashes");
+            self.shared.persist_definitions()?;
         }
         Ok(())
     }
@@ -644,13 +709,18 @@ impl Broker {
 
     // ------------------------------------------------------------- users
 
-    /// Creates or replaces a user.
-    pub fn put_user(&self, user: User) -> Result<()> {
+    /// Creates or replaces a user; a password given in clear is stored as its hashes.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty name or no password; storage errors.
+    pub fn put_user(&self, mut user: User) -> Result<()> {
         if user.name.is_empty() {
             return Err(CoreError::InvalidArgument(
                 "user name must not be empty".into(),
             ));
         }
+        user.seal()?;
+        self.shared.verified.forget(&user.name);
         self.shared
             .users
             .write()
@@ -669,6 +739,7 @@ impl Broker {
         if removed.is_none() {
             return Err(CoreError::NotFound(format!("no user '{name}'")));
         }
+        self.shared.verified.forget(name);
         self.shared
             .permissions
             .write()
@@ -688,24 +759,60 @@ impl Broker {
         v
     }
 
-    /// Checks a user's password (constant-time comparison).
+    /// Checks a user's password against its argon2 hash (a pair verified in the last
+    /// minutes is trusted without argon2), and that a loopback-only user (`guest`)
+    /// connects from loopback. `peer` is the client's address (`None`: in-process).
     ///
     /// # Errors
-    /// `AccessRefused` with RabbitMQ's wording, whether the user or the password is wrong.
-    pub fn authenticate(&self, name: &str, password: &str) -> Result<User> {
+    /// `AccessRefused` with RabbitMQ's wording, whether the user or the password is wrong;
+    /// `AccessRefused` naming the rule for a loopback-only user from elsewhere.
+    pub fn authenticate(&self, name: &str, password: &str, peer: Option<IpAddr>) -> Result<User> {
         let user = self
             .shared
             .users
             .read()
             .ok()
             .and_then(|u| u.get(name).cloned());
+        let ok = match &user {
+            Some(_) if self.shared.verified.hit(name, password) => true,
+            Some(u) => {
+                let ok = auth::verify_password(&u.password_hash, password);
+                if ok {
+                    self.shared.verified.insert(name, password);
+                }
+                ok
+            }
+            None => {
+                // Same work as a wrong password, so unknown users are not told apart by time.
+                let _ = auth::verify_password(unknown_user_hash(), password);
+                false
+            }
+        };
         match user {
-            Some(u) if constant_time_eq(u.password.as_bytes(), password.as_bytes()) => Ok(u),
+            Some(u) if ok => {
+                self.check_loopback(&u.name, peer)?;
+                Ok(u)
+            }
             _ => Err(CoreError::AccessRefused(
                 "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
                     .into(),
             )),
         }
+    }
+
+    /// Refuses a loopback-only user (`loopback_users`, `guest` by default) connecting from
+    /// elsewhere; adapters that authenticate by other means (SASL SCRAM) call it too.
+    ///
+    /// # Errors
+    /// `AccessRefused` saying why.
+    pub fn check_loopback(&self, user: &str, peer: Option<IpAddr>) -> Result<()> {
+        let remote = peer.is_some_and(|ip| !ip.is_loopback() && !is_mapped_loopback(ip));
+        if remote && self.shared.config.loopback_users.iter().any(|u| u == user) {
+            return Err(CoreError::AccessRefused(format!(
+                "user '{user}' can only connect via localhost"
+            )));
+        }
+        Ok(())
     }
 
     /// Sets a user's permissions on a vhost.
@@ -1027,9 +1134,16 @@ impl Broker {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// A hash no password matches, checked for unknown users (computed once).
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| auth::hash_password("\0unknown user\0").unwrap_or_default())
+}
+
+/// An IPv4-mapped IPv6 loopback address (`::ffff:127.0.0.1`).
+fn is_mapped_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V4(_) => false,
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

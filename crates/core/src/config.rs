@@ -24,6 +24,8 @@ pub struct BrokerConfig {
     /// User created on first start, with full permissions on the default vhost.
     pub default_user: String,
     pub default_password: String,
+    /// Users that may log in only from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
     /// How often the flow-control monitor samples memory and disk.
     pub resource_check_interval_ms: u64,
     /// Limits applied to every new virtual host unless overridden.
@@ -51,6 +53,7 @@ impl Default for BrokerConfig {
             default_vhost: "/".into(),
             default_user: "guest".into(),
             default_password: "guest".into(),
+            loopback_users: vec!["guest".into()],
             resource_check_interval_ms: 1000,
             vhost_limits: VhostLimits::default(),
             queue_memory: MemoryBudget::default(),

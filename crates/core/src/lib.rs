@@ -15,6 +15,7 @@
 //!   combine with declared arguments;
 //! - [`broker`]: opening, recovery, users, connections, flow control, shutdown.
 
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod codec;

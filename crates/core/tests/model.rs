@@ -657,11 +657,32 @@ async fn get_tracks_unacked_and_requeue() {
 async fn users_permissions_and_vhost_isolation() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path()).await;
-    assert!(b.authenticate("guest", "guest").is_ok());
+    let local = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let remote = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+    assert!(b.authenticate("guest", "guest", local).is_ok());
+    // Twice: the second check is served by the verification cache.
+    assert!(b.authenticate("guest", "guest", local).is_ok());
     assert!(matches!(
-        b.authenticate("guest", "nope"),
+        b.authenticate("guest", "nope", local),
         Err(CoreError::AccessRefused(_))
     ));
+    assert!(matches!(
+        b.authenticate("nobody", "guest", local),
+        Err(CoreError::AccessRefused(_))
+    ));
+    // guest is a loopback-only user, even with the right password.
+    let e = b.authenticate("guest", "guest", remote).unwrap_err();
+    assert!(e.to_string().contains("only connect via localhost"), "{e}");
+    assert!(b
+        .authenticate("guest", "guest", Some("::ffff:127.0.0.1".parse().unwrap()))
+        .is_ok());
+    // Stored as hashes, never in clear.
+    let g = b.user("guest").unwrap();
+    assert!(g.password_hash.starts_with("$argon2id$"));
+    assert!(g.password.is_none());
+    assert!(g.scram_sha256.is_some());
+    let defs = serde_json::to_string(&b.export_definitions()).unwrap();
+    assert!(!defs.contains("\"password\""), "{defs}");
     let other = b.add_vhost("other").unwrap();
     assert!(matches!(
         b.open_vhost("guest", "other"),
@@ -675,12 +696,14 @@ async fn users_permissions_and_vhost_isolation() {
         vhost(&b).queue("q").is_none(),
         "vhosts are separate namespaces"
     );
-    b.put_user(ferrymq_core::User {
-        name: "app".into(),
-        password: "pw".into(),
-        tags: vec![],
-    })
-    .unwrap();
+    b.put_user(ferrymq_core::User::with_password("app", "pw", vec![]))
+        .unwrap();
+    // A changed password takes effect at once, despite the verification cache.
+    assert!(b.authenticate("app", "pw", remote).is_ok());
+    b.put_user(ferrymq_core::User::with_password("app", "pw2", vec![]))
+        .unwrap();
+    assert!(b.authenticate("app", "pw", remote).is_err());
+    assert!(b.authenticate("app", "pw2", remote).is_ok());
     b.set_permission(ferrymq_core::Permission {
         user: "app".into(),
         vhost: "other".into(),
@@ -886,4 +909,28 @@ async fn shared_credit_limits_consumers_together() {
     let more = take(&mut r, on_a.len()).await;
     assert_eq!(more.len(), on_a.len());
     assert_idle(&mut r);
+}
+
+#[tokio::test]
+async fn passwords_stored_in_clear_by_older_versions_are_hashed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = open(dir.path()).await;
+        b.shutdown().await.unwrap();
+    }
+    // Rewrite the user as an older version stored it: the password in clear.
+    let path = dir.path().join(ferrymq_storage::DEFINITIONS_FILE);
+    let mut defs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    defs["users"] = serde_json::json!([
+        {"name": "guest", "password": "guest", "tags": ["administrator"]},
+        {"name": "legacy", "password": "old-secret", "tags": []}
+    ]);
+    std::fs::write(&path, serde_json::to_vec(&defs).unwrap()).unwrap();
+    let b = open(dir.path()).await;
+    assert!(b.authenticate("legacy", "old-secret", None).is_ok());
+    assert!(b.authenticate("legacy", "guest", None).is_err());
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert!(!on_disk.contains("old-secret"), "{on_disk}");
+    assert!(on_disk.contains("$argon2id$"));
 }

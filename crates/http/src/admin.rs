@@ -204,11 +204,19 @@ pub struct UserJson {
     pub tags: Vec<String>,
 }
 
-/// A user to create or replace.
+/// A user to create or replace: a password (stored as an argon2id hash) or, to restore a
+/// backup, a `password_hash` from a definitions export (argon2 PHC string, or RabbitMQ's
+/// `rabbit_password_hashing_sha256`).
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPut {
-    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// Accepted for RabbitMQ compatibility; the hash's own format decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing_algorithm: Option<String>,
     /// e.g. administrator, monitoring.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -268,9 +276,15 @@ pub async fn put_user(
     ApiJson(body): ApiJson<UserPut>,
 ) -> ApiResult<(StatusCode, Json<UserJson>)> {
     auth.require_admin()?;
-    if body.password.is_empty() {
-        return Err(ApiError::invalid("password must not be empty"));
-    }
+    let (password, password_hash) = match (body.password, body.password_hash) {
+        (Some(p), None) if !p.is_empty() => (Some(p), String::new()),
+        (None, Some(h)) if !h.is_empty() => (None, h),
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of a non-empty password or password_hash",
+            ))
+        }
+    };
     if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "user name must be 1 to 255 bytes without control characters",
@@ -279,8 +293,10 @@ pub async fn put_user(
     let existed = state.broker.user(&name).is_some();
     state.broker.put_user(User {
         name: name.clone(),
-        password: body.password,
+        password_hash,
+        scram_sha256: None,
         tags: body.tags.clone(),
+        password,
     })?;
     let status = if existed {
         StatusCode::OK
@@ -577,9 +593,10 @@ pub async fn import_definitions(
         }
     }
     for u in &d.users {
-        if u.name.is_empty() || u.password.is_empty() {
+        let has_password = u.password.as_deref().is_some_and(|p| !p.is_empty());
+        if u.name.is_empty() || (!has_password && u.password_hash.is_empty()) {
             return Err(ApiError::invalid(
-                "users need a non-empty name and password",
+                "users need a non-empty name and a password or password_hash",
             ));
         }
     }

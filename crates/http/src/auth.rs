@@ -294,6 +294,14 @@ fn user_named(broker: &Broker, name: &str) -> Option<User> {
     broker.user(name)
 }
 
+/// The client's IP address, when the server recorded it.
+fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// Resolves credentials from the `Authorization` header or an `access_token` query parameter.
 ///
 /// # Errors
@@ -333,7 +341,7 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Auth, ApiError> {
             .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials: no ':'"))?;
         let user = state
             .broker
-            .authenticate(user, pass)
+            .authenticate(user, pass, peer_ip(parts))
             .map_err(|_| ApiError::unauthorized(format!("login refused for user '{user}'")))?;
         Ok(Auth {
             user,

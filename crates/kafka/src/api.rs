@@ -952,23 +952,21 @@ fn init_producer_id(kafka: &Kafka, req: InitProducerIdRequest) -> InitProducerId
 
 // ---------------------------------------------------------------- SASL
 
-/// SCRAM credentials from the core's users (derived from the stored password once per
-/// password, with a random salt, and cached).
+/// SCRAM credentials from the core's users: the stored keys derived when each password
+/// was set (a user imported with only a hash has none, and cannot use SCRAM).
 #[derive(Clone)]
 pub(crate) struct UserCredentials(pub Arc<Kafka>);
 
 impl CredentialLookup for UserCredentials {
     fn scram_sha256(&self, user: &str) -> Option<ScramCredential> {
         let u = self.0.broker.user(user)?;
-        let mut cache = self.0.scram.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((pw, c)) = cache.get(user) {
-            if *pw == u.password {
-                return Some(c.clone());
-            }
-        }
-        let c = ScramCredential::derive_with_random_salt(u.password.as_bytes()).ok()?;
-        cache.insert(user.to_string(), (u.password.clone(), c.clone()));
-        Some(c)
+        let (salt, iterations, stored_key, server_key) = u.scram_sha256?.decode()?;
+        Some(ScramCredential {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        })
     }
 }
 
@@ -1013,7 +1011,7 @@ fn sasl_authenticate(
     let auth = std::mem::replace(&mut state.auth, Auth::Required);
     let close = match auth {
         Auth::Handshake(Mechanism::Plain) => match sasl::parse_plain(&req.auth_bytes) {
-            Ok(c) => match kafka.broker.authenticate(c.username, c.password) {
+            Ok(c) => match kafka.broker.authenticate(c.username, c.password, state.peer_ip()) {
                 Ok(u) => {
                     state.auth = Auth::Done(u.name);
                     None
@@ -1038,11 +1036,14 @@ fn sasl_authenticate(
             }
         }
         Auth::Scram(mut server) => match server.handle_client_final(&req.auth_bytes) {
-            Ok((out, user)) => {
-                r.auth_bytes = Bytes::from(out);
-                state.auth = Auth::Done(user);
-                None
-            }
+            Ok((out, user)) => match kafka.broker.check_loopback(&user, state.peer_ip()) {
+                Ok(()) => {
+                    r.auth_bytes = Bytes::from(out);
+                    state.auth = Auth::Done(user);
+                    None
+                }
+                Err(e) => fail(&mut r, ResponseError::SaslAuthenticationFailed, e.to_string()),
+            },
             Err(e) => fail(
                 &mut r,
                 e.response_error(),

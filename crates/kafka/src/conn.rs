@@ -53,6 +53,14 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
+    /// The client's IP address.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    }
+
     /// The user requests act as, once authenticated.
     pub fn user(&self, kafka: &Kafka) -> Option<String> {
         match &self.auth {

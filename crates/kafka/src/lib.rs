@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::idempotence::{PartitionProducers, ProducerIds};
-use crate::sasl::{Mechanism, ScramCredential};
+use crate::sasl::Mechanism;
 
 /// The format byte FerryMQ's streams store Kafka record batches under (an opaque batch:
 /// the producer's bytes as received).
@@ -106,8 +106,6 @@ pub struct Kafka {
     /// Idempotent-producer state per (topic, partition); held while a batch is checked,
     /// appended and recorded, so the three are one step.
     pub(crate) producers: Mutex<HashMap<(String, u32), PartitionProducers>>,
-    /// SCRAM credentials derived from users' passwords, per (user, password).
-    pub(crate) scram: Mutex<HashMap<String, (String, ScramCredential)>>,
     stop: watch::Sender<bool>,
 }
 
@@ -123,7 +121,6 @@ impl Kafka {
             groups,
             producer_ids: ProducerIds::from_clock_ms(ferrymq_core::clock::now_ms()),
             producers: Mutex::new(HashMap::new()),
-            scram: Mutex::new(HashMap::new()),
             stop: watch::channel(false).0,
             config,
         });

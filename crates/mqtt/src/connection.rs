@@ -437,7 +437,7 @@ async fn open_session(
                 .as_ref()
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .unwrap_or("");
-            match mqtt.broker.authenticate(u, pw) {
+            match mqtt.broker.authenticate(u, pw, peer_ip(peer)) {
                 Ok(u) => u.name,
                 Err(_) => {
                     tracing::info!(%peer, user = %u, "MQTT login refused");
@@ -451,7 +451,13 @@ async fn open_session(
                 }
             }
         }
-        (None, _) if cfg.allow_anonymous => cfg.default_user.clone(),
+        (None, _) if cfg.allow_anonymous => {
+            if let Err(e) = mqtt.broker.check_loopback(&cfg.default_user, peer_ip(peer)) {
+                refuse(out, version, ReasonCode::NOT_AUTHORIZED, &e.to_string());
+                return Err(());
+            }
+            cfg.default_user.clone()
+        }
         (None, _) => {
             refuse(
                 out,
@@ -1683,6 +1689,14 @@ fn publish_will(mqtt: &Mqtt, client_id: &str, w: Will) {
             tracing::warn!(client_id = %log_id(client_id), error = %e, "MQTT will not published")
         }
     }
+}
+
+/// The client's IP address from the connection's peer label (`ADDR` or `ws:ADDR`).
+fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
+    peer.trim_start_matches("ws:")
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
 }
 
 #[cfg(test)]

@@ -231,13 +231,27 @@ pub struct LimitsSection {
     pub message_size_max_bytes: u64,
 }
 
-/// `[users]`: what is created on first start.
+/// `[users]`: what is created on first start, and who may log in only from loopback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersSection {
     pub default_user: String,
     pub default_password: String,
     pub default_vhost: String,
+    /// Comma-separated users that may connect only from a loopback address (RabbitMQ's
+    /// `loopback_users`); empty = none.
+    pub loopback_users: String,
+}
+
+impl UsersSection {
+    pub fn loopback_users(&self) -> Vec<String> {
+        self.loopback_users
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect()
+    }
 }
 
 /// `[shutdown]`: graceful shutdown on SIGINT/SIGTERM.
@@ -291,6 +305,7 @@ impl Config {
                 default_user: "guest".into(),
                 default_password: "guest".into(),
                 default_vhost: "/".into(),
+                loopback_users: "guest".into(),
             },
             shutdown: ShutdownSection { timeout_ms: 10_000 },
             amqp: AmqpSection {
@@ -746,6 +761,7 @@ pub fn broker_config(config: &Config) -> BrokerConfig {
         default_vhost: config.users.default_vhost.clone(),
         default_user: config.users.default_user.clone(),
         default_password: config.users.default_password.clone(),
+        loopback_users: config.users.loopback_users(),
         ..BrokerConfig::default()
     }
 }

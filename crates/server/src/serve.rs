@@ -88,6 +88,7 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         }
     };
 
+    refuse_public_guest(&config, &broker)?;
     let mut tasks = TaskSet::new();
     // Listeners: one per enabled protocol section. Each binds before `FerryMQ ready` (a port
     // in use fails startup) and logs "<PROTOCOL> listening on <address>" (tests read it).
@@ -370,4 +371,40 @@ mod tests {
         let abs = prepare_data_dir(&dir).unwrap();
         assert!(abs.is_absolute() && abs.is_dir());
     }
+}
+
+/// Refuses to listen beyond loopback while the `guest` user still has the password
+/// `guest`: anyone could log in as an administrator. Says how to fix it.
+fn refuse_public_guest(config: &Config, broker: &Broker) -> anyhow::Result<()> {
+    let listeners = [
+        ("amqp.bind", config.amqp.enabled, config.amqp.bind.as_str()),
+        ("mqtt.bind", config.mqtt.enabled, config.mqtt.bind.as_str()),
+        (
+            "kafka.bind",
+            config.kafka.enabled,
+            config.kafka.bind.as_str(),
+        ),
+        ("http.bind", config.http.enabled, config.http.bind.as_str()),
+    ];
+    let public: Vec<String> = listeners
+        .iter()
+        .filter(|(_, enabled, bind)| {
+            *enabled
+                && !(*bind == "localhost"
+                    || bind
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()))
+        })
+        .map(|(key, _, bind)| format!("{key} = {bind}"))
+        .collect();
+    if public.is_empty() || broker.authenticate("guest", "guest", None).is_err() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on a non-loopback address ({}) while user 'guest' has the default password 'guest'. \
+         Change it first with the listeners on 127.0.0.1 \
+         (`ferrymq users declare guest --new-password NEW --tags administrator`, or PUT /api/users/guest), \
+         or delete the user, or set users.default_password before the data directory's first start",
+        public.join(", ")
+    )
 }
