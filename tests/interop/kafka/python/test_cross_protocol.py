@@ -105,7 +105,6 @@ def test_kafka_records_read_over_amqp(broker, amqp, topic):
         assert h.pop("x-stream-offset") == i
         assert {k: header_bytes(v) for k, v in h.items() if k in dict(headers)} == dict(headers), props.headers
         assert props.timestamp == (ts + i) // 1000, "AMQP timestamp %r, Kafka timestamp %d ms" % (props.timestamp, ts + i)
-        assert method.routing_key == topic
 
 
 def test_kafka_records_read_over_http(broker, topic):
@@ -142,13 +141,19 @@ def test_amqp_publish_read_by_kafka_consumer(broker, amqp, topic):
     ch.queue_bind(topic, ex, "rk")
     ch.basic_publish(ex, "rk", b"via bound exchange",
                      pika.BasicProperties(headers={"origin": "amqp-ex"}, timestamp=ts + 1, delivery_mode=2))
-    got = kafka_records(broker, topic, 2)
-    assert [m.value() for m in got] == [b"via default exchange", b"via bound exchange"]
-    assert [m.key() for m in got] == [None, None]
+    # Without a timestamp property the Kafka record still has one: the append time.
+    before = int(time.time() * 1000)
+    ch.basic_publish("", topic, b"no timestamp")
+    after = int(time.time() * 1000)
+    got = kafka_records(broker, topic, 3)
+    assert [m.value() for m in got] == [b"via default exchange", b"via bound exchange", b"no timestamp"]
+    assert [m.key() for m in got] == [None, None, None]
     assert sorted(got[0].headers() or []) == [("n", b"1"), ("origin", b"amqp")]
     assert got[1].headers() == [("origin", b"amqp-ex")]
-    assert [m.timestamp()[1] for m in got] == [ts * 1000, (ts + 1) * 1000]
-    assert [m.offset() for m in got] == [0, 1]
+    assert not got[2].headers()
+    assert [m.timestamp()[1] for m in got[:2]] == [ts * 1000, (ts + 1) * 1000]
+    assert before - 1000 <= got[2].timestamp()[1] <= after + 1000, (before, got[2].timestamp(), after)
+    assert [m.offset() for m in got] == [0, 1, 2]
     ch.exchange_delete(ex)
 
 
@@ -173,7 +178,7 @@ def test_http_publish_read_by_kafka_consumer(broker, topic):
 def test_kafka_topic_is_a_stream_with_its_partitions(broker, topic):
     create_topic(broker, topic, partitions=4)
     info = http_get(broker, "/api/streams/%%2F/%s" % topic)
-    assert info.get("name") == topic
+    assert (info.get("name"), info.get("type")) == (topic, "stream")
     assert info.get("partitions") == 4, info
     # A record produced to partition 3 is read from partition 3 over HTTP.
     produce = Producer(broker.ck())
@@ -181,3 +186,14 @@ def test_kafka_topic_is_a_stream_with_its_partitions(broker, topic):
     assert produce.flush(WAIT_S) == 0
     page = http_get(broker, "/api/streams/%%2F/%s/messages" % topic, partition=3)
     assert [(r["partition"], r["offset"], r["message"]["payload"]) for r in page["records"]] == [(3, 0, "p3")]
+
+
+def test_stream_declared_over_http_is_a_kafka_topic(broker, topic, closing):
+    r = requests.put(broker.http + "/api/streams/%%2F/%s" % topic, json={"arguments": {"x-partitions": 3}},
+                     auth=(broker.user, broker.password), timeout=WAIT_S)
+    assert r.status_code in (200, 201, 204), r.text
+    http_post(broker, "/api/queues/%%2F/%s/publish" % topic, {"payload": "hello", "key": "k"})
+    md = Consumer(broker.ck(**{"group.id": "g-" + topic})).list_topics(topic=topic, timeout=WAIT_S)
+    assert md.topics[topic].error is None and sorted(md.topics[topic].partitions) == [0, 1, 2]
+    [m] = kafka_records(broker, topic, 1)
+    assert (m.key(), m.value()) == (b"k", b"hello")
