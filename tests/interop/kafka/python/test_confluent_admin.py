@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from kafka_support import WAIT_S, consume_n, create_topic, produce_all, wait_until
+from kafka_support import WAIT_S, consume_n, produce_all, wait_until
 
 RETENTION_KEYS = ("retention.ms", "retention.bytes", "segment.bytes", "cleanup.policy")
 

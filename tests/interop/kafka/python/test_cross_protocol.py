@@ -193,7 +193,7 @@ def test_stream_declared_over_http_is_a_kafka_topic(broker, topic, closing):
                      auth=(broker.user, broker.password), timeout=WAIT_S)
     assert r.status_code in (200, 201, 204), r.text
     http_post(broker, "/api/queues/%%2F/%s/publish" % topic, {"payload": "hello", "key": "k"})
-    md = Consumer(broker.ck(**{"group.id": "g-" + topic})).list_topics(topic=topic, timeout=WAIT_S)
+    md = closing(Consumer(broker.ck(**{"group.id": "g-" + topic}))).list_topics(topic=topic, timeout=WAIT_S)
     assert md.topics[topic].error is None and sorted(md.topics[topic].partitions) == [0, 1, 2]
     [m] = kafka_records(broker, topic, 1)
     assert (m.key(), m.value()) == (b"k", b"hello")
