@@ -121,7 +121,7 @@ def test_incremental_alter_configs_set_and_delete(admin, topic):
     assert configs["retention.bytes"].value == "5000000"
 
 
-def test_alter_unknown_topic_config_fails(admin, topic):
+def test_incremental_alter_invalid_value_fails(admin, topic):
     create_topic_via(admin, topic, 1)
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
         ConfigEntry("retention.ms", "not-a-number", incremental_operation=AlterConfigOpType.SET)])

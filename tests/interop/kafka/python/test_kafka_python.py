@@ -67,7 +67,11 @@ def test_producer_acks_all_and_group_consumer_commits(broker, kadmin, topic):
 
     # Same group again: nothing left; seek_to_beginning re-reads everything.
     c = consumer(broker, topic, group_id=group)
-    wait_until(lambda: c.poll(timeout_ms=100) == {} and c.assignment(), what="assignment with nothing to read")
+
+    def assigned_and_nothing_to_read():
+        assert c.poll(timeout_ms=100) == {}, "records re-read after they were committed"
+        return c.assignment()
+    wait_until(assigned_and_nothing_to_read, what="the group's assignment")
     c.seek_to_beginning()
     assert len(poll_n(c, 100)) == 100
     c.close()
