@@ -6,8 +6,8 @@ Kafka consumers.
 Mapping checked: Kafka record value <-> body; Kafka headers <-> message headers (Kafka header values
 are bytes: AMQP shows them as byte arrays or long strings, HTTP as {"$bytes": base64} or text);
 Kafka timestamp <-> the message timestamp (AMQP `timestamp` property in seconds, HTTP
-`properties.timestamp_ms`); Kafka key <-> the message key (HTTP `key`; AMQP 0-9-1 has no field for it,
-so an AMQP publish has no key)."""
+`properties.timestamp_ms`); Kafka key <-> the message key (HTTP `key`; AMQP: the `x-message-key`
+header, both ways)."""
 
 import base64
 import time
@@ -100,9 +100,13 @@ def test_kafka_records_read_over_amqp(broker, amqp, topic):
     produce_kafka(broker, topic, ts)
     got = amqp_read(amqp, topic, len(RECORDS))
     assert [body for _, _, body in got] == [v for _, v, _ in RECORDS]
-    for i, ((method, props, body), (_, _, headers)) in enumerate(zip(got, RECORDS)):
+    for i, ((method, props, body), (key, _, headers)) in enumerate(zip(got, RECORDS)):
         h = dict(props.headers or {})
         assert h.pop("x-stream-offset") == i
+        if key is None:
+            assert "x-message-key" not in h, props.headers
+        else:
+            assert header_bytes(h.pop("x-message-key", None)) == key, props.headers
         assert {k: header_bytes(v) for k, v in h.items() if k in dict(headers)} == dict(headers), props.headers
         assert props.timestamp == (ts + i) // 1000, "AMQP timestamp %r, Kafka timestamp %d ms" % (props.timestamp, ts + i)
 
@@ -133,8 +137,8 @@ def test_amqp_publish_read_by_kafka_consumer(broker, amqp, topic):
     ch.confirm_delivery()
     ts = int(time.time()) - 7200
     # To the default exchange with the stream's name as routing key...
-    ch.basic_publish("", topic, b"via default exchange",
-                     pika.BasicProperties(headers={"origin": "amqp", "n": "1"}, timestamp=ts, delivery_mode=2))
+    ch.basic_publish("", topic, b"via default exchange", pika.BasicProperties(
+        headers={"origin": "amqp", "n": "1", "x-message-key": "amqp-key"}, timestamp=ts, delivery_mode=2))
     # ...and through an exchange bound to the stream.
     ex = "ex-" + topic
     ch.exchange_declare(ex, "direct", auto_delete=True)
@@ -147,7 +151,7 @@ def test_amqp_publish_read_by_kafka_consumer(broker, amqp, topic):
     after = int(time.time() * 1000)
     got = kafka_records(broker, topic, 3)
     assert [m.value() for m in got] == [b"via default exchange", b"via bound exchange", b"no timestamp"]
-    assert [m.key() for m in got] == [None, None, None]
+    assert [m.key() for m in got] == [b"amqp-key", None, None]
     assert sorted(got[0].headers() or []) == [("n", b"1"), ("origin", b"amqp")]
     assert got[1].headers() == [("origin", b"amqp-ex")]
     assert not got[2].headers()
