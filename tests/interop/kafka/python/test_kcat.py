@@ -78,7 +78,7 @@ def test_balanced_consumer_group_consumes_everything(broker, topic):
     kcat_produce(broker, topic, ["k%d:v%d" % (i, i) for i in range(n)])
     group = "kcat-" + topic
     proc = subprocess.Popen(
-        ["kcat", "-b", broker.bootstrap, "-G", group, "-X", "auto.offset.reset=earliest",
+        ["kcat", "-b", broker.bootstrap, "-u", "-G", group, "-X", "auto.offset.reset=earliest",
          "-f", "%p:%o:%s\n", topic],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = queue.Queue()
@@ -94,8 +94,10 @@ def test_balanced_consumer_group_consumes_everything(broker, topic):
         while len(got) < n:
             left = deadline - time.monotonic()
             if left <= 0 or proc.poll() is not None:
+                rc = proc.poll()
+                proc.terminate()
                 raise AssertionError("kcat -G got %d of %d records (exit %r); stderr:\n%s" % (
-                    len(got), n, proc.poll(), proc.stderr.read().decode() if proc.poll() is not None else ""))
+                    len(got), n, rc, proc.communicate(timeout=10)[1].decode()[-3000:]))
             try:
                 got.add(lines.get(timeout=min(left, 0.5)).split(":")[-1])
             except queue.Empty:
