@@ -193,3 +193,94 @@ def test_idempotent_producer_sends_in_order_per_key(broker, topic, closing):
     c.subscribe([topic])
     got = consume_n(c, 500)
     assert sorted(int(m.value()) for m in got) == list(range(500))
+
+
+def light_member(target, group, name, **extra):
+    conf = {"group.id": group, "client.id": name, "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "auto.commit.interval.ms": 200, "session.timeout.ms": 6000, "heartbeat.interval.ms": 300}
+    conf.update(extra)
+    return Consumer(target.ck(**conf))
+
+
+def test_cooperative_sticky_rebalance(broker, topic, closing):
+    """KIP-429 incremental rebalancing (librdkafka's cooperative-sticky): a third member joins
+    without the others giving up the partitions they keep."""
+    create_topic(broker, topic, partitions=PARTITIONS)
+    group = "g-" + topic
+    members = []
+    owned = {}
+
+    def add(name):
+        c = closing(light_member(broker, group, name, **{"partition.assignment.strategy": "cooperative-sticky"}))
+        owned[name] = set()
+        revoked_kept = []
+
+        def on_assign(consumer, parts):
+            owned[name] |= {p.partition for p in parts}
+
+        def on_revoke(consumer, parts):
+            gone = {p.partition for p in parts}
+            revoked_kept.append(gone)
+            owned[name] -= gone
+
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        members.append((name, c, revoked_kept))
+
+    def pump_until(pred, what):
+        deadline = time.monotonic() + WAIT_S * 2
+        while not pred():
+            assert time.monotonic() < deadline, "timed out waiting for %s; owned %r" % (what, owned)
+            for _, c, _ in members:
+                m = c.poll(0.05)
+                if m is not None and m.error():
+                    ck_raise(m.error())
+
+    add("a")
+    add("b")
+    pump_until(lambda: sorted(len(v) for v in owned.values()) == [3, 3], "3/3")
+    before = {k: set(v) for k, v in owned.items()}
+    add("c")
+    pump_until(lambda: sorted(len(v) for v in owned.values()) == [2, 2, 2], "2/2/2")
+    # Incremental: a and b only gave up partitions; they kept 2 of their 3 each.
+    for name in ("a", "b"):
+        assert owned[name] <= before[name], (name, before, owned)
+    assert set().union(*owned.values()) == set(range(PARTITIONS))
+
+
+def test_static_member_rejoins_with_its_assignment(broker, topic, closing):
+    """KIP-345 static membership: a member with group.instance.id that closes and comes back
+    within the session timeout gets its partitions back."""
+    create_topic(broker, topic, partitions=4)
+    group = "g-" + topic
+    owned, assigns = {}, {}
+
+    def member_with(instance):
+        c = light_member(broker, group, instance, **{"group.instance.id": instance, "session.timeout.ms": 10000})
+
+        def on_assign(consumer, parts):
+            owned[instance] = {p.partition for p in parts}
+            assigns[instance] = assigns.get(instance, 0) + 1
+
+        c.subscribe([topic], on_assign=on_assign)
+        return c
+
+    a, b = member_with("static-a"), closing(member_with("static-b"))
+
+    def pump(cs, pred, what):
+        deadline = time.monotonic() + WAIT_S * 2
+        while not pred():
+            assert time.monotonic() < deadline, "timed out waiting for %s; owned %r" % (what, owned)
+            for c in cs:
+                c.poll(0.05)
+
+    pump([a, b], lambda: len(owned.get("static-a", ())) == 2 and len(owned.get("static-b", ())) == 2, "2/2")
+    first = dict(owned)
+    a.close()  # a static member's close sends no LeaveGroup: no rebalance
+    owned.pop("static-a")
+    a = closing(member_with("static-a"))
+    pump([a, b], lambda: "static-a" in owned, "static-a assigned again")
+    assert owned["static-a"] == first["static-a"]
+    # The other member saw no rebalance at all.
+    for _ in range(10):
+        b.poll(0.05)
+    assert (owned["static-b"], assigns["static-b"]) == (first["static-b"], 1)
