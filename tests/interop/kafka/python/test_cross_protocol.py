@@ -201,3 +201,17 @@ def test_stream_declared_over_http_is_a_kafka_topic(broker, topic, closing):
     assert md.topics[topic].error is None and sorted(md.topics[topic].partitions) == [0, 1, 2]
     [m] = kafka_records(broker, topic, 1)
     assert (m.key(), m.value()) == (b"k", b"hello")
+
+
+def test_tombstone_reads_as_empty_body_with_null_value_header(broker, amqp, topic):
+    """A null Kafka value (tombstone) is an empty body with the header x-kafka-null-value: true
+    (docs/kafka.md); the record's key stays."""
+    create_topic(broker, topic, partitions=1)
+    produce_all(Producer(broker.ck()), topic, [(b"gone", None), (b"kept", b"")])
+    [(_, p0, b0), (_, p1, b1)] = amqp_read(amqp, topic, 2)
+    assert (b0, (p0.headers or {}).get("x-kafka-null-value")) == (b"", True)
+    assert header_bytes(p0.headers["x-message-key"]) == b"gone"
+    assert (b1, "x-kafka-null-value" in (p1.headers or {})) == (b"", False)
+    recs = http_get(broker, "/api/streams/%%2F/%s/messages" % topic, offset="first")["records"]
+    assert [(r["message"]["payload"], r["message"]["headers"].get("x-kafka-null-value")) for r in recs] == [
+        ("", True), ("", None)]
