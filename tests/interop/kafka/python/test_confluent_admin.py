@@ -121,10 +121,13 @@ def test_incremental_alter_configs_set_and_delete(admin, topic):
     assert configs["retention.bytes"].value == "5000000"
 
 
-def test_incremental_alter_invalid_value_fails(admin, topic):
+@pytest.mark.parametrize("key,value", [("retention.ms", "not-a-number"), ("cleanup.policy", "compact")],
+                         ids=["not-a-number", "compact"])
+def test_incremental_alter_invalid_value_fails(admin, topic, key, value):
+    """An invalid value, and log compaction (FerryMQ does not compact: docs/kafka.md), get INVALID_CONFIG."""
     create_topic_via(admin, topic, 1)
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
-        ConfigEntry("retention.ms", "not-a-number", incremental_operation=AlterConfigOpType.SET)])
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)])
     with pytest.raises(KafkaException) as e:
         admin.incremental_alter_configs([res], request_timeout=WAIT_S)[res].result(WAIT_S)
     assert kafka_error(e).code() == KafkaError.INVALID_CONFIG
