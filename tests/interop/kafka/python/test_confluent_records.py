@@ -59,3 +59,14 @@ def test_explicit_partitions_and_offsets(broker, topic, closing):
     got = read_all(broker, topic, 5, closing)
     assert [(m.partition(), m.offset(), m.value()) for m in got] == [
         (0, 0, b"to-0"), (1, 0, b"to-1"), (2, 0, b"to-2"), (2, 1, b"to-2"), (2, 2, b"to-2")]
+
+
+def test_produce_auto_creates_topic_with_default_partitions(broker, topic, closing):
+    """kafka.auto_create_topics (default on): producing to an unknown topic creates it with
+    kafka.default_partitions (1) partitions, as a stream."""
+    [m] = produce_all(Producer(broker.ck()), topic, [(b"k", b"first")])
+    assert (m.partition(), m.offset()) == (0, 0)
+    md = closing(Consumer(broker.ck(**{"group.id": "g-" + topic}))).list_topics(topic=topic, timeout=10)
+    assert md.topics[topic].error is None and sorted(md.topics[topic].partitions) == [0]
+    [got] = read_all(broker, topic, 1, closing)
+    assert got.value() == b"first"

@@ -215,3 +215,36 @@ def test_tombstone_reads_as_empty_body_with_null_value_header(broker, amqp, topi
     recs = http_get(broker, "/api/streams/%%2F/%s/messages" % topic, offset="first")["records"]
     assert [(r["message"]["payload"], r["message"]["headers"].get("x-kafka-null-value")) for r in recs] == [
         ("", True), ("", None)]
+
+
+def test_kafka_group_offsets_are_the_stream_group_offsets(broker, topic):
+    """Offsets a Kafka consumer group commits are the stream's group offsets (docs/kafka.md):
+    HTTP shows them, and an offset committed over HTTP is where a Kafka member of the group starts."""
+    create_topic(broker, topic, partitions=2)
+    p = Producer(broker.ck())
+    for i in range(10):
+        p.produce(topic, b"m%d" % i, partition=i % 2)
+    assert p.flush(WAIT_S) == 0
+    group = "g-" + topic
+    c = Consumer(broker.ck(**{"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}))
+    c.subscribe([topic])
+    got = consume_n(c, 10)
+    c.commit(asynchronous=False)
+    c.close()
+    for part in (0, 1):
+        o = http_get(broker, "/api/streams/%%2F/%s/offsets/%s" % (topic, group), partition=part)
+        assert o.get("offset") == 5, (part, o)
+    # Rewind partition 0 over HTTP: a new member of the group re-reads from there.
+    p0 = sorted(m.offset() for m in got if m.partition() == 0)
+    assert p0 == [0, 1, 2, 3, 4]
+    r = requests.put(broker.http + "/api/streams/%%2F/%s/offsets/%s" % (topic, group),
+                     json={"offset": 0, "partition": 0}, auth=(broker.user, broker.password), timeout=WAIT_S)
+    assert r.status_code == 200, r.text
+    c = Consumer(broker.ck(**{"group.id": group, "auto.offset.reset": "latest", "enable.auto.commit": False}))
+    try:
+        c.subscribe([topic])
+        again = consume_n(c, len(p0))
+        assert sorted((m.partition(), m.offset()) for m in again) == [(0, o) for o in p0]
+        assert not [m for m in expect_no_more(c) if not m.error()]
+    finally:
+        c.close()
