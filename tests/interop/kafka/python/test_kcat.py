@@ -9,8 +9,9 @@ import threading
 import time
 
 import pytest
+from confluent_kafka import Producer
 
-from kafka_support import WAIT_S, create_topic
+from kafka_support import WAIT_S, create_topic, produce_all
 
 pytestmark = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed (Debian package kcat)")
 
@@ -106,3 +107,14 @@ def test_balanced_consumer_group_consumes_everything(broker, topic):
         proc.terminate()
         proc.wait(10)
     assert got == {"v%d" % i for i in range(n)}
+
+
+def test_query_offset_by_timestamp(broker, topic):
+    """kcat -Q: ListOffsets by timestamp (records produced with explicit CreateTime timestamps)."""
+    create_topic(broker, topic, partitions=1)
+    base = int(time.time() * 1000) - 60_000
+    produce_all(Producer(broker.ck()), topic, [(None, b"m%d" % i, None, base + i * 1000) for i in range(6)])
+    out = kcat(broker, "-Q", "-t", "%s:0:%d" % (topic, base + 4000))
+    assert out.split() == [topic, "[0]", "offset", "4"], out
+    out = kcat(broker, "-Q", "-t", "%s:0:%d" % (topic, base + 3500))
+    assert out.split() == [topic, "[0]", "offset", "4"], out
