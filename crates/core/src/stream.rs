@@ -430,6 +430,15 @@ impl Stream {
         v
     }
 
+    /// The largest batch timestamp of a partition and the offset range of the segment
+    /// holding it (see `Log::max_timestamp_segment`).
+    ///
+    /// # Errors
+    /// `NotFound` for a partition out of range.
+    pub fn max_timestamp_range(&self, partition: u32) -> Result<Option<(i64, u64, u64)>> {
+        Ok(self.partition(partition)?.log.log().max_timestamp_segment())
+    }
+
     /// Resolves a start position to an offset.
     pub fn resolve(&self, partition: u32, at: StreamOffset) -> Result<u64> {
         let log = self.partition(partition)?.log.log();

@@ -199,6 +199,10 @@ fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
     r.brokers = vec![b];
     r.cluster_id = Some(s(kafka.config.cluster_id.clone()));
     r.controller_id = BrokerId(kafka.config.node_id);
+    if (8..=10).contains(&v) && req.include_cluster_authorized_operations {
+        r.cluster_authorized_operations = CLUSTER_OPERATIONS;
+    }
+    let topic_ops = v >= 8 && req.include_topic_authorized_operations;
     let auto = kafka.config.auto_create_topics && (v < 4 || req.allow_auto_topic_creation);
     match req.topics {
         // v0: an empty list means all topics; v1+: null means all.
@@ -243,8 +247,23 @@ fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
             }
         }
     }
+    if topic_ops {
+        for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
+            t.topic_authorized_operations = TOPIC_OPERATIONS;
+        }
+    }
     r
 }
+
+/// Kafka ACL operation bits (`AclOperation` codes) allowed on every topic: READ, WRITE,
+/// CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS. Reported when a client
+/// asks (Metadata v8+); FerryMQ's permissions (issue #9) will narrow them per user.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Allowed on the cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS,
+/// ALTER_CONFIGS, IDEMPOTENT_WRITE.
+const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 fn error_topic(name: &str, e: ResponseError) -> metadata_response::MetadataResponseTopic {
     let mut t = metadata_response::MetadataResponseTopic::default();
@@ -721,15 +740,30 @@ fn offset_for(st: &Stream, p: u32, ts: i64) -> ferrymq_core::Result<(i64, i64)> 
         -1 => (next as i64, -1),
         -2 => (start as i64, -1),
         -3 => {
-            if next == start {
-                (-1, -1)
-            } else {
-                let recs = st.read(p, next - 1, 1)?;
-                match recs.first() {
-                    Some(r) => (r.offset as i64, r.timestamp_ms),
-                    None => (-1, -1),
+            // KIP-734: the first record with the largest timestamp. Only the segment holding
+            // the largest batch timestamp is read.
+            let Some((max, from, to)) = st.max_timestamp_range(p)? else {
+                return Ok((-1, -1));
+            };
+            let mut at = from;
+            let mut found = (-1, -1);
+            'scan: while at < to {
+                let batches = st.read_batches(p, at, 1 << 20)?;
+                if batches.is_empty() {
+                    break;
+                }
+                for b in &batches {
+                    if b.timestamp_ms == max {
+                        let recs = ferrymq_core::decode_batch(b)?;
+                        if let Some((off, ts, _)) = recs.iter().find(|(_, ts, _)| *ts == max) {
+                            found = (*off as i64, *ts);
+                            break 'scan;
+                        }
+                    }
+                    at = at.max(b.next_offset());
                 }
             }
+            found
         }
         t if t < 0 => (-1, -1),
         t => {

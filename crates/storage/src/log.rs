@@ -934,6 +934,30 @@ impl Log {
     }
 
     /// Sealed segments plus `(active base, next offset)`.
+    /// The largest batch timestamp in the log and the offset range of the (last) segment
+    /// holding it: `(max_ts, from, to)`, for a search by maximum timestamp that reads one
+    /// segment instead of the log. `None` when the log is empty.
+    pub fn max_timestamp_segment(&self) -> Option<(i64, u64, u64)> {
+        let start = self.start_offset();
+        let st = lock(&self.state);
+        let mut best: Option<(i64, u64, u64)> = None;
+        for m in st
+            .sealed
+            .iter()
+            .filter(|m| m.end > start && m.max_ts != i64::MIN)
+        {
+            if best.is_none_or(|(ts, _, _)| m.max_ts >= ts) {
+                best = Some((m.max_ts, m.base.max(start), m.end));
+            }
+        }
+        if st.next_offset > st.active.base.max(start) && st.active.max_ts != i64::MIN {
+            if best.is_none_or(|(ts, _, _)| st.active.max_ts >= ts) {
+                best = Some((st.active.max_ts, st.active.base.max(start), st.next_offset));
+            }
+        }
+        best
+    }
+
     pub(crate) fn segments(&self) -> (Arc<Vec<SegMeta>>, u64, u64) {
         let st = lock(&self.state);
         (st.sealed.clone(), st.active.base, st.next_offset)
