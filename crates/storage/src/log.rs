@@ -950,10 +950,11 @@ impl Log {
                 best = Some((m.max_ts, m.base.max(start), m.end));
             }
         }
-        if st.next_offset > st.active.base.max(start) && st.active.max_ts != i64::MIN {
-            if best.is_none_or(|(ts, _, _)| st.active.max_ts >= ts) {
-                best = Some((st.active.max_ts, st.active.base.max(start), st.next_offset));
-            }
+        if st.next_offset > st.active.base.max(start)
+            && st.active.max_ts != i64::MIN
+            && best.is_none_or(|(ts, _, _)| st.active.max_ts >= ts)
+        {
+            best = Some((st.active.max_ts, st.active.base.max(start), st.next_offset));
         }
         best
     }
