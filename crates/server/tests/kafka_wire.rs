@@ -327,6 +327,10 @@ fn produce_fetch_keys_headers_offsets_and_metadata() {
     assert_eq!(list_offset(&mut kc, "t3", 1, 1001), (0, 1, 1001));
     assert_eq!(list_offset(&mut kc, "t3", 1, 2001), (0, 4, 2001));
     assert_eq!(list_offset(&mut kc, "t3", 1, 9999).1, -1);
+    // The record with the largest timestamp, not the last one.
+    let late = batch(&[rec("f", "six", 1500, 0)], Compression::None);
+    assert_eq!(produce(&mut kc, "t3", 1, late), (0, 5));
+    assert_eq!(list_offset(&mut kc, "t3", 1, -3), (0, 4, 2001));
     assert_eq!(list_offset(&mut kc, "t3", 0, -1), (0, 0, -1));
 }
 
