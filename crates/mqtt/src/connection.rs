@@ -4,6 +4,48 @@
 //! shutdown and the keep-alive deadline. All output of a turn goes to one buffer written
 //! with one `write_all`; the read buffer is allocated on demand and dropped when large and
 //! empty, so an idle connection holds little memory.
+//!
+//! # QoS 2 state across a restart (persistent sessions)
+//!
+//! A persistent session's QoS 2 packet ids are written to its record in the keyed log
+//! `session::STATE_LOG_KIND` (one snapshot of both sets per read turn that changed them,
+//! at the storage's tier, T2 by default). The message goes to the core's queue logs and the
+//! id to that record: two logs, so neither order makes them atomic, and each order fails
+//! differently when the broker dies between the two writes. The orders below fail towards
+//! a duplicate (at-least-once), never towards a loss; the window is one group-commit round.
+//!
+//! Inbound (MQTT 3.1.1 and 5.0 §4.3.3, the receiver's "Method B": store the id, deliver
+//! onward at once, answer a PUBLISH with a stored id as a duplicate until PUBREL):
+//! - the id is written **after the message is durable**, and PUBREC is released only once
+//!   the id is durable too. An id durable without its message would make the client's
+//!   resend look like a duplicate: PUBREC, nothing published, the message lost. A message
+//!   durable without its id (a crash between the two) is published again on the resend: a
+//!   duplicate. (Writing the id in the same round as the message instead would leave the
+//!   order within the round to the sync thread: a loss possible as well.)
+//!   `SessionState::inbound_durable` is the part of the in-memory set that is persisted;
+//!   within a broker run the registry hands the whole set to the next connection.
+//! - at PUBREL the removal is durable **before PUBCOMP**: after PUBCOMP the client may reuse
+//!   the id for a new message, which a stale id resurrected by a crash would swallow. A
+//!   removal lost before PUBCOMP is harmless: the client resends PUBREL.
+//!
+//! Outbound (the server sends; the core message is acked when the client PUBRECs):
+//! - the PUBREC'd id is durable **before the core ack and before PUBREL**. A core ack
+//!   durable without the id would lose the session's promise to send PUBREL: a client that
+//!   holds its id until PUBREL (Method A receivers hold the message too) is left waiting,
+//!   and its receiver may take our next PUBLISH with that id for a duplicate. An id durable
+//!   without the ack (crash in between) means the message comes again under a new id next to
+//!   the resent PUBREL: a duplicate. PUBREL after the id is durable also means a client that
+//!   saw PUBREL gets it again after a crash until it answers PUBCOMP.
+//! - PUBCOMP's removal is written but not waited for: lost, it costs one resent PUBREL
+//!   (answered with PUBCOMP, MQTT 5 maybe with 0x92).
+//!
+//! Mosquitto (with `persistence true`) keeps all of this in memory and writes its database
+//! every `autosave_interval` (30 min by default) and at a clean shutdown, so after `kill -9`
+//! it may lose or repeat QoS 2 messages and ids either way.
+//! Shared subscriptions are not in the record: their durable copy is the membership
+//! bindings from `mqtt.shared-subscriptions`, which go away with the session queue. A
+//! session that ends (clean start, expiry 0, expiry passed) has its record deleted; at a
+//! CONNECT that does not resume a session, durably before CONNACK.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -89,7 +131,26 @@ struct AckBatch {
     seq: u64,
     /// `Some(ok)` once resolved.
     done: Option<bool>,
+    /// Inbound QoS 2 ids to persist once the batch's messages are durable (persistent
+    /// sessions), before their PUBRECs are released.
+    confirm: Vec<u16>,
     acks: Vec<Ack>,
+}
+
+/// What a connection's spawned tasks report back.
+enum Done {
+    /// A publish batch (by sequence number) is durable, or failed.
+    Publish(u64, bool),
+    /// A session-state write (by number) is durable, or failed.
+    State(u64, bool),
+}
+
+/// What waits for a session-state write to be durable.
+enum Waiter {
+    /// The acknowledgement batch of this sequence number (PUBRECs, a PUBCOMP).
+    Acks(u64),
+    /// The PUBREL of an outbound id the client PUBREC'd.
+    Pubrel(u16),
 }
 
 /// A publish decoded this turn, not yet handed to the core.
@@ -145,7 +206,16 @@ struct Conn {
     pending: Vec<Pending>,
     acks: VecDeque<AckBatch>,
     next_seq: u64,
-    done_tx: mpsc::UnboundedSender<(u64, bool)>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    /// The session state changed this turn: write its record (persistent sessions).
+    state_dirty: bool,
+    /// What waits for this turn's state write.
+    state_waiters: Vec<Waiter>,
+    /// Core deliveries PUBREC'd this turn, acked once their PUBREL'd id is durable.
+    state_settles: Vec<(Arc<Queue>, u64)>,
+    /// State writes in flight, by number, with what waits for each.
+    state_writes: VecDeque<(u64, Vec<Waiter>)>,
+    next_write: u64,
     will: Option<Will>,
     published: bool,
     blocked: bool,
@@ -203,7 +273,7 @@ where
         return;
     }
     let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, bool)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut out = BytesMut::new();
     let opened = open_session(&mqtt, connect, &peer, sink_tx, done_tx, &mut out).await;
     let (mut conn, attached) = match opened {
@@ -233,6 +303,7 @@ where
         conn.on_bytes(&mut inbuf);
     }
     loop {
+        conn.flush_state();
         conn.flush_acks();
         if !conn.out.is_empty() {
             if wr.write_all(&conn.out).await.is_err() {
@@ -284,7 +355,10 @@ where
                     }
                 }
             }
-            Some((seq, ok)) = done_rx.recv() => conn.on_done(seq, ok),
+            Some(d) = done_rx.recv() => match d {
+                Done::Publish(seq, ok) => conn.on_done(seq, ok),
+                Done::State(n, ok) => conn.on_state_done(n, ok),
+            },
             Ok(()) = flow.changed() => {
                 conn.blocked = flow.borrow_and_update().blocked();
             }
@@ -373,7 +447,7 @@ fn refuse(out: &mut BytesMut, version: ProtocolVersion, code: ReasonCode, why: &
 }
 
 /// A client id as logs show it: at most 64 characters (ids may hold 65,535 bytes).
-fn log_id(id: &str) -> String {
+pub(crate) fn log_id(id: &str) -> String {
     match id.char_indices().nth(64) {
         Some((i, _)) => format!("{}…", &id[..i]),
         None => id.to_owned(),
@@ -394,7 +468,7 @@ async fn open_session(
     c: Connect,
     peer: &str,
     sink: mpsc::UnboundedSender<ConsumerEvent>,
-    done_tx: mpsc::UnboundedSender<(u64, bool)>,
+    done_tx: mpsc::UnboundedSender<Done>,
     out: &mut BytesMut,
 ) -> Result<(Conn, Attached), ()> {
     let cfg = &mqtt.config;
@@ -617,9 +691,27 @@ async fn open_session(
         u16::MAX
     };
     let prefetch = u32::from(client_receive_max.min(cfg.max_inflight).max(1));
+    // The QoS 2 state of a resumed session: the previous connection's (this broker run),
+    // else its persisted record (after a restart). A session not resumed has none; its old
+    // record goes first, durably, so that a crash cannot bring back stale ids.
     let state = if session_present {
-        attached.state.take().unwrap_or_default()
+        attached
+            .state
+            .take()
+            .or_else(|| mqtt.load_state(&client_id))
+            .unwrap_or_default()
     } else {
+        match mqtt.session_state.set(&client_id, None) {
+            Ok(Some(c)) => {
+                if let Err(e) = c.await {
+                    tracing::warn!(client_id = %log_id(&client_id), error = %e, "deleting the MQTT session state failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(client_id = %log_id(&client_id), error = %e, "deleting the MQTT session state failed")
+            }
+        }
         SessionState::default()
     };
     let mut conn = Conn {
@@ -666,6 +758,11 @@ async fn open_session(
         acks: VecDeque::new(),
         next_seq: 0,
         done_tx,
+        state_dirty: false,
+        state_waiters: Vec::new(),
+        state_settles: Vec::new(),
+        state_writes: VecDeque::new(),
+        next_write: 0,
         will: c.will.clone(),
         published: false,
         blocked: false,
@@ -815,8 +912,20 @@ impl Conn {
             }
             Packet::Pubrec(r) => {
                 if let Some(f) = self.inflight.remove(&r.packet_id) {
-                    self.settle(f);
-                    if !r.reason_code.is_error() {
+                    if r.reason_code.is_error() {
+                        self.settle(f);
+                    } else if self.session_expiry > 0 {
+                        // Persistent: the id is durable before the core ack and the PUBREL
+                        // (see the module doc).
+                        self.state.outbound_pubrel.insert(r.packet_id);
+                        self.state_dirty = true;
+                        self.state_waiters.push(Waiter::Pubrel(r.packet_id));
+                        if let Some(src) = f.source {
+                            self.state_settles.push(src);
+                        }
+                        self.drain_backlog();
+                    } else {
+                        self.settle(f);
                         self.state.outbound_pubrel.insert(r.packet_id);
                         self.send(Packet::Pubrel(PubResponse::new(r.packet_id)));
                     }
@@ -832,7 +941,10 @@ impl Conn {
                 }
             }
             Packet::Pubcomp(r) => {
-                self.state.outbound_pubrel.remove(&r.packet_id);
+                // Not waited for: a removal lost in a crash only means one more PUBREL.
+                if self.state.outbound_pubrel.remove(&r.packet_id) && self.session_expiry > 0 {
+                    self.state_dirty = true;
+                }
             }
             Packet::Pubrel(r) => {
                 // Earlier acks first, so PUBCOMP never overtakes this id's PUBREC.
@@ -841,12 +953,25 @@ impl Conn {
                 if !self.state.inbound_qos2.remove(&r.packet_id) && self.v5() {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                if self.acks.is_empty() {
+                // A persisted id's removal is durable before PUBCOMP: after PUBCOMP the
+                // client may reuse the id for a new message, which a stale id would swallow.
+                let persisted = self.state.inbound_durable.remove(&r.packet_id);
+                if self.acks.is_empty() && !persisted {
                     self.send(Packet::Pubcomp(comp));
                 } else {
+                    let seq = if persisted {
+                        self.state_dirty = true;
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        self.state_waiters.push(Waiter::Acks(seq));
+                        seq
+                    } else {
+                        u64::MAX
+                    };
                     self.acks.push_back(AckBatch {
-                        seq: u64::MAX,
-                        done: Some(true),
+                        seq,
+                        done: (!persisted).then_some(true),
+                        confirm: Vec::new(),
                         acks: vec![Ack {
                             qos: QoS::AtMostOnce, // marks a PUBCOMP
                             packet_id: comp.packet_id,
@@ -1042,9 +1167,18 @@ impl Conn {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let confirm = if self.session_expiry > 0 {
+            acks.iter()
+                .filter(|a| a.qos == QoS::ExactlyOnce && !a.reason.is_error())
+                .map(|a| a.packet_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.acks.push_back(AckBatch {
             seq,
             done: None,
+            confirm,
             acks,
         });
         if batch.is_none() && commits.is_empty() {
@@ -1060,8 +1194,88 @@ impl Conn {
             for c in commits {
                 ok &= c.await.is_ok();
             }
-            let _ = done.send((seq, ok));
+            let _ = done.send(Done::Publish(seq, ok));
         });
+    }
+
+    /// Writes the session's QoS 2 state record if it changed this turn (one write per
+    /// turn); what waits for it is released once it is durable. Sessions that do not
+    /// persist write nothing and release at once.
+    fn flush_state(&mut self) {
+        if !self.state_dirty {
+            return;
+        }
+        self.state_dirty = false;
+        let n = self.next_write;
+        self.next_write += 1;
+        let waiters = std::mem::take(&mut self.state_waiters);
+        let settles = std::mem::take(&mut self.state_settles);
+        let commit = if self.session_expiry > 0 {
+            self.mqtt.store_state(&self.client_id, &self.state)
+        } else {
+            Ok(None)
+        };
+        self.state_writes.push_back((n, waiters));
+        match commit {
+            Ok(None) => {
+                for (q, id) in settles {
+                    self.ack_later(&q, id);
+                }
+                self.on_state_done(n, true);
+            }
+            Ok(Some(c)) => {
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let ok = c.await.is_ok();
+                    // The deliveries' ids are durable: ack them in the core, whether or not
+                    // the connection is still there.
+                    ack_grouped(settles);
+                    let _ = done.send(Done::State(n, ok));
+                });
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %self.log_id, error = %e, "MQTT session state not persisted");
+                for (q, id) in settles {
+                    self.ack_later(&q, id);
+                }
+                self.on_state_done(n, false);
+            }
+        }
+    }
+
+    /// A state write is durable (or failed): release what waited for it.
+    fn on_state_done(&mut self, n: u64, ok: bool) {
+        if !ok {
+            tracing::warn!(client_id = %self.log_id, "MQTT session state write failed");
+        }
+        let Some(pos) = self.state_writes.iter().position(|(w, _)| *w == n) else {
+            return;
+        };
+        let Some((_, waiters)) = self.state_writes.remove(pos) else {
+            return;
+        };
+        for w in waiters {
+            match w {
+                Waiter::Acks(seq) => {
+                    if let Some(b) = self.acks.iter_mut().find(|b| b.seq == seq) {
+                        b.done = Some(ok);
+                    }
+                }
+                Waiter::Pubrel(pid) => {
+                    if self.state.outbound_pubrel.contains(&pid) {
+                        self.send(Packet::Pubrel(PubResponse::new(pid)));
+                    }
+                }
+            }
+        }
+        // Credit freed by the core acks is shared across this connection's queues.
+        if self.sources.len() > 1 {
+            let now = now_ms();
+            for s in self.sources.values() {
+                s.queue.kick(now);
+            }
+        }
+        self.release_acks();
     }
 
     /// Acknowledgements not yet sent (publishes awaiting durability, and what queues
@@ -1070,11 +1284,31 @@ impl Conn {
         self.acks.iter().map(|b| b.acks.len()).sum()
     }
 
-    /// A publish batch is durable (or failed): release acks in order.
+    /// A publish batch is durable (or failed): persist its QoS 2 ids (persistent session),
+    /// or release acks in order.
     fn on_done(&mut self, seq: u64, ok: bool) {
         if let Some(b) = self.acks.iter_mut().find(|b| b.seq == seq) {
-            b.done = Some(ok);
+            let mut persist = false;
+            if ok {
+                for id in std::mem::take(&mut b.confirm) {
+                    // Not if a PUBREL already removed it (a client that did not wait).
+                    if self.state.inbound_qos2.contains(&id) {
+                        persist |= self.state.inbound_durable.insert(id);
+                    }
+                }
+            }
+            if persist {
+                self.state_dirty = true;
+                self.state_waiters.push(Waiter::Acks(seq));
+            } else {
+                b.done = Some(ok);
+            }
         }
+        self.release_acks();
+    }
+
+    /// Sends the acknowledgements whose batches are resolved, in order.
+    fn release_acks(&mut self) {
         while let Some(Some(ok)) = self.acks.front().map(|b| b.done) {
             let Some(b) = self.acks.pop_front() else {
                 break;
@@ -1096,6 +1330,9 @@ impl Conn {
                     QoS::ExactlyOnce => {
                         if r.reason_code.is_error() {
                             self.state.inbound_qos2.remove(&a.packet_id);
+                            if self.state.inbound_durable.remove(&a.packet_id) {
+                                self.state_dirty = true;
+                            }
                         }
                         self.send(Packet::Pubrec(r));
                     }
@@ -1590,6 +1827,12 @@ impl Conn {
     // ------------------------------------------------------------------ end
 
     fn cleanup(&mut self) {
+        // The last state change: written (its core acks follow its commit even though the
+        // connection is gone), or released at once if the session does not persist.
+        self.flush_state();
+        if self.session_expiry == 0 {
+            self.mqtt.drop_state(&self.client_id);
+        }
         self.flush_acks();
         let now = now_ms();
         // Unacked deliveries go back (redelivered: DUP on the next connection).
@@ -1651,6 +1894,24 @@ impl Conn {
             }
         }
         tracing::debug!(peer = %self.peer, client_id = %self.log_id, "MQTT connection ended");
+    }
+}
+
+/// Acks core deliveries, one call per queue.
+fn ack_grouped(settles: Vec<(Arc<Queue>, u64)>) {
+    if settles.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let mut by_queue: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for (q, id) in settles {
+        match by_queue.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &q)) {
+            Some((_, ids)) => ids.push(id),
+            None => by_queue.push((q, vec![id])),
+        }
+    }
+    for (q, ids) in by_queue {
+        q.ack(&ids, now);
     }
 }
 

@@ -8,7 +8,8 @@
 //!   options ⇄ binding arguments (pure);
 //! - [`alias`]: topic alias tables, both directions (pure);
 //! - [`retained`]: the per-vhost retained store, persisted as a log of set/clear records;
-//! - [`session`]: the in-memory session registry (takeover, QoS 2 state across reconnects);
+//! - [`session`]: the session registry (takeover, QoS 2 state across reconnects) and the
+//!   persisted record of a persistent session's QoS 2 packet ids;
 //! - `connection`: one task per connection — CONNECT, the packet loop, publishing with
 //!   durable acks, deliveries with packet ids, keep-alive, wills, flow control;
 //! - [`error`]: the adapter's errors.
@@ -98,6 +99,9 @@ pub struct Mqtt {
     /// session that expired while the broker was down is not resumed after a restart (a
     /// queue's `x-expires` lease restarts with the broker, as in RabbitMQ).
     pub(crate) session_ends: retained::RetainedStore,
+    /// Persistent sessions' QoS 2 packet-id sets (`session::STATE_LOG_KIND`, key = client
+    /// id, body = `SessionState::encode_record`), for exactly-once across a restart.
+    pub(crate) session_state: retained::RetainedStore,
     pub(crate) sessions: session::Registry,
     pub(crate) stop: watch::Sender<bool>,
     open: AtomicUsize,
@@ -140,6 +144,12 @@ impl Mqtt {
             &config.vhost,
             usize::MAX,
         )?;
+        let session_state = retained::RetainedStore::open_kind(
+            broker.storage().clone(),
+            session::STATE_LOG_KIND,
+            &config.vhost,
+            usize::MAX,
+        )?;
         // Sessions that expired while the broker was down end now.
         for client_id in session_ends.expired_keys(ferrymq_core::clock::now_ms()) {
             let queue = mapping::queue_name(connection::SESSION_QUEUE_PREFIX, &client_id);
@@ -150,6 +160,15 @@ impl Mqtt {
                 }
             }
             drop(session_ends.set(&client_id, None)?);
+            drop(session_state.set(&client_id, None)?);
+        }
+        // The state of a session whose queue is gone (expired through its `x-expires`,
+        // deleted by management) is not resumed by anyone.
+        for client_id in session_state.keys() {
+            let queue = mapping::queue_name(connection::SESSION_QUEUE_PREFIX, &client_id);
+            if vh.queue(&queue).is_none() {
+                drop(session_state.set(&client_id, None)?);
+            }
         }
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Mqtt {
@@ -157,6 +176,7 @@ impl Mqtt {
             config,
             retained,
             session_ends,
+            session_state,
             sessions: session::Registry::default(),
             stop,
             open: AtomicUsize::new(0),
@@ -165,6 +185,40 @@ impl Mqtt {
 
     pub(crate) fn vhost(&self) -> Option<Arc<VHost>> {
         self.broker.vhost(&self.config.vhost)
+    }
+
+    /// The persisted QoS 2 state of a persistent session, if it has a readable record.
+    pub(crate) fn load_state(&self, client_id: &str) -> Option<session::SessionState> {
+        let r = self.session_state.get(client_id)?;
+        match session::SessionState::decode_record(&r.message.body) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(client_id = %connection::log_id(client_id), error = %e, "unreadable MQTT session state ignored");
+                None
+            }
+        }
+    }
+
+    /// Persists (or, when its persisted part is empty, deletes) the record of a persistent
+    /// session's QoS 2 state. Returns the commit to await before acting on it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub(crate) fn store_state(
+        &self,
+        client_id: &str,
+        state: &session::SessionState,
+    ) -> Result<Option<ferrymq_storage::Commit>, Error> {
+        let rec = (!state.persisted_is_empty())
+            .then(|| ferrymq_core::Message::new(String::new(), state.encode_record()));
+        self.session_state.set(client_id, rec)
+    }
+
+    /// Deletes the QoS 2 state record of a session that ended (clean or expired).
+    pub(crate) fn drop_state(&self, client_id: &str) {
+        if let Err(e) = self.session_state.set(client_id, None) {
+            tracing::warn!(client_id = %connection::log_id(client_id), error = %e, "deleting the MQTT session state failed");
+        }
     }
 
     /// Asks every connection to end (MQTT 5: DISCONNECT 0x8B Server shutting down).

@@ -324,6 +324,11 @@ impl RetainedStore {
         self.lock().map.get(key).cloned()
     }
 
+    /// Every key held.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().map.keys().cloned().collect()
+    }
+
     /// Keys whose entry has expired at `now`.
     pub fn expired_keys(&self, now: i64) -> Vec<String> {
         let st = self.lock();

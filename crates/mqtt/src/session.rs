@@ -1,14 +1,18 @@
-//! The in-memory session registry: which connection holds each client id (session
-//! takeover), and the protocol state a persistent session keeps between connections that
-//! is not in the core: QoS 2 packet ids awaiting PUBREL (inbound) and PUBCOMP (outbound),
-//! and shared subscriptions. Subscriptions and queued messages live in the core (the
-//! session queue and its bindings), so they also survive a broker restart; this state does
-//! not (see ARCHITECTURE.md).
+//! The session registry: which connection holds each client id (session takeover), and the
+//! protocol state a persistent session keeps between connections that is not in the core:
+//! QoS 2 packet ids awaiting PUBREL (inbound) and PUBCOMP (outbound), and shared
+//! subscriptions. Subscriptions (shared ones as bindings from `mqtt.shared-subscriptions`)
+//! and queued messages live in the core, so they survive a broker restart with it. The
+//! QoS 2 packet-id sets of a persistent session are also persisted, as one record per
+//! client id in the keyed log [`STATE_LOG_KIND`] (see [`SessionState::encode_record`] for
+//! the layout, and the `connection` module for when records are written and why in that
+//! order).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::mapping::Sub;
@@ -16,15 +20,110 @@ use crate::mapping::Sub;
 /// How long a new connection waits for the one it takes over to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
+/// Storage kind of the logs holding persistent sessions' QoS 2 packet-id sets (key = client
+/// id, one record per session whose sets are not empty).
+pub const STATE_LOG_KIND: &str = "mqtt-session-state";
+/// Version byte of a session-state record.
+const STATE_VERSION: u8 = 1;
+/// Largest valid session-state record: the version and two lists of at most 65,535 ids.
+pub const STATE_RECORD_MAX: usize = 1 + 2 * (2 + 2 * u16::MAX as usize);
+
 /// Protocol state carried from one connection of a persistent session to the next.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SessionState {
     /// Inbound QoS 2 packet ids PUBREC'd (or being stored), awaiting PUBREL.
     pub inbound_qos2: BTreeSet<u16>,
-    /// Outbound QoS 2 packet ids PUBREL'd, awaiting PUBCOMP.
+    /// The part of `inbound_qos2` whose message is durable and that is (being) persisted:
+    /// only these may be answered as duplicates after a restart.
+    pub inbound_durable: BTreeSet<u16>,
+    /// Outbound QoS 2 packet ids PUBREC'd by the client, awaiting PUBCOMP.
     pub outbound_pubrel: BTreeSet<u16>,
-    /// Shared subscriptions by their full `$share/...` filter.
+    /// Shared subscriptions by their full `$share/...` filter (in memory only: their
+    /// durable copy is the membership bindings, which go away with the session queue).
     pub shared: Vec<(String, Sub)>,
+}
+
+/// Why a session-state record read back from disk was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("session-state record is empty")]
+    Empty,
+    #[error("session-state record version {0} is not supported")]
+    Version(u8),
+    #[error("session-state record of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("session-state record is truncated")]
+    Truncated,
+    #[error("session-state record holds packet id 0 or ids out of order")]
+    BadId,
+    #[error("session-state record has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+impl SessionState {
+    /// True when nothing needs persisting (a session without a record).
+    pub fn persisted_is_empty(&self) -> bool {
+        self.inbound_durable.is_empty() && self.outbound_pubrel.is_empty()
+    }
+
+    /// The persisted part as a record: `version u8 = 1 | n u16 | n × inbound id u16 |
+    /// m u16 | m × outbound id u16`, big-endian, ids strictly increasing and non-zero.
+    pub fn encode_record(&self) -> Bytes {
+        let n = self.inbound_durable.len() + self.outbound_pubrel.len();
+        let mut b = BytesMut::with_capacity(5 + 2 * n);
+        b.put_u8(STATE_VERSION);
+        for set in [&self.inbound_durable, &self.outbound_pubrel] {
+            // A set of u16 ids other than 0 holds at most 65,535 of them.
+            let ids: Vec<u16> = set.iter().copied().filter(|&i| i != 0).collect();
+            b.put_u16(u16::try_from(ids.len()).unwrap_or(u16::MAX));
+            for id in ids.into_iter().take(u16::MAX as usize) {
+                b.put_u16(id);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Reads a record written by [`SessionState::encode_record`]; `inbound_qos2` is the
+    /// durable inbound set. Every count is checked against the bytes present.
+    ///
+    /// # Errors
+    /// A record that is empty, of an unknown version, larger than [`STATE_RECORD_MAX`],
+    /// truncated, with trailing bytes, or holding id 0 or unsorted ids.
+    pub fn decode_record(b: &[u8]) -> Result<SessionState, StateError> {
+        if b.len() > STATE_RECORD_MAX {
+            return Err(StateError::TooLarge(b.len()));
+        }
+        let (&version, mut rest) = b.split_first().ok_or(StateError::Empty)?;
+        if version != STATE_VERSION {
+            return Err(StateError::Version(version));
+        }
+        let mut sets: [BTreeSet<u16>; 2] = Default::default();
+        for set in &mut sets {
+            let n = rest.get(..2).ok_or(StateError::Truncated)?;
+            let n = usize::from(u16::from_be_bytes([n[0], n[1]]));
+            let ids = rest.get(2..2 + 2 * n).ok_or(StateError::Truncated)?;
+            let mut last = 0u16;
+            for c in ids.chunks_exact(2) {
+                let id = u16::from_be_bytes([c[0], c[1]]);
+                if id <= last {
+                    return Err(StateError::BadId);
+                }
+                last = id;
+                set.insert(id);
+            }
+            rest = &rest[2 + 2 * n..];
+        }
+        if !rest.is_empty() {
+            return Err(StateError::Trailing(rest.len()));
+        }
+        let [inbound, outbound] = sets;
+        Ok(SessionState {
+            inbound_qos2: inbound.clone(),
+            inbound_durable: inbound,
+            outbound_pubrel: outbound,
+            shared: Vec::new(),
+        })
+    }
 }
 
 struct Active {
@@ -145,6 +244,97 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(inbound: &[u16], outbound: &[u16]) -> SessionState {
+        let inbound: BTreeSet<u16> = inbound.iter().copied().collect();
+        SessionState {
+            inbound_qos2: inbound.clone(),
+            inbound_durable: inbound,
+            outbound_pubrel: outbound.iter().copied().collect(),
+            shared: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn state_records_round_trip() {
+        for st in [
+            state(&[], &[]),
+            state(&[1], &[]),
+            state(&[], &[65_535]),
+            state(&[1, 2, 300, 65_535], &[7, 9]),
+        ] {
+            let rec = st.encode_record();
+            assert_eq!(SessionState::decode_record(&rec), Ok(st));
+        }
+        // Golden layout.
+        assert_eq!(
+            &state(&[1, 258], &[3]).encode_record()[..],
+            &[1, 0, 2, 0, 1, 1, 2, 0, 1, 0, 3]
+        );
+        // Only the durable part of the inbound set is written.
+        let mut st = state(&[], &[]);
+        st.inbound_qos2.insert(5);
+        assert!(st.persisted_is_empty());
+        assert_eq!(&st.encode_record()[..], &[1, 0, 0, 0, 0]);
+        // The largest possible record is within the limit.
+        let all: Vec<u16> = (1..=u16::MAX).collect();
+        let big = state(&all, &all).encode_record();
+        assert_eq!(big.len(), STATE_RECORD_MAX);
+        assert_eq!(
+            SessionState::decode_record(&big)
+                .unwrap()
+                .inbound_durable
+                .len(),
+            65_535
+        );
+    }
+
+    #[test]
+    fn damaged_state_records_are_refused_without_panic() {
+        let rec = state(&[1, 2, 300], &[7, 9]).encode_record();
+        // Every truncation.
+        for n in 0..rec.len() {
+            assert!(
+                SessionState::decode_record(&rec[..n]).is_err(),
+                "cut at {n}"
+            );
+        }
+        assert_eq!(SessionState::decode_record(&[]), Err(StateError::Empty));
+        assert_eq!(
+            SessionState::decode_record(&[9, 0, 0, 0, 0]),
+            Err(StateError::Version(9))
+        );
+        // Counts larger than the bytes present.
+        assert_eq!(
+            SessionState::decode_record(&[1, 0xff, 0xff, 0, 1]),
+            Err(StateError::Truncated)
+        );
+        assert_eq!(
+            SessionState::decode_record(&[1, 0, 0, 0, 0, 0]),
+            Err(StateError::Trailing(1))
+        );
+        assert_eq!(
+            SessionState::decode_record(&[1, 0, 1, 0, 0, 0, 0]),
+            Err(StateError::BadId)
+        );
+        assert_eq!(
+            SessionState::decode_record(&[1, 0, 2, 0, 5, 0, 5, 0, 0]),
+            Err(StateError::BadId)
+        );
+        let huge = vec![1u8; STATE_RECORD_MAX + 1];
+        assert_eq!(
+            SessionState::decode_record(&huge),
+            Err(StateError::TooLarge(STATE_RECORD_MAX + 1))
+        );
+        // Every single-byte corruption decodes to something or an error, never a panic.
+        for i in 0..rec.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = rec.to_vec();
+                b[i] = v;
+                let _ = SessionState::decode_record(&b);
+            }
+        }
+    }
 
     #[tokio::test]
     async fn takeover_kicks_and_waits_for_the_old_connection() {

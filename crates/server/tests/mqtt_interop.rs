@@ -533,3 +533,171 @@ async fn shared_subscriptions_of_persistent_sessions_survive_kill_9() {
     );
     assert_eq!(got[1].topic, "plain/1");
 }
+
+/// Sends a QoS 2 PUBLISH (no flow) and waits for its PUBREC.
+async fn publish_qos2_until_pubrec(c: &mut Client, topic: &str, body: &[u8], pid: u16, dup: bool) {
+    c.send(Packet::Publish(Publish {
+        dup,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(pid),
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(body),
+    }))
+    .await;
+    match c.recv().await {
+        Packet::Pubrec(r) => {
+            assert_eq!(r.packet_id, pid);
+            assert!(!r.reason_code.is_error(), "{:?}", r.reason_code);
+        }
+        p => panic!("expected PUBREC, got {p:?}"),
+    }
+}
+
+async fn pubrel_until_pubcomp(c: &mut Client, pid: u16) -> ReasonCode {
+    c.send(Packet::Pubrel(PubResponse::new(pid))).await;
+    match c.recv().await {
+        Packet::Pubcomp(r) => {
+            assert_eq!(r.packet_id, pid);
+            r.reason_code
+        }
+        p => panic!("expected PUBCOMP, got {p:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publish_resent_across_kill_9_is_delivered_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let mut sub = Client::v311(addr, "once-sub", false).await;
+        sub.subscribe(1, "once/#", QoS::AtLeastOnce).await;
+        sub.disconnect().await;
+        let mut publ = Client::v311(addr, "once-pub", false).await;
+        // PUBREC: the message and its packet id are durable. No PUBREL before the crash.
+        publish_qos2_until_pubrec(&mut publ, "once/x", b"once", 7, false).await;
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let addr = listening(&server, "MQTT");
+    let (mut publ, a) = Client::connect(
+        addr,
+        connect_packet(ProtocolVersion::V3_1_1, "once-pub", false),
+    )
+    .await;
+    assert!(a.session_present);
+    // A client that lost the PUBREC in the crash resends with DUP: answered, not published.
+    publish_qos2_until_pubrec(&mut publ, "once/x", b"once", 7, true).await;
+    assert_eq!(
+        pubrel_until_pubcomp(&mut publ, 7).await,
+        ReasonCode::SUCCESS
+    );
+    // After PUBCOMP the id is free again: a new message with it is published.
+    publish_qos2_until_pubrec(&mut publ, "once/x", b"again", 7, false).await;
+    pubrel_until_pubcomp(&mut publ, 7).await;
+    publ.publish("once/x", b"marker", QoS::AtLeastOnce, false, 8)
+        .await;
+    let (mut sub, a) = Client::connect(
+        addr,
+        connect_packet(ProtocolVersion::V3_1_1, "once-sub", false),
+    )
+    .await;
+    assert!(a.session_present);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(sub.expect_publish().await.payload);
+    }
+    // A second copy of "once" would come before the marker (one queue, FIFO).
+    assert_eq!(got, vec![&b"once"[..], b"again", b"marker"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubrel_pending_outbound_id_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let pid;
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let mut sub = Client::v311(addr, "rel-sub", false).await;
+        sub.subscribe(1, "rel/#", QoS::ExactlyOnce).await;
+        let mut publ = Client::v311(addr, "rel-pub", true).await;
+        publ.publish("rel/x", b"one", QoS::ExactlyOnce, false, 1)
+            .await;
+        let p = match sub.recv().await {
+            Packet::Publish(p) => p,
+            p => panic!("expected PUBLISH, got {p:?}"),
+        };
+        assert_eq!(&p.payload[..], b"one");
+        pid = p.packet_id.unwrap();
+        sub.send(Packet::Pubrec(PubResponse::new(pid))).await;
+        // PUBREL: the id is durable (and the message acked in the core). No PUBCOMP.
+        match sub.recv().await {
+            Packet::Pubrel(r) => assert_eq!(r.packet_id, pid),
+            p => panic!("expected PUBREL, got {p:?}"),
+        }
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let addr = listening(&server, "MQTT");
+    let (mut sub, a) = Client::connect(
+        addr,
+        connect_packet(ProtocolVersion::V3_1_1, "rel-sub", false),
+    )
+    .await;
+    assert!(a.session_present);
+    // The PUBREL is resent, and the message is not delivered again.
+    match sub.recv().await {
+        Packet::Pubrel(r) => assert_eq!(r.packet_id, pid),
+        p => panic!("expected the PUBREL again, got {p:?}"),
+    }
+    sub.send(Packet::Pubcomp(PubResponse::new(pid))).await;
+    let mut publ = Client::v311(addr, "rel-pub", true).await;
+    publ.publish("rel/x", b"two", QoS::AtLeastOnce, false, 1)
+        .await;
+    let p = sub.expect_publish().await;
+    assert_eq!(&p.payload[..], b"two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_start_leaves_no_qos2_state_behind_across_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let connect = |clean: bool| {
+        let mut c = connect_packet(ProtocolVersion::V5, "cs-pub", clean);
+        c.properties.session_expiry_interval = Some(300);
+        c
+    };
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let (mut publ, _) = Client::connect(addr, connect(false)).await;
+        // Id 9 persisted, awaiting PUBREL; the connection ends.
+        publish_qos2_until_pubrec(&mut publ, "cs/x", b"old", 9, false).await;
+        publ.disconnect().await;
+        // Clean start, persistent again: the old session and its ids are gone.
+        let (publ, a) = Client::connect(addr, connect(true)).await;
+        assert!(!a.session_present);
+        publ.disconnect().await;
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let addr = listening(&server, "MQTT");
+    let mut sub = Client::v5(addr, "cs-sub", true).await;
+    sub.subscribe(1, "cs/#", QoS::AtLeastOnce).await;
+    let (mut publ, a) = Client::connect(addr, connect(false)).await;
+    assert!(a.session_present, "the clean-started session persisted");
+    // A stale id 9 would answer this new message as a duplicate and drop it.
+    publish_qos2_until_pubrec(&mut publ, "cs/x", b"new", 9, false).await;
+    pubrel_until_pubcomp(&mut publ, 9).await;
+    publ.publish("cs/x", b"marker", QoS::AtLeastOnce, false, 10)
+        .await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"new");
+    assert_eq!(&sub.expect_publish().await.payload[..], b"marker");
+}
