@@ -355,10 +355,17 @@ where
                     }
                 }
             }
-            Some(d) = done_rx.recv() => match d {
-                Done::Publish(seq, ok) => conn.on_done(seq, ok),
-                Done::State(n, ok) => conn.on_state_done(n, ok),
-            },
+            Some(d) = done_rx.recv() => {
+                // Everything already resolved, so that one state write covers it all.
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    match d {
+                        Done::Publish(seq, ok) => conn.on_done(seq, ok),
+                        Done::State(n, ok) => conn.on_state_done(n, ok),
+                    }
+                    next = done_rx.try_recv().ok();
+                }
+            }
             Ok(()) = flow.changed() => {
                 conn.blocked = flow.borrow_and_update().blocked();
             }

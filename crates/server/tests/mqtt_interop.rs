@@ -582,6 +582,26 @@ async fn qos2_publish_resent_across_kill_9_is_delivered_once() {
         server.signal(libc::SIGKILL);
         server.wait_exit();
     }
+    {
+        let mut server = serve(tmp.path(), &data, &[]);
+        let addr = listening(&server, "MQTT");
+        let (mut publ, a) = Client::connect(
+            addr,
+            connect_packet(ProtocolVersion::V3_1_1, "once-pub", false),
+        )
+        .await;
+        assert!(a.session_present);
+        // A client that lost the PUBREC in the crash resends with DUP: answered, not
+        // published.
+        publish_qos2_until_pubrec(&mut publ, "once/x", b"once", 7, true).await;
+        // PUBCOMP: the id's removal is durable.
+        assert_eq!(
+            pubrel_until_pubcomp(&mut publ, 7).await,
+            ReasonCode::SUCCESS
+        );
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
     let server = serve(tmp.path(), &data, &[]);
     let addr = listening(&server, "MQTT");
     let (mut publ, a) = Client::connect(
@@ -590,13 +610,8 @@ async fn qos2_publish_resent_across_kill_9_is_delivered_once() {
     )
     .await;
     assert!(a.session_present);
-    // A client that lost the PUBREC in the crash resends with DUP: answered, not published.
-    publish_qos2_until_pubrec(&mut publ, "once/x", b"once", 7, true).await;
-    assert_eq!(
-        pubrel_until_pubcomp(&mut publ, 7).await,
-        ReasonCode::SUCCESS
-    );
-    // After PUBCOMP the id is free again: a new message with it is published.
+    // After PUBCOMP the id is free again, a crash notwithstanding: a new message with it is
+    // published.
     publish_qos2_until_pubrec(&mut publ, "once/x", b"again", 7, false).await;
     pubrel_until_pubcomp(&mut publ, 7).await;
     publ.publish("once/x", b"marker", QoS::AtLeastOnce, false, 8)
