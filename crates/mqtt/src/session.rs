@@ -336,6 +336,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn state_records_survive_reopen_in_their_own_log() {
+        use crate::retained::RetainedStore;
+        use ferrymq_storage::{Storage, StorageConfig};
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(&[4, 5], &[9]);
+        {
+            let s = Storage::open(tmp.path(), StorageConfig::default()).unwrap();
+            let log = RetainedStore::open_kind(s, STATE_LOG_KIND, "/", usize::MAX).unwrap();
+            let m = ferrymq_core::Message::new(String::new(), st.encode_record());
+            log.set("dev", Some(m)).unwrap().unwrap().wait().unwrap();
+            let m = ferrymq_core::Message::new(String::new(), Bytes::from_static(&[1, 0xff]));
+            log.set("bad", Some(m)).unwrap().unwrap().wait().unwrap();
+        }
+        let s = Storage::open(tmp.path(), StorageConfig::default()).unwrap();
+        let log = RetainedStore::open_kind(s.clone(), STATE_LOG_KIND, "/", usize::MAX).unwrap();
+        let back = log.get("dev").unwrap();
+        assert_eq!(SessionState::decode_record(&back.message.body), Ok(st));
+        let bad = log.get("bad").unwrap();
+        assert_eq!(
+            SessionState::decode_record(&bad.message.body),
+            Err(StateError::Truncated)
+        );
+        // Apart from the other keyed logs of the vhost.
+        assert!(crate::retained::RetainedStore::open(s, "/", 10)
+            .unwrap()
+            .is_empty());
+    }
+
     #[tokio::test]
     async fn takeover_kicks_and_waits_for_the_old_connection() {
         let r = std::sync::Arc::new(Registry::default());
