@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mqtt_support import V5, V311, unique, xfail_on
+from mqtt_support import PUBCOMP, PUBREC, PUBREL, V5, V311, unique, xfail_on
 
 N = 20
 
@@ -115,4 +115,50 @@ def test_v5_session_expiry_still_applies_after_restart(own_server, mq):
     target = own_server.start()
     back = mq(V5, target=target, client_id=cid, clean=False, session_expiry=60)
     assert back.connack[:2] == (0, False)
+    assert own_server.stop() == 0
+
+
+def connect_raw_persistent(r, cid, version):
+    if version == V5:
+        return r.connect(client_id=cid, clean=False, properties=dict(SessionExpiryInterval=3600))
+    return r.connect(client_id=cid, clean=False)
+
+
+MOSQUITTO_QOS2_STATE = xfail_on("mosquitto", "Mosquitto keeps QoS 2 packet ids in memory between "
+                                             "database saves: the resend after SIGKILL may be "
+                                             "delivered again", strict=False)
+
+
+@pytest.mark.parametrize("version", [pytest.param(V311, marks=MOSQUITTO_QOS2_STATE),
+                                     pytest.param(V5, marks=MOSQUITTO_V5_SESSIONS)])
+def test_qos2_publish_resent_after_sigkill_is_delivered_once(own_server, mq, raw, version):
+    """Client -> server across a crash: PUBREC received, the server killed before PUBREL; after
+    the restart the client resends the PUBLISH with DUP (PUBREC again, not published), then
+    PUBREL gets PUBCOMP. The persistent subscriber gets the message once."""
+    target = own_server.start()
+    sub_id, pub_id = unique("q2dsub-"), unique("q2dpub-")
+    topic = "it/durable/%s" % unique("q2")
+    s = persistent(mq, target, version, sub_id, clean=True)
+    assert s.subscribe(topic, 1) == [1]
+    s.disconnect()
+    r = raw(version, target=target)
+    assert connect_raw_persistent(r, pub_id, version).rc == 0
+    r.publish(topic, b"once", qos=2, pid=7)
+    assert r.expect(PUBREC).pid == 7
+    own_server.kill()
+    target = own_server.start()
+    r = raw(version, target=target)
+    ack = connect_raw_persistent(r, pub_id, version)
+    assert (ack.rc, ack.session_present) == (0, True)
+    r.publish(topic, b"once", qos=2, pid=7, dup=True)
+    assert r.expect(PUBREC).pid == 7
+    r.ack(PUBREL, 7)
+    comp = r.expect(PUBCOMP)
+    assert (comp.pid, comp.rc) == (7, 0)
+    mq(version, target=target).publish(topic, b"marker", qos=1)
+    back = persistent(mq, target, version, sub_id)
+    assert back.connack[:2] == (0, True)
+    # A second copy would come before the marker.
+    assert [m.payload for m in back.get_n(2)] == [b"once", b"marker"]
+    back.disconnect()
     assert own_server.stop() == 0
