@@ -40,8 +40,9 @@
 //!   (answered with PUBCOMP, MQTT 5 maybe with 0x92).
 //!
 //! Mosquitto (with `persistence true`) keeps all of this in memory and writes its database
-//! every `autosave_interval` (30 min by default) and at a clean shutdown, so after `kill -9`
-//! it may lose or repeat QoS 2 messages and ids either way.
+//! every `autosave_interval` (30 min by default; with `autosave_on_changes`, after that many
+//! changes) and at a clean shutdown, so with its defaults a `kill -9` may lose or repeat QoS
+//! 2 messages and ids either way.
 //! Shared subscriptions are not in the record: their durable copy is the membership
 //! bindings from `mqtt.shared-subscriptions`, which go away with the session queue. A
 //! session that ends (clean start, expiry 0, expiry passed) has its record deleted; at a

@@ -124,13 +124,7 @@ def connect_raw_persistent(r, cid, version):
     return r.connect(client_id=cid, clean=False)
 
 
-MOSQUITTO_QOS2_STATE = xfail_on("mosquitto", "Mosquitto keeps QoS 2 packet ids in memory between "
-                                             "database saves: the resend after SIGKILL may be "
-                                             "delivered again", strict=False)
-
-
-@pytest.mark.parametrize("version", [pytest.param(V311, marks=MOSQUITTO_QOS2_STATE),
-                                     pytest.param(V5, marks=MOSQUITTO_V5_SESSIONS)])
+@pytest.mark.parametrize("version", [V311, pytest.param(V5, marks=MOSQUITTO_V5_SESSIONS)])
 def test_qos2_publish_resent_after_sigkill_is_delivered_once(own_server, mq, raw, version):
     """Client -> server across a crash: PUBREC received, the server killed before PUBREL; after
     the restart the client resends the PUBLISH with DUP (PUBREC again, not published), then
