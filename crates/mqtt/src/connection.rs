@@ -1333,6 +1333,12 @@ impl Conn {
                     ReasonCode::UNSPECIFIED_ERROR
                 };
                 match a.qos {
+                    // PUBCOMP has no failure code: without a durable removal, close instead;
+                    // the client sends PUBREL again on its next connection.
+                    QoS::AtMostOnce if !ok => {
+                        self.fail(ReasonCode::UNSPECIFIED_ERROR, "session state not durable");
+                        return;
+                    }
                     QoS::AtMostOnce => self.send(Packet::Pubcomp(r)),
                     QoS::AtLeastOnce => self.send(Packet::Puback(r)),
                     QoS::ExactlyOnce => {
