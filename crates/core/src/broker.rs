@@ -280,6 +280,29 @@ pub(crate) struct Shared {
     flow: watch::Sender<FlowState>,
     /// Recently verified passwords (see `auth::VerifiedCache`).
     verified: VerifiedCache,
+    /// Compiled permission patterns.
+    perm_regex: RwLock<HashMap<String, Arc<regex_lite::Regex>>>,
+}
+
+/// The three kinds of permission (RabbitMQ's model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create and delete resources (declare, delete; Kafka create/delete topics).
+    Configure,
+    /// Publish into them (publish to an exchange, produce to a topic, bind *to* a queue).
+    Write,
+    /// Consume from them (consume, get, purge, bind *from* an exchange, fetch).
+    Read,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
 }
 
 impl Shared {
@@ -405,6 +428,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             flow,
             verified: VerifiedCache::new(),
+            perm_regex: RwLock::new(HashMap::new()),
         });
         let (stop, _) = watch::channel(false);
         let broker = Arc::new(Broker {
@@ -879,6 +903,81 @@ impl Broker {
             )));
         }
         Ok(vh)
+    }
+
+    /// Checks that `user` may `access` the resource `name` (a queue, stream, exchange, or an
+    /// adapter's own resource kind such as a Kafka consumer group) in `vhost`: RabbitMQ's
+    /// model, the permission's configure / write / read regular expression must match the
+    /// name anywhere (an empty pattern matches nothing). The default exchange is checked as
+    /// `amq.default`, as RabbitMQ does.
+    ///
+    /// # Errors
+    /// `AccessRefused` with RabbitMQ's wording ("access to queue 'q' in vhost '/' refused
+    /// for user 'u'"), also for a user without any permission on the vhost.
+    pub fn authorize(
+        &self,
+        user: &str,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<()> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let refused = || {
+            CoreError::AccessRefused(format!(
+                "{} access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'",
+                access.as_str()
+            ))
+        };
+        let Some(p) = self.permission(user, vhost) else {
+            return Err(refused());
+        };
+        let pattern = match access {
+            Access::Configure => &p.configure,
+            Access::Write => &p.write,
+            Access::Read => &p.read,
+        };
+        if pattern.is_empty() {
+            return Err(refused());
+        }
+        if pattern == ".*" {
+            return Ok(());
+        }
+        let re = {
+            let cache = self
+                .shared
+                .perm_regex
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            cache.get(pattern.as_str()).cloned()
+        };
+        let re = match re {
+            Some(re) => re,
+            None => {
+                let re = Arc::new(regex_lite::Regex::new(pattern).map_err(|e| {
+                    CoreError::InvalidArgument(format!("permission pattern {pattern:?}: {e}"))
+                })?);
+                let mut cache = self
+                    .shared
+                    .perm_regex
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(pattern.clone(), re.clone());
+                re
+            }
+        };
+        if re.is_match(name) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
     }
 
     // ------------------------------------------------------------- definitions

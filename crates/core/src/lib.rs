@@ -31,8 +31,8 @@ mod timer;
 pub mod vhost;
 
 pub use broker::{
-    Broker, ChannelHandle, ChannelRegistration, ConnectionHandle, ConnectionInfo, Definitions,
-    FlowState, Permission, User,
+    Access, Broker, ChannelHandle, ChannelRegistration, ConnectionHandle, ConnectionInfo,
+    Definitions, FlowState, Permission, User,
 };
 pub use config::{BrokerConfig, VhostLimits};
 pub use error::{CoreError, Result};

@@ -934,3 +934,51 @@ async fn passwords_stored_in_clear_by_older_versions_are_hashed_at_open() {
     assert!(!on_disk.contains("old-secret"), "{on_disk}");
     assert!(on_disk.contains("$argon2id$"));
 }
+
+#[tokio::test]
+async fn permissions_are_regular_expressions_per_kind() {
+    use ferrymq_core::Access;
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    b.put_user(ferrymq_core::User::with_password("app", "pw", vec![]))
+        .unwrap();
+    // No permission on the vhost at all.
+    assert!(b.authorize("app", "/", Access::Read, "queue", "q").is_err());
+    b.set_permission(ferrymq_core::Permission {
+        user: "app".into(),
+        vhost: "/".into(),
+        configure: "^app\\.".into(),
+        write: "".into(),
+        read: "orders|app\\..*".into(),
+    })
+    .unwrap();
+    assert!(b
+        .authorize("app", "/", Access::Configure, "queue", "app.q")
+        .is_ok());
+    let e = b
+        .authorize("app", "/", Access::Configure, "queue", "other")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ACCESS_REFUSED - configure access to queue 'other' in vhost '/' refused for user 'app'"
+    );
+    // An empty pattern matches nothing; the default exchange is amq.default.
+    let e = b
+        .authorize("app", "/", Access::Write, "exchange", "")
+        .unwrap_err();
+    assert!(e.to_string().contains("exchange 'amq.default'"), "{e}");
+    // Unanchored, as RabbitMQ matches.
+    assert!(b
+        .authorize("app", "/", Access::Read, "queue", "my-orders")
+        .is_ok());
+    assert!(b
+        .authorize("app", "/", Access::Read, "queue", "app.x")
+        .is_ok());
+    assert!(b
+        .authorize("app", "/", Access::Read, "queue", "nope")
+        .is_err());
+    // guest has .* everywhere on its vhost.
+    assert!(b
+        .authorize("guest", "/", Access::Write, "exchange", "")
+        .is_ok());
+}
