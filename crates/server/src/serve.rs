@@ -347,32 +347,6 @@ impl Signals {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn second_signal_wins_over_a_stuck_shutdown() {
-        let stuck = std::future::pending::<()>();
-        let r = race_second_signal(stuck, async { Sig::Term }).await;
-        assert!(matches!(r, Raced::Signal(Sig::Term)));
-    }
-
-    #[tokio::test]
-    async fn finished_shutdown_is_returned() {
-        let r = race_second_signal(async { 7 }, std::future::pending()).await;
-        assert!(matches!(r, Raced::Done(7)));
-    }
-
-    #[test]
-    fn data_dir_is_created_and_absolute() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("a/b");
-        let abs = prepare_data_dir(&dir).unwrap();
-        assert!(abs.is_absolute() && abs.is_dir());
-    }
-}
-
 /// Refuses to listen beyond loopback while the `guest` user still has the password
 /// `guest`: anyone could log in as an administrator. Says how to fix it.
 fn refuse_public_guest(config: &Config, broker: &Broker) -> anyhow::Result<()> {
@@ -407,4 +381,30 @@ fn refuse_public_guest(config: &Config, broker: &Broker) -> anyhow::Result<()> {
          or delete the user, or set users.default_password before the data directory's first start",
         public.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_signal_wins_over_a_stuck_shutdown() {
+        let stuck = std::future::pending::<()>();
+        let r = race_second_signal(stuck, async { Sig::Term }).await;
+        assert!(matches!(r, Raced::Signal(Sig::Term)));
+    }
+
+    #[tokio::test]
+    async fn finished_shutdown_is_returned() {
+        let r = race_second_signal(async { 7 }, std::future::pending()).await;
+        assert!(matches!(r, Raced::Done(7)));
+    }
+
+    #[test]
+    fn data_dir_is_created_and_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let abs = prepare_data_dir(&dir).unwrap();
+        assert!(abs.is_absolute() && abs.is_dir());
+    }
 }
