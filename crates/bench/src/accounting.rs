@@ -91,7 +91,10 @@ pub struct Ledger {
 #[derive(Debug, Clone, Default)]
 pub struct RxTracker {
     seen: Vec<BitSet>,
+    /// Highest sequence seen per (producer, lane): `last[producer * lanes + seq % lanes]`.
     last: Vec<Option<u64>>,
+    /// Ordering lanes per producer (0 or 1: one): see [`RxTracker::with_lanes`].
+    lanes: u64,
     /// Deliveries, duplicates included.
     pub deliveries: u64,
     /// Deliveries of a sequence number this consumer had already seen.
@@ -104,9 +107,19 @@ pub struct RxTracker {
 
 impl RxTracker {
     pub fn new(producers: usize) -> RxTracker {
+        RxTracker::with_lanes(producers, 1)
+    }
+
+    /// A tracker for producers whose messages are ordered only within `lanes` lanes, message
+    /// `seq` in lane `seq % lanes` (Kafka: a producer spreads its messages round-robin over the
+    /// partitions, and order holds per partition only). A message is out of order when it
+    /// comes after a higher sequence number of the same producer and lane.
+    pub fn with_lanes(producers: usize, lanes: usize) -> RxTracker {
+        let lanes = lanes.max(1);
         RxTracker {
             seen: vec![BitSet::default(); producers],
-            last: vec![None; producers],
+            last: vec![None; producers * lanes],
+            lanes: lanes as u64,
             ..RxTracker::default()
         }
     }
@@ -123,9 +136,11 @@ impl RxTracker {
             self.duplicates += 1;
             return;
         }
-        match self.last[p] {
+        let lanes = self.lanes.max(1);
+        let l = p * lanes as usize + (seq % lanes) as usize;
+        match self.last[l] {
             Some(last) if seq < last => self.out_of_order += 1,
-            _ => self.last[p] = Some(seq),
+            _ => self.last[l] = Some(seq),
         }
     }
 }
@@ -237,6 +252,35 @@ pub fn tally_fanout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_order_per_lane_only() {
+        // Producer 0 over 3 lanes (Kafka partitions): lane 0 = 0, 3, 6; lane 1 = 1, 4; lane 2 = 2, 5.
+        // Lanes drained one after the other: no reordering within a lane.
+        let mut t = RxTracker::with_lanes(1, 3);
+        for seq in [0, 3, 6, 1, 4, 2, 5] {
+            t.record(0, seq);
+        }
+        assert_eq!((t.deliveries, t.out_of_order, t.duplicates), (7, 0, 0));
+        // Within lane 1, 7 before 4: one out of order; a redelivery of 3: one duplicate.
+        t.record(0, 7);
+        t.record(0, 3);
+        let mut u = RxTracker::with_lanes(1, 3);
+        for seq in [1, 7, 4] {
+            u.record(0, seq);
+        }
+        assert_eq!((u.out_of_order, t.duplicates), (1, 1));
+        // One lane is the plain tracker: any lower sequence is out of order.
+        let mut v = RxTracker::with_lanes(1, 1);
+        for seq in [0, 3, 1] {
+            v.record(0, seq);
+        }
+        assert_eq!(v.out_of_order, 1);
+        // The tally of lane trackers is the usual one.
+        let l = ledger(8, 0..8);
+        let tl = tally(&[l], &[t], true);
+        assert_eq!((tl.received, tl.lost, tl.duplicated), (8, 0, 1));
+    }
 
     fn ledger(sent: u64, confirmed: impl IntoIterator<Item = u64>) -> Ledger {
         let mut l = Ledger {
