@@ -46,6 +46,8 @@ pub struct Broker {
     pub mqtt_url: Option<String>,
     /// FerryMQ: `http://guest:guest@<addr>` when its HTTP listener is on.
     pub http_url: Option<String>,
+    /// FerryMQ: `kafka://<addr>` when it logged `Kafka listening on <addr>`.
+    pub kafka_url: Option<String>,
     /// Root of the process tree to measure.
     pub pid: u32,
     pub version: String,
@@ -147,6 +149,7 @@ impl Broker {
             dir: Some(dir),
             mqtt_url: None,
             http_url: None,
+            kafka_url: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut addr = None;
@@ -164,6 +167,9 @@ impl Broker {
             }
             if let Some(a) = listening_on(&line, "http listening on ") {
                 b.http_url = Some(format!("http://guest:guest@{a}"));
+            }
+            if let Some(a) = listening_on(&line, "Kafka listening on ") {
+                b.kafka_url = Some(format!("kafka://{a}"));
             }
             if line.contains("FerryMQ ready") {
                 break;
@@ -258,6 +264,7 @@ impl Broker {
             dir: Some(dir),
             mqtt_url: None,
             http_url: None,
+            kafka_url: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -343,6 +350,7 @@ impl Broker {
             dir: Some(dir),
             mqtt_url: Some(url),
             http_url: None,
+            kafka_url: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

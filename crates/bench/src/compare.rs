@@ -55,15 +55,18 @@ pub enum Matrix {
     Amqp,
     /// MQTT 3.1.1, FerryMQ vs Mosquitto.
     Mqtt,
+    /// Kafka, FerryMQ at T1 and T2 beside the machine's limits.
+    Kafka,
 }
 
 impl Matrix {
-    pub const ALL: [Matrix; 2] = [Matrix::Amqp, Matrix::Mqtt];
+    pub const ALL: [Matrix; 3] = [Matrix::Amqp, Matrix::Mqtt, Matrix::Kafka];
 
     pub fn name(self) -> &'static str {
         match self {
             Matrix::Amqp => "amqp",
             Matrix::Mqtt => "mqtt",
+            Matrix::Kafka => "kafka",
         }
     }
 
@@ -77,14 +80,19 @@ impl Matrix {
             let m = match n.to_ascii_lowercase().as_str() {
                 "amqp" => Matrix::Amqp,
                 "mqtt" => Matrix::Mqtt,
-                _ => return Err(format!("unknown protocol {n:?}: amqp or mqtt (Kafka and HTTP have no compare matrix yet)")),
+                "kafka" => Matrix::Kafka,
+                _ => {
+                    return Err(format!(
+                        "unknown protocol {n:?}: amqp, mqtt or kafka (HTTP has no compare matrix)"
+                    ))
+                }
             };
             if !v.contains(&m) {
                 v.push(m);
             }
         }
         if v.is_empty() {
-            return Err("no protocol given: amqp, mqtt".into());
+            return Err("no protocol given: amqp, mqtt, kafka".into());
         }
         Ok(v)
     }
@@ -196,6 +204,9 @@ pub struct Report {
     /// The MQTT matrix, when it ran.
     #[serde(default)]
     pub mqtt: Option<crate::compare_mqtt::Report>,
+    /// The Kafka matrix, when it ran.
+    #[serde(default)]
+    pub kafka: Option<crate::compare_kafka::Report>,
 }
 
 fn yes() -> bool {
@@ -526,6 +537,7 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     }
     let amqp = o.protocols.contains(&Matrix::Amqp);
     let mqtt = o.protocols.contains(&Matrix::Mqtt);
+    let kafka = o.protocols.contains(&Matrix::Kafka);
     let t0 = Instant::now();
     let mut report = Report {
         generated: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -544,6 +556,25 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         elapsed_s: 0.0,
         amqp,
         mqtt: None,
+        kafka: None,
+    };
+    let mut kafka_report = crate::compare_kafka::Report {
+        generated: report.generated.clone(),
+        command: report.command.clone(),
+        machine: Vec::new(),
+        versions: Vec::new(),
+        repeats: report.repeats,
+        duration_s: o
+            .duration
+            .unwrap_or(Duration::from_secs(if o.quick { 2 } else { 5 }))
+            .as_secs_f64(),
+        warmup_s: if o.quick { 0.5 } else { 1.0 },
+        quick: o.quick,
+        runs: Vec::new(),
+        tcp: Vec::new(),
+        raw_batch: Vec::new(),
+        skipped: None,
+        elapsed_s: 0.0,
     };
     let mut mqtt_report = crate::compare_mqtt::Report {
         generated: report.generated.clone(),
@@ -593,6 +624,7 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
                 std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
             tokio::task::spawn_blocking(move || drop(old)).await?;
         }
+        let mut mqtt_err = None;
         if mqtt {
             let t = Instant::now();
             // A failing MQTT matrix (Mosquitto not installable...) keeps the AMQP results.
@@ -606,11 +638,24 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
             )
             .await
             {
-                return Ok(Some(e.context("the MQTT matrix")));
+                mqtt_err = Some(e.context("the MQTT matrix"));
             }
             mqtt_report.elapsed_s = t.elapsed().as_secs_f64();
         }
-        Ok::<Option<anyhow::Error>, anyhow::Error>(None)
+        let mut kafka_err = None;
+        if kafka {
+            let old: Vec<Broker> =
+                std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
+            tokio::task::spawn_blocking(move || drop(old)).await?;
+            let t = Instant::now();
+            if let Err(e) =
+                crate::compare_kafka::matrix(&bin, &data_root, &brokers, &mut kafka_report).await
+            {
+                kafka_err = Some(e.context("the Kafka matrix"));
+            }
+            kafka_report.elapsed_s = t.elapsed().as_secs_f64();
+        }
+        Ok::<_, anyhow::Error>((mqtt_err, kafka_err))
     };
     let outcome = tokio::select! {
         r = all => r,
@@ -621,17 +666,21 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     let stopping: Vec<Broker> =
         std::mem::take(&mut *brokers.lock().unwrap_or_else(|e| e.into_inner()));
     tokio::task::spawn_blocking(move || drop(stopping)).await?;
-    let mqtt_failed = outcome?;
+    let (mqtt_failed, kafka_failed) = outcome?;
     report.elapsed_s = t0.elapsed().as_secs_f64();
     if mqtt && mqtt_failed.is_none() {
         report.mqtt = Some(mqtt_report);
+    }
+    // A build without the Kafka driver leaves the Kafka section as it was.
+    if kafka && kafka_failed.is_none() && kafka_report.skipped.is_none() {
+        report.kafka = Some(kafka_report);
     }
     if let Some(j) = &o.json_out {
         std::fs::write(j, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", j.display()))?;
     }
     write_all(&report, &o.out)?;
-    match mqtt_failed {
+    match mqtt_failed.or(kafka_failed) {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -644,6 +693,9 @@ fn write_all(report: &Report, out: &Path) -> Result<()> {
     }
     if let Some(m) = &report.mqtt {
         crate::compare_mqtt::write_outputs(m, out)?;
+    }
+    if let Some(k) = &report.kafka {
+        crate::compare_kafka::write_outputs(k, out)?;
     }
     Ok(())
 }
@@ -1051,10 +1103,14 @@ mod tests {
 
     #[test]
     fn protocol_lists() {
-        assert_eq!(Matrix::parse_list("amqp,mqtt"), Ok(Matrix::ALL.to_vec()));
+        assert_eq!(
+            Matrix::parse_list("amqp,mqtt,kafka"),
+            Ok(Matrix::ALL.to_vec())
+        );
+        assert_eq!(Matrix::parse_list("kafka"), Ok(vec![Matrix::Kafka]));
         assert_eq!(Matrix::parse_list(" MQTT "), Ok(vec![Matrix::Mqtt]));
         assert_eq!(Matrix::parse_list("mqtt,mqtt"), Ok(vec![Matrix::Mqtt]));
-        assert!(Matrix::parse_list("kafka").is_err());
+        assert!(Matrix::parse_list("http").is_err());
         assert!(Matrix::parse_list(",").is_err());
     }
 
@@ -1107,6 +1163,7 @@ mod tests {
             elapsed_s: 1.0,
             amqp: true,
             mqtt: None,
+            kafka: None,
         };
         let md = markdown(&r);
         assert!(md.starts_with("## AMQP 0-9-1: FerryMQ vs RabbitMQ"));

@@ -14,20 +14,27 @@
 //! - [`native`]: the default AMQP 0-9-1 driver, on `ferrymq-amqp-codec` (`--client native`).
 //! - [`mqtt`]: the MQTT 3.1.1 driver on `rumqttc` (topics, fan-out, QoS 0/1), idle connections.
 //! - [`http`]: the FerryMQ HTTP API driver on `ureq`: raw or batched publishes, long-poll pull + ack.
+//! - `kafka` (feature `kafka`): the Kafka driver on `rdkafka` (librdkafka): topics × partitions, acks, batching.
+//! - [`limits`]: the machine's limits beside the Kafka figures: loopback TCP and raw group commit.
 //! - [`report`]: the human table.
 //! - [`brokers`]: starting and stopping FerryMQ, RabbitMQ and Mosquitto for `compare`.
 //! - [`compare`]: the scenario matrix, medians and ratios, the markdown section.
 //! - [`compare_mqtt`]: the MQTT matrix (FerryMQ vs Mosquitto) and idle connections.
+//! - [`compare_kafka`]: the Kafka matrix (FerryMQ at T1 and T2, beside the machine's limits).
 //! - [`svg`]: a hand-written SVG bar chart.
 
 pub mod accounting;
 pub mod amqp;
 pub mod brokers;
 pub mod compare;
+pub mod compare_kafka;
 pub mod compare_mqtt;
 pub mod harness;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod latency;
+pub mod limits;
 pub mod monitor;
 pub mod mqtt;
 pub mod native;
@@ -45,14 +52,21 @@ use run::{Ctx, Protocol, RunResult, Scenario};
 /// Runs one scenario against the broker its URL names.
 ///
 /// # Errors
-/// Protocols without a driver yet (Kafka), connection and publish failures.
+/// Kafka in a build without the `kafka` feature, connection and publish failures.
 pub async fn run_scenario(s: Scenario, ctx: Arc<Ctx>) -> anyhow::Result<RunResult> {
     match Protocol::of_url(&s.url)? {
         Protocol::Amqp => amqp::run(s, ctx).await,
         Protocol::Mqtt => mqtt::run(s, ctx).await,
         Protocol::Http => http::run(s, ctx).await,
-        Protocol::Kafka => anyhow::bail!(
-            "Kafka is not supported by ferrymq-bench yet: AMQP 0-9-1, MQTT and HTTP have drivers (issue #8 tracks Kafka)"
-        ),
+        #[cfg(feature = "kafka")]
+        Protocol::Kafka => kafka::run(s, ctx).await,
+        #[cfg(not(feature = "kafka"))]
+        Protocol::Kafka => anyhow::bail!("{KAFKA_MISSING}"),
     }
 }
+
+/// Why a build without the `kafka` feature cannot drive Kafka.
+pub const KAFKA_MISSING: &str = "this ferrymq-bench was built without its Kafka driver: rebuild with `--features kafka` (it links the system's librdkafka: apt-get install librdkafka-dev)";
+
+/// Whether this build has the Kafka driver.
+pub const HAS_KAFKA: bool = cfg!(feature = "kafka");

@@ -64,6 +64,15 @@ fn parse_client(s: &str) -> Result<Client, String> {
     }
 }
 
+fn parse_acks(s: &str) -> Result<i16, String> {
+    match s {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        "all" | "-1" => Ok(-1),
+        _ => Err(format!("unknown acks {s:?}: 0, 1 or all")),
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// AMQP client: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
@@ -71,7 +80,8 @@ struct RunArgs {
     client: Client,
     /// Broker URL; its scheme picks the driver: amqp://user:pass@host:port/vhost (AMQP 0-9-1),
     /// mqtt://[user:pass@]host:port (MQTT 3.1.1, rumqttc), http://user:pass@host:port[/vhost]
-    /// (FerryMQ's HTTP API). kafka:// is not supported yet.
+    /// (FerryMQ's HTTP API), kafka://[user:pass@]host:port (Kafka, librdkafka; a build with
+    /// `--features kafka`).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     url: String,
     #[arg(long, default_value_t = 1)]
@@ -86,6 +96,19 @@ struct RunArgs {
     /// HTTP: messages per publish request (1: raw body to …/messages; more: JSON …/publish/batch).
     #[arg(long, default_value_t = 1)]
     http_batch: usize,
+    /// Kafka: partitions of each topic the run creates (producers spread their records over
+    /// them round-robin; the consumers of a topic share them).
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
+    /// Kafka: the producers' acks: 0, 1 or all (0: nothing is confirmed).
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    acks: i16,
+    /// Kafka: the producers' linger.ms (default: librdkafka's, 5).
+    #[arg(long)]
+    linger_ms: Option<u32>,
+    /// Kafka: the producers' batch.size in bytes (default: librdkafka's, 1000000).
+    #[arg(long)]
+    batch_bytes: Option<usize>,
     /// MQTT: instead of traffic, open N idle connections and report the broker's resident
     /// memory per connection (needs --broker-pid; raises the open-file limit as needed).
     #[arg(long)]
@@ -185,8 +208,9 @@ struct CompareArgs {
     /// Only rewrite the section and chart from a report saved with --json-out (runs nothing).
     #[arg(long)]
     from_json: Option<PathBuf>,
-    /// Matrices to run, comma-separated: amqp (vs RabbitMQ), mqtt (vs Mosquitto).
-    #[arg(long, default_value = "amqp,mqtt", value_parser = Matrix::parse_list)]
+    /// Matrices to run, comma-separated: amqp (vs RabbitMQ), mqtt (vs Mosquitto), kafka
+    /// (FerryMQ at T1 and T2 beside loopback TCP and raw group commit; needs `--features kafka`).
+    #[arg(long, default_value = "amqp,mqtt,kafka", value_parser = Matrix::parse_list)]
     protocols: std::vec::Vec<Matrix>,
     /// Idle MQTT connections opened per broker to measure memory per connection
     /// (default 10,000; 1,000 with --quick).
@@ -199,6 +223,10 @@ fn scenario(a: &RunArgs) -> Scenario {
     s.client = a.client;
     s.qos = a.qos;
     s.http_batch = a.http_batch;
+    s.partitions = a.partitions;
+    s.acks = a.acks;
+    s.linger_ms = a.linger_ms;
+    s.batch_bytes = a.batch_bytes;
     s.producers = a.producers;
     s.consumers = a.consumers;
     s.size = a.size;
@@ -313,6 +341,34 @@ mod tests {
         let cli = Cli::try_parse_from(["ferrymq-bench", "run"]).unwrap();
         match cli.command {
             Command::Run(a) => assert_eq!(a.client, Client::Native),
+            Command::Compare(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn kafka_options() {
+        assert_eq!(parse_acks("all"), Ok(-1));
+        assert_eq!(parse_acks("0"), Ok(0));
+        assert!(parse_acks("2").is_err());
+        let cli = Cli::try_parse_from([
+            "ferrymq-bench",
+            "run",
+            "--url",
+            "kafka://127.0.0.1:9092",
+            "--partitions",
+            "8",
+            "--acks",
+            "1",
+            "--linger-ms",
+            "10",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Run(a) => {
+                let s = scenario(&a);
+                assert_eq!((s.partitions, s.acks, s.linger_ms), (8, 1, Some(10)));
+                assert_eq!(s.batch_bytes, None);
+            }
             Command::Compare(_) => unreachable!(),
         }
     }

@@ -121,6 +121,23 @@ pub struct Scenario {
     /// HTTP: messages per publish request (1 = `…/publish`, more = `…/publish/batch`).
     #[serde(default = "one")]
     pub http_batch: usize,
+    /// Kafka: partitions of each topic (created by the run); producer `i` writes message `n` to
+    /// partition `(n + i) % partitions`, and the consumers of a topic share its partitions.
+    #[serde(default = "one")]
+    pub partitions: usize,
+    /// Kafka: the producers' `acks` (0, 1, or -1 = all).
+    #[serde(default = "acks_all")]
+    pub acks: i16,
+    /// Kafka: the producers' `linger.ms` (`None` = librdkafka's default, 5 ms).
+    #[serde(default)]
+    pub linger_ms: Option<u32>,
+    /// Kafka: the producers' `batch.size` in bytes (`None` = librdkafka's default, 1,000,000).
+    #[serde(default)]
+    pub batch_bytes: Option<usize>,
+}
+
+fn acks_all() -> i16 {
+    -1
 }
 
 fn one() -> usize {
@@ -155,6 +172,10 @@ impl Scenario {
             slow_log_ms: None,
             qos: 0,
             http_batch: 1,
+            partitions: 1,
+            acks: -1,
+            linger_ms: None,
+            batch_bytes: None,
         }
     }
 
@@ -209,6 +230,14 @@ impl Scenario {
             (1..=1000).contains(&self.http_batch),
             "--http-batch must be 1 to 1000"
         );
+        ensure!(
+            (1..=10_000).contains(&self.partitions),
+            "--partitions must be 1 to 10000"
+        );
+        ensure!(
+            matches!(self.acks, -1..=1),
+            "--acks must be 0, 1 or all (-1)"
+        );
         Ok(())
     }
 
@@ -251,7 +280,23 @@ impl Scenario {
                     length
                 )
             }
-            Protocol::Amqp | Protocol::Kafka => {}
+            Protocol::Kafka => {
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "default".into());
+                return format!(
+                    "librdkafka, {} → {} over {} topic(s) × {} partition(s), {} B, acks={}, linger.ms {}, batch.size {}, {}, {}",
+                    self.producers,
+                    self.consumers,
+                    self.queues,
+                    self.partitions,
+                    self.size,
+                    if self.acks < 0 { "all".to_string() } else { self.acks.to_string() },
+                    opt(self.linger_ms.map(|v| v.to_string())),
+                    opt(self.batch_bytes.map(|v| v.to_string())),
+                    rate,
+                    length
+                );
+            }
+            Protocol::Amqp => {}
         }
         format!(
             "{} client, {} → {} over {} queue(s), {} B, {}, {}, {}, prefetch {}, {}",
