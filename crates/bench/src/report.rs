@@ -155,7 +155,8 @@ pub fn human(r: &RunResult) -> String {
             match r.protocol {
                 crate::run::Protocol::Mqtt => "rumqttc",
                 crate::run::Protocol::Http => "ureq",
-                _ => s.client.name(),
+                crate::run::Protocol::Kafka => "librdkafka",
+                crate::run::Protocol::Amqp => s.client.name(),
             }
         );
     }
