@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ferrymq_core::{ConnectionHandle, ConnectionInfo};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -104,19 +105,26 @@ where
                     break 'conn "broker stopping".into();
                 }
             }
-            Some((corr, hv, body)) = pending.next(), if !pending.is_empty() => {
-                if let Some(body) = body {
-                    if body.is_empty() {
-                        break 'conn "a response did not encode".into();
+            Some(first) = pending.next(), if !pending.is_empty() => {
+                // Write this response and every one already done behind it, then flush: a
+                // client that keeps its pipeline full must get its answers now, not when the
+                // pipeline next drains (it may never, and the client's window fills up).
+                let mut next = Some(first);
+                while let Some((corr, hv, body)) = next.take() {
+                    if let Some(body) = body {
+                        if body.is_empty() {
+                            break 'conn "a response did not encode".into();
+                        }
+                        if let Err(e) = write_response(&mut out, corr, hv, &body).await {
+                            break 'conn format!("write failed: {e}");
+                        }
                     }
-                    if let Err(e) = write_response(&mut out, corr, hv, &body).await {
-                        break 'conn format!("write failed: {e}");
+                    if !pending.is_empty() {
+                        next = pending.next().now_or_never().flatten();
                     }
                 }
-                if pending.is_empty() {
-                    if let Err(e) = out.flush().await {
-                        break 'conn format!("write failed: {e}");
-                    }
+                if let Err(e) = out.flush().await {
+                    break 'conn format!("write failed: {e}");
                 }
             }
             _ = wait_close(&mut closed_rx) => {
