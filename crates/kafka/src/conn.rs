@@ -196,9 +196,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        let mut buf = BytesMut::zeroed(n);
-        if rd.read_exact(&mut buf).await.is_err() {
-            return;
+        // Read into spare capacity (no zero-fill of what the socket overwrites anyway).
+        let mut buf = BytesMut::with_capacity(n);
+        while buf.len() < n {
+            let want = (n - buf.len()) as u64;
+            match (&mut rd).take(want).read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
         if tx.send(Ok(buf.freeze())).await.is_err() {
             return;
