@@ -56,7 +56,7 @@ use bytes::BytesMut;
 use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{ConsumerEvent, ConsumerId, ConsumerOptions, CreditPool, Queue};
 use ferrymq_core::{
-    Binding, ConnectionHandle, ConnectionInfo, CoreError, Delivery, Destination, Message,
+    Access, Binding, ConnectionHandle, ConnectionInfo, CoreError, Delivery, Destination, Message,
     PublishedBatch, QueueDecl, QueueRef, VHost, Value,
 };
 use ferrymq_mqtt_codec::{
@@ -179,6 +179,11 @@ struct Conn {
     client_id: String,
     /// `client_id` shortened for logs.
     log_id: String,
+    /// The authenticated user (or the default user), whose permissions are checked.
+    user: String,
+    /// Whether `user` may write to the exchange, decided once per read turn (see
+    /// `may_publish`).
+    publish_allowed: Option<bool>,
     vhost: Arc<VHost>,
     handle: Arc<ConnectionHandle>,
     generation: u64,
@@ -568,6 +573,16 @@ async fn open_session(
             );
             return Err(());
         }
+        // Publishing it needs write on the exchange (RabbitMQ refuses such a CONNECT too).
+        if !authorized(mqtt, &user, Access::Write, "exchange", &cfg.exchange) {
+            refuse(
+                out,
+                version,
+                ReasonCode::NOT_AUTHORIZED,
+                "the will may not be published: no write access to the exchange",
+            );
+            return Err(());
+        }
     }
     // Session expiry.
     let requested = if v5(version) {
@@ -589,6 +604,25 @@ async fn open_session(
         keep_alive = cfg.keepalive_max_s;
         server_keep_alive = Some(keep_alive);
     }
+    // Creating the session queue needs configure on it (RabbitMQ's MQTT plugin); checked
+    // before the takeover, so a refused client does not end the session's holder. A
+    // session that is resumed keeps its queue and needs no configure.
+    let queue_name = mapping::queue_name(SESSION_QUEUE_PREFIX, &client_id);
+    let creates = c.clean_start
+        || vhost.queue(&queue_name).is_none()
+        || mqtt
+            .session_ends
+            .get(&client_id)
+            .is_some_and(|r| r.expired(now_ms()));
+    if creates && !authorized(mqtt, &user, Access::Configure, "queue", &queue_name) {
+        refuse(
+            out,
+            version,
+            ReasonCode::NOT_AUTHORIZED,
+            &format!("configure access to queue '{queue_name}' refused"),
+        );
+        return Err(());
+    }
     // Takeover, then the registry's state of a persistent session.
     let (mut attached, took_over) = mqtt.sessions.attach(&client_id).await;
     if took_over {
@@ -608,7 +642,6 @@ async fn open_session(
             return Err(());
         }
     };
-    let queue_name = mapping::queue_name(SESSION_QUEUE_PREFIX, &client_id);
     // A persistent session that went offline longer ago than its expiry (the broker may
     // have been down meanwhile) is gone; either way its offline record ends here.
     let expired = mqtt
@@ -728,6 +761,8 @@ async fn open_session(
         version,
         client_id: client_id.clone(),
         log_id: log_id(&client_id),
+        user: user.clone(),
+        publish_allowed: None,
         vhost,
         handle,
         generation: attached.generation,
@@ -834,7 +869,14 @@ async fn open_session(
         }
     }
     for (full, sub) in shared {
-        conn.subscribe_shared(&full, sub);
+        // Joining the group's queue needs the permissions of a new SUBSCRIBE (its queue is
+        // created again); a refused membership is dropped from the session.
+        if conn.may_subscribe_shared(&full) {
+            conn.subscribe_shared(&full, sub);
+        } else {
+            let b = conn.membership(&full, &sub);
+            let _ = conn.vhost.unbind(&b, conn.handle.id);
+        }
     }
     Ok((conn, attached))
 }
@@ -868,6 +910,41 @@ impl Conn {
         self.ending = Some(End::Abnormal);
     }
 
+    /// `Broker::authorize` for this connection's user, logging a refusal.
+    fn authorized(&self, access: Access, kind: &str, name: &str) -> bool {
+        authorized(&self.mqtt, &self.user, access, kind, name)
+    }
+
+    /// Write on the exchange (PUBLISH), checked once per read turn: one check covers the
+    /// whole batch of publishes a read decodes.
+    fn may_publish(&mut self) -> bool {
+        if let Some(ok) = self.publish_allowed {
+            return ok;
+        }
+        let x = self.mqtt.config.exchange.clone();
+        let ok = self.authorized(Access::Write, "exchange", &x);
+        self.publish_allowed = Some(ok);
+        ok
+    }
+
+    /// The permissions a subscription needs (RabbitMQ's MQTT plugin): read on the exchange
+    /// and write on the queue it binds (a binding), plus configure on the queue when the
+    /// subscription creates it (shared subscriptions; a session queue was checked at
+    /// CONNECT).
+    fn may_subscribe(&self, queue: &str, creates: bool) -> bool {
+        let x = &self.mqtt.config.exchange;
+        self.authorized(Access::Read, "exchange", x)
+            && self.authorized(Access::Write, "queue", queue)
+            && (!creates || self.authorized(Access::Configure, "queue", queue))
+    }
+
+    /// `may_subscribe` for a shared subscription's queue (configure when it does not exist).
+    fn may_subscribe_shared(&self, full: &str) -> bool {
+        let name = Self::shared_queue_name(full);
+        let creates = self.vhost.queue(&name).is_none();
+        self.may_subscribe(&name, creates)
+    }
+
     fn consume(&mut self, queue: Arc<Queue>, shared: Option<String>) -> bool {
         let opts = ConsumerOptions {
             tag: format!("mqtt-{}", self.client_id),
@@ -896,6 +973,8 @@ impl Conn {
 
     fn on_bytes(&mut self, inbuf: &mut BytesMut) {
         let max = self.mqtt.config.max_packet_size;
+        // Permissions may change while connected: decided afresh each read turn.
+        self.publish_allowed = None;
         while self.ending.is_none() {
             match decode(inbuf, self.version, max) {
                 Ok(None) => break,
@@ -1041,12 +1120,36 @@ impl Conn {
         if validate_topic_name(&p.topic).is_err() {
             return self.fail(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name");
         }
+        let pid = p.packet_id.unwrap_or(0);
+        // Write on the exchange. Refused: QoS 0 is dropped (Mosquitto, RabbitMQ); MQTT 5
+        // answers PUBACK/PUBREC 0x87; MQTT 3 has no failure code in PUBACK/PUBREC, so the
+        // connection is closed, as RabbitMQ does. A QoS 2 resend of an id already stored
+        // was authorized when it was stored, and is answered as a duplicate below.
+        let duplicate = p.qos == QoS::ExactlyOnce && self.state.inbound_qos2.contains(&pid);
+        if !duplicate && !self.may_publish() {
+            match p.qos {
+                QoS::AtMostOnce => {}
+                _ if v5 => self.pending.push(Pending {
+                    message: None,
+                    ack: Some(Ack {
+                        qos: p.qos,
+                        packet_id: pid,
+                        reason: ReasonCode::NOT_AUTHORIZED,
+                    }),
+                    commit: None,
+                }),
+                _ => self.fail(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "publish refused: no write access to the exchange",
+                ),
+            }
+            return;
+        }
         self.published = true;
         self.handle
             .stats
             .messages_in
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pid = p.packet_id.unwrap_or(0);
         // QoS 2 duplicate: already stored, answer again without publishing.
         if p.qos == QoS::ExactlyOnce {
             if self.state.inbound_qos2.contains(&pid) {
@@ -1370,6 +1473,14 @@ impl Conn {
             let sub = Sub::new(&item.filter, &item.options, sub_id);
             let code = match parse_shared_subscription(&item.filter) {
                 Err(e) => e.reason_code(),
+                // Refused: 0x87 Not authorized (MQTT 3: 0x80 Failure); no binding, so no
+                // retained messages either.
+                Ok(Some(_)) if !self.may_subscribe_shared(&item.filter) => {
+                    ReasonCode::NOT_AUTHORIZED
+                }
+                Ok(None) if !self.may_subscribe(&self.queue_name, false) => {
+                    ReasonCode::NOT_AUTHORIZED
+                }
                 Ok(Some(_)) => {
                     if self.subscribe_shared(&item.filter, sub) {
                         ReasonCode(mapping::qos_u8(item.options.qos))
@@ -1891,9 +2002,10 @@ impl Conn {
             let delay = delay.min(self.session_expiry);
             let mqtt = self.mqtt.clone();
             let client_id = self.client_id.clone();
+            let user = self.user.clone();
             let generation = self.generation;
             if delay == 0 {
-                publish_will(&mqtt, &client_id, w);
+                publish_will(&mqtt, &user, &client_id, w);
             } else {
                 tokio::spawn(async move {
                     let mut stop = mqtt.stop.subscribe();
@@ -1902,7 +2014,7 @@ impl Conn {
                         _ = stop.wait_for(|s| *s) => return,
                     }
                     if mqtt.sessions.still_detached(&client_id, generation) {
-                        publish_will(&mqtt, &client_id, w);
+                        publish_will(&mqtt, &user, &client_id, w);
                     }
                 });
             }
@@ -1929,9 +2041,28 @@ fn ack_grouped(settles: Vec<(Arc<Queue>, u64)>) {
     }
 }
 
-/// Publishes a will message (and stores it when it is retained).
-fn publish_will(mqtt: &Mqtt, client_id: &str, w: Will) {
+/// `Broker::authorize` on the MQTT vhost, logging a refusal.
+fn authorized(mqtt: &Mqtt, user: &str, access: Access, kind: &str, name: &str) -> bool {
+    match mqtt
+        .broker
+        .authorize(user, &mqtt.config.vhost, access, kind, name)
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(%user, error = %e, "MQTT operation refused");
+            false
+        }
+    }
+}
+
+/// Publishes a will message (and stores it when it is retained), if its user may still
+/// write to the exchange (checked at CONNECT, and again here: permissions may have changed
+/// meanwhile; a refused will is dropped, as a refused QoS 0 publish is).
+fn publish_will(mqtt: &Mqtt, user: &str, client_id: &str, w: Will) {
     let Some(vh) = mqtt.vhost() else { return };
+    if !authorized(mqtt, user, Access::Write, "exchange", &mqtt.config.exchange) {
+        return;
+    }
     let p = Publish {
         dup: false,
         qos: w.qos,
