@@ -6,16 +6,23 @@
 //! `topics::config_value` (one mapping for every API); a change goes through
 //! `VHost::reconfigure_stream`, which persists it and applies it at once. Broker configs
 //! are reported read-only: they come from the server's configuration file.
+//!
+//! Permissions (`authz`): creating, deleting, repartitioning and reconfiguring a topic and
+//! deleting its records need configure on it (Kafka's CREATE, DELETE, ALTER, ALTER_CONFIGS;
+//! DeleteRecords is Kafka's DELETE); describing its configs and OffsetForLeaderEpoch need
+//! read. Refusals are TOPIC_AUTHORIZATION_FAILED, for that topic alone. Broker configs are
+//! described to anyone and altered by no one.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferrymq_core::{FieldTable, Value};
+use ferrymq_core::{Access, FieldTable, Value};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::authz::Authz;
 use crate::conn::{decode, encode, ready, Close, Pending};
 use crate::topics;
 use crate::Kafka;
@@ -27,29 +34,52 @@ fn s(v: impl Into<String>) -> StrBytes {
 /// Runs an admin request.
 pub(crate) fn dispatch(
     kafka: &Arc<Kafka>,
+    az: &Authz,
     key: ApiKey,
     v: i16,
     body: Bytes,
 ) -> Result<Pending, Close> {
     Ok(match key {
-        ApiKey::CreateTopics => ready(encode(&create_topics(kafka, decode(body, v)?, v), v)),
-        ApiKey::DeleteTopics => ready(encode(&delete_topics(kafka, decode(body, v)?, v), v)),
-        ApiKey::OffsetForLeaderEpoch => {
-            ready(encode(&offset_for_leader_epoch(kafka, decode(body, v)?), v))
-        }
-        ApiKey::CreatePartitions => ready(encode(&create_partitions(kafka, decode(body, v)?), v)),
-        ApiKey::DescribeConfigs => ready(encode(&describe_configs(kafka, decode(body, v)?, v), v)),
-        ApiKey::AlterConfigs => ready(encode(&alter_configs(kafka, decode(body, v)?), v)),
-        ApiKey::IncrementalAlterConfigs => ready(encode(
-            &incremental_alter_configs(kafka, decode(body, v)?),
+        ApiKey::CreateTopics => ready(encode(&create_topics(kafka, az, decode(body, v)?, v), v)),
+        ApiKey::DeleteTopics => ready(encode(&delete_topics(kafka, az, decode(body, v)?, v), v)),
+        ApiKey::OffsetForLeaderEpoch => ready(encode(
+            &offset_for_leader_epoch(kafka, az, decode(body, v)?),
             v,
         )),
-        ApiKey::DeleteRecords => ready(encode(&delete_records(kafka, decode(body, v)?), v)),
+        ApiKey::CreatePartitions => {
+            ready(encode(&create_partitions(kafka, az, decode(body, v)?), v))
+        }
+        ApiKey::DescribeConfigs => {
+            ready(encode(&describe_configs(kafka, az, decode(body, v)?, v), v))
+        }
+        ApiKey::AlterConfigs => ready(encode(&alter_configs(kafka, az, decode(body, v)?), v)),
+        ApiKey::IncrementalAlterConfigs => ready(encode(
+            &incremental_alter_configs(kafka, az, decode(body, v)?),
+            v,
+        )),
+        ApiKey::DeleteRecords => ready(encode(&delete_records(kafka, az, decode(body, v)?), v)),
         other => return Err(Close(format!("{other:?} is not implemented"))),
     })
 }
 
-fn create_topics(kafka: &Kafka, req: CreateTopicsRequest, v: i16) -> CreateTopicsResponse {
+/// TOPIC_AUTHORIZATION_FAILED for `access` on `name`, in Kafka's wording.
+fn check(az: &Authz, access: Access, name: &str) -> Result<(), Failure> {
+    if az.topic(access, name) {
+        Ok(())
+    } else {
+        Err((
+            ResponseError::TopicAuthorizationFailed,
+            format!("{} access to topic '{name}' refused", access.as_str()),
+        ))
+    }
+}
+
+fn create_topics(
+    kafka: &Kafka,
+    az: &Authz,
+    req: CreateTopicsRequest,
+    v: i16,
+) -> CreateTopicsResponse {
     let mut r = CreateTopicsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -67,7 +97,9 @@ fn create_topics(kafka: &Kafka, req: CreateTopicsRequest, v: i16) -> CreateTopic
             .iter()
             .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
             .collect();
-        let outcome = if !rf_ok {
+        let outcome = if let Err(denied) = check(az, Access::Configure, &name) {
+            Err(denied)
+        } else if !rf_ok {
             Err((
                 ResponseError::InvalidReplicationFactor,
                 format!(
@@ -107,7 +139,12 @@ fn create_topics(kafka: &Kafka, req: CreateTopicsRequest, v: i16) -> CreateTopic
     r
 }
 
-fn delete_topics(kafka: &Kafka, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
+fn delete_topics(
+    kafka: &Kafka,
+    az: &Authz,
+    req: DeleteTopicsRequest,
+    v: i16,
+) -> DeleteTopicsResponse {
     let mut r = DeleteTopicsResponse::default();
     let names: Vec<TopicName> = if v >= 6 {
         req.topics.into_iter().filter_map(|t| t.name).collect()
@@ -118,6 +155,14 @@ fn delete_topics(kafka: &Kafka, req: DeleteTopicsRequest, v: i16) -> DeleteTopic
         let n = name.0.to_string();
         let mut res = delete_topics_response::DeletableTopicResult::default();
         res.name = Some(name);
+        if let Err((e, msg)) = check(az, Access::Configure, &n) {
+            res.error_code = e.code();
+            if v >= 5 {
+                res.error_message = Some(s(msg));
+            }
+            r.responses.push(res);
+            continue;
+        }
         match (kafka.stream(&n), kafka.vhost()) {
             (Some(_), Some(vh)) => {
                 if let Err(e) = vh.delete_queue(&n, false, false, 0) {
@@ -139,11 +184,17 @@ fn delete_topics(kafka: &Kafka, req: DeleteTopicsRequest, v: i16) -> DeleteTopic
 /// One node, leader epoch 0 forever: the end offset of epoch 0 is the log end.
 fn offset_for_leader_epoch(
     kafka: &Kafka,
+    az: &Authz,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
     let mut r = OffsetForLeaderEpochResponse::default();
     for t in req.topics {
-        let st = kafka.stream(t.topic.0.as_str());
+        let denied = !az.topic(Access::Read, t.topic.0.as_str());
+        let st = if denied {
+            None
+        } else {
+            kafka.stream(t.topic.0.as_str())
+        };
         let mut tr = offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
         tr.topic = t.topic;
         for p in t.partitions {
@@ -162,7 +213,11 @@ fn offset_for_leader_epoch(
                     }
                 }
                 _ => {
-                    e.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    e.error_code = if denied {
+                        ResponseError::TopicAuthorizationFailed.code()
+                    } else {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    };
                     e.leader_epoch = -1;
                     e.end_offset = -1;
                 }
@@ -197,7 +252,11 @@ fn unknown_topic(name: &str) -> Failure {
     )
 }
 
-fn create_partitions(kafka: &Kafka, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+fn create_partitions(
+    kafka: &Kafka,
+    az: &Authz,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut r = CreatePartitionsResponse::default();
     let mut seen = HashSet::new();
     let dups: HashSet<String> = req
@@ -216,7 +275,8 @@ fn create_partitions(kafka: &Kafka, req: CreatePartitionsRequest) -> CreateParti
                 "Duplicate topic in request.".to_string(),
             ))
         } else {
-            add_partitions(kafka, &name, &t, req.validate_only)
+            check(az, Access::Configure, &name)
+                .and_then(|()| add_partitions(kafka, &name, &t, req.validate_only))
         };
         if let Err((e, msg)) = outcome {
             res.error_code = e.code();
@@ -501,7 +561,12 @@ fn unsupported_resource(t: i8) -> Failure {
     )
 }
 
-fn describe_configs(kafka: &Kafka, req: DescribeConfigsRequest, v: i16) -> DescribeConfigsResponse {
+fn describe_configs(
+    kafka: &Kafka,
+    az: &Authz,
+    req: DescribeConfigsRequest,
+    v: i16,
+) -> DescribeConfigsResponse {
     let mut r = DescribeConfigsResponse::default();
     for res in req.resources {
         let name = res.resource_name.to_string();
@@ -509,10 +574,12 @@ fn describe_configs(kafka: &Kafka, req: DescribeConfigsRequest, v: i16) -> Descr
         rr.resource_type = res.resource_type;
         rr.resource_name = res.resource_name.clone();
         let entries = match res.resource_type {
-            RESOURCE_TOPIC => kafka
-                .stream(&name)
-                .map(|st| topic_entries(kafka, &st))
-                .ok_or_else(|| unknown_topic(&name)),
+            RESOURCE_TOPIC => check(az, Access::Read, &name).and_then(|()| {
+                kafka
+                    .stream(&name)
+                    .map(|st| topic_entries(kafka, &st))
+                    .ok_or_else(|| unknown_topic(&name))
+            }),
             RESOURCE_BROKER => check_broker(kafka, &name).map(|()| broker_entries(kafka)),
             t => Err(unsupported_resource(t)),
         };
@@ -578,13 +645,14 @@ fn alter_result<T: Default>(
 
 /// AlterConfigs: the given configs replace the topic's whole set (the others go back
 /// to their defaults).
-fn alter_configs(kafka: &Kafka, req: AlterConfigsRequest) -> AlterConfigsResponse {
+fn alter_configs(kafka: &Kafka, az: &Authz, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut r = AlterConfigsResponse::default();
     for res in req.resources {
         let name = res.resource_name.to_string();
         let outcome = no_duplicates(res.configs.iter().map(|c| c.name.as_str())).and_then(|()| {
             match res.resource_type {
                 RESOURCE_TOPIC => {
+                    check(az, Access::Configure, &name)?;
                     let st = kafka.stream(&name).ok_or_else(|| unknown_topic(&name))?;
                     let mut args = st.decl.arguments.clone();
                     topics::clear_configs(&mut args);
@@ -628,6 +696,7 @@ fn alter_configs(kafka: &Kafka, req: AlterConfigsRequest) -> AlterConfigsRespons
 /// apply to list configs, and FerryMQ's alterable configs are not lists.
 fn incremental_alter_configs(
     kafka: &Kafka,
+    az: &Authz,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut r = IncrementalAlterConfigsResponse::default();
@@ -636,6 +705,7 @@ fn incremental_alter_configs(
         let outcome = no_duplicates(res.configs.iter().map(|c| c.name.as_str())).and_then(|()| {
             match res.resource_type {
                 RESOURCE_TOPIC => {
+                    check(az, Access::Configure, &name)?;
                     let st = kafka.stream(&name).ok_or_else(|| unknown_topic(&name))?;
                     let mut args = st.decl.arguments.clone();
                     for c in &res.configs {
@@ -704,10 +774,15 @@ fn incremental_alter_configs(
 
 /// DeleteRecords: moves each partition's low watermark up to the given offset (-1: the
 /// high watermark). Durable when answered.
-fn delete_records(kafka: &Kafka, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+fn delete_records(kafka: &Kafka, az: &Authz, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let mut r = DeleteRecordsResponse::default();
     for t in req.topics {
-        let st = kafka.stream(t.name.0.as_str());
+        let denied = !az.topic(Access::Configure, t.name.0.as_str());
+        let st = if denied {
+            None
+        } else {
+            kafka.stream(t.name.0.as_str())
+        };
         let mut tr = delete_records_response::DeleteRecordsTopicResult::default();
         tr.name = t.name;
         for p in t.partitions {
@@ -733,6 +808,7 @@ fn delete_records(kafka: &Kafka, req: DeleteRecordsRequest) -> DeleteRecordsResp
                         }
                     }
                 }
+                _ if denied => pr.error_code = ResponseError::TopicAuthorizationFailed.code(),
                 _ => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
             }
             tr.partitions.push(pr);
@@ -747,6 +823,11 @@ mod tests {
     use super::*;
     use ferrymq_core::{Broker, BrokerConfig};
     use kafka_protocol::protocol::Encodable;
+
+    /// The default user, with every permission on the vhost.
+    fn guest(k: &Kafka) -> Authz {
+        Authz::new(k, Some("guest".into()))
+    }
 
     async fn kafka(dir: &std::path::Path) -> Arc<Kafka> {
         let mut cfg = BrokerConfig {
@@ -775,7 +856,7 @@ mod tests {
         res.resource_name = s(topic);
         req.resources.push(res);
         req.include_synonyms = true;
-        describe_configs(k, req, v).results.remove(0)
+        describe_configs(k, &guest(k), req, v).results.remove(0)
     }
 
     fn value(r: &describe_configs_response::DescribeConfigsResult, name: &str) -> (String, i8) {
@@ -802,7 +883,7 @@ mod tests {
         res.configs = c.iter().map(|(n, v)| alterable(n, *v)).collect();
         req.resources.push(res);
         req.validate_only = validate_only;
-        alter_configs(k, req).responses[0].error_code
+        alter_configs(k, &guest(k), req).responses[0].error_code
     }
 
     fn incremental(k: &Kafka, topic: &str, c: &[(&str, i8, Option<&str>)]) -> i16 {
@@ -821,7 +902,7 @@ mod tests {
             })
             .collect();
         req.resources.push(res);
-        incremental_alter_configs(k, req).responses[0].error_code
+        incremental_alter_configs(k, &guest(k), req).responses[0].error_code
     }
 
     fn grow(k: &Kafka, topic: &str, count: i32, validate_only: bool) -> (i16, Option<String>) {
@@ -831,7 +912,7 @@ mod tests {
         t.count = count;
         req.topics.push(t);
         req.validate_only = validate_only;
-        let r = create_partitions(k, req).results.remove(0);
+        let r = create_partitions(k, &guest(k), req).results.remove(0);
         (r.error_code, r.error_message.map(|m| m.to_string()))
     }
 
@@ -844,7 +925,11 @@ mod tests {
         dp.offset = offset;
         t.partitions.push(dp);
         req.topics.push(t);
-        let r = delete_records(k, req).topics.remove(0).partitions.remove(0);
+        let r = delete_records(k, &guest(k), req)
+            .topics
+            .remove(0)
+            .partitions
+            .remove(0);
         (r.error_code, r.low_watermark)
     }
 
@@ -957,7 +1042,7 @@ mod tests {
         res.resource_name = s("7");
         res.configuration_keys = None;
         req.resources.push(res);
-        let r = describe_configs(&k, req, 4);
+        let r = describe_configs(&k, &guest(&k), req, 4);
         assert_eq!(r.results[0].configs.len(), 1);
         assert!(r.results[0].configs[0].read_only);
         assert_eq!(
@@ -1053,19 +1138,22 @@ mod tests {
         req.include_synonyms = true;
         req.include_documentation = true;
         for v in 1..=4 {
-            let r = describe_configs(&k, req.clone(), v);
+            let r = describe_configs(&k, &guest(&k), req.clone(), v);
             let mut b = bytes::BytesMut::new();
             r.encode(&mut b, v)
                 .unwrap_or_else(|e| panic!("DescribeConfigs v{v}: {e}"));
         }
-        encodes_at_every_version(ApiKey::DescribeConfigs, &describe_configs(&k, req, 1));
+        encodes_at_every_version(
+            ApiKey::DescribeConfigs,
+            &describe_configs(&k, &guest(&k), req, 1),
+        );
         let mut req = AlterConfigsRequest::default();
         let mut res = alter_configs_request::AlterConfigsResource::default();
         res.resource_type = RESOURCE_TOPIC;
         res.resource_name = s("e");
         res.configs.push(alterable("retention.ms", Some("x")));
         req.resources.push(res);
-        encodes_at_every_version(ApiKey::AlterConfigs, &alter_configs(&k, req));
+        encodes_at_every_version(ApiKey::AlterConfigs, &alter_configs(&k, &guest(&k), req));
         let mut req = IncrementalAlterConfigsRequest::default();
         let mut res = incremental_alter_configs_request::AlterConfigsResource::default();
         res.resource_type = RESOURCE_BROKER;
@@ -1075,7 +1163,7 @@ mod tests {
         req.resources.push(res);
         encodes_at_every_version(
             ApiKey::IncrementalAlterConfigs,
-            &incremental_alter_configs(&k, req),
+            &incremental_alter_configs(&k, &guest(&k), req),
         );
         let mut req = CreatePartitionsRequest::default();
         for (n, c) in [("e", 1), ("e", 3), ("nope", 2)] {
@@ -1084,7 +1172,10 @@ mod tests {
             t.count = c;
             req.topics.push(t);
         }
-        encodes_at_every_version(ApiKey::CreatePartitions, &create_partitions(&k, req));
+        encodes_at_every_version(
+            ApiKey::CreatePartitions,
+            &create_partitions(&k, &guest(&k), req),
+        );
         let mut req = DeleteRecordsRequest::default();
         let mut t = delete_records_request::DeleteRecordsTopic::default();
         t.name = TopicName(s("e"));
@@ -1095,6 +1186,6 @@ mod tests {
             t.partitions.push(dp);
         }
         req.topics.push(t);
-        encodes_at_every_version(ApiKey::DeleteRecords, &delete_records(&k, req));
+        encodes_at_every_version(ApiKey::DeleteRecords, &delete_records(&k, &guest(&k), req));
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferrymq_core::stream::Stream;
-use ferrymq_core::StreamOffset;
+use ferrymq_core::{Access, StreamOffset};
 use ferrymq_storage::Commit;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::authz::Authz;
 use crate::conn::{decode, encode, ready, Auth, Close, ConnState, Pending};
 use crate::idempotence::Decision;
 use crate::records::{self, RecordError};
@@ -99,6 +100,10 @@ pub(crate) fn dispatch(
     _header: &RequestHeader,
     body: Bytes,
 ) -> Result<Pending, Close> {
+    // Who the request acts as: every handler below checks its permissions (the SASL gate
+    // in `conn` lets only the handshake APIs through before a user is known).
+    let az = Authz::new(kafka, state.user(kafka));
+    let az = &az;
     Ok(match key {
         ApiKey::ApiVersions => {
             let _req: ApiVersionsRequest = decode(body, v)?;
@@ -106,15 +111,20 @@ pub(crate) fn dispatch(
             r.api_keys = api_list();
             ready(encode(&r, v))
         }
-        ApiKey::Metadata => ready(encode(&metadata(kafka, decode(body, v)?, v), v)),
-        ApiKey::Produce => produce(kafka, decode(body, v)?, v),
-        ApiKey::Fetch => fetch(kafka.clone(), decode(body, v)?, v),
-        ApiKey::ListOffsets => ready(encode(&list_offsets(kafka, decode(body, v)?, v), v)),
+        ApiKey::Metadata => ready(encode(&metadata(kafka, az, decode(body, v)?, v), v)),
+        ApiKey::Produce => produce(kafka, az, decode(body, v)?, v),
+        ApiKey::Fetch => fetch(kafka.clone(), az, decode(body, v)?, v),
+        ApiKey::ListOffsets => ready(encode(&list_offsets(kafka, az, decode(body, v)?, v), v)),
         ApiKey::FindCoordinator => ready(encode(&find_coordinator(kafka, decode(body, v)?, v), v)),
-        ApiKey::OffsetCommit => offset_commit(kafka, decode(body, v)?, v),
-        ApiKey::OffsetFetch => ready(encode(&offset_fetch(kafka, decode(body, v)?, v), v)),
+        ApiKey::OffsetCommit => offset_commit(kafka, az, decode(body, v)?, v),
+        ApiKey::OffsetFetch => ready(encode(&offset_fetch(kafka, az, decode(body, v)?, v), v)),
         ApiKey::JoinGroup => {
             let req: JoinGroupRequest = decode(body, v)?;
+            if !az.group(req.group_id.as_str()) {
+                let mut r = JoinGroupResponse::default();
+                r.error_code = ResponseError::GroupAuthorizationFailed.code();
+                return Ok(ready(encode(&r, v)));
+            }
             let (k, client, host) = (
                 kafka.clone(),
                 state.client_id.clone(),
@@ -124,17 +134,42 @@ pub(crate) fn dispatch(
         }
         ApiKey::SyncGroup => {
             let req: SyncGroupRequest = decode(body, v)?;
+            if !az.group(req.group_id.as_str()) {
+                let mut r = SyncGroupResponse::default();
+                r.error_code = ResponseError::GroupAuthorizationFailed.code();
+                return Ok(ready(encode(&r, v)));
+            }
             let k = kafka.clone();
             Box::pin(async move { encode(&k.groups.sync_group(req, v).await, v) })
         }
-        ApiKey::Heartbeat => ready(encode(&kafka.groups.heartbeat(decode(body, v)?, v), v)),
-        ApiKey::LeaveGroup => ready(encode(&kafka.groups.leave_group(decode(body, v)?, v), v)),
-        ApiKey::DescribeGroups => ready(encode(
-            &kafka.groups.describe_groups(decode(body, v)?, v),
-            v,
-        )),
-        ApiKey::ListGroups => ready(encode(&kafka.groups.list_groups(decode(body, v)?, v), v)),
-        ApiKey::DeleteGroups => ready(encode(&delete_groups(kafka, decode(body, v)?, v), v)),
+        ApiKey::Heartbeat => {
+            let req: HeartbeatRequest = decode(body, v)?;
+            if !az.group(req.group_id.as_str()) {
+                let mut r = HeartbeatResponse::default();
+                r.error_code = ResponseError::GroupAuthorizationFailed.code();
+                return Ok(ready(encode(&r, v)));
+            }
+            ready(encode(&kafka.groups.heartbeat(req, v), v))
+        }
+        ApiKey::LeaveGroup => {
+            let req: LeaveGroupRequest = decode(body, v)?;
+            if !az.group(req.group_id.as_str()) {
+                let mut r = LeaveGroupResponse::default();
+                r.error_code = ResponseError::GroupAuthorizationFailed.code();
+                return Ok(ready(encode(&r, v)));
+            }
+            ready(encode(&kafka.groups.leave_group(req, v), v))
+        }
+        ApiKey::DescribeGroups => {
+            ready(encode(&describe_groups(kafka, az, decode(body, v)?, v), v))
+        }
+        ApiKey::ListGroups => {
+            // Only the groups the user may read (Kafka lists those it may DESCRIBE).
+            let mut r = kafka.groups.list_groups(decode(body, v)?, v);
+            r.groups.retain(|g| az.group(g.group_id.as_str()));
+            ready(encode(&r, v))
+        }
+        ApiKey::DeleteGroups => ready(encode(&delete_groups(kafka, az, decode(body, v)?, v), v)),
         ApiKey::InitProducerId => ready(encode(&init_producer_id(kafka, decode(body, v)?), v)),
         ApiKey::DescribeCluster => ready(encode(&describe_cluster(kafka), v)),
         ApiKey::SaslHandshake => ready(encode(&sasl_handshake(kafka, state, decode(body, v)?), v)),
@@ -147,7 +182,7 @@ pub(crate) fn dispatch(
             }
             ready(body)
         }
-        other => crate::admin::dispatch(kafka, other, v, body)?,
+        other => crate::admin::dispatch(kafka, az, other, v, body)?,
     })
 }
 
@@ -189,7 +224,7 @@ pub(crate) fn topic_metadata(
     t
 }
 
-fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
+fn metadata(kafka: &Kafka, az: &Authz, req: MetadataRequest, v: i16) -> MetadataResponse {
     let mut r = MetadataResponse::default();
     let (host, port) = broker_host_port(kafka);
     let mut b = metadata_response::MetadataResponseBroker::default();
@@ -200,17 +235,17 @@ fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
     r.cluster_id = Some(s(kafka.config.cluster_id.clone()));
     r.controller_id = BrokerId(kafka.config.node_id);
     if (8..=10).contains(&v) && req.include_cluster_authorized_operations {
-        r.cluster_authorized_operations = CLUSTER_OPERATIONS;
+        r.cluster_authorized_operations = az.cluster_operations();
     }
     let topic_ops = v >= 8 && req.include_topic_authorized_operations;
     let auto = kafka.config.auto_create_topics && (v < 4 || req.allow_auto_topic_creation);
     match req.topics {
         // v0: an empty list means all topics; v1+: null means all.
         None => {
-            r.topics = all_topics(kafka);
+            r.topics = all_topics(kafka, az);
         }
         Some(list) if list.is_empty() && v == 0 => {
-            r.topics = all_topics(kafka);
+            r.topics = all_topics(kafka, az);
         }
         Some(list) => {
             for t in list {
@@ -221,9 +256,19 @@ fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
                     r.topics.push(e);
                     continue;
                 };
+                // Kafka's rules: a topic the user may not describe (no permission at all
+                // here) is TOPIC_AUTHORIZATION_FAILED whether it exists or not; creating
+                // one needs configure, and without it a describable missing topic is
+                // UNKNOWN_TOPIC_OR_PARTITION.
                 let entry = match kafka.stream(&name) {
+                    _ if !az.describe_topic(&name) => {
+                        error_topic(&name, ResponseError::TopicAuthorizationFailed)
+                    }
                     Some(st) => topic_metadata(kafka, &name, &st),
-                    None if auto && topics::valid_topic_name(&name) => {
+                    None if auto
+                        && topics::valid_topic_name(&name)
+                        && az.topic(Access::Configure, &name) =>
+                    {
                         match kafka.create_topic(&name, -1, &[], false) {
                             Ok(Some(st)) => topic_metadata(kafka, &name, &st),
                             Ok(None) => error_topic(&name, ResponseError::UnknownTopicOrPartition),
@@ -249,21 +294,13 @@ fn metadata(kafka: &Kafka, req: MetadataRequest, v: i16) -> MetadataResponse {
     }
     if topic_ops {
         for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
-            t.topic_authorized_operations = TOPIC_OPERATIONS;
+            if let Some(name) = &t.name {
+                t.topic_authorized_operations = az.topic_operations(name.0.as_str());
+            }
         }
     }
     r
 }
-
-/// Kafka ACL operation bits (`AclOperation` codes) allowed on every topic: READ, WRITE,
-/// CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS. Reported when a client
-/// asks (Metadata v8+); FerryMQ's permissions (issue #9) will narrow them per user.
-const TOPIC_OPERATIONS: i32 =
-    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
-/// Allowed on the cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS,
-/// ALTER_CONFIGS, IDEMPOTENT_WRITE.
-const CLUSTER_OPERATIONS: i32 =
-    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 fn error_topic(name: &str, e: ResponseError) -> metadata_response::MetadataResponseTopic {
     let mut t = metadata_response::MetadataResponseTopic::default();
@@ -272,10 +309,12 @@ fn error_topic(name: &str, e: ResponseError) -> metadata_response::MetadataRespo
     t
 }
 
-fn all_topics(kafka: &Kafka) -> Vec<metadata_response::MetadataResponseTopic> {
+/// Every topic the user has a permission on (Kafka lists those it may DESCRIBE).
+fn all_topics(kafka: &Kafka, az: &Authz) -> Vec<metadata_response::MetadataResponseTopic> {
     kafka
         .topic_streams()
         .iter()
+        .filter(|st| az.describe_topic(st.name()))
         .map(|st| topic_metadata(kafka, st.name(), st))
         .collect()
 }
@@ -343,13 +382,14 @@ struct PartAppend {
     commits: Vec<Commit>,
 }
 
-fn produce(kafka: &Arc<Kafka>, req: ProduceRequest, v: i16) -> Pending {
+fn produce(kafka: &Arc<Kafka>, az: &Authz, req: ProduceRequest, v: i16) -> Pending {
     let acks = req.acks;
     let now = ferrymq_core::clock::now_ms();
     let mut topics_out: Vec<(TopicName, Vec<PartAppend>)> = Vec::new();
     for t in req.topic_data {
         let name = t.name.0.to_string();
         let stream = kafka.stream(&name);
+        let writable = az.topic(Access::Write, &name);
         let mut parts = Vec::new();
         for p in t.partition_data {
             let mut pa = PartAppend {
@@ -365,6 +405,9 @@ fn produce(kafka: &Arc<Kafka>, req: ProduceRequest, v: i16) -> Pending {
             } else if req.transactional_id.is_some() {
                 pa.error = Some(ResponseError::TransactionalIdAuthorizationFailed);
                 pa.message = Some("FerryMQ does not support Kafka transactions".into());
+            } else if !writable {
+                // Nothing of a refused partition is validated or stored.
+                pa.error = Some(ResponseError::TopicAuthorizationFailed);
             } else {
                 match (&stream, u32::try_from(p.index)) {
                     (Some(st), Ok(idx)) if idx < st.partition_count() => {
@@ -525,14 +568,17 @@ struct FetchPart {
     fetch_offset: i64,
     max_bytes: usize,
     stream: Option<Arc<Stream>>,
+    /// No read permission on the topic: TOPIC_AUTHORIZATION_FAILED, nothing read.
+    denied: bool,
 }
 
-fn fetch(kafka: Arc<Kafka>, req: FetchRequest, v: i16) -> Pending {
+fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     let mut names = Vec::new();
     let mut parts = Vec::new();
     for (ti, t) in req.topics.into_iter().enumerate() {
         let name = t.topic.0.to_string();
-        let stream = kafka.stream(&name);
+        let denied = !az.topic(Access::Read, &name);
+        let stream = if denied { None } else { kafka.stream(&name) };
         names.push(t.topic);
         for p in t.partitions {
             parts.push(FetchPart {
@@ -541,6 +587,7 @@ fn fetch(kafka: Arc<Kafka>, req: FetchRequest, v: i16) -> Pending {
                 fetch_offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
                 stream: stream.clone(),
+                denied,
             });
         }
     }
@@ -605,7 +652,11 @@ fn fetch_once(
         pd.partition_index = p.partition;
         pd.aborted_transactions = Some(Vec::new());
         let (Some(st), Ok(idx)) = (&p.stream, u32::try_from(p.partition)) else {
-            pd.error_code = ResponseError::UnknownTopicOrPartition.code();
+            pd.error_code = if p.denied {
+                ResponseError::TopicAuthorizationFailed.code()
+            } else {
+                ResponseError::UnknownTopicOrPartition.code()
+            };
             pd.high_watermark = -1;
             pd.last_stable_offset = -1;
             pd.log_start_offset = -1;
@@ -697,11 +748,12 @@ fn read_records(
 
 // ---------------------------------------------------------------- ListOffsets
 
-fn list_offsets(kafka: &Kafka, req: ListOffsetsRequest, v: i16) -> ListOffsetsResponse {
+fn list_offsets(kafka: &Kafka, az: &Authz, req: ListOffsetsRequest, v: i16) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
-        let stream = kafka.stream(&name);
+        let denied = !az.topic(Access::Read, &name);
+        let stream = if denied { None } else { kafka.stream(&name) };
         let mut tr = list_offsets_response::ListOffsetsTopicResponse::default();
         tr.name = t.name;
         for p in t.partitions {
@@ -722,6 +774,7 @@ fn list_offsets(kafka: &Kafka, req: ListOffsetsRequest, v: i16) -> ListOffsetsRe
                         Err(e) => pr.error_code = core_error(&e).code(),
                     }
                 }
+                _ if denied => pr.error_code = ResponseError::TopicAuthorizationFailed.code(),
                 _ => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
             }
             tr.partitions.push(pr);
@@ -788,18 +841,26 @@ fn offset_for(st: &Stream, p: u32, ts: i64) -> ferrymq_core::Result<(i64, i64)> 
 
 // ---------------------------------------------------------------- Offsets
 
-fn offset_commit(kafka: &Arc<Kafka>, req: OffsetCommitRequest, v: i16) -> Pending {
+fn offset_commit(kafka: &Arc<Kafka>, az: &Authz, req: OffsetCommitRequest, v: i16) -> Pending {
     let group = req.group_id.0.to_string();
-    let check = kafka.groups.validate_commit(
-        &group,
-        req.generation_id_or_member_epoch,
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|g| g.as_str()),
-    );
+    // Read on the group, then (per topic, as Kafka does) read on the topic.
+    // Authorization comes before the group's own checks, as in Kafka.
+    let group_ok = az.group(&group);
+    let check = if group_ok {
+        kafka.groups.validate_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|g| g.as_str()),
+        )
+    } else {
+        Err(ResponseError::GroupAuthorizationFailed)
+    };
     let mut commits: Vec<(usize, usize, Commit)> = Vec::new();
     let mut r = OffsetCommitResponse::default();
     for (ti, t) in req.topics.into_iter().enumerate() {
         let name = t.name.0.to_string();
+        let readable = az.topic(Access::Read, &name);
         let stream = kafka.stream(&name);
         let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
         tr.name = t.name;
@@ -812,6 +873,7 @@ fn offset_commit(kafka: &Arc<Kafka>, req: OffsetCommitRequest, v: i16) -> Pendin
                 u32::try_from(p.partition_index),
                 u64::try_from(p.committed_offset),
             ) {
+                _ if group_ok && !readable => ResponseError::TopicAuthorizationFailed.code(),
                 (Err(e), _, _, _) => e.code(),
                 (Ok(()), Some(st), Ok(idx), Ok(off)) if idx < st.partition_count() => {
                     match st.commit_offset(&group, idx, off) {
@@ -887,11 +949,19 @@ fn group_offsets(
     }
 }
 
-fn offset_fetch(kafka: &Kafka, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
+fn offset_fetch(kafka: &Kafka, az: &Authz, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
     let mut r = OffsetFetchResponse::default();
+    let denied = ResponseError::GroupAuthorizationFailed.code();
     if v >= 8 {
         for g in req.groups {
             let group = g.group_id.0.to_string();
+            if !az.group(&group) {
+                let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
+                gr.group_id = g.group_id;
+                gr.error_code = denied;
+                r.groups.push(gr);
+                continue;
+            }
             let topics = g.topics.map(|ts| {
                 ts.into_iter()
                     .map(|t| (t.name, t.partition_indexes))
@@ -917,6 +987,28 @@ fn offset_fetch(kafka: &Kafka, req: OffsetFetchRequest, v: i16) -> OffsetFetchRe
         }
     } else {
         let group = req.group_id.0.to_string();
+        if !az.group(&group) {
+            // v2+ has a top-level error code; v1 only the partitions' codes.
+            if v >= 2 {
+                r.error_code = denied;
+            } else {
+                for t in req.topics.unwrap_or_default() {
+                    let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
+                    tr.name = t.name;
+                    for p in t.partition_indexes {
+                        let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                        pr.partition_index = p;
+                        pr.committed_offset = -1;
+                        pr.committed_leader_epoch = -1;
+                        pr.metadata = Some(StrBytes::default());
+                        pr.error_code = denied;
+                        tr.partitions.push(pr);
+                    }
+                    r.topics.push(tr);
+                }
+            }
+            return r;
+        }
         let topics = req.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| (t.name, t.partition_indexes))
@@ -940,8 +1032,53 @@ fn offset_fetch(kafka: &Kafka, req: OffsetFetchRequest, v: i16) -> OffsetFetchRe
     r
 }
 
-fn delete_groups(kafka: &Kafka, req: DeleteGroupsRequest, v: i16) -> DeleteGroupsResponse {
+/// DescribeGroups: groups the user may not read get GROUP_AUTHORIZATION_FAILED, in the
+/// request's order.
+fn describe_groups(
+    kafka: &Kafka,
+    az: &Authz,
+    mut req: DescribeGroupsRequest,
+    v: i16,
+) -> DescribeGroupsResponse {
+    let order: Vec<GroupId> = req.groups.clone();
+    req.groups.retain(|g| az.group(g.as_str()));
+    let mut r = kafka.groups.describe_groups(req, v);
+    let mut described = std::mem::take(&mut r.groups);
+    for g in order {
+        match described.iter().position(|d| d.group_id == g) {
+            Some(i) => r.groups.push(described.swap_remove(i)),
+            None => {
+                let mut d = describe_groups_response::DescribedGroup::default();
+                d.group_id = g;
+                d.error_code = ResponseError::GroupAuthorizationFailed.code();
+                r.groups.push(d);
+            }
+        }
+    }
+    r
+}
+
+/// DeleteGroups: groups the user may not read get GROUP_AUTHORIZATION_FAILED and stay.
+fn delete_groups(
+    kafka: &Kafka,
+    az: &Authz,
+    mut req: DeleteGroupsRequest,
+    v: i16,
+) -> DeleteGroupsResponse {
+    let refused: Vec<GroupId> = req
+        .groups_names
+        .iter()
+        .filter(|g| !az.group(g.as_str()))
+        .cloned()
+        .collect();
+    req.groups_names.retain(|g| !refused.contains(g));
     let mut r = kafka.groups.delete_groups(req, v);
+    for g in refused {
+        let mut res = delete_groups_response::DeletableGroupResult::default();
+        res.group_id = g;
+        res.error_code = ResponseError::GroupAuthorizationFailed.code();
+        r.results.push(res);
+    }
     for res in r.results.iter_mut() {
         if res.error_code == 0 {
             let g = res.group_id.0.to_string();

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod api;
+mod authz;
 pub mod conn;
 pub mod group;
 pub mod idempotence;
