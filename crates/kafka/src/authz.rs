@@ -119,3 +119,57 @@ impl Authz {
         ops
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymq_core::{BrokerConfig, Permission, User};
+
+    #[tokio::test]
+    async fn operations_follow_the_users_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        cfg.storage.default_durability = ferrymq_storage::Durability::T1;
+        let broker = Broker::open(cfg).await.unwrap();
+        broker
+            .put_user(User::with_password("app", "pw", vec![]))
+            .unwrap();
+        broker
+            .set_permission(Permission {
+                user: "app".into(),
+                vhost: "/".into(),
+                configure: "^own-".into(),
+                write: "^(own-|in-)".into(),
+                read: "^(own-|out-|g1$)".into(),
+            })
+            .unwrap();
+        let kafka = Kafka::new(broker, crate::KafkaConfig::default());
+        let app = Authz::new(&kafka, Some("app".into()));
+        assert_eq!(
+            app.topic_operations("out-t"),
+            READ | DESCRIBE_CONFIGS | DESCRIBE
+        );
+        assert_eq!(app.topic_operations("in-t"), WRITE | DESCRIBE);
+        assert_eq!(app.topic_operations("other"), 0);
+        assert!(!app.describe_topic("other"));
+        let all = READ | WRITE | CREATE | DELETE | ALTER | DESCRIBE | DESCRIBE_CONFIGS;
+        assert_eq!(app.topic_operations("own-t"), all | ALTER_CONFIGS);
+        assert_eq!(
+            app.cluster_operations(),
+            DESCRIBE | DESCRIBE_CONFIGS | CREATE | IDEMPOTENT_WRITE
+        );
+        assert!(app.group("g1") && !app.group("g2"));
+        // guest has `.*` everywhere; no user (before SASL) has nothing.
+        let guest = Authz::new(&kafka, Some("guest".into()));
+        assert_eq!(
+            guest.cluster_operations() & (ALTER | CLUSTER_ACTION),
+            ALTER | CLUSTER_ACTION
+        );
+        let nobody = Authz::new(&kafka, None);
+        assert_eq!(nobody.cluster_operations(), 0);
+        assert!(!nobody.topic(Access::Read, "own-t"));
+    }
+}
