@@ -21,8 +21,8 @@ use ferrymq_core::queue::{
     GET_CONSUMER,
 };
 use ferrymq_core::{
-    Binding, ChannelRegistration, ConnectionHandle, Destination, ExchangeDecl, ExchangeKind,
-    Message, PublishedBatch, QueueRef, StreamOffset, VHost,
+    Access, Binding, ChannelRegistration, ConnectionHandle, Destination, ExchangeDecl,
+    ExchangeKind, Message, PublishedBatch, QueueRef, StreamOffset, VHost,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -110,6 +110,11 @@ pub(crate) struct Channel {
     global_credit: Option<Arc<CreditPool>>,
     last_queue: Option<String>,
     reply_token: Option<String>,
+    /// The exchange the last `basic.publish` on this channel was allowed to write to: the
+    /// permission check is skipped while publishes keep to it (RabbitMQ caches per channel
+    /// too, so a permission change reaches a publishing channel when it moves to another
+    /// exchange or is reopened).
+    write_allowed: Option<String>,
     /// Its entry in the connection's channel registry (management); unregistered on drop.
     registration: Option<ChannelRegistration>,
 }
@@ -133,6 +138,7 @@ impl Channel {
             global_credit: None,
             last_queue: None,
             reply_token: None,
+            write_allowed: None,
         }
     }
 }
@@ -294,6 +300,23 @@ impl Ctx {
             .ok_or_else(|| Exception::connection(code::CHANNEL_ERROR, "connection not open"))
     }
 
+    /// RabbitMQ's permission check for this connection's user on a resource of its vhost.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED (a channel exception) with RabbitMQ's text.
+    fn authorize(
+        &self,
+        vh: &VHost,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), Exception> {
+        self.shared
+            .broker
+            .authorize(&self.user, &vh.name, access, kind, name)
+            .map_err(Exception::from)
+    }
+
     fn conn_id(&self) -> u64 {
         self.handle.as_ref().map_or(0, |h| h.id)
     }
@@ -363,8 +386,19 @@ impl Ctx {
                     "immediate=true",
                 )));
             }
+            // Write on the exchange, checked per publish unless the channel's last allowed
+            // exchange is this one (the hot path compares one string).
+            let cached = ch.write_allowed.as_deref() == Some(p.exchange.as_str());
+            if !cached {
+                let vh = self.vh().map_err(at)?;
+                self.authorize(&vh, Access::Write, "exchange", &p.exchange)
+                    .map_err(at)?;
+            }
             *published = true;
             if let Some(ch) = channels.get_mut(&id) {
+                if !cached {
+                    ch.write_allowed = Some(p.exchange.clone());
+                }
                 ch.content = Some(Content {
                     exchange: p.exchange,
                     routing_key: p.routing_key,
@@ -1009,6 +1043,9 @@ impl Ctx {
                         )
                     })?
                 };
+                if !x.passive {
+                    self.authorize(&vh, Access::Configure, "exchange", &x.exchange)?;
+                }
                 let decl = ExchangeDecl {
                     name: x.exchange,
                     kind,
@@ -1023,12 +1060,15 @@ impl Ctx {
                 }
             }
             Method::ExchangeDelete(x) => {
+                self.authorize(&vh, Access::Configure, "exchange", &x.exchange)?;
                 vh.delete_exchange(&x.exchange, x.if_unused)?;
                 if !x.no_wait {
                     send(out, id, Method::ExchangeDeleteOk(ExchangeDeleteOk {}));
                 }
             }
             Method::ExchangeBind(b) => {
+                self.authorize(&vh, Access::Write, "exchange", &b.destination)?;
+                self.authorize(&vh, Access::Read, "exchange", &b.source)?;
                 vh.bind(
                     Binding {
                         source: b.source,
@@ -1043,6 +1083,8 @@ impl Ctx {
                 }
             }
             Method::ExchangeUnbind(b) => {
+                self.authorize(&vh, Access::Write, "exchange", &b.destination)?;
+                self.authorize(&vh, Access::Read, "exchange", &b.source)?;
                 vh.unbind(
                     &Binding {
                         source: b.source,
@@ -1071,8 +1113,20 @@ impl Ctx {
                     }
                     return Ok(());
                 }
+                let mut name = q.queue;
+                if !q.passive {
+                    if name.is_empty() {
+                        // Named here (as the core would) so that the check sees the name.
+                        name = format!(
+                            "amq.gen-{:016x}{:016x}",
+                            fastrand::u64(..),
+                            fastrand::u64(..)
+                        );
+                    }
+                    self.authorize(&vh, Access::Configure, "queue", &name)?;
+                }
                 let decl = QueueDecl {
-                    name: q.queue,
+                    name,
                     durable: q.durable,
                     exclusive: q.exclusive,
                     auto_delete: q.auto_delete,
@@ -1104,6 +1158,8 @@ impl Ctx {
                 } else {
                     b.routing_key
                 };
+                self.authorize(&vh, Access::Write, "queue", &queue)?;
+                self.authorize(&vh, Access::Read, "exchange", &b.exchange)?;
                 vh.bind(
                     Binding {
                         source: b.exchange,
@@ -1119,6 +1175,8 @@ impl Ctx {
             }
             Method::QueueUnbind(b) => {
                 let queue = self.queue_name(channels, id, b.queue)?;
+                self.authorize(&vh, Access::Write, "queue", &queue)?;
+                self.authorize(&vh, Access::Read, "exchange", &b.exchange)?;
                 vh.unbind(
                     &Binding {
                         source: b.exchange,
@@ -1132,6 +1190,7 @@ impl Ctx {
             }
             Method::QueuePurge(p) => {
                 let queue = self.queue_name(channels, id, p.queue)?;
+                self.authorize(&vh, Access::Read, "queue", &queue)?;
                 let n = vh.purge_queue(&queue, conn)?;
                 if !p.no_wait {
                     send(
@@ -1145,6 +1204,7 @@ impl Ctx {
             }
             Method::QueueDelete(d) => {
                 let queue = self.queue_name(channels, id, d.queue)?;
+                self.authorize(&vh, Access::Configure, "queue", &queue)?;
                 let n = vh.delete_queue(&queue, d.if_unused, d.if_empty, conn)?;
                 if !d.no_wait {
                     send(
@@ -1224,6 +1284,7 @@ impl Ctx {
             }
             Method::BasicGet(g) => {
                 let queue = self.queue_name(channels, id, g.queue)?;
+                self.authorize(&vh, Access::Read, "queue", &queue)?;
                 match vh.queue_for(&queue, conn)? {
                     QueueRef::Stream(_) => {
                         return Err(Exception::connection(
@@ -1451,6 +1512,7 @@ impl Ctx {
             } else {
                 c.queue.clone()
             };
+            self.authorize(&vh, Access::Read, "queue", &queue)?;
             let is_stream = matches!(vh.queue_for(&queue, conn)?, QueueRef::Stream(_));
             let offset = if is_stream {
                 if c.no_ack {
