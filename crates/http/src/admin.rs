@@ -170,6 +170,17 @@ pub async fn put_vhost(
     auth.require_admin()?;
     let existed = state.broker.vhost(&vhost).is_some();
     let vh = state.broker.add_vhost(&vhost)?;
+    if !existed {
+        // As RabbitMQ's management API: the creator gets full permissions on a new vhost
+        // (tags grant nothing on a vhost's resources).
+        state.broker.set_permission(Permission {
+            user: auth.name().to_string(),
+            vhost: vhost.clone(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })?;
+    }
     vh.set_limits(VhostLimits {
         max_queues: body.max_queues,
         max_connections: body.max_connections,

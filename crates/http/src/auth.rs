@@ -7,10 +7,13 @@
 //! it. Browsers cannot set headers on a WebSocket or `EventSource`: there, `?access_token=`
 //! in the query is accepted too.
 //!
-//! Permissions follow RabbitMQ: a user needs a permission entry on the vhost, whose
-//! `configure`, `write` and `read` regular expressions (anchored) must match the resource
-//! name (the default exchange is `amq.default`). The `administrator` tag grants every
-//! management operation; `monitoring` grants reading every vhost's state.
+//! Permissions follow RabbitMQ and are the core's (`Broker::authorize`): a user needs a
+//! permission entry on the vhost, whose `configure`, `write` and `read` regular expressions
+//! (unanchored, as RabbitMQ's) must match the resource name (the default exchange is
+//! `amq.default`). The `administrator` tag grants the management operations (users, vhosts,
+//! permissions, definitions, connections); `monitoring` grants reading every vhost's state.
+//! Neither tag grants anything on a vhost's resources: an administrator declaring a queue or
+//! publishing is subject to its vhost permissions, as in RabbitMQ.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,26 +35,7 @@ pub const TOKENS_MAX: usize = 10_000;
 pub const TOKEN_TTL_SECS_DEFAULT: u64 = 3600;
 /// Longest lifetime a token may ask for.
 pub const TOKEN_TTL_SECS_MAX: u64 = 86_400;
-/// Compiled permission patterns kept; the cache is cleared when it grows past this.
-const REGEX_CACHE_MAX: usize = 1024;
-
-/// What a permission check is for (RabbitMQ's three kinds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Configure,
-    Write,
-    Read,
-}
-
-impl Access {
-    fn as_str(self) -> &'static str {
-        match self {
-            Access::Configure => "configure",
-            Access::Write => "write",
-            Access::Read => "read",
-        }
-    }
-}
+pub use ferrymq_core::Access;
 
 struct Token {
     user: String,
@@ -136,42 +120,10 @@ fn random_token() -> Result<String, ApiError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Compiled permission patterns.
-#[derive(Default)]
-pub struct PatternCache {
-    map: Mutex<HashMap<String, Option<Arc<regex_lite::Regex>>>>,
-}
-
-impl PatternCache {
-    /// Whether `pattern` (anchored, as RabbitMQ) matches `name`. An invalid pattern matches
-    /// nothing.
-    pub fn matches(&self, pattern: &str, name: &str) -> bool {
-        if pattern == ".*" {
-            return true;
-        }
-        if pattern.is_empty() {
-            return false;
-        }
-        let re = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() > REGEX_CACHE_MAX {
-                map.clear();
-            }
-            map.entry(pattern.to_string())
-                .or_insert_with(|| {
-                    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
-                        .ok()
-                        .map(Arc::new)
-                })
-                .clone()
-        };
-        re.is_some_and(|r| r.is_match(name))
-    }
-}
-
-/// Checks that a pattern compiles (for `PUT /api/permissions`).
+/// Checks that a pattern compiles (for `PUT /api/permissions`); patterns are matched as
+/// RabbitMQ does, unanchored (`Broker::authorize`).
 pub fn valid_pattern(pattern: &str) -> Result<(), String> {
-    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+    regex_lite::Regex::new(pattern)
         .map(|_| ())
         .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
 }
@@ -244,49 +196,28 @@ impl Auth {
         self.is_monitor() || broker.permission(&self.user.name, vhost).is_some()
     }
 
-    /// Checks a permission on a resource of a vhost. Administrators may configure anything.
+    /// Checks a permission on a resource (`kind` is `queue` or `exchange`; streams are
+    /// queues) of a vhost, with the core's check and RabbitMQ's wording. Tags grant nothing
+    /// here.
     ///
     /// # Errors
-    /// 404 (no such vhost), 403 naming the user, resource and access.
+    /// 404 (no such vhost), 403 naming the access, resource, vhost and user.
     pub fn check(
         &self,
         state: &AppState,
         vhost: &str,
         access: Access,
+        kind: &str,
         resource: &str,
     ) -> Result<Arc<VHost>, ApiError> {
         let vh = state
             .broker
             .vhost(vhost)
             .ok_or_else(|| ApiError::not_found(format!("vhost '{vhost}' not found")))?;
-        if access == Access::Configure && self.is_admin() {
-            return Ok(vh);
-        }
-        let resource = if resource.is_empty() {
-            "amq.default"
-        } else {
-            resource
-        };
-        let allowed = state
+        state
             .broker
-            .permission(&self.user.name, vhost)
-            .is_some_and(|p| {
-                let pattern = match access {
-                    Access::Configure => &p.configure,
-                    Access::Write => &p.write,
-                    Access::Read => &p.read,
-                };
-                state.patterns.matches(pattern, resource)
-            });
-        if allowed {
-            Ok(vh)
-        } else {
-            Err(ApiError::forbidden(format!(
-                "{} access to '{resource}' in vhost '{vhost}' refused for user '{}'",
-                access.as_str(),
-                self.user.name
-            )))
-        }
+            .authorize(&self.user.name, vhost, access, kind, resource)?;
+        Ok(vh)
     }
 }
 
@@ -386,13 +317,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patterns_are_anchored() {
-        let c = PatternCache::default();
-        assert!(c.matches(".*", "x"));
-        assert!(!c.matches("", "x"));
-        assert!(c.matches("orders\\..*", "orders.eu"));
-        assert!(!c.matches("orders", "orders.eu"));
-        assert!(!c.matches("(", "x"), "an invalid pattern matches nothing");
+    fn patterns_are_checked_for_syntax() {
+        assert!(valid_pattern("^app\\.").is_ok());
+        assert!(valid_pattern("").is_ok());
+        assert!(valid_pattern("(").is_err());
     }
 
     #[test]

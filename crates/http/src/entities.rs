@@ -174,7 +174,7 @@ pub async fn put_exchange(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(d): ApiJson<ExchangeDeclare>,
 ) -> ApiResult<(StatusCode, Json<ExchangeJson>)> {
-    let vh = auth.check(&state, &vhost, Access::Configure, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Configure, "exchange", &name)?;
     let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
         ApiError::invalid(format!(
             "unknown exchange type '{}': use direct, fanout, topic or headers",
@@ -213,7 +213,7 @@ pub async fn delete_exchange(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    let vh = auth.check(&state, &vhost, Access::Configure, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Configure, "exchange", &name)?;
     if vh.exchange(&name).is_none() {
         return Err(ApiError::not_found(format!(
             "no exchange '{name}' in vhost '{vhost}'"
@@ -455,7 +455,7 @@ fn declare(
     d: QueueDeclare,
     force_stream: bool,
 ) -> ApiResult<(StatusCode, Json<QueueJson>)> {
-    let vh = auth.check(state, vhost, Access::Configure, name)?;
+    let vh = auth.check(state, vhost, Access::Configure, "queue", name)?;
     if name.is_empty() {
         return Err(ApiError::invalid("queue name must not be empty"));
     }
@@ -527,7 +527,7 @@ fn delete(
     name: &str,
     q: DeleteQuery,
 ) -> ApiResult<Json<CountJson>> {
-    let vh = auth.check(state, vhost, Access::Configure, name)?;
+    let vh = auth.check(state, vhost, Access::Configure, "queue", name)?;
     find_queue(&vh, name)?;
     let n = vh.delete_queue(name, q.if_unused, q.if_empty, 0)?;
     Ok(Json(CountJson { messages: n }))
@@ -577,7 +577,7 @@ pub async fn purge_queue(
     auth: Auth,
     ApiPath((vhost, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<CountJson>> {
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     find_queue(&vh, &name)?;
     let n = vh.purge_queue(&name, 0)?;
     Ok(Json(CountJson { messages: n }))
@@ -618,7 +618,7 @@ pub async fn browse_queue(
             "count must be 1 to {BROWSE_MAX}"
         )));
     }
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let queue = classic(&vh, &name)?;
     Ok(Json(
         queue
@@ -670,7 +670,7 @@ pub async fn move_messages(
     if count == 0 || count > MOVE_MAX {
         return Err(ApiError::invalid(format!("count must be 1 to {MOVE_MAX}")));
     }
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let src = classic(&vh, &name)?;
     if let Some(d) = &req.destination {
         if d == &name {
@@ -678,8 +678,9 @@ pub async fn move_messages(
                 "destination must differ from the source queue",
             ));
         }
+        // Moves bypass routing: write on the destination queue (not on an exchange).
+        auth.check(&state, &vhost, Access::Write, "queue", d)?;
         find_queue(&vh, d)?;
-        auth.check(&state, &vhost, Access::Write, "")?;
     }
     let now = || {
         std::time::SystemTime::now()
@@ -730,7 +731,19 @@ pub async fn move_messages(
                 None => by_target.push((t, vec![m], vec![d.id])),
             }
         }
-        for (t, msgs, is) in by_target {
+        // A redrive's targets come from the messages: write on each is checked before any
+        // of this chunk is published, and a refusal returns the whole chunk to the source.
+        if let Some(e) = by_target
+            .iter()
+            .find_map(|(t, _, _)| auth.check(&state, &vhost, Access::Write, "queue", t).err())
+        {
+            let mut back: Vec<u64> = by_target.iter().flat_map(|(_, _, is)| is.clone()).collect();
+            back.extend(&skipped_ids);
+            src.nack(&back, true, now());
+            return Err(e);
+        }
+        let mut targets = by_target.into_iter();
+        while let Some((t, msgs, is)) = targets.next() {
             match crate::publish::publish_to_queue(&state, &vh, &t, msgs).await {
                 Ok(outcomes) => {
                     for (o, id) in outcomes.iter().zip(&is) {
@@ -744,6 +757,8 @@ pub async fn move_messages(
                 Err(e) => {
                     src.ack(&ids, now());
                     let mut back = is.clone();
+                    // The targets not reached yet go back too.
+                    back.extend(targets.by_ref().flat_map(|(_, _, is)| is));
                     back.extend(&skipped_ids);
                     src.nack(&back, true, now());
                     return Err(e);
@@ -866,8 +881,13 @@ fn check_bind(
     source: &str,
     dest: &Destination,
 ) -> ApiResult<Arc<VHost>> {
-    auth.check(state, vhost, Access::Read, source)?;
-    auth.check(state, vhost, Access::Write, dest.name())
+    // RabbitMQ's order: write on the destination, then read on the source exchange.
+    let kind = match dest {
+        Destination::Queue(_) => "queue",
+        Destination::Exchange(_) => "exchange",
+    };
+    auth.check(state, vhost, Access::Write, kind, dest.name())?;
+    auth.check(state, vhost, Access::Read, "exchange", source)
 }
 
 /// Bind a queue (`q`) or exchange (`e`) to an exchange.

@@ -217,7 +217,7 @@ pub(crate) fn direct_target(
     vhost: &str,
     queue: &str,
 ) -> ApiResult<std::sync::Arc<VHost>> {
-    let vh = auth.check(state, vhost, Access::Write, "")?;
+    let vh = auth.check(state, vhost, Access::Write, "exchange", "")?;
     if vh.queue(queue).is_none() {
         return Err(ApiError::not_found(format!(
             "no queue or stream '{queue}' in vhost '{vhost}'"
@@ -239,7 +239,7 @@ pub async fn exchange_publish(
     ApiJson(msg): ApiJson<PublishMessage>,
 ) -> ApiResult<Json<PublishResult>> {
     let x = exchange_name(&name);
-    let vh = auth.check(&state, &vhost, Access::Write, x)?;
+    let vh = auth.check(&state, &vhost, Access::Write, "exchange", x)?;
     let m = msg.into_message()?;
     check_user_id(&auth, &m)?;
     single(publish_messages(&state, &vh, x, vec![m]).await?)
@@ -258,7 +258,7 @@ pub async fn exchange_publish_batch(
     ApiJson(b): ApiJson<PublishBatch>,
 ) -> ApiResult<Json<BatchResult>> {
     let x = exchange_name(&name);
-    let vh = auth.check(&state, &vhost, Access::Write, x)?;
+    let vh = auth.check(&state, &vhost, Access::Write, "exchange", x)?;
     let msgs = convert_batch(&auth, b)?;
     Ok(batch_result(publish_messages(&state, &vh, x, msgs).await?))
 }
@@ -283,7 +283,7 @@ pub async fn exchange_publish_raw(
     RawBody(body): RawBody,
 ) -> ApiResult<Json<PublishResult>> {
     let x = exchange_name(&name);
-    let vh = auth.check(&state, &vhost, Access::Write, x)?;
+    let vh = auth.check(&state, &vhost, Access::Write, "exchange", x)?;
     let mut m = message_from_raw(&headers, body)?;
     m.routing_key = q.routing_key;
     check_user_id(&auth, &m)?;

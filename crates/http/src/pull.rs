@@ -294,7 +294,7 @@ pub async fn pull(
             "visibility_timeout_ms must be {VISIBILITY_TIMEOUT_MS_MIN} to {VISIBILITY_TIMEOUT_MS_MAX}"
         )));
     }
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let q = classic(&vh, &name)?;
     let max = req.max_messages as usize;
     if !req.auto_ack && !state.leases.has_room(max) {
@@ -382,7 +382,7 @@ pub async fn ack(
     ApiJson(req): ApiJson<AckRequest>,
 ) -> ApiResult<Json<SettleResponse>> {
     check_handles(&req.receipt_handles)?;
-    auth.check(&state, &vhost, Access::Read, &name)?;
+    auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let (leases, unknown) = state.leases.take(&vhost, &name, &req.receipt_handles);
     let settled = settled_handles(&req.receipt_handles, &unknown);
     let now = now_ms();
@@ -418,7 +418,7 @@ pub async fn nack(
     if req.delay_ms.is_some() && !req.requeue {
         return Err(ApiError::invalid("delay_ms needs requeue: true"));
     }
-    auth.check(&state, &vhost, Access::Read, &name)?;
+    auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let (leases, unknown) = state.leases.take(&vhost, &name, &req.receipt_handles);
     let settled = settled_handles(&req.receipt_handles, &unknown);
     let now = now_ms();
@@ -448,7 +448,7 @@ pub async fn extend(
             "visibility_timeout_ms must be {VISIBILITY_TIMEOUT_MS_MIN} to {VISIBILITY_TIMEOUT_MS_MAX}"
         )));
     }
-    auth.check(&state, &vhost, Access::Read, &name)?;
+    auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let deadline = now_ms().saturating_add(req.visibility_timeout_ms as i64);
     let (settled, unknown) = state
         .leases

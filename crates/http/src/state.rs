@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ferrymq_core::Broker;
 use tokio::sync::watch;
 
-use crate::auth::{PatternCache, Tokens};
+use crate::auth::Tokens;
 use crate::leases::Leases;
 use crate::rates::Rates;
 
@@ -18,7 +18,6 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub broker: Arc<Broker>,
     pub tokens: Tokens,
-    pub patterns: PatternCache,
     pub leases: Arc<Leases>,
     pub rates: Arc<Rates>,
     /// Turns true when the server shuts down; long polls, WebSockets and SSE streams end.
@@ -37,7 +36,6 @@ impl AppState {
         AppState(Arc::new(Inner {
             broker,
             tokens: Tokens::default(),
-            patterns: PatternCache::default(),
             leases: Arc::new(Leases::default()),
             rates: Arc::new(Rates::default()),
             shutdown,

@@ -129,7 +129,7 @@ pub async fn read(
             "max must be 1 to {READ_RECORDS_MAX}"
         )));
     }
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let s = stream(&vh, &name)?;
     check_partition(&s, q.partition)?;
     let mut at = match (&q.timestamp_ms, &q.offset) {
@@ -204,7 +204,7 @@ pub async fn get_offset(
     ApiQuery(q): ApiQuery<PartitionQuery>,
 ) -> ApiResult<Json<OffsetJson>> {
     check_group(&group)?;
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let s = stream(&vh, &name)?;
     check_partition(&s, q.partition)?;
     let offset = s.committed_offset(&group, q.partition)?;
@@ -227,7 +227,7 @@ pub async fn commit_offset(
     ApiJson(c): ApiJson<OffsetCommit>,
 ) -> ApiResult<Json<OffsetJson>> {
     check_group(&group)?;
-    let vh = auth.check(&state, &vhost, Access::Read, &name)?;
+    let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let s = stream(&vh, &name)?;
     check_partition(&s, c.partition)?;
     let commit = s.commit_offset(&group, c.partition, c.offset)?;

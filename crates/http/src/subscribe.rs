@@ -158,7 +158,7 @@ pub fn attach(
     };
     match target {
         Target::Queue(name) => {
-            let vh = auth.check(state, vhost, Access::Read, name)?;
+            let vh = auth.check(state, vhost, Access::Read, "queue", name)?;
             classic(&vh, name)?;
             let (consumer, queue) = consume(&vh, name, opts, sink)?;
             Ok(Attached {
@@ -170,7 +170,7 @@ pub fn attach(
         }
         Target::Exchange { exchange, pattern } => {
             let x = exchange_name(exchange);
-            let vh = auth.check(state, vhost, Access::Read, x)?;
+            let vh = auth.check(state, vhost, Access::Read, "exchange", x)?;
             if x.is_empty() {
                 return Err(ApiError::invalid(
                     "the default exchange cannot be subscribed to; subscribe to the queue",

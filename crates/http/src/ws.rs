@@ -536,9 +536,13 @@ impl Session {
                 "credit must be 1 to {PREFETCH_MAX}"
             )));
         }
-        let vh = self
-            .auth
-            .check(&self.state, &self.vhost, Access::Read, &stream_name)?;
+        let vh = self.auth.check(
+            &self.state,
+            &self.vhost,
+            Access::Read,
+            "queue",
+            &stream_name,
+        )?;
         let s = stream(&vh, &stream_name)?;
         if from.partition >= s.partition_count() {
             return Err(ApiError::not_found(format!(
@@ -747,7 +751,7 @@ impl Session {
                 let x = exchange_name(&x);
                 let vh = self
                     .auth
-                    .check(&self.state, &self.vhost, Access::Write, x)?;
+                    .check(&self.state, &self.vhost, Access::Write, "exchange", x)?;
                 publish_messages(&self.state, &vh, x, vec![msg]).await?
             }
             (None, Some(q)) => {
