@@ -594,7 +594,6 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX).max(1);
-    let max_decompressed = kafka.config.max_decompressed_bytes;
     Box::pin(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
@@ -611,13 +610,9 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
             for w in waits.iter_mut() {
                 w.as_mut().enable();
             }
-            let (resp, bytes) = fetch_once(&names, &parts, max_bytes, max_decompressed, v);
+            let (resp, bytes) = fetch_once(&names, &parts, max_bytes);
             let now = tokio::time::Instant::now();
-            if bytes >= min_bytes.max(1)
-                || now >= deadline
-                || waits.is_empty()
-                || bytes_error(&resp)
-            {
+            if bytes >= min_bytes.max(1) || now >= deadline || waits.is_empty() {
                 return encode(&resp, v);
             }
             let _ =
@@ -626,16 +621,10 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     })
 }
 
-fn bytes_error(r: &FetchResponse) -> bool {
-    r.error_code != 0
-}
-
 fn fetch_once(
     names: &[TopicName],
     parts: &[FetchPart],
     max_bytes: usize,
-    max_decompressed: usize,
-    _v: i16,
 ) -> (FetchResponse, usize) {
     let mut r = FetchResponse::default();
     let mut topics: Vec<fetch_response::FetchableTopicResponse> = names
@@ -683,15 +672,7 @@ fn fetch_once(
         let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
         if from < next && (budget > 0 || total == 0) {
             let mut out = BytesMut::new();
-            match read_records(
-                st,
-                idx,
-                from,
-                budget.max(1),
-                total == 0,
-                max_decompressed,
-                &mut out,
-            ) {
+            match read_records(st, idx, from, budget.max(1), total == 0, &mut out) {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(stream = %st.name(), partition = idx, error = %e, "Kafka fetch read failed");
@@ -719,12 +700,10 @@ fn read_records(
     from: u64,
     budget: usize,
     first: bool,
-    max_decompressed: usize,
     out: &mut BytesMut,
 ) -> ferrymq_core::Result<()> {
     let batches = st.read_batches(partition, from, budget)?;
     for b in batches {
-        let before = out.len();
         if b.is_opaque() && b.format == KAFKA_BATCH_FORMAT {
             if out.len() + b.payload().len() > budget && !(first && out.is_empty()) {
                 break;
@@ -741,7 +720,6 @@ fn read_records(
             }
             out.extend_from_slice(&enc);
         }
-        let _ = (before, max_decompressed);
     }
     Ok(())
 }
