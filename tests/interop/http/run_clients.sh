@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #5: the HTTP API with real Python clients — WebSocket (`websockets`), Server-Sent
-# Events and REST (`requests`), and HTTP <-> AMQP (`pika`) — against the real server binary,
+# Events and REST (`requests`), HTTP/2 with prior knowledge (`httpx`), and HTTP <-> AMQP (`pika`) — against the real server binary,
 # started by the suite on free ports in a temporary data directory and stopped with SIGTERM.
 #
 #   FERRYMQ_BIN   server binary (default: $CARGO_TARGET_DIR or target, /debug/ferrymq)
@@ -26,6 +26,6 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; th
   echo "$WANT" > "$STAMP"
 fi
 
-echo "== interop/http: pytest (websockets, requests, pika)"
+echo "== interop/http: pytest (websockets, requests, httpx over HTTP/2, pika)"
 cd "$REPO"
 exec "$VENV/bin/python" -m pytest -q --timeout 60 tests/interop/http/python "$@"
