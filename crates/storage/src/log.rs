@@ -712,18 +712,16 @@ impl Log {
             let want = (acc.max_bytes.saturating_sub(acc.bytes) + BATCH_HEADER_LEN)
                 .clamp(READ_CHUNK_MIN, READ_CHUNK_MAX) as u64;
             let n = want.min(limit - pos) as usize;
-            let mut buf = BytesMut::zeroed(n);
-            file.read_exact_at(&mut buf, pos).at(path)?;
+            let mut buf = BytesMut::new();
+            file.read_exact_into(&mut buf, n, pos).at(path)?;
             Counters::add(&self.ctx.counters.bytes_read, n as u64);
             // A first batch bigger than the chunk: read exactly that batch instead.
             if let Some(h) = format::parse_header(&buf, batch_max) {
                 let len = h.len as usize;
                 if len > n && u64::from(h.len) <= limit - pos {
-                    let mut big = BytesMut::zeroed(len);
-                    big[..n].copy_from_slice(&buf);
-                    file.read_exact_at(&mut big[n..], pos + n as u64).at(path)?;
+                    file.read_exact_into(&mut buf, len - n, pos + n as u64)
+                        .at(path)?;
                     Counters::add(&self.ctx.counters.bytes_read, (len - n) as u64);
-                    buf = big;
                 }
             }
             let n = buf.len();

@@ -8,6 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
+
 /// Positional I/O on one open file. All methods take `&self`: implementations must be
 /// safe to call from several threads (reads run concurrently with appends).
 pub trait FileIo: Send + Sync + fmt::Debug {
@@ -39,6 +41,19 @@ pub trait FileIo: Send + Sync + fmt::Debug {
             }
         }
         Ok(())
+    }
+
+    /// Appends exactly `n` bytes read at `pos` to `buf`; `UnexpectedEof` if the file is
+    /// shorter (then `buf` keeps its old length). Implementations may read straight into
+    /// `buf`'s spare capacity, so that a large read does not first zero its buffer.
+    fn read_exact_into(&self, buf: &mut BytesMut, n: usize, pos: u64) -> io::Result<()> {
+        let old = buf.len();
+        buf.resize(old + n, 0);
+        let r = self.read_exact_at(&mut buf[old..], pos);
+        if r.is_err() {
+            buf.truncate(old);
+        }
+        r
     }
 
     /// Writes all of `buf` at `pos` (normally one `pwrite`).
@@ -100,6 +115,43 @@ impl FileIo for StdFile {
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
+    fn read_exact_into(&self, buf: &mut BytesMut, n: usize, pos: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let old = buf.len();
+        buf.reserve(n);
+        let (mut done, fd) = (0usize, self.0.as_raw_fd());
+        while done < n {
+            let at = i64::try_from(pos + done as u64)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let spare = buf.spare_capacity_mut();
+            let want = n - done;
+            debug_assert!(spare.len() >= want);
+            // SAFETY: `spare` is writable memory owned by `buf` of at least `want` bytes
+            // (reserved above; `done` bytes of it were already committed with `set_len`),
+            // and pread writes at most `want` bytes into it.
+            let r = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), want, at) };
+            match r {
+                0 => {
+                    buf.truncate(old);
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                r if r > 0 => {
+                    let got = r as usize;
+                    // SAFETY: pread initialised exactly `got` (≤ `want`) bytes past the old length.
+                    unsafe { buf.advance_mut(got) };
+                    done += got;
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        buf.truncate(old);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
     #[cfg(target_os = "linux")]
     fn will_need(&self, pos: u64, len: u64) {
         use std::os::fd::AsRawFd;
@@ -117,4 +169,41 @@ impl FileIo for StdFile {
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, Arc<dyn FileIo>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        let f = StdVfs.open(&path, false).unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn read_exact_into_appends_exactly_the_bytes_asked_for() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let (_dir, f) = file_with(&data);
+        let mut buf = BytesMut::from(&b"head"[..]);
+        f.read_exact_into(&mut buf, 70_000, 1_000).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &data[1_000..71_000]);
+        // A second read appends after the first, reallocating if it must.
+        f.read_exact_into(&mut buf, 29_000, 71_000).unwrap();
+        assert_eq!(&buf[4..], &data[1_000..100_000]);
+    }
+
+    #[test]
+    fn read_exact_into_past_the_end_is_eof_and_keeps_the_buffer() {
+        let (_dir, f) = file_with(b"0123456789");
+        let mut buf = BytesMut::from(&b"ab"[..]);
+        let e = f.read_exact_into(&mut buf, 11, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(&buf[..], b"ab");
+        f.read_exact_into(&mut buf, 4, 6).unwrap();
+        assert_eq!(&buf[..], b"ab6789");
+    }
 }
