@@ -66,8 +66,13 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the effective configuration (defaults < file < env < flags) as TOML
-    Show,
+    /// Print the effective configuration (defaults < file < env < flags) as TOML, with
+    /// secrets (users.default_password) replaced by "<redacted>" unless asked for
+    Show {
+        /// Print secrets in clear (the output then loads back with --config unchanged)
+        #[arg(long)]
+        reveal_secrets: bool,
+    },
 }
 
 impl ConfigArgs {
@@ -131,7 +136,12 @@ mod tests {
             "json",
         ])
         .unwrap();
-        assert!(matches!(cli.command, Command::Config(ConfigCommand::Show)));
+        assert!(matches!(
+            cli.command,
+            Command::Config(ConfigCommand::Show {
+                reveal_secrets: false
+            })
+        ));
         let o: Vec<_> = cli
             .config
             .sources()

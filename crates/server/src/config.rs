@@ -281,6 +281,9 @@ pub mod bounds {
     pub const MQTT_PACKET_SIZE_MAX: u32 = 268_435_460;
 }
 
+/// What `ferrymq config show` prints in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 impl Config {
     /// The built-in defaults. The memory watermark depends on the machine (40% of its RAM).
     pub fn defaults() -> Config {
@@ -373,6 +376,14 @@ impl Config {
     /// Only if a value cannot be represented in TOML (e.g. a non-UTF-8 data_dir).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
+    }
+
+    /// A copy with every secret replaced by [`REDACTED`], for printing.
+    #[must_use]
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.users.default_password = REDACTED.into();
+        c
     }
 
     /// Checks every value; returns the first problem as `(key path, problem)`.

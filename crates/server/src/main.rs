@@ -35,7 +35,11 @@ fn main() -> ExitCode {
         Err(e) => return config_error(&e),
     };
     match cli.command {
-        Command::Config(ConfigCommand::Show) => match config.to_toml() {
+        Command::Config(ConfigCommand::Show { reveal_secrets }) => match if reveal_secrets {
+            config.to_toml()
+        } else {
+            config.redacted().to_toml()
+        } {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

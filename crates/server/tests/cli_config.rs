@@ -45,6 +45,28 @@ fn config_show_prints_defaults() {
 }
 
 #[test]
+fn config_show_redacts_the_default_password_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = |cmd: &mut std::process::Command| {
+        cmd.args(["--set", "users.default_password=s3cret-pw"]);
+    };
+    let t = show(tmp.path(), set);
+    assert_eq!(
+        get(&t, "users.default_password").as_str(),
+        Some("<redacted>")
+    );
+    assert_eq!(get(&t, "users.default_user").as_str(), Some("guest"));
+    let t = show(tmp.path(), |cmd| {
+        set(cmd);
+        cmd.arg("--reveal-secrets");
+    });
+    assert_eq!(
+        get(&t, "users.default_password").as_str(),
+        Some("s3cret-pw")
+    );
+}
+
+#[test]
 fn config_show_follows_file_then_env_then_flags() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
