@@ -3,7 +3,7 @@
 //! `dispatch`, in request order; only the waiting (durability, long polls, rebalances)
 //! is left to the returned future.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError;
 
 use crate::authz::Authz;
 use crate::conn::{decode, encode, ready, Auth, Close, ConnState, Pending};
-use crate::idempotence::Decision;
+use crate::idempotence::{Decision, PartitionProducers};
 use crate::records::{self, RecordError};
 use crate::sasl::{self, CredentialLookup, Mechanism, ScramCredential, ScramServer};
 use crate::topics::{self, core_error};
@@ -461,7 +461,7 @@ fn produce(kafka: &Arc<Kafka>, az: &Authz, req: ProduceRequest, v: i16) -> Pendi
 
 fn append_partition(
     kafka: &Kafka,
-    st: &Stream,
+    st: &Arc<Stream>,
     topic: &str,
     partition: u32,
     recs: Option<Bytes>,
@@ -485,6 +485,22 @@ fn append_partition(
         }
     };
     let idempotent = batches.iter().any(|b| b.producer_id >= 0);
+    let key = (topic.to_string(), partition);
+    if idempotent && !producer_state_current(kafka, &key, st) {
+        // First idempotent produce to this partition in this process (or to a new stream
+        // under the name): rebuild from the log's tail, outside the lock (reads from disk).
+        let rebuilt = ProducerState {
+            stream: Arc::downgrade(st),
+            producers: rebuild_producers(st, partition, now),
+        };
+        let mut map = kafka.producers.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key) {
+            Some(cur) if cur.stream.ptr_eq(&rebuilt.stream) => {} // another request won
+            _ => {
+                map.insert(key.clone(), rebuilt);
+            }
+        }
+    }
     let mut producers =
         idempotent.then(|| kafka.producers.lock().unwrap_or_else(|p| p.into_inner()));
     for b in batches {
@@ -497,7 +513,13 @@ fn append_partition(
             let Some(map) = producers.as_mut() else {
                 break;
             };
-            let state = map.entry((topic.to_string(), partition)).or_default();
+            let state = &mut map
+                .entry(key.clone())
+                .or_insert_with(|| ProducerState {
+                    stream: Arc::downgrade(st),
+                    producers: PartitionProducers::default(),
+                })
+                .producers;
             match state.check(
                 b.producer_id,
                 b.producer_epoch,
@@ -554,6 +576,69 @@ fn append_partition(
         }
     }
     pa.log_start = st.bounds(partition).map(|(s, _)| s as i64).unwrap_or(-1);
+}
+
+/// Idempotent-producer state of one partition and the stream object it belongs to.
+#[derive(Debug)]
+pub(crate) struct ProducerState {
+    stream: Weak<Stream>,
+    producers: PartitionProducers,
+}
+
+/// Records at the end of a partition read to rebuild its producers' state after a restart:
+/// a producer's retries are of its last (at most five) batches, which sit at the end of
+/// the log; 100,000 records hold five batches of 20,000 records (librdkafka's default
+/// batch holds at most 10,000) for one producer, or of 1,000 for twenty.
+const PRODUCER_REBUILD_RECORDS: u64 = 100_000;
+/// Bytes read at most for one rebuild (large records: fewer of them are read).
+const PRODUCER_REBUILD_BYTES: usize = 256 << 20;
+
+/// Whether the state held for `key` was built for this very stream object.
+fn producer_state_current(kafka: &Kafka, key: &(String, u32), st: &Arc<Stream>) -> bool {
+    let map = kafka.producers.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(key)
+        .is_some_and(|cur| cur.stream.ptr_eq(&Arc::downgrade(st)))
+}
+
+/// The idempotent producers of a partition as its stored Kafka batches show them (Kafka
+/// rebuilds `ProducerStateManager` from the log the same way): the producer id, epoch and
+/// sequences in each batch header, at their stored offsets, for the last
+/// [`PRODUCER_REBUILD_RECORDS`] records. Retries of batches acknowledged before a restart
+/// are then answered as duplicates instead of being appended twice.
+fn rebuild_producers(st: &Stream, partition: u32, now: i64) -> PartitionProducers {
+    let mut state = PartitionProducers::default();
+    let Ok((start, next)) = st.bounds(partition) else {
+        return state;
+    };
+    let mut from = next.saturating_sub(PRODUCER_REBUILD_RECORDS).max(start);
+    let mut read = 0usize;
+    while from < next && read < PRODUCER_REBUILD_BYTES {
+        let batches = match st.read_batches(partition, from, 8 << 20) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(stream = %st.name(), partition, error = %e,
+                    "cannot read the log to rebuild idempotent producers; they start unknown");
+                break;
+            }
+        };
+        for b in &batches {
+            read += b.size_bytes();
+            from = from.max(b.next_offset());
+            if !(b.is_opaque() && b.format == KAFKA_BATCH_FORMAT) {
+                continue;
+            }
+            let Some((pid, epoch, seq, count)) = records::stored_producer(b.payload()) else {
+                continue;
+            };
+            // Batches of an older epoch than one already seen predate a bump: ignored.
+            let newer = state.last_sequence(pid).is_none_or(|(e, _)| epoch >= e);
+            if seq >= 0 && count >= 1 && newer {
+                state.record(pid, epoch, seq, count, b.base_offset as i64, now);
+            }
+        }
+    }
+    state
 }
 
 fn record_error(e: &RecordError) -> ResponseError {

@@ -25,9 +25,10 @@
 //!    expiry. [`UnknownProducerPolicy::RequireSequenceZero`] restores the pre-2.5
 //!    answer for those who prefer a loud failure to a possible duplicate.
 //!
-//! State is T0 (memory only): after a restart every producer is unknown, which rule 5
-//! accepts, so a batch in flight across a restart may be appended twice. Kafka avoids
-//! that with producer-state snapshots; FerryMQ does not have them yet.
+//! State is kept in memory. After a restart the produce path rebuilds a partition's state
+//! from the batch headers at the end of its log before its first idempotent append
+//! (`api::rebuild_producers`), so retries of acknowledged batches stay duplicates; a
+//! producer older than that window is unknown, which rule 5 accepts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::group::{GroupConfig, GroupCoordinator};
-use crate::idempotence::{PartitionProducers, ProducerIds};
+use crate::idempotence::ProducerIds;
 use crate::sasl::Mechanism;
 
 /// The format byte FerryMQ's streams store Kafka record batches under (an opaque batch:
@@ -104,9 +104,11 @@ pub struct Kafka {
     pub(crate) config: KafkaConfig,
     pub(crate) groups: GroupCoordinator,
     pub(crate) producer_ids: ProducerIds,
-    /// Idempotent-producer state per (topic, partition); held while a batch is checked,
-    /// appended and recorded, so the three are one step.
-    pub(crate) producers: Mutex<HashMap<(String, u32), PartitionProducers>>,
+    /// Idempotent-producer state per (topic, partition), with the stream it was built for
+    /// (a stream deleted and declared again, or reconfigured, gets its state rebuilt from
+    /// its log); held while a batch is checked, appended and recorded, so the three are one
+    /// step.
+    pub(crate) producers: Mutex<HashMap<(String, u32), api::ProducerState>>,
     stop: watch::Sender<bool>,
 }
 

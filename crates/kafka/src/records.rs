@@ -89,6 +89,24 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(a)
 }
 
+/// The idempotence fields of a stored Kafka batch: `(producer id, producer epoch, base
+/// sequence, record count)`, or `None` for a batch too short for its header or without a
+/// producer id (not idempotent).
+pub fn stored_producer(stored: &[u8]) -> Option<(i64, i16, i32, i32)> {
+    if stored.len() < BATCH_HEADER_LEN {
+        return None;
+    }
+    let producer_id = be_i64(stored, 43);
+    (producer_id >= 0).then(|| {
+        (
+            producer_id,
+            be_i16(stored, 51),
+            be_i32(stored, 53),
+            be_i32(stored, 57),
+        )
+    })
+}
+
 /// Splits a produced record set into v2 batches and validates each: framing, magic,
 /// CRC32C, record count and offset deltas, every record's framing (after decompressing,
 /// bounded by `max_decompressed`), and the size limit `max_batch` (Kafka's
@@ -557,6 +575,20 @@ impl ferrymq_core::RecordFormat for KafkaBatchFormat {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stored_producer_reads_the_idempotence_fields() {
+        let mut b = vec![0u8; BATCH_HEADER_LEN];
+        b[43..51].copy_from_slice(&77i64.to_be_bytes());
+        b[51..53].copy_from_slice(&3i16.to_be_bytes());
+        b[53..57].copy_from_slice(&40i32.to_be_bytes());
+        b[57..61].copy_from_slice(&5i32.to_be_bytes());
+        assert_eq!(stored_producer(&b), Some((77, 3, 40, 5)));
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        assert_eq!(stored_producer(&b), None, "no producer id: not idempotent");
+        assert_eq!(stored_producer(&b[..60]), None, "short header");
+    }
+
     use super::*;
 
     fn msg(key: &str, body: &str, ts: i64) -> Message {

@@ -472,6 +472,84 @@ fn idempotent_producers_deduplicate_retries_and_refuse_gaps() {
 }
 
 #[test]
+fn idempotent_retries_across_a_kill_9_are_not_appended_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (pid, epoch);
+    let idem = |pid: i64, epoch: i16, seq: i32, n: i32| {
+        let recs: Vec<Record> = (0..n)
+            .map(|i| {
+                let mut r = rec(&format!("k{}", seq + i), "v", 10, seq + i);
+                r.producer_id = pid;
+                r.producer_epoch = epoch;
+                r
+            })
+            .collect();
+        batch(&recs, Compression::Lz4)
+    };
+    {
+        let (server, addr) = kafka_server(tmp.path(), &data);
+        let mut kc = Kc::connect(addr);
+        assert_eq!(create_topic(&mut kc, "idem-restart", 1), 0);
+        let init = kc.call(
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        assert_eq!(init.error_code, 0);
+        (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+        // A non-idempotent batch in between, as other producers write.
+        assert_eq!(
+            produce(
+                &mut kc,
+                "idem-restart",
+                0,
+                batch(&[rec("plain", "v", 1, 0)], Compression::None)
+            ),
+            (0, 0)
+        );
+        assert_eq!(
+            produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 0, 3)),
+            (0, 1)
+        );
+        assert_eq!(
+            produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 3, 2)),
+            (0, 4)
+        );
+        server.signal(libc::SIGKILL);
+        let mut server = server;
+        server.wait_exit();
+    }
+    // The producer did not see the answers (the broker died) and retries both batches
+    // against the restarted broker: each is answered with its original offset.
+    let (_server, addr) = kafka_server(tmp.path(), &data);
+    let mut kc = Kc::connect(addr);
+    assert_eq!(
+        produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 0, 3)),
+        (0, 1)
+    );
+    assert_eq!(
+        produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 3, 2)),
+        (0, 4)
+    );
+    assert_eq!(list_offset(&mut kc, "idem-restart", 0, -1).1, 6);
+    // The sequence continues where it was, and a gap is still refused.
+    assert_eq!(
+        produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 9, 1)).0,
+        45,
+        "OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
+    assert_eq!(
+        produce(&mut kc, "idem-restart", 0, idem(pid, epoch, 5, 1)),
+        (0, 6)
+    );
+    assert_eq!(list_offset(&mut kc, "idem-restart", 0, -1).1, 7);
+}
+
+#[test]
 fn a_long_poll_fetch_returns_when_records_arrive() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, addr) = kafka_server(tmp.path(), &tmp.path().join("data"));
