@@ -11,11 +11,11 @@ use ferrymq_core::stream::Stream;
 use ferrymq_core::{Access, StreamOffset};
 use ferrymq_storage::Commit;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use crate::authz::Authz;
-use crate::conn::{decode, encode, ready, Auth, Close, ConnState, Pending};
+use crate::conn::{decode, encode, ready, Auth, Body, Close, ConnState, Pending};
 use crate::idempotence::{Decision, PartitionProducers};
 use crate::records::{self, RecordError};
 use crate::sasl::{self, CredentialLookup, Mechanism, ScramCredential, ScramServer};
@@ -84,7 +84,12 @@ pub fn api_versions_fallback() -> BytesMut {
     let mut r = ApiVersionsResponse::default();
     r.error_code = ResponseError::UnsupportedVersion.code();
     r.api_keys = api_list();
-    encode(&r, 0).unwrap_or_default()
+    let mut b = BytesMut::new();
+    if let Err(e) = r.encode(&mut b, 0) {
+        tracing::error!(error = %e, "the ApiVersions v0 fallback does not encode");
+        b.clear();
+    }
+    b
 }
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -695,10 +700,10 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
             for w in waits.iter_mut() {
                 w.as_mut().enable();
             }
-            let (resp, bytes) = fetch_once(&names, &parts, max_bytes);
+            let (resp, records, bytes) = fetch_once(&names, &parts, max_bytes);
             let now = tokio::time::Instant::now();
             if bytes >= min_bytes.max(1) || now >= deadline || waits.is_empty() {
-                return encode(&resp, v);
+                return Some(encode_fetch(&resp, records, v));
             }
             let _ =
                 tokio::time::timeout_at(deadline, futures_util::future::select_all(waits)).await;
@@ -706,11 +711,16 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     })
 }
 
+/// The record sets of a Fetch answer, per topic and partition in response order (`None`:
+/// null records), kept out of the [`FetchResponse`] so that
+/// [`encode_fetch`] can hand stored batches to the socket without copying them.
+type FetchRecords = Vec<Vec<Option<Vec<Bytes>>>>;
+
 fn fetch_once(
     names: &[TopicName],
     parts: &[FetchPart],
     max_bytes: usize,
-) -> (FetchResponse, usize) {
+) -> (FetchResponse, FetchRecords, usize) {
     let mut r = FetchResponse::default();
     let mut topics: Vec<fetch_response::FetchableTopicResponse> = names
         .iter()
@@ -720,9 +730,14 @@ fn fetch_once(
             t
         })
         .collect();
+    let mut records: FetchRecords = vec![Vec::new(); names.len()];
     let mut total = 0usize;
     for p in parts {
+        // Every path below pushes exactly one partition answer and one record set (empty
+        // for an error answer, as Kafka sends); the records travel apart (encode_fetch).
+        records[p.topic].push(Some(Vec::new()));
         let mut pd = fetch_response::PartitionData::default();
+        pd.records = None;
         pd.partition_index = p.partition;
         pd.aborted_transactions = Some(Vec::new());
         let (Some(st), Ok(idx)) = (&p.stream, u32::try_from(p.partition)) else {
@@ -755,24 +770,178 @@ fn fetch_once(
         }
         let from = p.fetch_offset as u64;
         let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
+        let mut set = RecordSet::default();
         if from < next && (budget > 0 || total == 0) {
-            let mut out = BytesMut::new();
-            match read_records(st, idx, from, budget.max(1), total == 0, &mut out) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(stream = %st.name(), partition = idx, error = %e, "Kafka fetch read failed");
-                    pd.error_code = ResponseError::KafkaStorageError.code();
-                }
+            if let Err(e) = read_records(st, idx, from, budget.max(1), total == 0, &mut set) {
+                tracing::warn!(stream = %st.name(), partition = idx, error = %e, "Kafka fetch read failed");
+                pd.error_code = ResponseError::KafkaStorageError.code();
             }
-            total += out.len();
-            pd.records = Some(out.freeze());
-        } else {
-            pd.records = Some(Bytes::new());
+        }
+        total += set.len;
+        if let Some(slot) = records[p.topic].last_mut() {
+            *slot = Some(set.finish());
         }
         topics[p.topic].partitions.push(pd);
     }
     r.responses = topics;
-    (r, total)
+    (r, records, total)
+}
+
+/// Stored batches at least this large are sent as slices of the storage read buffer;
+/// smaller ones are copied together into one buffer (fewer, larger socket writes).
+const ZERO_COPY_MIN: usize = 16 << 10;
+
+/// A partition's record set being gathered: buffers in order, and their total length.
+#[derive(Default)]
+struct RecordSet {
+    parts: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl RecordSet {
+    /// A stored Kafka batch with its base offset set (and partition leader epoch 0): the
+    /// 16 patched header bytes are copied, the rest of a large batch is not.
+    fn push_stored(&mut self, stored: &Bytes, base_offset: u64) {
+        self.len += stored.len();
+        if stored.len() < ZERO_COPY_MIN {
+            records::put_stored_batch(&mut self.small, stored, base_offset);
+            return;
+        }
+        // As put_stored_batch patches them: base offset, then (after the batch length)
+        // the partition leader epoch.
+        let at = self.small.len();
+        self.small.extend_from_slice(&stored[..16]);
+        self.small[at..at + 8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+        self.small[at + 12..at + 16].copy_from_slice(&0i32.to_be_bytes());
+        self.parts.push(self.small.split().freeze());
+        self.parts.push(stored.slice(16..));
+    }
+
+    fn push_encoded(&mut self, encoded: &[u8]) {
+        self.len += encoded.len();
+        self.small.extend_from_slice(encoded);
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.freeze());
+        }
+        self.parts
+    }
+}
+
+/// Encodes a Fetch response whose partitions' record sets are in `records` (their
+/// `records` fields are left `None`): byte for byte what kafka-protocol encodes with the
+/// record sets in place, but with large stored batches as buffers of their own. Each
+/// partition is encoded by kafka-protocol with null records, whose trailing null marker is
+/// then replaced by the record set's length and buffers (records is the last field of a
+/// partition before v12's tagged fields, and FerryMQ sets none of those).
+fn encode_fetch(resp: &FetchResponse, records: FetchRecords, v: i16) -> Body {
+    match encode_fetch_parts(resp, records, v) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, version = v, "Kafka Fetch response does not encode");
+            Body::default()
+        }
+    }
+}
+
+fn encode_fetch_parts(resp: &FetchResponse, records: FetchRecords, v: i16) -> Result<Body, String> {
+    use bytes::BufMut;
+    let flexible = v >= 12;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut cur = BytesMut::with_capacity(256);
+    let put_count = |cur: &mut BytesMut, n: usize| -> Result<(), String> {
+        if flexible {
+            put_uvarint(cur, u32::try_from(n + 1).map_err(|_| "array too long")?);
+        } else {
+            cur.put_i32(i32::try_from(n).map_err(|_| "array too long")?);
+        }
+        Ok(())
+    };
+    if !resp.node_endpoints.is_empty() || !resp.unknown_tagged_fields.is_empty() {
+        return Err("tagged fields are not encoded here".into());
+    }
+    cur.put_i32(resp.throttle_time_ms);
+    if v >= 7 {
+        cur.put_i16(resp.error_code);
+        cur.put_i32(resp.session_id);
+    }
+    put_count(&mut cur, resp.responses.len())?;
+    if records.len() != resp.responses.len() {
+        return Err("record sets do not match the topics".into());
+    }
+    for (topic, sets) in resp.responses.iter().zip(records) {
+        if !topic.unknown_tagged_fields.is_empty() || sets.len() != topic.partitions.len() {
+            return Err("record sets do not match the partitions".into());
+        }
+        let name = topic.topic.0.as_bytes();
+        if flexible {
+            put_uvarint(
+                &mut cur,
+                u32::try_from(name.len() + 1).map_err(|_| "name too long")?,
+            );
+        } else {
+            cur.put_i16(i16::try_from(name.len()).map_err(|_| "name too long")?);
+        }
+        cur.put_slice(name);
+        put_count(&mut cur, topic.partitions.len())?;
+        for (pd, set) in topic.partitions.iter().zip(sets) {
+            if pd.records.is_some() {
+                return Err("partition records must be passed separately".into());
+            }
+            pd.encode(&mut cur, v).map_err(|e| e.to_string())?;
+            let Some(set) = set else {
+                continue; // null records, as encoded
+            };
+            // Replace the null marker (and v12's empty tagged fields) by the record set.
+            let trailer: &[u8] = if flexible { &[0, 0] } else { &[0xff; 4] };
+            if !cur.ends_with(trailer) {
+                return Err("unexpected partition encoding".into());
+            }
+            cur.truncate(cur.len() - trailer.len());
+            let len: usize = set.iter().map(Bytes::len).sum();
+            if flexible {
+                put_uvarint(
+                    &mut cur,
+                    u32::try_from(len + 1).map_err(|_| "records too long")?,
+                );
+            } else {
+                cur.put_i32(i32::try_from(len).map_err(|_| "records too long")?);
+            }
+            for b in set {
+                if b.len() >= ZERO_COPY_MIN {
+                    parts.push(cur.split().freeze());
+                    parts.push(b);
+                } else {
+                    cur.put_slice(&b);
+                }
+            }
+            if flexible {
+                cur.put_u8(0); // the partition's tagged fields: none
+            }
+        }
+        if flexible {
+            cur.put_u8(0); // the topic's tagged fields: none
+        }
+    }
+    if flexible {
+        cur.put_u8(0); // the response's tagged fields: none
+    }
+    parts.push(cur.freeze());
+    parts.retain(|b| !b.is_empty());
+    Ok(Body(parts))
+}
+
+/// Kafka's unsigned varint.
+fn put_uvarint(out: &mut BytesMut, mut v: u32) {
+    use bytes::BufMut;
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
 }
 
 /// Appends whole batches from `from` to `out` while they fit in `budget` (the first one
@@ -785,25 +954,25 @@ fn read_records(
     from: u64,
     budget: usize,
     first: bool,
-    out: &mut BytesMut,
+    out: &mut RecordSet,
 ) -> ferrymq_core::Result<()> {
     let batches = st.read_batches(partition, from, budget)?;
     for b in batches {
         if b.is_opaque() && b.format == KAFKA_BATCH_FORMAT {
-            if out.len() + b.payload().len() > budget && !(first && out.is_empty()) {
+            if out.len + b.payload().len() > budget && !(first && out.len == 0) {
                 break;
             }
-            records::put_stored_batch(out, b.payload(), b.base_offset);
+            out.push_stored(b.payload(), b.base_offset);
         } else {
             let msgs = ferrymq_core::decode_batch(&b)?;
             let refs: Vec<(i64, &ferrymq_core::Message)> =
                 msgs.iter().map(|(_, ts, m)| (*ts, m)).collect();
             let mut enc = BytesMut::new();
             records::encode_messages(&mut enc, b.base_offset, &refs, b.timestamp_ms);
-            if out.len() + enc.len() > budget && !(first && out.is_empty()) {
+            if out.len + enc.len() > budget && !(first && out.len == 0) {
                 break;
             }
-            out.extend_from_slice(&enc);
+            out.push_encoded(&enc);
         }
     }
     Ok(())
@@ -1299,6 +1468,114 @@ fn sasl_authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Fetch answer of two topics whose partitions cover null, empty, small and large
+    /// record sets, error codes and aborted-transaction lists, and the record sets apart.
+    fn fetch_answer() -> (FetchResponse, FetchRecords) {
+        let big: Bytes = (0..ZERO_COPY_MIN as u32 + 3000)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let sets: Vec<Vec<Option<Vec<Bytes>>>> = vec![
+            vec![
+                None,
+                Some(vec![]),
+                Some(vec![Bytes::from_static(b"small batch bytes")]),
+            ],
+            vec![Some(vec![
+                Bytes::from_static(b"0123456789abcdef"),
+                big.slice(16..),
+                Bytes::from_static(b"tail"),
+                big.clone(),
+            ])],
+        ];
+        let mut r = FetchResponse::default();
+        r.throttle_time_ms = 7;
+        r.session_id = 0;
+        for (t, parts) in sets.iter().enumerate() {
+            let mut topic = fetch_response::FetchableTopicResponse::default();
+            topic.topic = TopicName(s(format!("topic-{t}")));
+            for (i, _) in parts.iter().enumerate() {
+                let mut pd = fetch_response::PartitionData::default();
+                pd.records = None;
+                pd.partition_index = i as i32;
+                pd.error_code = if i == 0 && t == 0 { 3 } else { 0 };
+                pd.high_watermark = 1000 + i as i64;
+                pd.last_stable_offset = 1000 + i as i64;
+                pd.log_start_offset = 5;
+                pd.aborted_transactions = match i {
+                    0 => None,
+                    1 => Some(Vec::new()),
+                    _ => Some(vec![fetch_response::AbortedTransaction::default()
+                        .with_producer_id(ProducerId(9))
+                        .with_first_offset(42)]),
+                };
+                topic.partitions.push(pd);
+            }
+            r.responses.push(topic);
+        }
+        (r, sets)
+    }
+
+    #[test]
+    fn fetch_bodies_match_the_codec_byte_for_byte_at_every_version() {
+        for v in 4..=12 {
+            let (resp, sets) = fetch_answer();
+            let mut whole = resp.clone();
+            for (topic, parts) in whole.responses.iter_mut().zip(&sets) {
+                for (pd, set) in topic.partitions.iter_mut().zip(parts) {
+                    pd.records = set.as_ref().map(|b| b.concat().into());
+                }
+            }
+            let mut expected = BytesMut::new();
+            whole.encode(&mut expected, v).unwrap();
+            let body = encode_fetch_parts(&resp, sets, v).unwrap_or_else(|e| panic!("v{v}: {e}"));
+            let got = body.concat();
+            // Compared as lengths and a first difference, not printed whole (large).
+            let first_diff = got.iter().zip(expected.iter()).position(|(a, b)| a != b);
+            assert_eq!(
+                (got.len(), first_diff),
+                (expected.len(), None),
+                "Fetch v{v}"
+            );
+            // The large batches went out as buffers of their own, not copied.
+            assert!(
+                body.0.iter().filter(|b| b.len() >= ZERO_COPY_MIN).count() >= 2,
+                "v{v}: {:?}",
+                body.0.iter().map(Bytes::len).collect::<Vec<_>>()
+            );
+            // And the whole decodes as a Fetch response with the same record sets.
+            let mut b = body.concat();
+            let back =
+                <FetchResponse as kafka_protocol::protocol::Decodable>::decode(&mut b, v).unwrap();
+            let sets_of = |r: &FetchResponse| -> Vec<Option<Bytes>> {
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.records.clone()))
+                    .collect()
+            };
+            assert!(sets_of(&back) == sets_of(&whole), "Fetch v{v} decodes back");
+        }
+    }
+
+    #[test]
+    fn stored_batches_are_patched_whether_copied_or_sliced() {
+        for size in [100usize, ZERO_COPY_MIN + 100] {
+            let stored: Bytes = (0..size)
+                .map(|i| (i % 7) as u8 + 1)
+                .collect::<Vec<u8>>()
+                .into();
+            let mut set = RecordSet::default();
+            set.push_stored(&stored, 77);
+            set.push_stored(&stored, 78);
+            assert_eq!(set.len, 2 * size);
+            let mut expected = BytesMut::new();
+            records::put_stored_batch(&mut expected, &stored, 77);
+            records::put_stored_batch(&mut expected, &stored, 78);
+            let parts = set.finish();
+            assert_eq!(parts.concat(), expected.to_vec(), "size {size}");
+        }
+    }
 
     #[test]
     fn every_served_api_has_a_codec_range() {

@@ -22,10 +22,43 @@ use crate::sasl::Mechanism;
 use crate::Kafka;
 
 /// A response being produced: the encoded body, or `None` for no response (acks=0).
-pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<Body>> + Send>>;
 
 /// A pending response with its correlation id and response header version.
-type Answer = Pin<Box<dyn Future<Output = (i32, i16, Option<BytesMut>)> + Send>>;
+type Answer = Pin<Box<dyn Future<Output = (i32, i16, Option<Body>)> + Send>>;
+
+/// An encoded response body: buffers written to the socket back to back. One buffer for
+/// most responses; a Fetch response's large stored record batches are their own buffers
+/// (slices of the storage read, not copied into the response).
+#[derive(Debug, Default)]
+pub(crate) struct Body(pub(crate) Vec<Bytes>);
+
+impl Body {
+    /// Bytes in all the buffers.
+    pub(crate) fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body has no bytes (a response that did not encode).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// The body as one buffer (copies when there are several).
+    #[cfg(test)]
+    pub(crate) fn concat(&self) -> Bytes {
+        match self.0.as_slice() {
+            [one] => one.clone(),
+            parts => parts.concat().into(),
+        }
+    }
+}
+
+impl From<BytesMut> for Body {
+    fn from(b: BytesMut) -> Body {
+        Body(vec![b.freeze()])
+    }
+}
 
 /// Why a connection is closed instead of answered (Kafka closes on these).
 #[derive(Debug)]
@@ -215,7 +248,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     out: &mut W,
     correlation_id: i32,
     header_version: i16,
-    body: &[u8],
+    body: &Body,
 ) -> std::io::Result<()> {
     let mut head = BytesMut::with_capacity(16);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -226,7 +259,12 @@ async fn write_response<W: AsyncWrite + Unpin>(
         .map_err(|_| std::io::Error::other("response larger than 2 GiB"))?;
     out.write_all(&len.to_be_bytes()).await?;
     out.write_all(&head).await?;
-    out.write_all(body).await
+    // Through the 64 KiB buffer: small parts are gathered, a part at least as large as the
+    // buffer goes to the socket directly.
+    for part in &body.0 {
+        out.write_all(part).await?;
+    }
+    Ok(())
 }
 
 /// Decodes the header of one request and dispatches it. Returns the correlation id,
@@ -250,7 +288,11 @@ fn handle_frame(
             // KIP-511: answer in v0 with UNSUPPORTED_VERSION and what we support, so the
             // client can retry with a version we know.
             let body = api::api_versions_fallback();
-            return Ok((correlation_id, 0, Box::pin(async move { Some(body) })));
+            return Ok((
+                correlation_id,
+                0,
+                Box::pin(async move { Some(Body::from(body)) }),
+            ));
         }
         return Err(Close(format!(
             "{api_key:?} v{version} is not supported (v{min}..=v{max})"
@@ -311,18 +353,18 @@ pub(crate) fn decode<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, C
 /// Encodes a response body. A response that does not encode at its version is a FerryMQ
 /// bug: it is logged and answered with an empty body, on which the connection is closed
 /// (the client reconnects and retries instead of waiting for an answer forever).
-pub(crate) fn encode<T: Encodable>(r: &T, version: i16) -> Option<BytesMut> {
+pub(crate) fn encode<T: Encodable>(r: &T, version: i16) -> Option<Body> {
     let mut b = BytesMut::new();
     match r.encode(&mut b, version) {
-        Ok(()) => Some(b),
+        Ok(()) => Some(b.into()),
         Err(e) => {
             tracing::error!(error = %e, version, response = std::any::type_name::<T>(), "Kafka response does not encode");
-            Some(BytesMut::new())
+            Some(Body::default())
         }
     }
 }
 
 /// A ready response.
-pub(crate) fn ready(body: Option<BytesMut>) -> Pending {
+pub(crate) fn ready(body: Option<Body>) -> Pending {
     Box::pin(async move { body })
 }
