@@ -22,7 +22,7 @@ use ferrymq_core::queue::{
 };
 use ferrymq_core::{
     Access, Binding, ChannelRegistration, ConnectionHandle, Destination, ExchangeDecl,
-    ExchangeKind, Message, PublishedBatch, QueueRef, StreamOffset, VHost,
+    ExchangeKind, Message, PublishedBatch, QueueRef, StreamOffset, TopicCheck, VHost,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -115,6 +115,10 @@ pub(crate) struct Channel {
     /// too, so a permission change reaches a publishing channel when it moves to another
     /// exchange or is reopened).
     write_allowed: Option<String>,
+    /// The topic permission check of `write_allowed`'s exchange: `Some` only for a topic
+    /// exchange the user has a topic permission on, so publishes to other exchanges match
+    /// no pattern and allocate nothing for it.
+    topic_write: Option<TopicCheck>,
     /// Its entry in the connection's channel registry (management); unregistered on drop.
     registration: Option<ChannelRegistration>,
 }
@@ -139,6 +143,7 @@ impl Channel {
             last_queue: None,
             reply_token: None,
             write_allowed: None,
+            topic_write: None,
         }
     }
 }
@@ -317,6 +322,24 @@ impl Ctx {
             .map_err(Exception::from)
     }
 
+    /// RabbitMQ's topic permission check of a routing or binding key on an exchange (only
+    /// a topic exchange the user has a topic permission on restricts anything).
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED (a channel exception) with RabbitMQ's text.
+    fn authorize_topic(
+        &self,
+        vh: &VHost,
+        access: Access,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), Exception> {
+        self.shared
+            .broker
+            .authorize_topic(&self.user, &vh.name, access, exchange, key, None)
+            .map_err(Exception::from)
+    }
+
     fn conn_id(&self) -> u64 {
         self.handle.as_ref().map_or(0, |h| h.id)
     }
@@ -387,17 +410,32 @@ impl Ctx {
                 )));
             }
             // Write on the exchange, checked per publish unless the channel's last allowed
-            // exchange is this one (the hot path compares one string).
+            // exchange is this one (the hot path compares one string), then the routing key
+            // against the exchange's topic permission, if it has one.
             let cached = ch.write_allowed.as_deref() == Some(p.exchange.as_str());
-            if !cached {
+            let mut topic = None;
+            if cached {
+                if let Some(t) = &ch.topic_write {
+                    t.check(&p.routing_key).map_err(|e| at(e.into()))?;
+                }
+            } else {
                 let vh = self.vh().map_err(at)?;
                 self.authorize(&vh, Access::Write, "exchange", &p.exchange)
                     .map_err(at)?;
+                topic = self
+                    .shared
+                    .broker
+                    .topic_check(&self.user, &vh.name, Access::Write, &p.exchange, None)
+                    .map_err(|e| at(e.into()))?;
+                if let Some(t) = &topic {
+                    t.check(&p.routing_key).map_err(|e| at(e.into()))?;
+                }
             }
             *published = true;
             if let Some(ch) = channels.get_mut(&id) {
                 if !cached {
                     ch.write_allowed = Some(p.exchange.clone());
+                    ch.topic_write = topic;
                 }
                 ch.content = Some(Content {
                     exchange: p.exchange,
@@ -1069,6 +1107,7 @@ impl Ctx {
             Method::ExchangeBind(b) => {
                 self.authorize(&vh, Access::Write, "exchange", &b.destination)?;
                 self.authorize(&vh, Access::Read, "exchange", &b.source)?;
+                self.authorize_topic(&vh, Access::Read, &b.source, &b.routing_key)?;
                 vh.bind(
                     Binding {
                         source: b.source,
@@ -1085,6 +1124,7 @@ impl Ctx {
             Method::ExchangeUnbind(b) => {
                 self.authorize(&vh, Access::Write, "exchange", &b.destination)?;
                 self.authorize(&vh, Access::Read, "exchange", &b.source)?;
+                self.authorize_topic(&vh, Access::Read, &b.source, &b.routing_key)?;
                 vh.unbind(
                     &Binding {
                         source: b.source,
@@ -1160,6 +1200,7 @@ impl Ctx {
                 };
                 self.authorize(&vh, Access::Write, "queue", &queue)?;
                 self.authorize(&vh, Access::Read, "exchange", &b.exchange)?;
+                self.authorize_topic(&vh, Access::Read, &b.exchange, &routing_key)?;
                 vh.bind(
                     Binding {
                         source: b.exchange,
@@ -1177,6 +1218,7 @@ impl Ctx {
                 let queue = self.queue_name(channels, id, b.queue)?;
                 self.authorize(&vh, Access::Write, "queue", &queue)?;
                 self.authorize(&vh, Access::Read, "exchange", &b.exchange)?;
+                self.authorize_topic(&vh, Access::Read, &b.exchange, &b.routing_key)?;
                 vh.unbind(
                     &Binding {
                         source: b.exchange,

@@ -14,10 +14,11 @@ use crate::auth::{self, ScramSha256, VerifiedCache};
 use crate::clock::now_ms;
 use crate::config::{BrokerConfig, VhostLimits};
 use crate::error::{CoreError, Result};
-use crate::exchange::{Binding, ExchangeDecl};
+use crate::exchange::{Binding, ExchangeDecl, ExchangeKind};
 use crate::policy::{self, AppliedPolicy, Compiled, Kind, Policies, Policy};
 use crate::queue::{ConnectionId, ConsumerId, ConsumerInfo, QueueArgs, QueueDecl};
 use crate::timer::Timer;
+use crate::topicperm::{expand, TopicCheck, TopicPermission, TopicPermissions};
 use crate::vhost::{QueueRef, VHost};
 
 /// A user account. The password is kept only as an argon2id hash (and SCRAM-SHA-256
@@ -132,6 +133,9 @@ pub struct Definitions {
     pub users: Vec<User>,
     #[serde(default)]
     pub permissions: Vec<Permission>,
+    /// RabbitMQ's `topic_permissions` (user, vhost, exchange, write, read).
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermission>,
     #[serde(default)]
     pub exchanges: Vec<ExchangeDef>,
     #[serde(default)]
@@ -273,6 +277,7 @@ pub(crate) struct Shared {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     users: RwLock<HashMap<String, User>>,
     permissions: RwLock<HashMap<(String, String), Permission>>,
+    topic_permissions: RwLock<TopicPermissions>,
     connections: RwLock<HashMap<ConnectionId, Arc<ConnectionHandle>>>,
     policies: RwLock<Policies>,
     defs_lock: Mutex<()>,
@@ -358,8 +363,38 @@ impl Shared {
             .unwrap_or_default();
         d.permissions
             .sort_by(|a, b| (&a.user, &a.vhost).cmp(&(&b.user, &b.vhost)));
+        d.topic_permissions = self
+            .topic_permissions
+            .read()
+            .map(|p| p.all())
+            .unwrap_or_default();
         d.policies = self.policies.read().map(|p| p.all()).unwrap_or_default();
         d
+    }
+
+    /// A permission pattern compiled once and cached (the publish path must not compile per
+    /// message).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if it does not compile.
+    fn compiled(&self, pattern: &str) -> Result<Arc<regex_lite::Regex>> {
+        if let Some(re) = self
+            .perm_regex
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pattern)
+        {
+            return Ok(re.clone());
+        }
+        let re = Arc::new(regex_lite::Regex::new(pattern).map_err(|e| {
+            CoreError::InvalidArgument(format!("permission pattern {pattern:?}: {e}"))
+        })?);
+        let mut cache = self.perm_regex.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(pattern.to_string(), re.clone());
+        Ok(re)
     }
 
     /// Writes the current definitions atomically (write, fsync, rename).
@@ -422,6 +457,7 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
+            topic_permissions: RwLock::new(TopicPermissions::default()),
             connections: RwLock::new(HashMap::new()),
             policies: RwLock::new(Policies::default()),
             defs_lock: Mutex::new(()),
@@ -545,6 +581,15 @@ impl Broker {
             ps.insert((p.user.clone(), p.vhost.clone()), p);
         }
         drop(ps);
+        let mut ts = self
+            .shared
+            .topic_permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in d.topic_permissions {
+            ts.put(p);
+        }
+        drop(ts);
         if migrated {
             tracing::info!("user passwords stored in clear were replaced by their hashes");
             self.shared.persist_definitions()?;
@@ -724,6 +769,11 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, v), _| v != name);
         self.shared
+            .topic_permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_vhost(name);
+        self.shared
             .policies
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -769,6 +819,11 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(u, _), _| u != name);
+        self.shared
+            .topic_permissions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_user(name);
         self.shared.persist_definitions()
     }
 
@@ -947,36 +1002,131 @@ impl Broker {
         if pattern == ".*" {
             return Ok(());
         }
-        let re = {
-            let cache = self
-                .shared
-                .perm_regex
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            cache.get(pattern.as_str()).cloned()
-        };
-        let re = match re {
-            Some(re) => re,
-            None => {
-                let re = Arc::new(regex_lite::Regex::new(pattern).map_err(|e| {
-                    CoreError::InvalidArgument(format!("permission pattern {pattern:?}: {e}"))
-                })?);
-                let mut cache = self
-                    .shared
-                    .perm_regex
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
-                if cache.len() > 10_000 {
-                    cache.clear();
-                }
-                cache.insert(pattern.clone(), re.clone());
-                re
-            }
-        };
-        if re.is_match(name) {
+        if self.shared.compiled(pattern)?.is_match(name) {
             Ok(())
         } else {
             Err(refused())
+        }
+    }
+
+    // ------------------------------------------------------------- topic permissions
+
+    /// Sets a user's topic permission on an exchange of a vhost (replacing the one there).
+    ///
+    /// # Errors
+    /// `NotFound` (vhost), `InvalidArgument` (no exchange, or a pattern that does not
+    /// compile); storage errors.
+    pub fn set_topic_permission(&self, p: TopicPermission) -> Result<()> {
+        if self.vhost(&p.vhost).is_none() {
+            return Err(CoreError::NotFound(format!("no vhost '{}'", p.vhost)));
+        }
+        p.validate()?;
+        self.shared
+            .topic_permissions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(p);
+        self.shared.persist_definitions()
+    }
+
+    /// Removes a user's topic permissions on a vhost: one exchange's, or all of them
+    /// (`rabbitmqctl clear_topic_permissions`).
+    ///
+    /// # Errors
+    /// `NotFound` if there were none; storage errors.
+    pub fn delete_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<()> {
+        let n = self
+            .shared
+            .topic_permissions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user, vhost, exchange);
+        if n == 0 {
+            return Err(CoreError::NotFound(match exchange {
+                Some(x) => format!(
+                    "no topic permission for user '{user}' on exchange '{x}' in vhost '{vhost}'"
+                ),
+                None => format!("no topic permissions for user '{user}' on vhost '{vhost}'"),
+            }));
+        }
+        self.shared.persist_definitions()
+    }
+
+    /// Every topic permission, ordered by user, vhost and exchange.
+    pub fn topic_permissions(&self) -> Vec<TopicPermission> {
+        self.shared
+            .topic_permissions
+            .read()
+            .map(|t| t.all())
+            .unwrap_or_default()
+    }
+
+    /// The check a publish (`Write`, routing key) or a binding (`Read`, binding key) on
+    /// `exchange` needs, or `None` when none applies: the exchange is not of type topic (or
+    /// does not exist), or the user has no topic permission for it (RabbitMQ: unrestricted).
+    /// `client_id` expands `{client_id}` (MQTT). Adapters may keep the check for a while
+    /// (an AMQP channel, an MQTT read turn): it holds the compiled pattern.
+    ///
+    /// # Errors
+    /// `AccessRefused` if the stored pattern no longer compiles once expanded.
+    pub fn topic_check(
+        &self,
+        user: &str,
+        vhost: &str,
+        access: Access,
+        exchange: &str,
+        client_id: Option<&str>,
+    ) -> Result<Option<TopicCheck>> {
+        let pattern = {
+            let ts = self
+                .shared
+                .topic_permissions
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match ts.get(user, vhost, exchange) {
+                Some(p) => expand(p.pattern(access), user, vhost, client_id).into_owned(),
+                None => return Ok(None),
+            }
+        };
+        let topic = self
+            .vhost(vhost)
+            .and_then(|vh| vh.exchange(exchange))
+            .is_some_and(|x| x.decl.kind == ExchangeKind::Topic);
+        if !topic {
+            return Ok(None);
+        }
+        let re = self.shared.compiled(&pattern).map_err(|e| {
+            tracing::warn!(%user, %vhost, %exchange, error = %e, "topic permission pattern does not compile; refusing");
+            CoreError::AccessRefused(format!(
+                "{} access to exchange '{exchange}' in vhost '{vhost}' refused for user '{user}': invalid topic permission",
+                access.as_str()
+            ))
+        })?;
+        Ok(Some(TopicCheck::new(re, access, user, vhost, exchange)))
+    }
+
+    /// `topic_check` and its check of `routing_key` in one call.
+    ///
+    /// # Errors
+    /// `AccessRefused` with RabbitMQ's wording ("write access to topic 'k' in exchange 'x'
+    /// in vhost '/' refused for user 'u'").
+    pub fn authorize_topic(
+        &self,
+        user: &str,
+        vhost: &str,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+        client_id: Option<&str>,
+    ) -> Result<()> {
+        match self.topic_check(user, vhost, access, exchange, client_id)? {
+            Some(c) => c.check(routing_key),
+            None => Ok(()),
         }
     }
 
@@ -1001,6 +1151,9 @@ impl Broker {
         }
         for p in d.permissions {
             self.set_permission(p)?;
+        }
+        for p in d.topic_permissions {
+            self.set_topic_permission(p)?;
         }
         for p in d.policies {
             self.put_policy(p)?;

@@ -13,6 +13,7 @@
 //! - [`vhost`]: namespaces, the publish path, dead-lettering;
 //! - [`policy`]: policies (pattern, apply-to, priority, definition) and how they
 //!   combine with declared arguments;
+//! - [`topicperm`]: topic permissions (RabbitMQ's topic authorisation) and their checks;
 //! - [`broker`]: opening, recovery, users, connections, flow control, shutdown.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod queue;
 pub mod routing;
 pub mod stream;
 mod timer;
+pub mod topicperm;
 pub mod vhost;
 
 pub use broker::{
@@ -41,4 +43,5 @@ pub use message::{FieldTable, Message, Properties, Value};
 pub use policy::{AppliedPolicy, ApplyTo, Policy};
 pub use queue::{ConsumerEvent, ConsumerInfo, ConsumerOptions, Delivery, QueueDecl};
 pub use stream::{decode_batch, register_record_format, RecordFormat, StreamOffset};
+pub use topicperm::{TopicCheck, TopicPermission};
 pub use vhost::{DeclareOk, PublishOutcome, Published, PublishedBatch, QueueRef, VHost};

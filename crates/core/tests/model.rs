@@ -982,3 +982,98 @@ async fn permissions_are_regular_expressions_per_kind() {
         .authorize("guest", "/", Access::Write, "exchange", "")
         .is_ok());
 }
+
+#[tokio::test]
+async fn topic_permissions_check_routing_keys_on_topic_exchanges_only() {
+    use ferrymq_core::{Access, ExchangeDecl, ExchangeKind, TopicPermission};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = open(dir.path()).await;
+        let vh = vhost(&b);
+        vh.declare_exchange(ExchangeDecl::new("direct.x", ExchangeKind::Direct), false)
+            .unwrap();
+        // No topic permission: unrestricted, as RabbitMQ.
+        assert!(b
+            .authorize_topic("guest", "/", Access::Write, "amq.topic", "any.key", None)
+            .is_ok());
+        for x in ["amq.topic", "direct.x"] {
+            b.set_topic_permission(TopicPermission {
+                user: "guest".into(),
+                vhost: "/".into(),
+                exchange: x.into(),
+                write: "^{username}\\.".into(),
+                read: "^dev\\.{client_id}$".into(),
+            })
+            .unwrap();
+        }
+        assert!(b
+            .authorize_topic("guest", "/", Access::Write, "amq.topic", "guest.a", None)
+            .is_ok());
+        let e = b
+            .authorize_topic("guest", "/", Access::Write, "amq.topic", "other.a", None)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ACCESS_REFUSED - write access to topic 'other.a' in exchange 'amq.topic' in vhost '/' refused for user 'guest'"
+        );
+        // Only exchanges of type topic are checked.
+        assert!(b
+            .authorize_topic("guest", "/", Access::Write, "direct.x", "other.a", None)
+            .is_ok());
+        // {client_id} expands where the protocol has one, and is literal elsewhere.
+        assert!(b
+            .authorize_topic(
+                "guest",
+                "/",
+                Access::Read,
+                "amq.topic",
+                "dev.c1",
+                Some("c1")
+            )
+            .is_ok());
+        assert!(b
+            .authorize_topic(
+                "guest",
+                "/",
+                Access::Read,
+                "amq.topic",
+                "dev.c2",
+                Some("c1")
+            )
+            .is_err());
+        assert!(b
+            .authorize_topic("guest", "/", Access::Read, "amq.topic", "dev.c1", None)
+            .is_err());
+        // Other users are not restricted by guest's entry.
+        assert!(b
+            .authorize_topic("app", "/", Access::Write, "amq.topic", "other.a", None)
+            .is_ok());
+        // A bad pattern is rejected when set.
+        assert!(b
+            .set_topic_permission(TopicPermission {
+                user: "guest".into(),
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                write: "(".into(),
+                read: ".*".into(),
+            })
+            .is_err());
+        b.delete_topic_permissions("guest", "/", Some("direct.x"))
+            .unwrap();
+        assert!(b
+            .delete_topic_permissions("guest", "/", Some("direct.x"))
+            .is_err());
+        b.shutdown().await.unwrap();
+    }
+    // Persisted in the definitions.
+    let b = open(dir.path()).await;
+    let tps = b.topic_permissions();
+    assert_eq!(tps.len(), 1, "{tps:?}");
+    assert_eq!(tps[0].exchange, "amq.topic");
+    assert!(b
+        .authorize_topic("guest", "/", Access::Write, "amq.topic", "other.a", None)
+        .is_err());
+    assert_eq!(b.export_definitions().topic_permissions, tps);
+    b.delete_user("guest").unwrap();
+    assert!(b.topic_permissions().is_empty());
+}

@@ -1,18 +1,18 @@
-//! Management of vhosts, users, permissions, connections, definitions and tokens, plus the
-//! overview and `whoami`.
+//! Management of vhosts, users, permissions, topic permissions, connections, definitions and
+//! tokens, plus the overview and `whoami`.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use ferrymq_core::{Definitions, Permission, User, VhostLimits};
+use ferrymq_core::{Definitions, Permission, TopicPermission, User, VhostLimits};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{valid_pattern, Auth, Via, TOKEN_TTL_SECS_DEFAULT, TOKEN_TTL_SECS_MAX};
 use crate::error::{ApiError, ApiErrors, ApiResult};
-use crate::json::{ApiJson, ApiPath};
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// The authenticated user.
@@ -453,6 +453,158 @@ pub async fn delete_permission(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ------------------------------------------------------------------ topic permissions
+
+/// A user's topic permission on a topic exchange of a vhost (RabbitMQ's): unanchored regular
+/// expressions over routing keys for publishing (`write`) and binding keys for binding and
+/// subscribing (`read`); `{username}`, `{vhost}` and `{client_id}` (MQTT) are expanded.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicPermissionJson {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A topic permission to set (RabbitMQ's body).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionPut {
+    /// A topic exchange of the vhost (it need not exist yet).
+    #[schema(min_length = 1)]
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// Which topic permission to remove.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionQuery {
+    /// Only the one on this exchange (default: all of the user's on the vhost).
+    #[serde(default)]
+    pub exchange: Option<String>,
+}
+
+fn topic_json(p: TopicPermission) -> TopicPermissionJson {
+    TopicPermissionJson {
+        user: p.user,
+        vhost: p.vhost,
+        exchange: p.exchange,
+        write: p.write,
+        read: p.read,
+    }
+}
+
+fn topic_list(
+    state: &AppState,
+    keep: impl Fn(&TopicPermission) -> bool,
+) -> Json<Vec<TopicPermissionJson>> {
+    Json(
+        state
+            .broker
+            .topic_permissions()
+            .into_iter()
+            .filter(keep)
+            .map(topic_json)
+            .collect(),
+    )
+}
+
+/// List every topic permission (administrators).
+#[utoipa::path(get, path = "/api/topic-permissions", tag = "permissions",
+    responses((status = 200, body = Vec<TopicPermissionJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_topic_permissions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Vec<TopicPermissionJson>>> {
+    auth.require_admin()?;
+    Ok(topic_list(&state, |_| true))
+}
+
+/// List the topic permissions of a vhost (administrators).
+#[utoipa::path(get, path = "/api/topic-permissions/{vhost}", tag = "permissions",
+    params(("vhost" = String, Path)),
+    responses((status = 200, body = Vec<TopicPermissionJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn list_vhost_topic_permissions(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(vhost): ApiPath<String>,
+) -> ApiResult<Json<Vec<TopicPermissionJson>>> {
+    auth.require_admin()?;
+    if state.broker.vhost(&vhost).is_none() {
+        return Err(ApiError::not_found(format!("vhost '{vhost}' not found")));
+    }
+    Ok(topic_list(&state, |p| p.vhost == vhost))
+}
+
+/// List a user's topic permissions on a vhost, one per exchange (administrators, or the
+/// user itself); 404 when there are none.
+#[utoipa::path(get, path = "/api/topic-permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path)),
+    responses((status = 200, body = Vec<TopicPermissionJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn get_topic_permissions(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Vec<TopicPermissionJson>>> {
+    if auth.name() != user {
+        auth.require_admin()?;
+    }
+    let list = topic_list(&state, |p| p.vhost == vhost && p.user == user);
+    if list.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "user '{user}' has no topic permissions on vhost '{vhost}'"
+        )));
+    }
+    Ok(list)
+}
+
+/// Set a user's topic permission on an exchange of a vhost, replacing the one there
+/// (administrators).
+#[utoipa::path(put, path = "/api/topic-permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path)), request_body = TopicPermissionPut,
+    responses((status = 200, body = TopicPermissionJson), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn put_topic_permission(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<TopicPermissionPut>,
+) -> ApiResult<Json<TopicPermissionJson>> {
+    auth.require_admin()?;
+    if state.broker.user(&user).is_none() {
+        return Err(ApiError::not_found(format!("no user '{user}'")));
+    }
+    let p = TopicPermission {
+        user,
+        vhost,
+        exchange: body.exchange,
+        write: body.write,
+        read: body.read,
+    };
+    state.broker.set_topic_permission(p.clone())?;
+    Ok(Json(topic_json(p)))
+}
+
+/// Remove a user's topic permissions on a vhost: all of them, or the one on `exchange`
+/// (administrators).
+#[utoipa::path(delete, path = "/api/topic-permissions/{vhost}/{user}", tag = "permissions",
+    params(("vhost" = String, Path), ("user" = String, Path), TopicPermissionQuery),
+    responses((status = 204, description = "Removed"), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn delete_topic_permissions(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((vhost, user)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<TopicPermissionQuery>,
+) -> ApiResult<StatusCode> {
+    auth.require_admin()?;
+    state
+        .broker
+        .delete_topic_permissions(&user, &vhost, q.exchange.as_deref())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ------------------------------------------------------------------ connections
 
 /// A client connection (any protocol).
@@ -553,7 +705,7 @@ pub async fn close_connection(
 
 // ------------------------------------------------------------------ definitions
 
-/// Export every durable definition (vhosts, users, permissions, exchanges, queues,
+/// Export every durable definition (vhosts, users, permissions, topic permissions, exchanges, queues,
 /// bindings, policies) as one JSON document (administrators).
 #[utoipa::path(get, path = "/api/definitions", tag = "definitions",
     responses((status = 200, description = "The definitions document", body = Object), ApiErrors),
@@ -572,6 +724,7 @@ pub struct ImportResult {
     pub vhosts: u64,
     pub users: u64,
     pub permissions: u64,
+    pub topic_permissions: u64,
     pub exchanges: u64,
     pub queues: u64,
     pub bindings: u64,
@@ -593,6 +746,7 @@ pub async fn import_definitions(
         vhosts: d.vhosts.len() as u64,
         users: d.users.len() as u64,
         permissions: d.permissions.len() as u64,
+        topic_permissions: d.topic_permissions.len() as u64,
         exchanges: d.exchanges.len() as u64,
         queues: d.queues.len() as u64,
         bindings: d.bindings.len() as u64,
@@ -602,6 +756,9 @@ pub async fn import_definitions(
         for pat in [&p.configure, &p.write, &p.read] {
             valid_pattern(pat).map_err(ApiError::invalid)?;
         }
+    }
+    for p in &d.topic_permissions {
+        p.validate()?;
     }
     for u in &d.users {
         let has_password = u.password.as_deref().is_some_and(|p| !p.is_empty());

@@ -880,14 +880,18 @@ fn check_bind(
     vhost: &str,
     source: &str,
     dest: &Destination,
+    routing_key: &str,
 ) -> ApiResult<Arc<VHost>> {
-    // RabbitMQ's order: write on the destination, then read on the source exchange.
+    // RabbitMQ's order: write on the destination, then read on the source exchange, then
+    // read on the binding key if the source is a topic exchange with a topic permission.
     let kind = match dest {
         Destination::Queue(_) => "queue",
         Destination::Exchange(_) => "exchange",
     };
     auth.check(state, vhost, Access::Write, kind, dest.name())?;
-    auth.check(state, vhost, Access::Read, "exchange", source)
+    let vh = auth.check(state, vhost, Access::Read, "exchange", source)?;
+    auth.check_topic(state, vhost, Access::Read, source, [routing_key])?;
+    Ok(vh)
 }
 
 /// Bind a queue (`q`) or exchange (`e`) to an exchange.
@@ -902,7 +906,7 @@ pub async fn create_binding(
     ApiJson(b): ApiJson<BindingCreate>,
 ) -> ApiResult<(StatusCode, Json<BindingJson>)> {
     let destination = destination(&dtype, dest)?;
-    let vh = check_bind(&state, &auth, &vhost, &source, &destination)?;
+    let vh = check_bind(&state, &auth, &vhost, &source, &destination, &b.routing_key)?;
     let arguments =
         json_to_table(&b.arguments).map_err(|e| ApiError::invalid(format!("argument {e}")))?;
     let binding = Binding {
@@ -926,7 +930,7 @@ pub async fn delete_binding(
     ApiQuery(q): ApiQuery<BindingQuery>,
 ) -> ApiResult<StatusCode> {
     let destination = destination(&dtype, dest)?;
-    let vh = check_bind(&state, &auth, &vhost, &source, &destination)?;
+    let vh = check_bind(&state, &auth, &vhost, &source, &destination, &q.routing_key)?;
     let arguments = match q.arguments.as_deref() {
         None | Some("") => Default::default(),
         Some(s) => {

@@ -34,6 +34,8 @@ impl Modify for Security {
         admin::list_vhosts, admin::get_vhost, admin::put_vhost, admin::delete_vhost,
         admin::list_users, admin::get_user, admin::put_user, admin::delete_user,
         admin::list_permissions, admin::get_permission, admin::put_permission, admin::delete_permission,
+        admin::list_topic_permissions, admin::list_vhost_topic_permissions,
+        admin::get_topic_permissions, admin::put_topic_permission, admin::delete_topic_permissions,
         admin::list_connections, admin::get_connection, admin::close_connection,
         admin::export_definitions, admin::import_definitions,
         admin::issue_token, admin::revoke_token,

@@ -242,6 +242,7 @@ pub async fn exchange_publish(
     let vh = auth.check(&state, &vhost, Access::Write, "exchange", x)?;
     let m = msg.into_message()?;
     check_user_id(&auth, &m)?;
+    auth.check_topic(&state, &vhost, Access::Write, x, [m.routing_key.as_str()])?;
     single(publish_messages(&state, &vh, x, vec![m]).await?)
 }
 
@@ -260,6 +261,9 @@ pub async fn exchange_publish_batch(
     let x = exchange_name(&name);
     let vh = auth.check(&state, &vhost, Access::Write, "exchange", x)?;
     let msgs = convert_batch(&auth, b)?;
+    // Every key is checked before anything is published: a refused batch stores nothing.
+    let keys = msgs.iter().map(|m| m.routing_key.as_str());
+    auth.check_topic(&state, &vhost, Access::Write, x, keys)?;
     Ok(batch_result(publish_messages(&state, &vh, x, msgs).await?))
 }
 
@@ -287,6 +291,7 @@ pub async fn exchange_publish_raw(
     let mut m = message_from_raw(&headers, body)?;
     m.routing_key = q.routing_key;
     check_user_id(&auth, &m)?;
+    auth.check_topic(&state, &vhost, Access::Write, x, [m.routing_key.as_str()])?;
     single(publish_messages(&state, &vh, x, vec![m]).await?)
 }
 

@@ -138,6 +138,17 @@ pub fn router(state: AppState) -> Router {
                 .put(admin::put_permission)
                 .delete(admin::delete_permission),
         )
+        .route("/api/topic-permissions", get(admin::list_topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}",
+            get(admin::list_vhost_topic_permissions),
+        )
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(admin::get_topic_permissions)
+                .put(admin::put_topic_permission)
+                .delete(admin::delete_topic_permissions),
+        )
         .route("/api/connections", get(admin::list_connections))
         .route(
             "/api/connections/{id}",

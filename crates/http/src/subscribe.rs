@@ -171,6 +171,8 @@ pub fn attach(
         Target::Exchange { exchange, pattern } => {
             let x = exchange_name(exchange);
             let vh = auth.check(state, vhost, Access::Read, "exchange", x)?;
+            // The pattern is a binding key: the topic permission's read applies.
+            auth.check_topic(state, vhost, Access::Read, x, [pattern.as_str()])?;
             if x.is_empty() {
                 return Err(ApiError::invalid(
                     "the default exchange cannot be subscribed to; subscribe to the queue",

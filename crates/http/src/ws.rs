@@ -752,6 +752,13 @@ impl Session {
                 let vh = self
                     .auth
                     .check(&self.state, &self.vhost, Access::Write, "exchange", x)?;
+                self.auth.check_topic(
+                    &self.state,
+                    &self.vhost,
+                    Access::Write,
+                    x,
+                    [msg.routing_key.as_str()],
+                )?;
                 publish_messages(&self.state, &vh, x, vec![msg]).await?
             }
             (None, Some(q)) => {

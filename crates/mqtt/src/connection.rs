@@ -57,7 +57,7 @@ use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{ConsumerEvent, ConsumerId, ConsumerOptions, CreditPool, Queue};
 use ferrymq_core::{
     Access, Binding, ConnectionHandle, ConnectionInfo, CoreError, Delivery, Destination, Message,
-    PublishedBatch, QueueDecl, QueueRef, VHost, Value,
+    PublishedBatch, QueueDecl, QueueRef, TopicCheck, VHost, Value,
 };
 use ferrymq_mqtt_codec::{
     decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_filter,
@@ -184,6 +184,9 @@ struct Conn {
     /// Whether `user` may write to the exchange, decided once per read turn (see
     /// `may_publish`).
     publish_allowed: Option<bool>,
+    /// The topic permission check of a PUBLISH's routing key, decided with
+    /// `publish_allowed` (`Some(None)`: no topic permission applies).
+    topic_write: Option<Option<TopicCheck>>,
     vhost: Arc<VHost>,
     handle: Arc<ConnectionHandle>,
     generation: u64,
@@ -583,6 +586,23 @@ async fn open_session(
             );
             return Err(());
         }
+        // And its topic must pass the topic permission (Mosquitto and RabbitMQ check the
+        // will's ACL at CONNECT: CONNACK not authorized, 0x87 / MQTT 3 code 5).
+        if !topic_authorized(
+            mqtt,
+            &user,
+            Access::Write,
+            &mapping::topic_to_key(&w.topic),
+            &client_id,
+        ) {
+            refuse(
+                out,
+                version,
+                ReasonCode::NOT_AUTHORIZED,
+                "the will may not be published: no write access to its topic",
+            );
+            return Err(());
+        }
     }
     // Session expiry.
     let requested = if v5(version) {
@@ -763,6 +783,7 @@ async fn open_session(
         log_id: log_id(&client_id),
         user: user.clone(),
         publish_allowed: None,
+        topic_write: None,
         vhost,
         handle,
         generation: attached.generation,
@@ -927,6 +948,51 @@ impl Conn {
         ok
     }
 
+    /// The topic permission (write) on the PUBLISH's topic as a routing key (`/` as `.`);
+    /// resolved once per read turn, and without a topic permission nothing is mapped.
+    fn may_publish_topic(&mut self, topic: &str) -> bool {
+        if self.topic_write.is_none() {
+            let x = &self.mqtt.config.exchange;
+            let check = self.mqtt.broker.topic_check(
+                &self.user,
+                &self.mqtt.config.vhost,
+                Access::Write,
+                x,
+                Some(&self.client_id),
+            );
+            self.topic_write = Some(match check {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(user = %self.user, error = %e, "MQTT publish refused");
+                    self.publish_allowed = Some(false);
+                    return false;
+                }
+            });
+        }
+        let Some(Some(check)) = &self.topic_write else {
+            return true;
+        };
+        match check.check(&mapping::topic_to_key(topic)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(user = %self.user, error = %e, "MQTT publish refused");
+                false
+            }
+        }
+    }
+
+    /// The topic permission (read) on a subscription's filter as a binding key (`/` as
+    /// `.`, `+` as `*`), as RabbitMQ's MQTT plugin checks it.
+    fn may_read_topic(&self, filter: &str) -> bool {
+        topic_authorized(
+            &self.mqtt,
+            &self.user,
+            Access::Read,
+            &mapping::filter_to_key(filter),
+            &self.client_id,
+        )
+    }
+
     /// The permissions a subscription needs (RabbitMQ's MQTT plugin): read on the exchange
     /// and write on the queue it binds (a binding), plus configure on the queue when the
     /// subscription creates it (shared subscriptions; a session queue was checked at
@@ -975,6 +1041,7 @@ impl Conn {
         let max = self.mqtt.config.max_packet_size;
         // Permissions may change while connected: decided afresh each read turn.
         self.publish_allowed = None;
+        self.topic_write = None;
         while self.ending.is_none() {
             match decode(inbuf, self.version, max) {
                 Ok(None) => break,
@@ -1126,7 +1193,8 @@ impl Conn {
         // connection is closed, as RabbitMQ does. A QoS 2 resend of an id already stored
         // was authorized when it was stored, and is answered as a duplicate below.
         let duplicate = p.qos == QoS::ExactlyOnce && self.state.inbound_qos2.contains(&pid);
-        if !duplicate && !self.may_publish() {
+        let allowed = duplicate || (self.may_publish() && self.may_publish_topic(&p.topic));
+        if !allowed {
             match p.qos {
                 QoS::AtMostOnce => {}
                 _ if v5 => self.pending.push(Pending {
@@ -1140,7 +1208,7 @@ impl Conn {
                 }),
                 _ => self.fail(
                     ReasonCode::NOT_AUTHORIZED,
-                    "publish refused: no write access to the exchange",
+                    "publish refused: no write access to the exchange or topic",
                 ),
             }
             return;
@@ -1479,6 +1547,12 @@ impl Conn {
                     ReasonCode::NOT_AUTHORIZED
                 }
                 Ok(None) if !self.may_subscribe(&self.queue_name, false) => {
+                    ReasonCode::NOT_AUTHORIZED
+                }
+                // The topic permission on the filter: only this filter is refused.
+                Ok(shared)
+                    if !self.may_read_topic(shared.map_or(item.filter.as_str(), |s| s.filter)) =>
+                {
                     ReasonCode::NOT_AUTHORIZED
                 }
                 Ok(Some(_)) => {
@@ -2055,12 +2129,40 @@ fn authorized(mqtt: &Mqtt, user: &str, access: Access, kind: &str, name: &str) -
     }
 }
 
+/// `Broker::authorize_topic` on the MQTT vhost and exchange for a routing or binding key,
+/// with `{client_id}` expanded, logging a refusal.
+fn topic_authorized(mqtt: &Mqtt, user: &str, access: Access, key: &str, client_id: &str) -> bool {
+    match mqtt.broker.authorize_topic(
+        user,
+        &mqtt.config.vhost,
+        access,
+        &mqtt.config.exchange,
+        key,
+        Some(client_id),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(%user, error = %e, "MQTT operation refused");
+            false
+        }
+    }
+}
+
 /// Publishes a will message (and stores it when it is retained), if its user may still
-/// write to the exchange (checked at CONNECT, and again here: permissions may have changed
-/// meanwhile; a refused will is dropped, as a refused QoS 0 publish is).
+/// write to the exchange and the will's topic (checked at CONNECT, and again here:
+/// permissions may have changed meanwhile; a refused will is dropped, as a refused QoS 0
+/// publish is).
 fn publish_will(mqtt: &Mqtt, user: &str, client_id: &str, w: Will) {
     let Some(vh) = mqtt.vhost() else { return };
-    if !authorized(mqtt, user, Access::Write, "exchange", &mqtt.config.exchange) {
+    if !authorized(mqtt, user, Access::Write, "exchange", &mqtt.config.exchange)
+        || !topic_authorized(
+            mqtt,
+            user,
+            Access::Write,
+            &mapping::topic_to_key(&w.topic),
+            client_id,
+        )
+    {
         return;
     }
     let p = Publish {

@@ -1,5 +1,6 @@
 //! The admin CLI: `ferrymq queues|exchanges|bindings|streams|users|vhosts|connections …`,
 //! `ferrymq channels|consumers list`, `ferrymq policies list|declare|delete`,
+//! `ferrymq topic-permissions list|set|clear`,
 //! `ferrymq publish`, `ferrymq consume`, `ferrymq dlq redrive`, `ferrymq definitions
 //! export|import` — clients of a running server's HTTP management API (`--url`, default
 //! http://127.0.0.1:15672; `--user`/`--password`, default guest/guest; env `FERRYMQ_URL`,
@@ -123,6 +124,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// List, set and clear topic permissions (routing-key patterns per topic exchange)
+    TopicPermissions {
+        #[command(subcommand)]
+        cmd: TopicPermCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Publish one message (body from --body or stdin)
     Publish(PublishArgs),
     /// Receive messages from a queue (acked after printing)
@@ -207,6 +215,34 @@ pub enum PolicyCmd {
     },
     /// Delete one
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicPermCmd {
+    /// List them (in --vhost)
+    List,
+    /// Set a user's topic permission on an exchange (replacing the one there)
+    Set {
+        /// The user
+        name: String,
+        /// The topic exchange
+        #[arg(long, default_value = "amq.topic")]
+        exchange: String,
+        /// Regular expression over routing keys for publishing ({username}, {vhost} and
+        /// {client_id} are expanded)
+        #[arg(long)]
+        write: String,
+        /// Regular expression over binding keys for binding and subscribing
+        #[arg(long)]
+        read: String,
+    },
+    /// Remove a user's topic permissions on the vhost (all, or --exchange's)
+    Clear {
+        /// The user
+        name: String,
+        #[arg(long)]
+        exchange: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -664,6 +700,45 @@ fn policies(cmd: PolicyCmd, conn: &Conn) -> R<()> {
     Ok(())
 }
 
+const TOPIC_PERM_COLS: &[&str] = &["vhost", "user", "exchange", "write", "read"];
+
+fn topic_permissions(cmd: TopicPermCmd, conn: &Conn) -> R<()> {
+    let c = Client::new(conn);
+    let vh = seg(&conn.vhost);
+    match cmd {
+        TopicPermCmd::List => out(
+            conn,
+            &c.call("GET", &format!("/api/topic-permissions/{vh}"), None)?,
+            TOPIC_PERM_COLS,
+        ),
+        TopicPermCmd::Set {
+            name,
+            exchange,
+            write,
+            read,
+        } => {
+            let body = json!({"exchange": exchange, "write": write, "read": read});
+            let v = c.call(
+                "PUT",
+                &format!("/api/topic-permissions/{vh}/{}", seg(&name)),
+                Some(&body),
+            )?;
+            out(conn, &v, TOPIC_PERM_COLS);
+        }
+        TopicPermCmd::Clear { name, exchange } => {
+            let mut path = format!("/api/topic-permissions/{vh}/{}", seg(&name));
+            if let Some(x) = &exchange {
+                path.push_str(&format!("?exchange={}", seg(x)));
+            }
+            c.call("DELETE", &path, None)?;
+            if !conn.json {
+                println!("cleared topic permissions of {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn exec(cmd: AdminCommand) -> R<()> {
     match cmd {
         AdminCommand::Channels {
@@ -685,6 +760,7 @@ fn exec(cmd: AdminCommand) -> R<()> {
             Ok(())
         }
         AdminCommand::Policies { cmd, conn } => policies(cmd, &conn),
+        AdminCommand::TopicPermissions { cmd, conn } => topic_permissions(cmd, &conn),
         AdminCommand::Queues { cmd, conn } => entity("queues", cmd, &conn),
         AdminCommand::Streams { cmd, conn } => entity("streams", cmd, &conn),
         AdminCommand::Exchanges { cmd, conn } => entity("exchanges", cmd, &conn),
