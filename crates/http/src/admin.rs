@@ -497,6 +497,14 @@ fn topic_json(p: TopicPermission) -> TopicPermissionJson {
     }
 }
 
+/// 422 (as `PUT /api/permissions`) for a pattern that does not compile or no exchange.
+fn valid_topic_permission(p: &TopicPermission) -> ApiResult<()> {
+    p.validate().map_err(|e| match e {
+        ferrymq_core::CoreError::InvalidArgument(m) => ApiError::invalid(m),
+        e => e.into(),
+    })
+}
+
 fn topic_list(
     state: &AppState,
     keep: impl Fn(&TopicPermission) -> bool,
@@ -583,6 +591,7 @@ pub async fn put_topic_permission(
         write: body.write,
         read: body.read,
     };
+    valid_topic_permission(&p)?;
     state.broker.set_topic_permission(p.clone())?;
     Ok(Json(topic_json(p)))
 }
@@ -758,7 +767,7 @@ pub async fn import_definitions(
         }
     }
     for p in &d.topic_permissions {
-        p.validate()?;
+        valid_topic_permission(p)?;
     }
     for u in &d.users {
         let has_password = u.password.as_deref().is_some_and(|p| !p.is_empty());
