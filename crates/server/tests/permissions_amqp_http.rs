@@ -3,11 +3,13 @@
 //! HTTP (403 with the JSON error body), against the real binary: one refused and one allowed
 //! case per operation, and a refusal changes nothing.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 
 use std::time::Duration;
 
-use base64::Engine;
+use api::{assert_amqp_refused as assert_refused, Api, GUEST};
 use common::{listening, serve, Server};
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -22,33 +24,27 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Setup {
     _dir: tempfile::TempDir,
     server: Server,
-    http: String,
-    agent: ureq::Agent,
+    api: Api,
 }
 
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
-}
-
-const GUEST: (&str, &str) = ("guest", "guest");
 const APP: (&str, &str) = ("app", "pw");
+
+impl std::ops::Deref for Setup {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
 
 impl Setup {
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let server = serve(dir.path(), &dir.path().join("data"), &[]);
-        let addr = listening(&server, "http");
+        let api = Api::new(listening(&server, "http"));
         let s = Setup {
             _dir: dir,
             server,
-            http: format!("http://{addr}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            api,
         };
         s.ok(GUEST, "PUT", "/api/users/app", json!({"password": "pw"}));
         s.ok(
@@ -83,48 +79,9 @@ impl Setup {
         s
     }
 
-    fn call(&self, who: (&str, &str), method: &str, path: &str, body: Value) -> (u16, Value) {
-        let url = format!("{}{path}", self.http);
-        let auth = basic(who.0, who.1);
-        let a = &self.agent;
-        let mut resp = match method {
-            "GET" => a.get(&url).header("authorization", &auth).call(),
-            "DELETE" => a.delete(&url).header("authorization", &auth).call(),
-            m => {
-                let r = if m == "PUT" {
-                    a.put(&url)
-                } else {
-                    a.post(&url)
-                };
-                r.header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .send(body.to_string())
-            }
-        }
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
-    /// Asserts a 2xx answer.
-    fn ok(&self, who: (&str, &str), method: &str, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(who, method, path, body);
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
-    /// Asserts a 403 with the API's JSON error body and RabbitMQ's text.
+    /// Asserts that app gets a 403 with the API's JSON error body and RabbitMQ's text.
     fn refused(&self, method: &str, path: &str, body: Value, text: &str) {
-        let (s, v) = self.call(APP, method, path, body);
-        assert_eq!(s, 403, "{method} {path}: {v}");
-        assert_eq!(v["error"], "access_refused", "{method} {path}: {v}");
-        assert_eq!(
-            v["reason"].as_str(),
-            Some(format!("ACCESS_REFUSED - {text}").as_str()),
-            "{method} {path}"
-        );
+        self.api.refused(APP, method, path, body, text);
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -133,34 +90,6 @@ impl Setup {
             404 => false,
             s => panic!("GET {path}: {s}"),
         }
-    }
-
-    fn messages(&self, queue: &str) -> u64 {
-        let v = self.ok(GUEST, "GET", &format!("/api/queues/%2F/{queue}"), json!({}));
-        v["messages"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no message count in {v}"))
-    }
-
-    fn bindings(&self) -> Vec<(String, String, String)> {
-        let v = self.ok(GUEST, "GET", "/api/bindings/%2F", json!({}));
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["source"].as_str().unwrap_or_default().to_string(),
-                    b["destination"].as_str().unwrap_or_default().to_string(),
-                    b["routing_key"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn has_binding(&self, source: &str, dest: &str, key: &str) -> bool {
-        self.bindings()
-            .iter()
-            .any(|(s, d, k)| s == source && d == dest && k == key)
     }
 
     async fn connect(&self, who: (&str, &str)) -> Connection {
@@ -180,21 +109,6 @@ impl Setup {
         let ch = conn.create_channel().await.unwrap();
         (conn, ch)
     }
-}
-
-fn refusal(text: &str) -> String {
-    format!("ACCESS_REFUSED - {text}")
-}
-
-/// Asserts that an AMQP operation failed with a 403 channel error carrying `text`.
-fn assert_refused<T: std::fmt::Debug>(r: Result<T, lapin::Error>, text: &str) {
-    let err = r.expect_err("refused");
-    let dbg = format!("{err:?}");
-    assert!(dbg.contains(&refusal(text)), "{dbg}");
-    assert!(
-        dbg.contains("ACCESSREFUSED") || dbg.contains("403"),
-        "{dbg}"
-    );
 }
 
 fn no_options() -> FieldTable {

@@ -6,6 +6,8 @@
 //! the management API, definitions export/import and the CLI. Each refusal is checked to
 //! store, bind or deliver nothing.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 #[path = "common/mqtt.rs"]
 mod mqtt;
@@ -13,7 +15,7 @@ mod mqtt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine;
+use api::{assert_amqp_refused as assert_refused, basic, Api, GUEST};
 use bytes::Bytes;
 use common::{listening, serve, Server};
 use ferrymq_mqtt_codec::{
@@ -27,15 +29,7 @@ use mqtt::{connect_packet, Client};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-const GUEST: (&str, &str) = ("guest", "guest");
 const APP: (&str, &str) = ("app", "pw");
-
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
-}
 
 /// A server where user `app` (password `pw`) has full vhost permissions on `/` and a topic
 /// permission on the topic exchange `t.x` (write `^{username}\.`, read
@@ -45,23 +39,25 @@ fn basic(user: &str, pass: &str) -> String {
 struct Setup {
     _dir: tempfile::TempDir,
     server: Server,
-    http: String,
-    agent: ureq::Agent,
+    api: Api,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Setup {
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let server = serve(dir.path(), &dir.path().join("data"), &[]);
-        let addr = listening(&server, "http");
+        let api = Api::new(listening(&server, "http"));
         let s = Setup {
             _dir: dir,
             server,
-            http: format!("http://{addr}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            api,
         };
         s.ok(GUEST, "PUT", "/api/users/app", json!({"password": "pw"}));
         s.ok(
@@ -104,62 +100,9 @@ impl Setup {
         s
     }
 
-    fn call(&self, who: (&str, &str), method: &str, path: &str, body: Value) -> (u16, Value) {
-        let url = format!("{}{path}", self.http);
-        let auth = basic(who.0, who.1);
-        let a = &self.agent;
-        let mut resp = match method {
-            "GET" => a.get(&url).header("authorization", &auth).call(),
-            "DELETE" => a.delete(&url).header("authorization", &auth).call(),
-            m => {
-                let r = if m == "PUT" {
-                    a.put(&url)
-                } else {
-                    a.post(&url)
-                };
-                r.header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .send(body.to_string())
-            }
-        }
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
-    fn ok(&self, who: (&str, &str), method: &str, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(who, method, path, body);
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
     /// Asserts that app gets a 403 with the API's JSON error body and RabbitMQ's text.
     fn refused(&self, method: &str, path: &str, body: Value, text: &str) {
-        let (s, v) = self.call(APP, method, path, body);
-        assert_eq!(s, 403, "{method} {path}: {v}");
-        assert_eq!(v["error"], "access_refused", "{method} {path}: {v}");
-        assert_eq!(
-            v["reason"].as_str(),
-            Some(format!("ACCESS_REFUSED - {text}").as_str()),
-            "{method} {path}"
-        );
-    }
-
-    fn messages(&self, queue: &str) -> u64 {
-        let v = self.ok(GUEST, "GET", &format!("/api/queues/%2F/{queue}"), json!({}));
-        v["messages"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no message count in {v}"))
-    }
-
-    fn has_binding(&self, source: &str, dest: &str, key: &str) -> bool {
-        let v = self.ok(GUEST, "GET", "/api/bindings/%2F", json!({}));
-        v.as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["source"] == source && b["destination"] == dest && b["routing_key"] == key)
+        self.api.refused(APP, method, path, body, text);
     }
 
     async fn app_channel(&self) -> (Connection, Channel) {
@@ -182,17 +125,6 @@ impl Setup {
 
 fn topic_refusal(access: &str, key: &str, exchange: &str) -> String {
     format!("{access} access to topic '{key}' in exchange '{exchange}' in vhost '/' refused for user 'app'")
-}
-
-/// Asserts that an AMQP operation failed with a 403 channel error carrying `text`.
-fn assert_refused<T: std::fmt::Debug>(r: Result<T, lapin::Error>, text: &str) {
-    let err = r.expect_err("refused");
-    let dbg = format!("{err:?}");
-    assert!(dbg.contains(&format!("ACCESS_REFUSED - {text}")), "{dbg}");
-    assert!(
-        dbg.contains("ACCESSREFUSED") || dbg.contains("403"),
-        "{dbg}"
-    );
 }
 
 async fn publish(ch: &Channel, exchange: &str, key: &str) -> Result<bool, lapin::Error> {
@@ -419,7 +351,7 @@ fn http_bindings_and_exchange_subscriptions_check_the_binding_key() {
         &topic_refusal("read", "other.#", "t.x"),
     );
     // Allowed: the stream opens (its headers come; the body streams until dropped).
-    let url = format!("{}/api/exchanges/%2F/t.x/events?pattern=app.%23", s.http);
+    let url = format!("{}/api/exchanges/%2F/t.x/events?pattern=app.%23", s.base);
     let resp = s
         .agent
         .get(&url)
@@ -569,7 +501,7 @@ fn management_api_round_trip_definitions_and_cli() {
     let d = s._dir.path();
     let cli = |args: &[&str]| {
         let mut cmd = common::ferrymq(d);
-        cmd.env("FERRYMQ_URL", &s.http).args(args);
+        cmd.env("FERRYMQ_URL", &s.base).args(args);
         let r = common::run(&mut cmd);
         assert!(r.status.success(), "{args:?}: {}{}", r.stdout, r.stderr);
         r.stdout
@@ -602,7 +534,7 @@ fn management_api_round_trip_definitions_and_cli() {
     let json: Value = serde_json::from_str(&cli(&["topic-permissions", "list", "--json"])).unwrap();
     assert_eq!(json, json!([]));
     let mut cmd = common::ferrymq(d);
-    cmd.env("FERRYMQ_URL", &s.http)
+    cmd.env("FERRYMQ_URL", &s.base)
         .args(["topic-permissions", "clear", "app"]);
     let r = common::run(&mut cmd);
     assert_eq!(r.status.code(), Some(1), "{}{}", r.stdout, r.stderr);
