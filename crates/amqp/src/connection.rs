@@ -18,8 +18,7 @@ use ferrymq_amqp_codec::{
 };
 use ferrymq_core::queue::ConsumerEvent;
 use ferrymq_core::{ConnectionHandle, ConnectionInfo, VHost};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -56,7 +55,10 @@ enum End {
 }
 
 /// Answers a connection over the limit with connection.close after the header.
-pub(crate) async fn refuse(mut stream: TcpStream, why: &str) {
+pub(crate) async fn refuse<S>(mut stream: S, why: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut header = [0u8; 8];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header)).await;
     if read.is_err() {
@@ -89,6 +91,8 @@ struct Conn {
     channel_max: u16,
     heartbeat_s: u16,
     user: String,
+    /// The identity the transport verified (TLS client certificate CN): offers `EXTERNAL`.
+    identity: Option<String>,
     client_properties: AmqpTable,
     vhost: Option<Arc<VHost>>,
     handle: Option<Arc<ConnectionHandle>>,
@@ -172,13 +176,16 @@ fn parse_sasl(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     }
 }
 
-/// Runs one connection to its end.
-pub(crate) async fn run(
+/// Runs one connection to its end; `identity` is the peer's verified certificate name.
+pub(crate) async fn run<S>(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
+    identity: Option<String>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Protocol header, within the handshake deadline.
     let deadline = Duration::from_millis(shared.config.handshake_timeout_ms.max(1));
     let mut header = [0u8; 8];
@@ -205,6 +212,7 @@ pub(crate) async fn run(
         channel_max: shared.config.channel_max,
         heartbeat_s: 0,
         user: String::new(),
+        identity,
         client_properties: AmqpTable::default(),
         vhost: None,
         handle: None,
@@ -220,11 +228,16 @@ pub(crate) async fn run(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+            // EXTERNAL only with a verified client certificate (rabbitmq_auth_mechanism_ssl).
+            mechanisms: if conn.identity.is_some() {
+                Bytes::from_static(b"EXTERNAL PLAIN AMQPLAIN")
+            } else {
+                Bytes::from_static(b"PLAIN AMQPLAIN")
+            },
             locales: Bytes::from_static(b"en_US"),
         }),
     );
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut flow = shared.broker.flow();
     let mut close_req: Option<watch::Receiver<Option<String>>> = None;
@@ -477,25 +490,39 @@ impl Conn {
         match (&self.phase, method) {
             (Phase::AwaitStartOk, Method::ConnectionStartOk(ok)) => {
                 self.client_properties = ok.client_properties.clone();
-                let Some((user, pass)) = parse_sasl(&ok.mechanism, &ok.response) else {
-                    return Err(Exception::connection(
-                        code::ACCESS_REFUSED,
-                        format!("unsupported or malformed SASL mechanism {}", ok.mechanism),
-                    )
-                    .at(10, 11));
+                let login = match (&*ok.mechanism, &self.identity) {
+                    ("EXTERNAL", Some(id)) => {
+                        let id = id.clone();
+                        self.shared
+                            .broker
+                            .authenticate_external(&id, Some(self.peer.ip()))
+                            .map(|_| id)
+                    }
+                    (mechanism, _) => {
+                        let Some((user, pass)) = parse_sasl(mechanism, &ok.response) else {
+                            return Err(Exception::connection(
+                                code::ACCESS_REFUSED,
+                                format!("unsupported or malformed SASL mechanism {mechanism}"),
+                            )
+                            .at(10, 11));
+                        };
+                        self.shared
+                            .broker
+                            .authenticate(&user, &pass, Some(self.peer.ip()))
+                            .map(|_| user)
+                    }
                 };
-                if let Err(e) = self
-                    .shared
-                    .broker
-                    .authenticate(&user, &pass, Some(self.peer.ip()))
-                {
-                    let text = e.to_string();
-                    let text = text
-                        .split_once(" - ")
-                        .map(|(_, t)| t.to_owned())
-                        .unwrap_or(text);
-                    return Err(Exception::connection(code::ACCESS_REFUSED, text).at(10, 11));
-                }
+                let user = match login {
+                    Ok(user) => user,
+                    Err(e) => {
+                        let text = e.to_string();
+                        let text = text
+                            .split_once(" - ")
+                            .map(|(_, t)| t.to_owned())
+                            .unwrap_or(text);
+                        return Err(Exception::connection(code::ACCESS_REFUSED, text).at(10, 11));
+                    }
+                };
                 self.user = user;
                 self.phase = Phase::AwaitTuneOk;
                 self.send(

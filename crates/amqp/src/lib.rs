@@ -5,7 +5,7 @@
 //! Layers:
 //! - [`convert`]: wire values and properties ⇄ the core's message model;
 //! - [`error`]: channel/connection exceptions and their reply codes;
-//! - `connection`: one task per TCP connection — handshake, frames, heartbeats,
+//! - `connection`: one task per TCP (or TLS) connection — handshake, frames, heartbeats,
 //!   flow control, write coalescing;
 //! - `channel`: per-channel state — publishing (confirms, transactions,
 //!   mandatory returns), consuming (credit, delivery tags, acks), declarations.
@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrymq_core::queue::{ConsumerId, ConsumerSink};
+use ferrymq_core::transport::Handshake;
 use ferrymq_core::Broker;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -75,7 +76,8 @@ pub(crate) struct Shared {
 
 /// Accepts AMQP connections until `stop` turns true, then asks every connection
 /// to close (`connection.close` 320 CONNECTION_FORCED) and returns once all of
-/// them have ended.
+/// them have ended. With `tls`, every connection is secured by it first (AMQPS): the
+/// handshake runs in the connection's task, and a failed one ends only that connection.
 ///
 /// # Cancel safety
 /// Not cancel safe: drive it to completion so connections end cleanly.
@@ -83,6 +85,7 @@ pub async fn run(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: AmqpConfig,
+    tls: Option<Arc<dyn Handshake>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared {
@@ -98,16 +101,18 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let max = shared.config.connections_max;
-                    if max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max {
+                    let full = max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max;
+                    if full {
                         tracing::warn!(%peer, max, "AMQP connection refused: connections_max reached");
-                        conns.spawn(connection::refuse(stream, "connection limit reached"));
-                        continue;
+                    } else {
+                        shared.open_connections.fetch_add(1, Ordering::Relaxed);
                     }
-                    shared.open_connections.fetch_add(1, Ordering::Relaxed);
-                    let (s, st) = (shared.clone(), stop.clone());
+                    let (s, st, tls) = (shared.clone(), stop.clone(), tls.clone());
                     conns.spawn(async move {
-                        connection::run(s.clone(), stream, peer, st).await;
-                        s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                        serve(&s, stream, peer, tls, full, st).await;
+                        if !full {
+                            s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                        }
                     });
                 }
                 Err(e) => {
@@ -120,6 +125,38 @@ pub async fn run(
         }
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// One accepted connection: the TLS handshake if any, then refusal (over the limit) or
+/// the protocol.
+async fn serve(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<dyn Handshake>>,
+    full: bool,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(tls) = tls else {
+        if full {
+            connection::refuse(tcp, "connection limit reached").await;
+        } else {
+            connection::run(shared.clone(), tcp, peer, None, stop).await;
+        }
+        return;
+    };
+    let secured = match tls.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "AMQPS handshake failed");
+            return;
+        }
+    };
+    if full {
+        connection::refuse(secured.stream, "connection limit reached").await;
+    } else {
+        connection::run(shared.clone(), secured.stream, peer, secured.identity, stop).await;
+    }
 }
 
 /// Binds the AMQP listener.

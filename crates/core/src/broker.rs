@@ -879,6 +879,30 @@ impl Broker {
         }
     }
 
+    /// Logs in a user whose identity the transport verified (a TLS client certificate's common
+    /// name: AMQP `EXTERNAL`, MQTT without a user name, Kafka's SSL principal, HTTPS without
+    /// credentials): no password, but the user must exist and the loopback rule applies.
+    ///
+    /// # Errors
+    /// `AccessRefused` for an unknown user or a loopback-only user from elsewhere.
+    pub fn authenticate_external(&self, name: &str, peer: Option<IpAddr>) -> Result<User> {
+        let user = self
+            .shared
+            .users
+            .read()
+            .ok()
+            .and_then(|u| u.get(name).cloned());
+        match user {
+            Some(u) => {
+                self.check_loopback(&u.name, peer)?;
+                Ok(u)
+            }
+            None => Err(CoreError::AccessRefused(format!(
+                "Login was refused using authentication mechanism EXTERNAL: no user '{name}' (the client certificate's common name)"
+            ))),
+        }
+    }
+
     /// Refuses a loopback-only user (`loopback_users`, `guest` by default) connecting from
     /// elsewhere; adapters that authenticate by other means (SASL SCRAM) call it too.
     ///

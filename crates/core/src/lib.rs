@@ -14,7 +14,9 @@
 //! - [`policy`]: policies (pattern, apply-to, priority, definition) and how they
 //!   combine with declared arguments;
 //! - [`topicperm`]: topic permissions (RabbitMQ's topic authorisation) and their checks;
-//! - [`broker`]: opening, recovery, users, connections, flow control, shutdown.
+//! - [`broker`]: opening, recovery, users, connections, flow control, shutdown;
+//! - [`transport`]: the handshake trait through which adapters get secured streams
+//!   (TLS) and the peer's verified identity.
 
 pub mod auth;
 pub mod broker;
@@ -30,6 +32,7 @@ pub mod routing;
 pub mod stream;
 mod timer;
 pub mod topicperm;
+pub mod transport;
 pub mod vhost;
 
 pub use broker::{

@@ -676,6 +676,17 @@ async fn users_permissions_and_vhost_isolation() {
     assert!(b
         .authenticate("guest", "guest", Some("::ffff:127.0.0.1".parse().unwrap()))
         .is_ok());
+    // A verified certificate's name logs in without a password; same loopback rule.
+    assert_eq!(
+        b.authenticate_external("guest", local).unwrap().name,
+        "guest"
+    );
+    assert!(matches!(
+        b.authenticate_external("nobody", local),
+        Err(CoreError::AccessRefused(_))
+    ));
+    let e = b.authenticate_external("guest", remote).unwrap_err();
+    assert!(e.to_string().contains("only connect via localhost"), "{e}");
     // Stored as hashes, never in clear.
     let g = b.user("guest").unwrap();
     assert!(g.password_hash.starts_with("$argon2id$"));

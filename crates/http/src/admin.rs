@@ -841,6 +841,8 @@ pub async fn revoke_token(State(state): State<AppState>, auth: Auth) -> ApiResul
             state.tokens.revoke(&token);
             Ok(StatusCode::NO_CONTENT)
         }
-        Via::Basic => Err(ApiError::invalid("this request carries no bearer token")),
+        Via::Basic | Via::Certificate => {
+            Err(ApiError::invalid("this request carries no bearer token"))
+        }
     }
 }

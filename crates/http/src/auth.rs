@@ -1,7 +1,9 @@
 //! Authentication (HTTP Basic and bearer tokens) and authorization against the broker's users
 //! and permissions.
 //!
-//! Basic credentials go through `Broker::authenticate`, as every protocol's do. Bearer tokens
+//! Basic credentials go through `Broker::authenticate`, as every protocol's do. Over HTTPS
+//! with client certificates, a request without credentials acts as the certificate's
+//! common name (`Broker::authenticate_external`); credentials, when sent, take precedence. Bearer tokens
 //! are issued by `POST /api/tokens` (Basic auth only), kept in memory with an expiry, and lost
 //! on restart; a token resolves to its user on every request, so deleting the user revokes
 //! it. Browsers cannot set headers on a WebSocket or `EventSource`: there, `?access_token=`
@@ -132,7 +134,12 @@ pub fn valid_pattern(pattern: &str) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub enum Via {
     Basic,
-    Bearer { token: String, expires_at_ms: i64 },
+    Bearer {
+        token: String,
+        expires_at_ms: i64,
+    },
+    /// A verified TLS client certificate (HTTPS with `tls.client_auth`), no header.
+    Certificate,
 }
 
 /// An authenticated user. Extracting it answers 401 without valid credentials.
@@ -281,9 +288,19 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Auth, ApiError> {
         (Some(h), _) => h.split_once(' ').unwrap_or((h, "")),
         (None, Some(t)) => return bearer(state, &t),
         (None, None) => {
+            if let Some(crate::server::ClientIdentity(id)) = parts.extensions.get() {
+                let user = state
+                    .broker
+                    .authenticate_external(id, peer_ip(parts))
+                    .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+                return Ok(Auth {
+                    user,
+                    via: Via::Certificate,
+                });
+            }
             return Err(ApiError::unauthorized(
                 "credentials required: HTTP Basic or a bearer token from POST /api/tokens",
-            ))
+            ));
         }
     };
     if scheme.eq_ignore_ascii_case("basic") {

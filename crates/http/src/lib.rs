@@ -37,4 +37,7 @@ pub mod subscribe;
 pub mod ws;
 
 pub use error::{ApiError, ErrorBody};
-pub use server::{bind, router, serve, serve_with_routes, HttpError};
+pub use server::{
+    bind, router, serve, serve_secured, serve_with_routes, ClientIdentity, HttpError, Peer,
+    SecuredListener,
+};

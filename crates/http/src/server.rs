@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::serve::{IncomingStream, Listener};
 use axum::Router;
+use ferrymq_core::transport::Io;
 use ferrymq_core::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -287,6 +290,107 @@ pub async fn serve(
     serve_with_routes(listener, broker, Router::new(), shutdown).await
 }
 
+/// Who is at the other end of an HTTP connection: its address and, over HTTPS with a
+/// verified client certificate, the certificate's common name.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub identity: Option<String>,
+}
+
+/// A request's verified client-certificate name (set only by a TLS listener); a request
+/// without credentials authenticates as it.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity(pub String);
+
+impl Connected<IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+impl Connected<IncomingStream<'_, SecuredListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, SecuredListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// A listener fed with connections secured elsewhere (the server's TLS acceptor does the
+/// handshakes concurrently, each bounded, and sends the finished ones here), so that a slow
+/// handshake never holds up the accept loop.
+pub struct SecuredListener {
+    incoming: tokio::sync::mpsc::Receiver<(Box<dyn Io>, Peer)>,
+    local: SocketAddr,
+}
+
+impl SecuredListener {
+    /// A listener on `local` that serves what arrives on `incoming`.
+    pub fn new(
+        incoming: tokio::sync::mpsc::Receiver<(Box<dyn Io>, Peer)>,
+        local: SocketAddr,
+    ) -> SecuredListener {
+        SecuredListener { incoming, local }
+    }
+}
+
+impl Listener for SecuredListener {
+    type Io = Box<dyn Io>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Peer) {
+        match self.incoming.recv().await {
+            Some(conn) => conn,
+            // The acceptor ended (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.local,
+            identity: None,
+        })
+    }
+}
+
+/// A plain TCP listener whose connections carry no identity.
+pub struct PlainListener(TcpListener);
+
+impl Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Peer) {
+        let (io, addr) = Listener::accept(&mut self.0).await;
+        (
+            io,
+            Peer {
+                addr,
+                identity: None,
+            },
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.0.local_addr()?,
+            identity: None,
+        })
+    }
+}
+
+/// Exposes the connection's address as `ConnectInfo<SocketAddr>` (what handlers read) and its
+/// verified identity as [`ClientIdentity`].
+async fn peer_extensions(mut req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<Peer>>().cloned() {
+        req.extensions_mut().insert(ConnectInfo(peer.addr));
+        if let Some(id) = peer.identity {
+            req.extensions_mut().insert(ClientIdentity(id));
+        }
+    }
+    next.run(req).await
+}
+
 /// [`serve`] with extra routes merged into the router: how the server crate mounts
 /// endpoints of other adapters (MQTT over WebSocket at `/mqtt`) without this crate
 /// depending on them. `extra` must not set a fallback or reuse a path of [`router`].
@@ -302,13 +406,45 @@ pub async fn serve_with_routes(
     extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
+    serve_listener(PlainListener(listener), broker, extra, shutdown).await
+}
+
+/// [`serve_with_routes`] on connections secured by the caller (HTTPS): each comes with its
+/// [`Peer`], whose identity (a verified client certificate's name) authenticates requests
+/// that carry no credentials.
+///
+/// # Errors
+/// As [`serve`].
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops open connections.
+pub async fn serve_secured(
+    listener: SecuredListener,
+    broker: Arc<Broker>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    serve_listener(listener, broker, extra, shutdown).await
+}
+
+async fn serve_listener<L>(
+    listener: L,
+    broker: Arc<Broker>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError>
+where
+    L: Listener<Addr = Peer>,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(broker.clone(), stop_rx.clone());
     let reaper = tokio::spawn(state.leases.clone().run_reaper(stop_rx.clone()));
     let sampler = tokio::spawn(state.rates.clone().run(broker, stop_rx));
     let app = router(state)
         .merge(extra)
-        .into_make_service_with_connect_info::<SocketAddr>();
+        .layer(middleware::from_fn(peer_extensions))
+        .into_make_service_with_connect_info::<Peer>();
     let signal = async move {
         shutdown.await;
         stop_tx.send_replace(true);

@@ -481,7 +481,21 @@ fn broker_entries(kafka: &Kafka) -> Vec<Entry> {
         ("node.id", c.node_id.to_string(), 3),
         (
             "advertised.listeners",
-            format!("{protocol}://{}:{}", c.advertised_host, c.advertised_port),
+            {
+                let mut l = format!("{protocol}://{}:{}", c.advertised_host, c.advertised_port);
+                if c.advertised_tls_port != 0 {
+                    let ssl = if c.sasl_mechanisms.is_empty() {
+                        "SSL"
+                    } else {
+                        "SASL_SSL"
+                    };
+                    l.push_str(&format!(
+                        ",{ssl}://{}:{}",
+                        c.advertised_host, c.advertised_tls_port
+                    ));
+                }
+                l
+            },
             2,
         ),
         (

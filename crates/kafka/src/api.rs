@@ -116,11 +116,17 @@ pub(crate) fn dispatch(
             r.api_keys = api_list();
             ready(encode(&r, v))
         }
-        ApiKey::Metadata => ready(encode(&metadata(kafka, az, decode(body, v)?, v), v)),
+        ApiKey::Metadata => ready(encode(
+            &metadata(kafka, az, decode(body, v)?, v, state.secure),
+            v,
+        )),
         ApiKey::Produce => produce(kafka, az, decode(body, v)?, v),
         ApiKey::Fetch => fetch(kafka.clone(), az, decode(body, v)?, v),
         ApiKey::ListOffsets => ready(encode(&list_offsets(kafka, az, decode(body, v)?, v), v)),
-        ApiKey::FindCoordinator => ready(encode(&find_coordinator(kafka, decode(body, v)?, v), v)),
+        ApiKey::FindCoordinator => ready(encode(
+            &find_coordinator(kafka, decode(body, v)?, v, state.secure),
+            v,
+        )),
         ApiKey::OffsetCommit => offset_commit(kafka, az, decode(body, v)?, v),
         ApiKey::OffsetFetch => ready(encode(&offset_fetch(kafka, az, decode(body, v)?, v), v)),
         ApiKey::JoinGroup => {
@@ -176,7 +182,7 @@ pub(crate) fn dispatch(
         }
         ApiKey::DeleteGroups => ready(encode(&delete_groups(kafka, az, decode(body, v)?, v), v)),
         ApiKey::InitProducerId => ready(encode(&init_producer_id(kafka, decode(body, v)?), v)),
-        ApiKey::DescribeCluster => ready(encode(&describe_cluster(kafka), v)),
+        ApiKey::DescribeCluster => ready(encode(&describe_cluster(kafka, state.secure), v)),
         ApiKey::SaslHandshake => ready(encode(&sasl_handshake(kafka, state, decode(body, v)?), v)),
         ApiKey::SaslAuthenticate => {
             let (r, close) = sasl_authenticate(kafka, state, decode(body, v)?);
@@ -199,11 +205,15 @@ fn peer_host(peer: &str) -> String {
 
 // ---------------------------------------------------------------- Metadata
 
-fn broker_host_port(kafka: &Kafka) -> (StrBytes, i32) {
-    (
-        s(kafka.config.advertised_host.clone()),
-        i32::from(kafka.config.advertised_port),
-    )
+/// The address clients are sent back to: that of the listener the connection came in on
+/// (the SSL listener's for a TLS connection, as Kafka's per-listener advertised.listeners).
+fn broker_host_port(kafka: &Kafka, secure: bool) -> (StrBytes, i32) {
+    let port = if secure {
+        kafka.config.advertised_tls_port
+    } else {
+        kafka.config.advertised_port
+    };
+    (s(kafka.config.advertised_host.clone()), i32::from(port))
 }
 
 /// A topic's metadata entry (error set by the caller when there is no stream).
@@ -229,9 +239,15 @@ pub(crate) fn topic_metadata(
     t
 }
 
-fn metadata(kafka: &Kafka, az: &Authz, req: MetadataRequest, v: i16) -> MetadataResponse {
+fn metadata(
+    kafka: &Kafka,
+    az: &Authz,
+    req: MetadataRequest,
+    v: i16,
+    secure: bool,
+) -> MetadataResponse {
     let mut r = MetadataResponse::default();
-    let (host, port) = broker_host_port(kafka);
+    let (host, port) = broker_host_port(kafka, secure);
     let mut b = metadata_response::MetadataResponseBroker::default();
     b.node_id = BrokerId(kafka.config.node_id);
     b.host = host;
@@ -324,9 +340,9 @@ fn all_topics(kafka: &Kafka, az: &Authz) -> Vec<metadata_response::MetadataRespo
         .collect()
 }
 
-fn describe_cluster(kafka: &Kafka) -> DescribeClusterResponse {
+fn describe_cluster(kafka: &Kafka, secure: bool) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
-    let (host, port) = broker_host_port(kafka);
+    let (host, port) = broker_host_port(kafka, secure);
     let mut b = describe_cluster_response::DescribeClusterBroker::default();
     b.broker_id = BrokerId(kafka.config.node_id);
     b.host = host;
@@ -337,8 +353,13 @@ fn describe_cluster(kafka: &Kafka) -> DescribeClusterResponse {
     r
 }
 
-fn find_coordinator(kafka: &Kafka, req: FindCoordinatorRequest, v: i16) -> FindCoordinatorResponse {
-    let (host, port) = broker_host_port(kafka);
+fn find_coordinator(
+    kafka: &Kafka,
+    req: FindCoordinatorRequest,
+    v: i16,
+    secure: bool,
+) -> FindCoordinatorResponse {
+    let (host, port) = broker_host_port(kafka, secure);
     let mut r = FindCoordinatorResponse::default();
     let answer = |key_type: i8| -> (i16, Option<StrBytes>) {
         if key_type == 0 {

@@ -81,6 +81,8 @@ pub(crate) enum Auth {
 /// State of one connection that handlers may use.
 pub(crate) struct ConnState {
     pub peer: String,
+    /// Came in on the TLS (SSL) listener: metadata advertises that listener's port.
+    pub secure: bool,
     pub client_id: String,
     pub auth: Auth,
     pub handle: Option<Arc<ConnectionHandle>>,
@@ -106,10 +108,35 @@ impl ConnState {
 }
 
 /// Serves one connection until the client closes it, it misbehaves, or the adapter stops.
-pub async fn serve<S>(kafka: Arc<Kafka>, stream: S, peer: String)
-where
+/// `identity` is the TLS client certificate's verified common name: without SASL on the
+/// listener it is the connection's principal (Kafka's SSL principal); a name that is no
+/// user ends the connection before any request.
+///
+/// `secure` says the stream is the TLS listener's.
+pub async fn serve<S>(
+    kafka: Arc<Kafka>,
+    stream: S,
+    peer: String,
+    secure: bool,
+    identity: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut auth = if kafka.config.sasl_mechanisms.is_empty() {
+        Auth::Open
+    } else {
+        Auth::Required
+    };
+    if let (Some(id), Auth::Open) = (identity, &auth) {
+        let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        match kafka.broker.authenticate_external(&id, ip) {
+            Ok(u) => auth = Auth::Done(u.name),
+            Err(e) => {
+                tracing::info!(%peer, user = %id, error = %e, "Kafka SSL principal refused");
+                return;
+            }
+        }
+    }
     let (rd, wr) = tokio::io::split(stream);
     let max = kafka.config.max_request_bytes;
     let (tx, mut frames) = mpsc::channel::<Result<Bytes, String>>(4);
@@ -117,12 +144,9 @@ where
     let mut out = BufWriter::with_capacity(64 << 10, wr);
     let mut state = ConnState {
         peer: peer.clone(),
+        secure,
         client_id: String::new(),
-        auth: if kafka.config.sasl_mechanisms.is_empty() {
-            Auth::Open
-        } else {
-            Auth::Required
-        },
+        auth,
         handle: None,
     };
     let mut stop = kafka.stopped();

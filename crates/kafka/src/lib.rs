@@ -20,6 +20,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use ferrymq_core::transport::Handshake;
 use ferrymq_core::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,6 +54,8 @@ pub struct KafkaConfig {
     /// Host and port advertised in Metadata and FindCoordinator (port 0: the bound port).
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// Port advertised to connections of the TLS (SSL) listener (0: none).
+    pub advertised_tls_port: u16,
     /// Metadata requests create unknown topics (with `default_partitions`).
     pub auto_create_topics: bool,
     pub default_partitions: u32,
@@ -83,6 +86,7 @@ impl Default for KafkaConfig {
             vhost: "/".into(),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 0,
+            advertised_tls_port: 0,
             auto_create_topics: true,
             default_partitions: 1,
             max_request_bytes: 100 << 20,
@@ -157,15 +161,40 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Accepts connections until `stop` turns true, then ends them all.
-pub async fn run(listener: TcpListener, kafka: Arc<Kafka>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections until `stop` turns true, then ends them all. With `tls`, every
+/// connection is secured by it first (the SSL listener); a verified client certificate's
+/// common name is then the connection's principal.
+pub async fn run(
+    listener: TcpListener,
+    kafka: Arc<Kafka>,
+    tls: Option<Arc<dyn Handshake>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(conn::serve(kafka.clone(), stream, peer.to_string()));
+                    match tls.clone() {
+                        None => {
+                            conns.spawn(conn::serve(kafka.clone(), stream, peer.to_string(), false, None));
+                        }
+                        Some(tls) => {
+                            let kafka = kafka.clone();
+                            conns.spawn(async move {
+                                match tls.accept(stream).await {
+                                    Ok(s) => {
+                                        conn::serve(kafka, s.stream, peer.to_string(), true, s.identity)
+                                            .await;
+                                    }
+                                    Err(e) => {
+                                        tracing::info!(%peer, error = %e, "Kafka SSL handshake failed");
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka accept failed");

@@ -242,8 +242,8 @@ fn encode(out: &mut BytesMut, version: ProtocolVersion, p: Packet) {
     }
 }
 
-/// Runs one connection to its end.
-pub(crate) async fn run<S>(mqtt: Arc<Mqtt>, stream: S, peer: String)
+/// Runs one connection to its end; `identity` is the peer's verified certificate name.
+pub(crate) async fn run<S>(mqtt: Arc<Mqtt>, stream: S, peer: String, identity: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -284,7 +284,15 @@ where
     let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut out = BytesMut::new();
-    let opened = open_session(&mqtt, connect, &peer, sink_tx, done_tx, &mut out).await;
+    let opened = open_session(
+        &mqtt,
+        connect,
+        (&peer, identity.as_deref()),
+        sink_tx,
+        done_tx,
+        &mut out,
+    )
+    .await;
     let (mut conn, attached) = match opened {
         Ok(x) => x,
         Err(()) => {
@@ -482,7 +490,7 @@ fn assigned_id() -> String {
 async fn open_session(
     mqtt: &Arc<Mqtt>,
     c: Connect,
-    peer: &str,
+    (peer, identity): (&str, Option<&str>),
     sink: mpsc::UnboundedSender<ConsumerEvent>,
     done_tx: mpsc::UnboundedSender<Done>,
     out: &mut BytesMut,
@@ -537,6 +545,20 @@ async fn open_session(
                         ReasonCode::BAD_USER_NAME_OR_PASSWORD,
                         "bad user name or password",
                     );
+                    return Err(());
+                }
+            }
+        }
+        // No user name over TLS with a verified client certificate: the certificate's
+        // common name is the user (RabbitMQ's ssl_cert_login, Mosquitto's
+        // use_identity_as_username), whatever allow_anonymous says.
+        (None, _) if identity.is_some() => {
+            let id = identity.unwrap_or_default();
+            match mqtt.broker.authenticate_external(id, peer_ip(peer)) {
+                Ok(u) => u.name,
+                Err(e) => {
+                    tracing::info!(%peer, user = %id, error = %e, "MQTT certificate login refused");
+                    refuse(out, version, ReasonCode::NOT_AUTHORIZED, &e.to_string());
                     return Err(());
                 }
             }

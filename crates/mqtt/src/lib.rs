@@ -24,6 +24,7 @@ pub mod session;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use ferrymq_core::transport::Handshake;
 use ferrymq_core::{Broker, VHost};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -239,25 +240,65 @@ impl Mqtt {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_secured(stream, peer, None).await;
+    }
+
+    /// [`Mqtt::serve_stream`] for a stream whose transport verified the peer's identity (a
+    /// TLS client certificate's common name): a CONNECT without a user name logs in as it.
+    ///
+    /// # Cancel safety
+    /// As [`Mqtt::serve_stream`].
+    pub async fn serve_secured<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: String,
+        identity: Option<String>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         self.open.fetch_add(1, Ordering::Relaxed);
-        connection::run(self.clone(), stream, peer).await;
+        connection::run(self.clone(), stream, peer, identity).await;
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Accepts MQTT connections until `stop` turns true, then ends every connection and
-/// returns once all of them have ended.
+/// returns once all of them have ended. With `tls`, every connection is secured by it
+/// first (MQTTS); the handshake runs in the connection's task.
 ///
 /// # Cancel safety
 /// Not cancel safe: drive it to completion so connections end cleanly.
-pub async fn run(listener: TcpListener, mqtt: Arc<Mqtt>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    listener: TcpListener,
+    mqtt: Arc<Mqtt>,
+    tls: Option<Arc<dyn Handshake>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(mqtt.clone().serve_stream(stream, peer.to_string()));
+                    let mqtt = mqtt.clone();
+                    match tls.clone() {
+                        None => {
+                            conns.spawn(mqtt.serve_stream(stream, peer.to_string()));
+                        }
+                        Some(tls) => {
+                            conns.spawn(async move {
+                                match tls.accept(stream).await {
+                                    Ok(s) => {
+                                        mqtt.serve_secured(s.stream, peer.to_string(), s.identity)
+                                            .await;
+                                    }
+                                    Err(e) => {
+                                        tracing::info!(%peer, error = %e, "MQTTS handshake failed");
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT accept failed");

@@ -48,17 +48,54 @@ pub struct Config {
     pub mqtt: MqttSection,
     pub kafka: KafkaSection,
     pub http: HttpSection,
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: the certificate, key and client verification shared by every TLS listener
+/// (`amqp.tls_enabled`, `mqtt.tls_enabled`, `kafka.tls_enabled`, `http.tls_enabled`).
+/// Reloaded from disk on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the server certificate chain (leaf first).
+    pub cert_file: String,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM file with the CA certificates client certificates must chain to.
+    pub ca_file: String,
+    /// Client certificates: not asked for, verified when presented, or required.
+    pub client_auth: ClientAuth,
+    /// A verified client certificate's common name is the user (AMQP EXTERNAL, MQTT
+    /// without a user name, Kafka's SSL principal, HTTPS without credentials).
+    pub cert_login: bool,
+}
+
+/// Whether TLS listeners ask for client certificates (mTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// Asked for; verified against `tls.ca_file` when presented; clients without one pass.
+    Optional,
+    /// Required and verified: the handshake fails without a valid one.
+    Required,
 }
 
 /// `[kafka]`: the Kafka wire-protocol listener (topics are streams of `vhost`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSection {
+    /// Serve the plain (non-TLS) listener on `port`.
     pub enabled: bool,
     /// IP address to listen on (loopback by default).
     pub bind: String,
     /// TCP port (0 = pick a free one; the chosen address is logged).
     pub port: u16,
+    /// Serve the TLS listener on `tls_port` (certificate from `[tls]`).
+    pub tls_enabled: bool,
+    /// TLS listener's TCP port (0 = pick a free one; the chosen address is logged).
+    pub tls_port: u16,
     /// Host advertised to clients in Metadata and FindCoordinator ("" = the bind address,
     /// or 127.0.0.1 when binding every interface).
     pub advertised_host: String,
@@ -87,11 +124,16 @@ pub struct KafkaSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSection {
+    /// Serve the plain (non-TLS) listener on `port`.
     pub enabled: bool,
     /// IP address to listen on (loopback by default).
     pub bind: String,
     /// TCP port (0 = pick a free one; the chosen address is logged).
     pub port: u16,
+    /// Serve the TLS listener on `tls_port` (certificate from `[tls]`).
+    pub tls_enabled: bool,
+    /// TLS listener's TCP port (0 = pick a free one; the chosen address is logged).
+    pub tls_port: u16,
     /// Serve MQTT over WebSocket on the HTTP listener at `/mqtt` (subprotocol `mqtt`).
     pub websocket: bool,
     /// The vhost MQTT clients use.
@@ -124,22 +166,32 @@ pub struct MqttSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
+    /// Serve the plain (non-TLS) listener on `port`.
     pub enabled: bool,
     /// Address to listen on.
     pub bind: String,
     /// TCP port (0 picks a free one; the bound address is logged).
     pub port: u16,
+    /// Serve the TLS listener on `tls_port` (certificate from `[tls]`).
+    pub tls_enabled: bool,
+    /// TLS listener's TCP port (0 = pick a free one; the chosen address is logged).
+    pub tls_port: u16,
 }
 
 /// `[amqp]`: the AMQP 0-9-1 listener and its limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
+    /// Serve the plain (non-TLS) listener on `port`.
     pub enabled: bool,
     /// IP address to listen on (loopback by default).
     pub bind: String,
     /// TCP port (0 = pick a free one; the chosen address is logged).
     pub port: u16,
+    /// Serve the TLS listener on `tls_port` (certificate from `[tls]`).
+    pub tls_enabled: bool,
+    /// TLS listener's TCP port (0 = pick a free one; the chosen address is logged).
+    pub tls_port: u16,
     /// Highest channel number a client may open.
     pub channel_max: u16,
     /// Largest frame accepted and offered, in bytes.
@@ -315,6 +367,8 @@ impl Config {
                 enabled: true,
                 bind: "127.0.0.1".into(),
                 port: 5672,
+                tls_enabled: false,
+                tls_port: 5671,
                 channel_max: 2047,
                 frame_max: 131_072,
                 heartbeat_s: 60,
@@ -326,6 +380,8 @@ impl Config {
                 enabled: true,
                 bind: "127.0.0.1".into(),
                 port: 1883,
+                tls_enabled: false,
+                tls_port: 8883,
                 websocket: true,
                 vhost: "/".into(),
                 exchange: "amq.topic".into(),
@@ -344,6 +400,8 @@ impl Config {
                 enabled: true,
                 bind: "127.0.0.1".into(),
                 port: 9092,
+                tls_enabled: false,
+                tls_port: 9093,
                 advertised_host: String::new(),
                 advertised_port: 0,
                 vhost: "/".into(),
@@ -358,6 +416,15 @@ impl Config {
                 enabled: true,
                 bind: "127.0.0.1".into(),
                 port: 15672,
+                tls_enabled: false,
+                tls_port: 15671,
+            },
+            tls: TlsSection {
+                cert_file: String::new(),
+                key_file: String::new(),
+                ca_file: String::new(),
+                client_auth: ClientAuth::None,
+                cert_login: true,
             },
         }
     }
@@ -514,6 +581,41 @@ impl Config {
         if self.http.bind.trim().is_empty() {
             return Err(("http.bind", "must not be empty".into()));
         }
+        self.validate_tls()
+    }
+
+    /// The enabled TLS listeners' switches (`amqp.tls_enabled`, ...).
+    pub fn tls_listeners(&self) -> Vec<&'static str> {
+        [
+            ("amqp.tls_enabled", self.amqp.tls_enabled),
+            ("mqtt.tls_enabled", self.mqtt.tls_enabled),
+            ("kafka.tls_enabled", self.kafka.tls_enabled),
+            ("http.tls_enabled", self.http.tls_enabled),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(key, _)| key)
+        .collect()
+    }
+
+    /// A TLS listener needs a certificate and key; client verification needs a CA.
+    fn validate_tls(&self) -> Result<(), (&'static str, String)> {
+        let Some(first) = self.tls_listeners().first().copied() else {
+            return Ok(());
+        };
+        let t = &self.tls;
+        if t.cert_file.trim().is_empty() {
+            return Err(("tls.cert_file", format!("must be set when {first} = true")));
+        }
+        if t.key_file.trim().is_empty() {
+            return Err(("tls.key_file", format!("must be set when {first} = true")));
+        }
+        if t.client_auth != ClientAuth::None && t.ca_file.trim().is_empty() {
+            return Err((
+                "tls.ca_file",
+                "must be set when tls.client_auth is \"optional\" or \"required\"".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -530,8 +632,13 @@ impl Config {
             .collect()
     }
 
-    /// The Kafka adapter's settings; `bound` is the listener's address.
-    pub fn kafka_config(&self, bound: std::net::SocketAddr) -> ferrymq_kafka::KafkaConfig {
+    /// The Kafka adapter's settings; `bound` is a listener's address (the plain one's when it
+    /// runs), `tls_bound` the TLS listener's port when it runs.
+    pub fn kafka_config(
+        &self,
+        bound: std::net::SocketAddr,
+        tls_bound: Option<u16>,
+    ) -> ferrymq_kafka::KafkaConfig {
         let k = &self.kafka;
         let host = if !k.advertised_host.is_empty() {
             k.advertised_host.clone()
@@ -552,6 +659,7 @@ impl Config {
             } else {
                 k.advertised_port
             },
+            advertised_tls_port: tls_bound.unwrap_or(0),
             auto_create_topics: k.auto_create_topics,
             default_partitions: k.default_partitions,
             max_request_bytes: usize::try_from(k.max_request_bytes).unwrap_or(usize::MAX),

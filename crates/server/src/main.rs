@@ -17,6 +17,7 @@ mod logging;
 mod mqtt_ws;
 mod serve;
 mod shutdown;
+mod tls;
 
 use std::process::ExitCode;
 

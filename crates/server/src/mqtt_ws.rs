@@ -9,7 +9,9 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
+use ferrymq_http::ClientIdentity;
 use ferrymq_mqtt::Mqtt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,25 +24,40 @@ pub fn routes(mqtt: Arc<Mqtt>, max_message: usize) -> Router {
     Router::new().route(
         "/mqtt",
         get(
-            move |ws: WebSocketUpgrade, ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                upgrade(ws, peer, mqtt, max_message)
+            move |ws: WebSocketUpgrade,
+                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  identity: Option<Extension<ClientIdentity>>| async move {
+                let identity = identity.map(|Extension(ClientIdentity(id))| id);
+                upgrade(ws, peer, identity, mqtt, max_message)
             },
         ),
     )
 }
 
-fn upgrade(ws: WebSocketUpgrade, peer: SocketAddr, mqtt: Arc<Mqtt>, max: usize) -> Response {
+fn upgrade(
+    ws: WebSocketUpgrade,
+    peer: SocketAddr,
+    identity: Option<String>,
+    mqtt: Arc<Mqtt>,
+    max: usize,
+) -> Response {
     // "mqttv3.1" is what older Paho JavaScript clients ask for (Mosquitto accepts both).
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
-        .on_upgrade(move |socket| bridge(socket, peer, mqtt))
+        .on_upgrade(move |socket| bridge(socket, peer, identity, mqtt))
 }
 
 /// Pumps bytes between the WebSocket and an in-memory pipe whose other end is an MQTT
-/// connection, until either side ends.
-async fn bridge(mut socket: WebSocket, peer: SocketAddr, mqtt: Arc<Mqtt>) {
+/// connection, until either side ends. Over HTTPS, `identity` is the verified client
+/// certificate's name (a CONNECT without a user name logs in as it).
+async fn bridge(
+    mut socket: WebSocket,
+    peer: SocketAddr,
+    identity: Option<String>,
+    mqtt: Arc<Mqtt>,
+) {
     let (mut pipe, driver_end) = tokio::io::duplex(PIPE_BYTES);
-    let conn = tokio::spawn(mqtt.serve_stream(driver_end, format!("ws:{peer}")));
+    let conn = tokio::spawn(mqtt.serve_secured(driver_end, format!("ws:{peer}"), identity));
     let mut buf = vec![0u8; PIPE_BYTES];
     loop {
         tokio::select! {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferrymq_core::transport::Handshake;
 use ferrymq_core::Broker;
 use tracing::{error, info, warn};
 
@@ -50,6 +51,8 @@ pub fn main(config: Config) -> ExitCode {
 async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     // Before anything slow, so that no signal falls back to the default (kill) action.
     let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
 
     config.data_dir = prepare_data_dir(&config.data_dir)?;
     let data_dir = config.data_dir.display().to_string();
@@ -90,100 +93,130 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
 
     refuse_public_guest(&config, &broker)?;
     let mut tasks = TaskSet::new();
-    // Listeners: one per enabled protocol section. Each binds before `FerryMQ ready` (a port
-    // in use fails startup) and logs "<PROTOCOL> listening on <address>" (tests read it).
-    if config.amqp.enabled {
-        let addr = SocketAddr::new(
-            config.amqp.bind.parse().context("amqp.bind")?,
-            config.amqp.port,
-        );
+    // TLS is loaded once for every TLS listener; SIGHUP reloads it.
+    let tls = if config.tls_listeners().is_empty() {
+        None
+    } else {
+        Some(crate::tls::Tls::load(&config.tls).context("cannot load the TLS certificate")?)
+    };
+    spawn_reloader(hup, tls.clone());
+    let tls_for = |enabled: bool, timeout_ms: u64| -> Option<Arc<dyn Handshake>> {
+        tls.as_ref()
+            .filter(|_| enabled)
+            .map(|t| t.handshake(Duration::from_millis(timeout_ms.max(1))))
+    };
+    // Listeners: a plain and a TLS one per protocol section, each switched on by its own key.
+    // Each binds before `FerryMQ ready` (a port in use fails startup) and logs
+    // "<PROTOCOL> listening on <address>" (tests read it).
+    let a = &config.amqp;
+    for (on, port, name, label) in [
+        (a.enabled, a.port, "amqp", "AMQP"),
+        (a.tls_enabled, a.tls_port, "amqps", "AMQPS"),
+    ] {
+        if !on {
+            continue;
+        }
+        let addr = SocketAddr::new(a.bind.parse().context("amqp.bind")?, port);
         let listener = ferrymq_amqp::bind(addr)
             .await
-            .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
+            .with_context(|| format!("cannot listen for {label} on {addr}"))?;
         let local = listener.local_addr().context("AMQP listener address")?;
-        info!("AMQP listening on {local}");
+        info!("{label} listening on {local}");
         let (broker, amqp) = (broker.clone(), config.amqp_config());
-        tasks.spawn("amqp", move |mut shutdown| async move {
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let run = ferrymq_amqp::run(listener, broker, amqp, stop_rx);
-            tokio::pin!(run);
-            tokio::select! {
-                _ = &mut run => {}
-                _ = shutdown.recv() => {
-                    let _ = stop_tx.send(true);
-                    run.await;
-                }
-            }
-            Ok(())
+        let handshake = tls_for(name == "amqps", a.handshake_timeout_ms);
+        spawn_listener(&mut tasks, name, move |stop| {
+            ferrymq_amqp::run(listener, broker, amqp, handshake, stop)
         });
     }
+    let m = &config.mqtt;
     let mut mqtt = None;
-    if config.mqtt.enabled {
-        let addr = SocketAddr::new(
-            config.mqtt.bind.parse().context("mqtt.bind")?,
-            config.mqtt.port,
-        );
+    if m.enabled || m.tls_enabled {
         let adapter = ferrymq_mqtt::Mqtt::open(broker.clone(), config.mqtt_config())
             .context("cannot open the MQTT adapter")?;
-        let listener = ferrymq_mqtt::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
-        let local = listener.local_addr().context("MQTT listener address")?;
-        info!("MQTT listening on {local}");
-        let tcp = adapter.clone();
-        tasks.spawn("mqtt", move |mut shutdown| async move {
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let run = ferrymq_mqtt::run(listener, tcp, stop_rx);
-            tokio::pin!(run);
-            tokio::select! {
-                _ = &mut run => {}
-                _ = shutdown.recv() => {
-                    let _ = stop_tx.send(true);
-                    run.await;
-                }
+        for (on, port, name, label) in [
+            (m.enabled, m.port, "mqtt", "MQTT"),
+            (m.tls_enabled, m.tls_port, "mqtts", "MQTTS"),
+        ] {
+            if !on {
+                continue;
             }
-            Ok(())
-        });
+            let addr = SocketAddr::new(m.bind.parse().context("mqtt.bind")?, port);
+            let listener = ferrymq_mqtt::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for {label} on {addr}"))?;
+            let local = listener.local_addr().context("MQTT listener address")?;
+            info!("{label} listening on {local}");
+            let (adapter, handshake) = (
+                adapter.clone(),
+                tls_for(name == "mqtts", m.connect_timeout_ms),
+            );
+            spawn_listener(&mut tasks, name, move |stop| {
+                ferrymq_mqtt::run(listener, adapter, handshake, stop)
+            });
+        }
         mqtt = Some(adapter);
     }
-    if config.kafka.enabled {
-        let addr = SocketAddr::new(
-            config.kafka.bind.parse().context("kafka.bind")?,
-            config.kafka.port,
-        );
-        let listener = ferrymq_kafka::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for Kafka on {addr}"))?;
-        let local = listener.local_addr().context("Kafka listener address")?;
-        let adapter = ferrymq_kafka::Kafka::new(broker.clone(), config.kafka_config(local));
-        info!("Kafka listening on {local}");
-        tasks.spawn("kafka", move |mut shutdown| async move {
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let run = ferrymq_kafka::run(listener, adapter, stop_rx);
-            tokio::pin!(run);
-            tokio::select! {
-                _ = &mut run => {}
-                _ = shutdown.recv() => {
-                    let _ = stop_tx.send(true);
-                    run.await;
-                }
+    let k = &config.kafka;
+    if k.enabled || k.tls_enabled {
+        let ip = k.bind.parse().context("kafka.bind")?;
+        let mut bound = Vec::new();
+        for (on, port, label) in [
+            (k.enabled, k.port, "Kafka"),
+            (k.tls_enabled, k.tls_port, "Kafka SSL"),
+        ] {
+            if !on {
+                continue;
             }
-            Ok(())
-        });
+            let addr = SocketAddr::new(ip, port);
+            let listener = ferrymq_kafka::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for {label} on {addr}"))?;
+            let local = listener.local_addr().context("Kafka listener address")?;
+            info!("{label} listening on {local}");
+            bound.push((label == "Kafka SSL", listener, local));
+        }
+        // One adapter (one group coordinator) behind both listeners; each advertises its own.
+        let plain = bound.iter().find(|b| !b.0).map(|b| b.2);
+        let secure = bound.iter().find(|b| b.0).map(|b| b.2);
+        let Some(first) = plain.or(secure) else {
+            anyhow::bail!("no Kafka listener bound");
+        };
+        let adapter = ferrymq_kafka::Kafka::new(
+            broker.clone(),
+            config.kafka_config(first, secure.map(|a| a.port())),
+        );
+        for (is_tls, listener, _) in bound {
+            let adapter = adapter.clone();
+            let handshake = tls_for(is_tls, crate::tls::HANDSHAKE_TIMEOUT.as_millis() as u64);
+            let name = if is_tls { "kafka-ssl" } else { "kafka" };
+            spawn_listener(&mut tasks, name, move |stop| {
+                ferrymq_kafka::run(listener, adapter, handshake, stop)
+            });
+        }
     }
-    if config.http.enabled {
-        let listener = ferrymq_http::bind(&config.http.bind, config.http.port).await?;
+    let h = &config.http;
+    for (on, port, secure) in [
+        (h.enabled, h.port, false),
+        (h.tls_enabled, h.tls_port, true),
+    ] {
+        if !on {
+            continue;
+        }
+        let listener = ferrymq_http::bind(&h.bind, port).await?;
         let addr = listener.local_addr().context("http listener address")?;
-        info!("http listening on {addr}");
+        let scheme = if secure { "https" } else { "http" };
+        info!("{scheme} listening on {addr}");
         let mut extra = axum::Router::new();
         if let (Some(m), true) = (&mqtt, config.mqtt.websocket) {
             let max = usize::try_from(config.mqtt.max_packet_size).unwrap_or(usize::MAX);
             extra = crate::mqtt_ws::routes(m.clone(), max);
-            info!("MQTT over WebSocket on http://{addr}/mqtt");
+            let ws = if secure { "wss" } else { "ws" };
+            info!("MQTT over WebSocket on {ws}://{addr}/mqtt");
         }
         let broker = broker.clone();
         let ws_mqtt = mqtt.clone();
-        tasks.spawn("http", move |mut shutdown| async move {
+        let tls = tls.clone().filter(|_| secure);
+        tasks.spawn(scheme, move |mut shutdown| async move {
             // Held until the server has drained, so shutdown waits for in-flight requests.
             let draining = shutdown.child();
             let signal = async move {
@@ -193,7 +226,14 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
                     m.stop();
                 }
             };
-            ferrymq_http::serve_with_routes(listener, broker, extra, signal).await?;
+            match tls {
+                Some(tls) => {
+                    let listener = crate::tls::https_listener(listener, tls)
+                        .context("https listener address")?;
+                    ferrymq_http::serve_secured(listener, broker, extra, signal).await?;
+                }
+                None => ferrymq_http::serve_with_routes(listener, broker, extra, signal).await?,
+            }
             drop(draining);
             Ok(())
         });
@@ -233,6 +273,52 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     info!(data_dir = %data_dir, "FerryMQ stopped");
     Ok(code)
+}
+
+/// Runs an adapter's accept loop until shutdown, then tells it to stop and waits for it.
+fn spawn_listener<F, Fut>(tasks: &mut TaskSet, name: &'static str, run: F)
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tasks.spawn(name, move |mut shutdown| async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let run = run(stop_rx);
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => {}
+            _ = shutdown.recv() => {
+                let _ = stop_tx.send(true);
+                run.await;
+            }
+        }
+        Ok(())
+    });
+}
+
+/// SIGHUP reloads the TLS certificate, key and CA for new handshakes; open connections keep
+/// theirs. A failed reload keeps the previous certificate.
+fn spawn_reloader(mut hup: tokio::signal::unix::Signal, tls: Option<Arc<crate::tls::Tls>>) {
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                info!("SIGHUP received; no TLS listener, nothing to reload");
+                continue;
+            };
+            let tls = tls.clone();
+            // Blocking file reads: off the runtime's workers.
+            match tokio::task::spawn_blocking(move || tls.reload()).await {
+                Ok(Ok(())) => info!("TLS certificates reloaded"),
+                Ok(Err(e)) => error!(
+                    error = %format!("{e:#}"),
+                    "TLS reload failed; keeping the previous certificate"
+                ),
+                Err(e) => {
+                    error!(error = %e, "TLS reload panicked; keeping the previous certificate")
+                }
+            }
+        }
+    });
 }
 
 /// Why the server stops.
@@ -351,14 +437,26 @@ impl Signals {
 /// `guest`: anyone could log in as an administrator. Says how to fix it.
 fn refuse_public_guest(config: &Config, broker: &Broker) -> anyhow::Result<()> {
     let listeners = [
-        ("amqp.bind", config.amqp.enabled, config.amqp.bind.as_str()),
-        ("mqtt.bind", config.mqtt.enabled, config.mqtt.bind.as_str()),
+        (
+            "amqp.bind",
+            config.amqp.enabled || config.amqp.tls_enabled,
+            config.amqp.bind.as_str(),
+        ),
+        (
+            "mqtt.bind",
+            config.mqtt.enabled || config.mqtt.tls_enabled,
+            config.mqtt.bind.as_str(),
+        ),
         (
             "kafka.bind",
-            config.kafka.enabled,
+            config.kafka.enabled || config.kafka.tls_enabled,
             config.kafka.bind.as_str(),
         ),
-        ("http.bind", config.http.enabled, config.http.bind.as_str()),
+        (
+            "http.bind",
+            config.http.enabled || config.http.tls_enabled,
+            config.http.bind.as_str(),
+        ),
     ];
     let public: Vec<String> = listeners
         .iter()
