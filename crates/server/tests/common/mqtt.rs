@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferrymq_mqtt_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub struct Client {
-    pub s: TcpStream,
+/// Over TCP by default; any byte stream (a TLS session) with [`Client::connect_over`].
+pub struct Client<S = TcpStream> {
+    pub s: S,
     pub buf: BytesMut,
     pub v: ProtocolVersion,
 }
@@ -30,18 +31,8 @@ pub fn connect_packet(v: ProtocolVersion, id: &str, clean: bool) -> Connect {
 impl Client {
     /// Connects and returns the client with its CONNACK.
     pub async fn connect(addr: SocketAddr, c: Connect) -> (Client, Connack) {
-        let v = c.protocol_version;
         let s = TcpStream::connect(addr).await.expect("tcp connect");
-        let mut cl = Client {
-            s,
-            buf: BytesMut::new(),
-            v,
-        };
-        cl.send(Packet::Connect(Box::new(c))).await;
-        match cl.recv().await {
-            Packet::Connack(a) => (cl, a),
-            p => panic!("expected CONNACK, got {p:?}"),
-        }
+        Client::connect_over(s, c).await
     }
 
     pub async fn v311(addr: SocketAddr, id: &str, clean: bool) -> Client {
@@ -54,6 +45,23 @@ impl Client {
         let (c, a) = Self::connect(addr, connect_packet(ProtocolVersion::V5, id, clean)).await;
         assert_eq!(a.reason_code, ReasonCode::SUCCESS);
         c
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Sends CONNECT over an established stream and returns the client with its CONNACK.
+    pub async fn connect_over(s: S, c: Connect) -> (Client<S>, Connack) {
+        let v = c.protocol_version;
+        let mut cl = Client {
+            s,
+            buf: BytesMut::new(),
+            v,
+        };
+        cl.send(Packet::Connect(Box::new(c))).await;
+        match cl.recv().await {
+            Packet::Connack(a) => (cl, a),
+            p => panic!("expected CONNACK, got {p:?}"),
+        }
     }
 
     pub async fn send(&mut self, p: Packet) {
