@@ -21,8 +21,8 @@ use ferrymq_core::queue::{
     GET_CONSUMER,
 };
 use ferrymq_core::{
-    Access, Binding, ChannelRegistration, ConnectionHandle, Destination, ExchangeDecl,
-    ExchangeKind, Message, PublishedBatch, QueueRef, StreamOffset, TopicCheck, VHost,
+    Access, Binding, ChannelRegistration, ConnectionHandle, CoreError, Destination, ExchangeDecl,
+    ExchangeKind, Limit, Message, PublishedBatch, QueueRef, StreamOffset, TopicCheck, VHost,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -492,6 +492,10 @@ impl Ctx {
             ));
         }
         if body_size > max {
+            self.shared
+                .broker
+                .admission()
+                .refused(Limit::MessageSize, crate::PROTOCOL);
             ch.content = None;
             return Err(Exception::channel(
                 code::PRECONDITION_FAILED,
@@ -1175,7 +1179,14 @@ impl Ctx {
                 if !q.passive {
                     rabbitmq_queue_type_rules(&decl, &vh.name)?;
                 }
-                let ok = vh.declare_queue(decl, conn, q.passive)?;
+                let ok = vh.declare_queue(decl, conn, q.passive).inspect_err(|e| {
+                    if matches!(e, CoreError::LimitReached(_)) {
+                        self.shared
+                            .broker
+                            .admission()
+                            .refused(Limit::QueuesPerVhost, crate::PROTOCOL);
+                    }
+                })?;
                 if let Some(ch) = channels.get_mut(&id) {
                     ch.last_queue = Some(ok.name.clone());
                 }
@@ -1507,6 +1518,10 @@ impl Ctx {
         }
         let max = self.shared.config.consumers_per_channel_max;
         if max > 0 && ch.consumers.len() >= max {
+            self.shared
+                .broker
+                .admission()
+                .refused(Limit::ConsumersPerChannel, crate::PROTOCOL);
             return Err(Exception::channel(
                 code::PRECONDITION_FAILED,
                 format!("consumer limit of {max} per channel reached"),
@@ -1582,7 +1597,8 @@ impl Ctx {
                 } else {
                     ch.prefetch_count as u32
                 },
-                prefetch_bytes: 0,
+                // Bounds what waits for a client that does not read (issue #9).
+                prefetch_bytes: self.shared.config.consumer_window_max_bytes,
                 shared_credit: if c.no_ack {
                     None
                 } else {

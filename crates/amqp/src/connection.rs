@@ -17,7 +17,7 @@ use ferrymq_amqp_codec::{
     ConnectionTune, ConnectionUnblocked, ConnectionUpdateSecretOk,
 };
 use ferrymq_core::queue::ConsumerEvent;
-use ferrymq_core::{ConnectionHandle, ConnectionInfo, VHost};
+use ferrymq_core::{ConnectionHandle, ConnectionInfo, ConnectionPermit, Limit, VHost};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -93,6 +93,8 @@ struct Conn {
     user: String,
     /// The identity the transport verified (TLS client certificate CN): offers `EXTERNAL`.
     identity: Option<String>,
+    /// Admission permit, held for the connection's life (per-user count after open).
+    permit: ConnectionPermit,
     client_properties: AmqpTable,
     vhost: Option<Arc<VHost>>,
     handle: Option<Arc<ConnectionHandle>>,
@@ -183,6 +185,7 @@ pub(crate) async fn run<S>(
     peer: SocketAddr,
     identity: Option<String>,
     mut stop: watch::Receiver<bool>,
+    permit: ConnectionPermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -197,7 +200,15 @@ pub(crate) async fn run<S>(
             let _ = stream.shutdown().await;
             return;
         }
-        _ => return,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::info!(%peer, "closing AMQP connection: handshake timeout");
+            shared
+                .broker
+                .admission()
+                .refused(Limit::HandshakeTimeout, crate::PROTOCOL);
+            return;
+        }
     }
     let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
@@ -213,6 +224,7 @@ pub(crate) async fn run<S>(
         heartbeat_s: 0,
         user: String::new(),
         identity,
+        permit,
         client_properties: AmqpTable::default(),
         vhost: None,
         handle: None,
@@ -418,6 +430,10 @@ impl Conn {
             Frame::Method { channel: 0, method } => self.connection_method(method),
             Frame::Method { channel, method } => {
                 if channel > self.channel_max {
+                    self.shared
+                        .broker
+                        .admission()
+                        .refused(Limit::Channels, crate::PROTOCOL);
                     return Err(Exception::connection(
                         code::CHANNEL_ERROR,
                         format!(
@@ -578,6 +594,11 @@ impl Conn {
                         return Err(Exception::connection(code::NOT_ALLOWED, text).at(10, 40));
                     }
                 };
+                // The per-user limit, checked where RabbitMQ checks its user and vhost
+                // connection limits (connection.open, 530 NOT_ALLOWED).
+                if let Err(e) = self.permit.authenticated(&self.user) {
+                    return Err(Exception::connection(code::NOT_ALLOWED, e.message).at(10, 40));
+                }
                 let info = ConnectionInfo {
                     protocol: "amqp-0-9-1".into(),
                     peer: self.peer.to_string(),
@@ -585,6 +606,10 @@ impl Conn {
                     vhost: vh.name.clone(),
                 };
                 let handle = self.shared.broker.register_connection(info).map_err(|e| {
+                    self.shared
+                        .broker
+                        .admission()
+                        .refused(Limit::VhostConnections, crate::PROTOCOL);
                     let e: Exception = e.into();
                     Exception::connection(code::NOT_ALLOWED, e.text).at(10, 40)
                 })?;
@@ -692,6 +717,10 @@ impl Conn {
         let now = Instant::now();
         if !matches!(self.phase, Phase::Open | Phase::Closing) {
             if now > handshake_deadline {
+                self.shared
+                    .broker
+                    .admission()
+                    .refused(Limit::HandshakeTimeout, crate::PROTOCOL);
                 return Err("handshake timeout");
             }
             return Ok(());

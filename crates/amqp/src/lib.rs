@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use ferrymq_core::queue::{ConsumerId, ConsumerSink};
 use ferrymq_core::transport::Handshake;
-use ferrymq_core::Broker;
+use ferrymq_core::{Broker, ConnectionPermit, Limit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -42,6 +42,10 @@ pub struct AmqpConfig {
     pub consumers_per_channel_max: usize,
     /// Time allowed from TCP accept to `connection.open-ok`.
     pub handshake_timeout_ms: u64,
+    /// Body bytes one consumer may have delivered and not yet settled (for no-ack
+    /// consumers: handed to the connection and not yet released); 0 = unlimited. At least
+    /// one message always passes.
+    pub consumer_window_max_bytes: u64,
 }
 
 impl Default for AmqpConfig {
@@ -53,6 +57,7 @@ impl Default for AmqpConfig {
             connections_max: 0,
             consumers_per_channel_max: 0,
             handshake_timeout_ms: 10_000,
+            consumer_window_max_bytes: 0,
         }
     }
 }
@@ -100,17 +105,18 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let max = shared.config.connections_max;
-                    let full = max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max;
-                    if full {
-                        tracing::warn!(%peer, max, "AMQP connection refused: connections_max reached");
-                    } else {
+                    let admitted = admit(&shared, peer);
+                    if let Err(why) = &admitted {
+                        tracing::warn!(%peer, why = %why, "AMQP connection refused");
+                    }
+                    let counted = admitted.is_ok();
+                    if counted {
                         shared.open_connections.fetch_add(1, Ordering::Relaxed);
                     }
                     let (s, st, tls) = (shared.clone(), stop.clone(), tls.clone());
                     conns.spawn(async move {
-                        serve(&s, stream, peer, tls, full, st).await;
-                        if !full {
+                        serve(&s, stream, peer, tls, admitted, st).await;
+                        if counted {
                             s.open_connections.fetch_sub(1, Ordering::Relaxed);
                         }
                     });
@@ -127,21 +133,20 @@ pub async fn run(
     while conns.join_next().await.is_some() {}
 }
 
-/// One accepted connection: the TLS handshake if any, then refusal (over the limit) or
-/// the protocol.
+/// One accepted connection: the TLS handshake if any, then refusal (over a limit: the
+/// `connection.close` text) or the protocol.
 async fn serve(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<dyn Handshake>>,
-    full: bool,
+    admitted: Result<ConnectionPermit, String>,
     stop: watch::Receiver<bool>,
 ) {
     let Some(tls) = tls else {
-        if full {
-            connection::refuse(tcp, "connection limit reached").await;
-        } else {
-            connection::run(shared.clone(), tcp, peer, None, stop).await;
+        match admitted {
+            Ok(permit) => connection::run(shared.clone(), tcp, peer, None, stop, permit).await,
+            Err(why) => connection::refuse(tcp, &why).await,
         }
         return;
     };
@@ -152,12 +157,41 @@ async fn serve(
             return;
         }
     };
-    if full {
-        connection::refuse(secured.stream, "connection limit reached").await;
-    } else {
-        connection::run(shared.clone(), secured.stream, peer, secured.identity, stop).await;
+    match admitted {
+        Ok(permit) => {
+            connection::run(
+                shared.clone(),
+                secured.stream,
+                peer,
+                secured.identity,
+                stop,
+                permit,
+            )
+            .await;
+        }
+        Err(why) => connection::refuse(secured.stream, &why).await,
     }
 }
+
+/// Admits a new connection: the listener's own `connections_max`, then the broker-wide
+/// limits (global, per source address). On refusal, the text for `connection.close`.
+fn admit(shared: &Shared, peer: SocketAddr) -> Result<ConnectionPermit, String> {
+    let max = shared.config.connections_max;
+    if max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max {
+        shared
+            .broker
+            .admission()
+            .refused(Limit::Connections, PROTOCOL);
+        return Err(format!("AMQP connection limit ({max}) is reached"));
+    }
+    shared
+        .broker
+        .admit(PROTOCOL, peer.ip())
+        .map_err(|e| e.message)
+}
+
+/// The protocol label of this adapter in limits and metrics.
+pub(crate) const PROTOCOL: &str = "amqp";
 
 /// Binds the AMQP listener.
 ///

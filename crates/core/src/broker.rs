@@ -287,6 +287,8 @@ pub(crate) struct Shared {
     verified: VerifiedCache,
     /// Compiled permission patterns.
     perm_regex: RwLock<HashMap<String, Arc<regex_lite::Regex>>>,
+    /// Connection admission and refusal counts.
+    pub(crate) admission: Arc<crate::admission::Admission>,
 }
 
 /// The three kinds of permission (RabbitMQ's model).
@@ -450,7 +452,9 @@ impl Broker {
         })?;
         let storage = Storage::open(&config.data_dir, config.storage.clone())?;
         let (flow, _) = watch::channel(FlowState::default());
+        let admission = crate::admission::Admission::new(config.connection_limits);
         let shared = Arc::new(Shared {
+            admission,
             config,
             storage,
             timer: Timer::new(),
@@ -1289,6 +1293,26 @@ impl Broker {
     }
 
     // ------------------------------------------------------------- connections
+
+    /// Admits a new connection of `protocol` from `source` against the global and
+    /// per-source connection limits. Hold the permit for the connection's life and call
+    /// [`ConnectionPermit::authenticated`](crate::ConnectionPermit::authenticated) after
+    /// login.
+    ///
+    /// # Errors
+    /// [`LimitExceeded`](crate::LimitExceeded) naming the limit (the refusal is counted).
+    pub fn admit(
+        &self,
+        protocol: &'static str,
+        source: std::net::IpAddr,
+    ) -> std::result::Result<crate::ConnectionPermit, crate::LimitExceeded> {
+        self.shared.admission.admit(protocol, source)
+    }
+
+    /// Connection counts and refusal counters (for metrics and limits enforced by adapters).
+    pub fn admission(&self) -> &Arc<crate::Admission> {
+        &self.shared.admission
+    }
 
     /// Registers a client connection (after authentication).
     ///

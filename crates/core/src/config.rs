@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use ferrymq_storage::StorageConfig;
 
+use crate::admission::ConnectionLimits;
 use crate::queue::MemoryBudget;
 
 /// Everything the core needs to open a broker over a data directory.
@@ -30,6 +31,11 @@ pub struct BrokerConfig {
     pub resource_check_interval_ms: u64,
     /// Limits applied to every new virtual host unless overridden.
     pub vhost_limits: VhostLimits,
+    /// Queues (and streams) per vhost, on top of each vhost's own `max_queues`
+    /// (0 = unlimited).
+    pub queues_per_vhost_max: u64,
+    /// Connection limits across every protocol (see [`crate::admission`]).
+    pub connection_limits: ConnectionLimits,
     /// Per durable queue: how much of the backlog stays in memory; the rest is read
     /// back from disk when needed.
     pub queue_memory: MemoryBudget,
@@ -56,6 +62,8 @@ impl Default for BrokerConfig {
             loopback_users: vec!["guest".into()],
             resource_check_interval_ms: 1000,
             vhost_limits: VhostLimits::default(),
+            queues_per_vhost_max: 0,
+            connection_limits: ConnectionLimits::default(),
             queue_memory: MemoryBudget::default(),
         }
     }

@@ -13,11 +13,13 @@
 //! - [`vhost`]: namespaces, the publish path, dead-lettering;
 //! - [`policy`]: policies (pattern, apply-to, priority, definition) and how they
 //!   combine with declared arguments;
+//! - [`admission`]: connection limits (global, per source, per user) and refusal counts;
 //! - [`topicperm`]: topic permissions (RabbitMQ's topic authorisation) and their checks;
 //! - [`broker`]: opening, recovery, users, connections, flow control, shutdown;
 //! - [`transport`]: the handshake trait through which adapters get secured streams
 //!   (TLS) and the peer's verified identity.
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod clock;
@@ -35,6 +37,7 @@ pub mod topicperm;
 pub mod transport;
 pub mod vhost;
 
+pub use admission::{Admission, ConnectionLimits, ConnectionPermit, Limit, LimitExceeded};
 pub use broker::{
     Access, Broker, ChannelHandle, ChannelRegistration, ConnectionHandle, ConnectionInfo,
     Definitions, FlowState, Permission, User,

@@ -424,7 +424,16 @@ impl VHost {
             )));
         }
         let args = QueueArgs::parse(&decl.name, &self.name, &decl.arguments)?;
-        if let Some(max) = self.limits().max_queues {
+        let global = self
+            .shared
+            .upgrade()
+            .map(|s| s.config.queues_per_vhost_max)
+            .filter(|&m| m > 0);
+        let max = match (self.limits().max_queues, global) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(max) = max {
             if read(&self.queues).len() as u64 >= max {
                 return Err(CoreError::LimitReached(format!(
                     "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",

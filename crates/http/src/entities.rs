@@ -475,7 +475,15 @@ fn declare(
         },
         0,
         false,
-    )?;
+    )
+    .inspect_err(|e| {
+        if matches!(e, ferrymq_core::CoreError::LimitReached(_)) {
+            state.broker.admission().refused(
+                ferrymq_core::Limit::QueuesPerVhost,
+                crate::admission::PROTOCOL,
+            );
+        }
+    })?;
     let q = find_queue(&vh, name)?;
     let status = if existed {
         StatusCode::OK

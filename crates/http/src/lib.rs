@@ -16,6 +16,7 @@
 //! public API; it never touches storage files.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod channels;
 pub mod convert;
@@ -36,6 +37,7 @@ pub mod streams;
 pub mod subscribe;
 pub mod ws;
 
+pub use admission::HttpLimits;
 pub use error::{ApiError, ErrorBody};
 pub use server::{
     bind, router, serve, serve_secured, serve_with_routes, ClientIdentity, HttpError, Peer,

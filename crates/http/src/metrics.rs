@@ -248,6 +248,31 @@ pub fn render(state: &AppState) -> String {
             n,
         );
     }
+    let admission = broker.admission();
+    f.head(
+        "ferrymq_listener_connections",
+        "gauge",
+        "Connections admitted and open by listener, including those still in their handshake",
+    );
+    for (p, n) in admission.open_by_protocol() {
+        f.line(
+            "ferrymq_listener_connections",
+            &format!("protocol=\"{p}\""),
+            n,
+        );
+    }
+    f.head(
+        "ferrymq_limit_refusals_total",
+        "counter",
+        "Connections, requests and declarations refused by a configured limit",
+    );
+    for (limit, p, n) in admission.refusals() {
+        f.line(
+            "ferrymq_limit_refusals_total",
+            &format!("limit=\"{}\",protocol=\"{p}\"", limit.as_str()),
+            n,
+        );
+    }
     f.head(
         "ferrymq_http_leases",
         "gauge",

@@ -19,6 +19,7 @@ use ferrymq_core::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::{AdmittingListener, HttpLimits};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{
@@ -287,7 +288,14 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    serve_with_routes(listener, broker, Router::new(), shutdown).await
+    serve_with_routes(
+        listener,
+        broker,
+        Router::new(),
+        HttpLimits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Who is at the other end of an HTTP connection: its address and, over HTTPS with a
@@ -303,8 +311,8 @@ pub struct Peer {
 #[derive(Debug, Clone)]
 pub struct ClientIdentity(pub String);
 
-impl Connected<IncomingStream<'_, PlainListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+impl Connected<IncomingStream<'_, AdmittingListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, AdmittingListener>) -> Self {
         stream.remote_addr().clone()
     }
 }
@@ -353,32 +361,6 @@ impl Listener for SecuredListener {
     }
 }
 
-/// A plain TCP listener whose connections carry no identity.
-pub struct PlainListener(TcpListener);
-
-impl Listener for PlainListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Peer) {
-        let (io, addr) = Listener::accept(&mut self.0).await;
-        (
-            io,
-            Peer {
-                addr,
-                identity: None,
-            },
-        )
-    }
-
-    fn local_addr(&self) -> std::io::Result<Peer> {
-        Ok(Peer {
-            addr: self.0.local_addr()?,
-            identity: None,
-        })
-    }
-}
-
 /// Exposes the connection's address as `ConnectInfo<SocketAddr>` (what handlers read) and its
 /// verified identity as [`ClientIdentity`].
 async fn peer_extensions(mut req: Request, next: Next) -> Response {
@@ -404,9 +386,11 @@ pub async fn serve_with_routes(
     listener: TcpListener,
     broker: Arc<Broker>,
     extra: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    serve_listener(PlainListener(listener), broker, extra, shutdown).await
+    let listener = AdmittingListener::new(listener, broker.clone(), limits);
+    serve_listener(listener, broker, extra, shutdown).await
 }
 
 /// [`serve_with_routes`] on connections secured by the caller (HTTPS): each comes with its

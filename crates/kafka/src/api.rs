@@ -505,6 +505,12 @@ fn append_partition(
     ) {
         Ok(b) => b,
         Err(e) => {
+            if matches!(e, records::RecordError::TooLarge { .. }) {
+                kafka
+                    .broker
+                    .admission()
+                    .refused(ferrymq_core::Limit::MessageSize, crate::conn::PROTOCOL);
+            }
             pa.error = Some(record_error(&e));
             pa.message = Some(e.to_string());
             return;

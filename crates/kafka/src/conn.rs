@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferrymq_core::{ConnectionHandle, ConnectionInfo};
+use ferrymq_core::{ConnectionHandle, ConnectionInfo, ConnectionPermit, Limit};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -86,7 +86,12 @@ pub(crate) struct ConnState {
     pub client_id: String,
     pub auth: Auth,
     pub handle: Option<Arc<ConnectionHandle>>,
+    /// Admission permit, held for the connection's life (per-user count once registered).
+    pub permit: ConnectionPermit,
 }
+
+/// The protocol label of this adapter in limits and metrics.
+pub(crate) const PROTOCOL: &str = "kafka";
 
 impl ConnState {
     /// The client's IP address.
@@ -112,13 +117,15 @@ impl ConnState {
 /// listener it is the connection's principal (Kafka's SSL principal); a name that is no
 /// user ends the connection before any request.
 ///
-/// `secure` says the stream is the TLS listener's.
+/// `secure` says the stream is the TLS listener's. `permit` is the connection's admission,
+/// held for its life.
 pub async fn serve<S>(
     kafka: Arc<Kafka>,
     stream: S,
     peer: String,
     secure: bool,
     identity: Option<String>,
+    permit: ConnectionPermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -148,8 +155,15 @@ pub async fn serve<S>(
         client_id: String::new(),
         auth,
         handle: None,
+        permit,
     };
     let mut stop = kafka.stopped();
+    // Slowloris: the first request, and SASL when required, must complete in time.
+    let handshake = tokio::time::sleep(std::time::Duration::from_millis(
+        kafka.config.handshake_timeout_ms.max(1),
+    ));
+    tokio::pin!(handshake);
+    let mut handshaking = true;
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     let mut close_requested = None;
     let limit = kafka.config.max_inflight_requests.max(1);
@@ -187,10 +201,18 @@ pub async fn serve<S>(
             _ = wait_close(&mut closed_rx) => {
                 break 'conn "closed by management".into();
             }
+            () = &mut handshake, if handshaking => {
+                kafka.broker.admission().refused(Limit::HandshakeTimeout, PROTOCOL);
+                tracing::info!(%peer, "closing Kafka connection: handshake timeout");
+                break 'conn "handshake timeout (first request or SASL not completed in time)".into();
+            }
             frame = frames.recv(), if pending.len() < limit => {
                 let frame = match frame {
                     None => break 'conn "client closed the connection".into(),
-                    Some(Err(e)) => break 'conn e,
+                    Some(Err(e)) => {
+                        kafka.broker.admission().refused(Limit::MessageSize, PROTOCOL);
+                        break 'conn e;
+                    }
                     Some(Ok(f)) => f,
                 };
                 match handle_frame(&kafka, &mut state, frame) {
@@ -199,6 +221,7 @@ pub async fn serve<S>(
                     }
                     Err(Close(why)) => break 'conn why,
                 }
+                handshaking = !matches!(state.auth, Auth::Open | Auth::Done(_));
                 if closed_rx.is_none() {
                     closed_rx = state.handle.as_ref().map(|h| h.close_requested());
                 }
@@ -354,6 +377,10 @@ fn register(kafka: &Kafka, state: &mut ConnState) -> Result<(), Close> {
     let Some(user) = state.user(kafka) else {
         return Ok(());
     };
+    // The per-user limit: Kafka has no error for it, so the connection is closed.
+    if let Err(e) = state.permit.authenticated(&user) {
+        return Err(Close(format!("connection refused: {e}")));
+    }
     let info = ConnectionInfo {
         protocol: "kafka".into(),
         peer: state.peer.clone(),
@@ -365,7 +392,13 @@ fn register(kafka: &Kafka, state: &mut ConnState) -> Result<(), Close> {
             state.handle = Some(h);
             Ok(())
         }
-        Err(e) => Err(Close(format!("connection refused: {e}"))),
+        Err(e) => {
+            kafka
+                .broker
+                .admission()
+                .refused(Limit::VhostConnections, PROTOCOL);
+            Err(Close(format!("connection refused: {e}")))
+        }
     }
 }
 

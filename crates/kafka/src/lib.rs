@@ -78,6 +78,9 @@ pub struct KafkaConfig {
     /// Responses a connection may have pending (pipelined requests) before it stops
     /// reading more.
     pub max_inflight_requests: usize,
+    /// Time allowed from accept to the first complete request and, when SASL is
+    /// required, to the end of authentication; the connection is closed past it.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -98,6 +101,7 @@ impl Default for KafkaConfig {
             cluster_id: "ferrymq-cluster".into(),
             group: GroupConfig::default(),
             max_inflight_requests: 32,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -176,16 +180,27 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    match tls.clone() {
-                        None => {
-                            conns.spawn(conn::serve(kafka.clone(), stream, peer.to_string(), false, None));
+                    // Kafka has no refusal code: over a limit, the connection is closed
+                    // (as Kafka does for max.connections and max.connections.per.ip),
+                    // before any TLS handshake.
+                    match (kafka.broker.admit(conn::PROTOCOL, peer.ip()), tls.clone()) {
+                        (Err(e), _) => tracing::warn!(%peer, why = %e, "Kafka connection refused"),
+                        (Ok(permit), None) => {
+                            conns.spawn(conn::serve(
+                                kafka.clone(),
+                                stream,
+                                peer.to_string(),
+                                false,
+                                None,
+                                permit,
+                            ));
                         }
-                        Some(tls) => {
+                        (Ok(permit), Some(tls)) => {
                             let kafka = kafka.clone();
                             conns.spawn(async move {
                                 match tls.accept(stream).await {
                                     Ok(s) => {
-                                        conn::serve(kafka, s.stream, peer.to_string(), true, s.identity)
+                                        conn::serve(kafka, s.stream, peer.to_string(), true, s.identity, permit)
                                             .await;
                                     }
                                     Err(e) => {

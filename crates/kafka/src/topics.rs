@@ -340,8 +340,14 @@ impl Kafka {
         }
         let mut decl = QueueDecl::durable(name);
         decl.arguments = args;
-        vh.declare_queue(decl, 0, false)
-            .map_err(|e| (core_error(&e), e.to_string()))?;
+        vh.declare_queue(decl, 0, false).map_err(|e| {
+            if matches!(e, CoreError::LimitReached(_)) {
+                self.broker
+                    .admission()
+                    .refused(ferrymq_core::Limit::QueuesPerVhost, crate::conn::PROTOCOL);
+            }
+            (core_error(&e), e.to_string())
+        })?;
         self.stream(name).map(Some).ok_or_else(|| {
             (
                 ResponseError::TopicAlreadyExists,

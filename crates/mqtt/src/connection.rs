@@ -56,8 +56,9 @@ use bytes::BytesMut;
 use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{ConsumerEvent, ConsumerId, ConsumerOptions, CreditPool, Queue};
 use ferrymq_core::{
-    Access, Binding, ConnectionHandle, ConnectionInfo, CoreError, Delivery, Destination, Message,
-    PublishedBatch, QueueDecl, QueueRef, TopicCheck, VHost, Value,
+    Access, Binding, ConnectionHandle, ConnectionInfo, ConnectionPermit, CoreError, Delivery,
+    Destination, Limit, LimitExceeded, Message, PublishedBatch, QueueDecl, QueueRef, TopicCheck,
+    VHost, Value,
 };
 use ferrymq_mqtt_codec::{
     decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_filter,
@@ -243,8 +244,17 @@ fn encode(out: &mut BytesMut, version: ProtocolVersion, p: Packet) {
 }
 
 /// Runs one connection to its end; `identity` is the peer's verified certificate name.
-pub(crate) async fn run<S>(mqtt: Arc<Mqtt>, stream: S, peer: String, identity: Option<String>)
-where
+///
+/// `permit` is the connection's admission (see [`ferrymq_core::admission`]): when it was
+/// refused, the CONNECT is still read so that the refusal is a CONNACK the client
+/// understands (MQTT 5: 0x97 Quota exceeded; MQTT 3: 0x03 Server unavailable).
+pub(crate) async fn run<S>(
+    mqtt: Arc<Mqtt>,
+    stream: S,
+    peer: String,
+    identity: Option<String>,
+    permit: Result<ConnectionPermit, LimitExceeded>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -274,7 +284,30 @@ where
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(&mut inbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return,
+            Ok(_) => return,
+            Err(_) => {
+                tracing::info!(%peer, "closing MQTT connection: no CONNECT within connect_timeout_ms");
+                mqtt.broker
+                    .admission()
+                    .refused(Limit::HandshakeTimeout, crate::PROTOCOL);
+                return;
+            }
+        }
+    };
+    let mut permit = match permit {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%peer, why = %e, "MQTT connection refused");
+            let mut out = BytesMut::new();
+            refuse(
+                &mut out,
+                connect.protocol_version,
+                ReasonCode::QUOTA_EXCEEDED,
+                &e.message,
+            );
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            return;
         }
     };
     let mut stop = mqtt.stop.subscribe();
@@ -288,6 +321,7 @@ where
         &mqtt,
         connect,
         (&peer, identity.as_deref()),
+        &mut permit,
         sink_tx,
         done_tx,
         &mut out,
@@ -491,6 +525,7 @@ async fn open_session(
     mqtt: &Arc<Mqtt>,
     c: Connect,
     (peer, identity): (&str, Option<&str>),
+    permit: &mut ConnectionPermit,
     sink: mpsc::UnboundedSender<ConsumerEvent>,
     done_tx: mpsc::UnboundedSender<Done>,
     out: &mut BytesMut,
@@ -665,6 +700,12 @@ async fn open_session(
         );
         return Err(());
     }
+    // The per-user connection limit, before the takeover so that a refused client does
+    // not end the session's holder.
+    if let Err(e) = permit.authenticated(&user) {
+        refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.message);
+        return Err(());
+    }
     // Takeover, then the registry's state of a persistent session.
     let (mut attached, took_over) = mqtt.sessions.attach(&client_id).await;
     if took_over {
@@ -679,6 +720,9 @@ async fn open_session(
     let handle = match mqtt.broker.register_connection(info) {
         Ok(h) => h,
         Err(e) => {
+            mqtt.broker
+                .admission()
+                .refused(Limit::VhostConnections, crate::PROTOCOL);
             mqtt.sessions.detach(&client_id, attached.generation, None);
             refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.to_string());
             return Err(());
@@ -746,12 +790,16 @@ async fn open_session(
             tracing::warn!(%peer, client_id = %log_id(&client_id), error = %e, "MQTT session queue unavailable");
             mqtt.broker.unregister_connection(handle.id);
             mqtt.sessions.detach(&client_id, attached.generation, None);
-            refuse(
-                out,
-                version,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                &e.to_string(),
-            );
+            // The vhost's queue limit leaves no room for the session queue: a quota.
+            let code = if matches!(e, CoreError::LimitReached(_)) {
+                mqtt.broker
+                    .admission()
+                    .refused(Limit::QueuesPerVhost, crate::PROTOCOL);
+                ReasonCode::QUOTA_EXCEEDED
+            } else {
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID
+            };
+            refuse(out, version, code, &e.to_string());
             return Err(());
         }
     };
@@ -1070,6 +1118,12 @@ impl Conn {
                 Ok(Some(p)) => self.on_packet(p),
                 Err(e) => {
                     tracing::info!(peer = %self.peer, client_id = %self.log_id, error = %e, "malformed MQTT input");
+                    if matches!(e, CodecError::PacketTooLarge { .. }) {
+                        self.mqtt
+                            .broker
+                            .admission()
+                            .refused(Limit::MessageSize, crate::PROTOCOL);
+                    }
                     inbuf.clear();
                     self.fail(e.reason_code(), &e.to_string());
                 }

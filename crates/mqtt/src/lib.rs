@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ferrymq_core::transport::Handshake;
-use ferrymq_core::{Broker, VHost};
+use ferrymq_core::{Broker, ConnectionPermit, LimitExceeded, VHost};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +36,9 @@ pub use error::Error;
 /// The internal exchange whose bindings to session queues record the shared subscriptions
 /// of persistent sessions (nothing is ever published to it).
 pub const SHARED_EXCHANGE: &str = "mqtt.shared-subscriptions";
+
+/// The protocol label of this adapter in limits and metrics.
+pub(crate) const PROTOCOL: &str = "mqtt";
 
 /// Limits and defaults of the MQTT listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,11 +239,20 @@ impl Mqtt {
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping it skips the session's cleanup (wills, queue release).
-    pub async fn serve_stream<S>(self: Arc<Self>, stream: S, peer: String)
-    where
+    ///
+    /// `permit` is the connection's admission from [`Broker::admit`] (a refusal is answered
+    /// with a CONNACK); `None` for a connection admitted by its carrier (MQTT over
+    /// WebSocket rides an admitted HTTP connection), which then counts only against the
+    /// per-user limit.
+    pub async fn serve_stream<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: String,
+        permit: Option<Result<ConnectionPermit, LimitExceeded>>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.serve_secured(stream, peer, None).await;
+        self.serve_secured(stream, peer, None, permit).await;
     }
 
     /// [`Mqtt::serve_stream`] for a stream whose transport verified the peer's identity (a
@@ -253,11 +265,13 @@ impl Mqtt {
         stream: S,
         peer: String,
         identity: Option<String>,
+        permit: Option<Result<ConnectionPermit, LimitExceeded>>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let permit = permit.unwrap_or_else(|| Ok(self.broker.admission().carried(PROTOCOL)));
         self.open.fetch_add(1, Ordering::Relaxed);
-        connection::run(self.clone(), stream, peer, identity).await;
+        connection::run(self.clone(), stream, peer, identity, permit).await;
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -281,15 +295,18 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let mqtt = mqtt.clone();
+                    // Admitted at accept; a refusal is answered with a CONNACK (over TLS on
+                    // the TLS listener, once the handshake is done).
+                    let permit = mqtt.broker.admit(PROTOCOL, peer.ip());
                     match tls.clone() {
                         None => {
-                            conns.spawn(mqtt.serve_stream(stream, peer.to_string()));
+                            conns.spawn(mqtt.serve_stream(stream, peer.to_string(), Some(permit)));
                         }
                         Some(tls) => {
                             conns.spawn(async move {
                                 match tls.accept(stream).await {
                                     Ok(s) => {
-                                        mqtt.serve_secured(s.stream, peer.to_string(), s.identity)
+                                        mqtt.serve_secured(s.stream, peer.to_string(), s.identity, Some(permit))
                                             .await;
                                     }
                                     Err(e) => {

@@ -117,6 +117,9 @@ pub struct KafkaSection {
     pub sasl_mechanisms: String,
     /// The cluster id reported to clients.
     pub cluster_id: String,
+    /// Time allowed from TCP accept to the first complete request and, with SASL, to the
+    /// end of authentication.
+    pub handshake_timeout_ms: u64,
 }
 
 /// `[mqtt]`: the MQTT 3.1 / 3.1.1 / 5.0 listener (MQTT over WebSocket is served by the HTTP
@@ -176,6 +179,8 @@ pub struct HttpSection {
     pub tls_enabled: bool,
     /// TLS listener's TCP port (0 = pick a free one; the chosen address is logged).
     pub tls_port: u16,
+    /// Time allowed from TCP accept to the end of the first request's head.
+    pub handshake_timeout_ms: u64,
 }
 
 /// `[amqp]`: the AMQP 0-9-1 listener and its limits.
@@ -281,6 +286,16 @@ pub struct LimitsSection {
     pub disk_free_limit_bytes: u64,
     /// Largest message body accepted.
     pub message_size_max_bytes: u64,
+    /// Open connections across every listener (0 = unlimited).
+    pub connections_max: u64,
+    /// Open connections from one source IP address, every listener (0 = unlimited).
+    pub connections_per_source_max: u64,
+    /// Open connections of one user, every protocol (0 = unlimited).
+    pub connections_per_user_max: u64,
+    /// Queues and streams per vhost, on top of each vhost's own `max_queues` (0 = unlimited).
+    pub queues_per_vhost_max: u64,
+    /// Body bytes delivered to one AMQP consumer and not yet settled (0 = unlimited).
+    pub consumer_window_max_bytes: u64,
 }
 
 /// `[users]`: what is created on first start, and who may log in only from loopback.
@@ -355,6 +370,11 @@ impl Config {
                 memory_high_watermark_bytes: default_memory_high_watermark_bytes(),
                 disk_free_limit_bytes: 50_000_000,
                 message_size_max_bytes: 128 * MIB,
+                connections_max: 0,
+                connections_per_source_max: 0,
+                connections_per_user_max: 0,
+                queues_per_vhost_max: 0,
+                consumer_window_max_bytes: 128 * MIB,
             },
             users: UsersSection {
                 default_user: "guest".into(),
@@ -411,6 +431,7 @@ impl Config {
                 group_initial_rebalance_delay_ms: 3000,
                 sasl_mechanisms: String::new(),
                 cluster_id: "ferrymq-cluster".into(),
+                handshake_timeout_ms: 10_000,
             },
             http: HttpSection {
                 enabled: true,
@@ -418,6 +439,7 @@ impl Config {
                 port: 15672,
                 tls_enabled: false,
                 tls_port: 15671,
+                handshake_timeout_ms: 10_000,
             },
             tls: TlsSection {
                 cert_file: String::new(),
@@ -578,6 +600,12 @@ impl Config {
         )?;
         self.kafka_mechanisms()
             .map_err(|e| ("kafka.sasl_mechanisms", e))?;
+        if k.handshake_timeout_ms == 0 {
+            return Err(("kafka.handshake_timeout_ms", "must be at least 1".into()));
+        }
+        if self.http.handshake_timeout_ms == 0 {
+            return Err(("http.handshake_timeout_ms", "must be at least 1".into()));
+        }
         if self.http.bind.trim().is_empty() {
             return Err(("http.bind", "must not be empty".into()));
         }
@@ -668,6 +696,7 @@ impl Config {
             sasl_mechanisms: self.kafka_mechanisms().unwrap_or_default(),
             anonymous_user: self.users.default_user.clone(),
             cluster_id: k.cluster_id.clone(),
+            handshake_timeout_ms: k.handshake_timeout_ms,
             group,
             ..Default::default()
         }
@@ -697,6 +726,13 @@ impl Config {
     }
 
     /// The AMQP listener's settings as the adapter takes them.
+    /// The HTTP listener's limits.
+    pub fn http_limits(&self) -> ferrymq_http::HttpLimits {
+        ferrymq_http::HttpLimits {
+            handshake_timeout_ms: self.http.handshake_timeout_ms,
+        }
+    }
+
     pub fn amqp_config(&self) -> ferrymq_amqp::AmqpConfig {
         let a = &self.amqp;
         ferrymq_amqp::AmqpConfig {
@@ -707,6 +743,7 @@ impl Config {
             consumers_per_channel_max: usize::try_from(a.consumers_per_channel_max)
                 .unwrap_or(usize::MAX),
             handshake_timeout_ms: a.handshake_timeout_ms,
+            consumer_window_max_bytes: self.limits.consumer_window_max_bytes,
         }
     }
 }
@@ -881,6 +918,12 @@ pub fn broker_config(config: &Config) -> BrokerConfig {
         default_user: config.users.default_user.clone(),
         default_password: config.users.default_password.clone(),
         loopback_users: config.users.loopback_users(),
+        queues_per_vhost_max: config.limits.queues_per_vhost_max,
+        connection_limits: ferrymq_core::ConnectionLimits {
+            connections_max: config.limits.connections_max,
+            connections_per_source_max: config.limits.connections_per_source_max,
+            connections_per_user_max: config.limits.connections_per_user_max,
+        },
         ..BrokerConfig::default()
     }
 }

@@ -57,7 +57,7 @@ async fn bridge(
     mqtt: Arc<Mqtt>,
 ) {
     let (mut pipe, driver_end) = tokio::io::duplex(PIPE_BYTES);
-    let conn = tokio::spawn(mqtt.serve_secured(driver_end, format!("ws:{peer}"), identity));
+    let conn = tokio::spawn(mqtt.serve_secured(driver_end, format!("ws:{peer}"), identity, None));
     let mut buf = vec![0u8; PIPE_BYTES];
     loop {
         tokio::select! {

@@ -216,6 +216,7 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         let broker = broker.clone();
         let ws_mqtt = mqtt.clone();
         let tls = tls.clone().filter(|_| secure);
+        let limits = config.http_limits();
         tasks.spawn(scheme, move |mut shutdown| async move {
             // Held until the server has drained, so shutdown waits for in-flight requests.
             let draining = shutdown.child();
@@ -228,11 +229,15 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             };
             match tls {
                 Some(tls) => {
-                    let listener = crate::tls::https_listener(listener, tls)
-                        .context("https listener address")?;
+                    let listener =
+                        crate::tls::https_listener(listener, tls, broker.clone(), limits)
+                            .context("https listener address")?;
                     ferrymq_http::serve_secured(listener, broker, extra, signal).await?;
                 }
-                None => ferrymq_http::serve_with_routes(listener, broker, extra, signal).await?,
+                None => {
+                    ferrymq_http::serve_with_routes(listener, broker, extra, limits, signal)
+                        .await?
+                }
             }
             drop(draining);
             Ok(())

@@ -119,6 +119,8 @@ impl Handshake for TlsHandshake {
 pub fn https_listener(
     listener: TcpListener,
     tls: Arc<Tls>,
+    broker: Arc<ferrymq_core::Broker>,
+    limits: ferrymq_http::HttpLimits,
 ) -> std::io::Result<ferrymq_http::SecuredListener> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel::<(Box<dyn Io>, ferrymq_http::Peer)>(HTTPS_BACKLOG);
@@ -136,15 +138,21 @@ pub fn https_listener(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let (tls, tx) = (tls.clone(), tx.clone());
+            let (tls, tx, broker) = (tls.clone(), tx.clone(), broker.clone());
             tokio::spawn(async move {
                 match tls.accept(tcp, HANDSHAKE_TIMEOUT).await {
                     Ok(s) => {
+                        // Admitted once secured, so that a refusal is a readable 503.
+                        let Some(admitted) =
+                            ferrymq_http::admission::admit(&broker, limits, s.stream, addr)
+                        else {
+                            return;
+                        };
                         let peer = ferrymq_http::Peer {
                             addr,
                             identity: s.identity,
                         };
-                        let _ = tx.send((s.stream, peer)).await;
+                        let _ = tx.send((Box::new(admitted) as Box<dyn Io>, peer)).await;
                     }
                     Err(e) => tracing::info!(peer = %addr, error = %e, "HTTPS handshake failed"),
                 }

@@ -428,6 +428,19 @@ fn oversized_batches_get_message_too_large() {
     );
     assert_eq!(code, 10, "MESSAGE_TOO_LARGE");
     assert_eq!(list_offset(&mut kc, "small", 0, -1).1, 0);
+    // Counted as a refusal by the message size limit (issue #9).
+    let mut h = TcpStream::connect(listening(&server, "http")).unwrap();
+    h.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    h.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = h.read_to_string(&mut text);
+    assert!(
+        text.lines()
+            .any(|l| l
+                == "ferrymq_limit_refusals_total{limit=\"message_size\",protocol=\"kafka\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
