@@ -32,6 +32,8 @@ pub struct CompareOptions {
     pub quick: bool,
     /// The AMQP client used against both brokers.
     pub client: Client,
+    /// The MQTT client used against both brokers.
+    pub mqtt_client: crate::run::MqttClient,
     pub ferrymq_bin: Option<PathBuf>,
     pub out: PathBuf,
     pub repeats: Option<usize>,
@@ -45,6 +47,52 @@ pub struct CompareOptions {
     pub protocols: Vec<Matrix>,
     /// Idle MQTT connections measured per broker (default 10,000; 1,000 with `--quick`).
     pub idle_connections: Option<usize>,
+}
+
+/// A matrix's default measured time and warm-up per point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub duration_s: f64,
+    pub warmup_s: f64,
+}
+
+/// The defaults, chosen so that the whole default `compare` (every matrix, 3 repeats) takes
+/// under 15 minutes on a 2-core machine and `--quick` (1 repeat, smaller matrices) under 2
+/// (see ARCHITECTURE.md, `crates/bench`). `--duration` overrides the measured time of all.
+pub fn timing(m: Matrix, quick: bool) -> Timing {
+    let (duration_s, warmup_s) = match (m, quick) {
+        (Matrix::Amqp, false) => (4.0, 1.0),
+        (Matrix::Amqp, true) => (1.0, 0.5),
+        (Matrix::Mqtt, false) => (2.0, 0.5),
+        (Matrix::Mqtt, true) => (1.0, 0.25),
+        (Matrix::Kafka, false) => (3.0, 0.5),
+        (Matrix::Kafka, true) => (1.0, 0.5),
+    };
+    Timing {
+        duration_s,
+        warmup_s,
+    }
+}
+
+/// How many runs a default matrix makes (every broker, point, repeat and phase).
+pub fn runs_planned(m: Matrix, quick: bool) -> usize {
+    let repeats = if quick { 1 } else { 3 };
+    match m {
+        // Two brokers, each point at the maximum and at a fixed rate.
+        Matrix::Amqp => POINTS.len() * 2 * 2 * repeats,
+        Matrix::Mqtt => {
+            let fanout = if quick {
+                crate::compare_mqtt::FANOUT_QUICK
+            } else {
+                crate::compare_mqtt::FANOUT
+            };
+            (crate::compare_mqtt::points(fanout).len()
+                + crate::compare_mqtt::fixed_rate_points(fanout).len())
+                * 2
+                * repeats
+        }
+        Matrix::Kafka => crate::compare_kafka::points(quick).len() * repeats,
+    }
 }
 
 /// A protocol matrix of `compare`.
@@ -388,6 +436,23 @@ fn one_line(b: &str, p: Point, r: &RunResult) -> String {
     )
 }
 
+/// Runs one point of a matrix: its result, or why it has none (an error, or no message
+/// arrived).
+pub(crate) async fn run_one(s: Scenario) -> (Option<RunResult>, Option<String>) {
+    match crate::run_scenario(s, Arc::new(Ctx::new())).await {
+        Ok(r) if r.tally.received > 0 => (Some(r), None),
+        Ok(_) => (None, Some("no message arrived".to_string())),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
+}
+
+/// ", the whole `compare` run N s" for a section header, when the total is known.
+pub(crate) fn total_note(total_s: Option<f64>) -> String {
+    total_s.map_or(String::new(), |t| {
+        format!(", the whole `compare` run {t:.0} s")
+    })
+}
+
 /// Runs the matrix; `brokers` holds what was started so that the caller stops it whatever happens.
 async fn matrix(
     o: &CompareOptions,
@@ -452,12 +517,7 @@ async fn matrix(
                 for (kind, url, pid) in order {
                     done += 1;
                     let s = scenario(report.client, &url, pid, p, duration, warmup, rate);
-                    let res = crate::run_scenario(s, Arc::new(Ctx::new())).await;
-                    let (result, error) = match res {
-                        Ok(r) if r.tally.received > 0 => (Some(r), None),
-                        Ok(_) => (None, Some("no message arrived".to_string())),
-                        Err(e) => (None, Some(format!("{e:#}"))),
-                    };
+                    let (result, error) = run_one(s).await;
                     match (&result, &error) {
                         (Some(r), _) => {
                             eprintln!("[{done:>3}/{total}] {}", one_line(kind.name(), p, r))
@@ -548,9 +608,10 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         repeats: o.repeats.unwrap_or(if o.quick { 1 } else { 3 }).max(1),
         duration_s: o
             .duration
-            .unwrap_or(Duration::from_secs(if o.quick { 2 } else { 8 }))
-            .as_secs_f64(),
-        warmup_s: if o.quick { 1.0 } else { 2.0 },
+            .map_or(timing(Matrix::Amqp, o.quick).duration_s, |d| {
+                d.as_secs_f64()
+            }),
+        warmup_s: timing(Matrix::Amqp, o.quick).warmup_s,
         runs: Vec::new(),
         backlog: None,
         elapsed_s: 0.0,
@@ -566,28 +627,31 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         repeats: report.repeats,
         duration_s: o
             .duration
-            .unwrap_or(Duration::from_secs(if o.quick { 2 } else { 5 }))
-            .as_secs_f64(),
-        warmup_s: if o.quick { 0.5 } else { 1.0 },
+            .map_or(timing(Matrix::Kafka, o.quick).duration_s, |d| {
+                d.as_secs_f64()
+            }),
+        warmup_s: timing(Matrix::Kafka, o.quick).warmup_s,
         quick: o.quick,
         runs: Vec::new(),
         tcp: Vec::new(),
         raw_batch: Vec::new(),
         skipped: None,
         elapsed_s: 0.0,
+        total_s: None,
     };
     let mut mqtt_report = crate::compare_mqtt::Report {
         generated: report.generated.clone(),
         command: report.command.clone(),
+        client: o.mqtt_client,
         machine: Vec::new(),
         versions: Vec::new(),
         repeats: report.repeats,
-        // Shorter points than AMQP's, so that both matrices fit in about 15 minutes.
         duration_s: o
             .duration
-            .unwrap_or(Duration::from_secs(if o.quick { 1 } else { 3 }))
-            .as_secs_f64(),
-        warmup_s: if o.quick { 0.5 } else { 1.0 },
+            .map_or(timing(Matrix::Mqtt, o.quick).duration_s, |d| {
+                d.as_secs_f64()
+            }),
+        warmup_s: timing(Matrix::Mqtt, o.quick).warmup_s,
         fanout: if o.quick {
             crate::compare_mqtt::FANOUT_QUICK
         } else {
@@ -597,6 +661,7 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         idle: Vec::new(),
         ferrymq_skipped: None,
         elapsed_s: 0.0,
+        total_s: None,
     };
     let brokers = Mutex::new(Vec::new());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -668,6 +733,8 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
     tokio::task::spawn_blocking(move || drop(stopping)).await?;
     let (mqtt_failed, kafka_failed) = outcome?;
     report.elapsed_s = t0.elapsed().as_secs_f64();
+    mqtt_report.total_s = Some(report.elapsed_s);
+    kafka_report.total_s = Some(report.elapsed_s);
     if mqtt && mqtt_failed.is_none() {
         report.mqtt = Some(mqtt_report);
     }
@@ -719,6 +786,9 @@ fn command_line(o: &CompareOptions) -> String {
     let mut c = String::from("ferrymq-bench compare");
     if o.client != Client::Native {
         let _ = write!(c, " --client {}", o.client.name());
+    }
+    if o.mqtt_client != crate::run::MqttClient::Native {
+        let _ = write!(c, " --mqtt-client {}", o.mqtt_client.name());
     }
     if o.quick {
         c.push_str(" --quick");
@@ -795,6 +865,72 @@ pub(crate) fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
         (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
         _ => None,
     }
+}
+
+/// One side of an equal-load row: end-to-end p50, p99, p99.9 and max (µs) over the repeats.
+pub(crate) type Tail = [Option<Stat>; 4];
+
+/// The [`Tail`] of one broker at one point, from a statistic of its fixed-rate runs.
+pub(crate) fn tail(stat: impl Fn(fn(&RunResult) -> f64) -> Option<Stat>) -> Tail {
+    [
+        stat(|x| x.end_to_end.p50_us),
+        stat(|x| x.end_to_end.p99_us),
+        stat(|x| x.end_to_end.p999_us),
+        stat(|x| x.end_to_end.max_us),
+    ]
+}
+
+/// One point of an equal-load latency table.
+pub(crate) struct EqualLoadRow {
+    pub(crate) label: String,
+    /// The fixed total publish rate both brokers ran at.
+    pub(crate) rate: Option<f64>,
+    /// FerryMQ's and the peer's tails.
+    pub(crate) a: Tail,
+    pub(crate) b: Tail,
+}
+
+/// The table of end-to-end latency at the same fixed rate on both brokers (AMQP and MQTT
+/// sections): p50 / p99 / p99.9 / max side by side, and the ratio of the p99s.
+pub(crate) fn equal_load_table(o: &mut String, a: &str, b: &str, rows: &[EqualLoadRow]) {
+    let _ = writeln!(o, "| scenario | rate (msg/s) | {a} p50 | {a} p99 | {a} p99.9 | {a} max | {b} p50 | {b} p99 | {b} p99.9 | {b} max | p99 {a} / {b} |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let cells: Vec<String> =
+            r.a.iter()
+                .chain(&r.b)
+                .map(|s| fmt_stat(*s, micros))
+                .collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            r.label,
+            r.rate.map_or("–".into(), thousands),
+            cells.join(" | "),
+            ratio(r.a[1], r.b[1]).map_or("–".into(), |v| format!("{v:.2}")),
+        );
+    }
+}
+
+/// Whether FerryMQ's median p99 (`a`) is no worse than the peer's (`b`), and the figures.
+pub(crate) fn p99_verdict(a: Option<Stat>, b: Option<Stat>) -> (Option<bool>, String) {
+    match (a, b) {
+        (Some(x), Some(y)) => (
+            ratio(a, b).map(|r| r <= 1.0),
+            format!("p99 {} vs {}", micros(x.median), micros(y.median)),
+        ),
+        _ => (None, "no data".into()),
+    }
+}
+
+/// One line of a section's list of targets: met, missed or not measured, and why.
+pub(crate) fn target_line(o: &mut String, name: &str, met: Option<bool>, why: &str) {
+    let v = match met {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    let _ = writeln!(o, "- {name}: {v} ({why})");
 }
 
 pub(crate) fn fmt_ratio(r: Option<f64>) -> String {
@@ -909,26 +1045,16 @@ MQTT against Mosquitto has its own section (below); the Kafka protocol has no dr
         o,
         "\n### End-to-end latency at half of RabbitMQ's maximum rate\n"
     );
-    let _ = writeln!(o, "| scenario | rate (msg/s) | FerryMQ p50 | FerryMQ p99 | FerryMQ p99.9 | RabbitMQ p50 | RabbitMQ p99 | RabbitMQ p99.9 | p99 FerryMQ / RabbitMQ |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-    for p in POINTS {
-        let l = |k: Kind, g: fn(&RunResult) -> f64| r.stat(p, k, true, g);
-        let (fp99, qp99) = (l(f, |x| x.end_to_end.p99_us), l(q, |x| x.end_to_end.p99_us));
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            p.label(),
-            r.rate_of(p).map_or("–".into(), thousands),
-            fmt_stat(l(f, |x| x.end_to_end.p50_us), micros),
-            fmt_stat(fp99, micros),
-            fmt_stat(l(f, |x| x.end_to_end.p999_us), micros),
-            fmt_stat(l(q, |x| x.end_to_end.p50_us), micros),
-            fmt_stat(qp99, micros),
-            fmt_stat(l(q, |x| x.end_to_end.p999_us), micros),
-            ratio(fp99, qp99).map_or("–".into(), |v| format!("{v:.2}")),
-        );
-    }
-
+    let rows: Vec<EqualLoadRow> = POINTS
+        .iter()
+        .map(|&p| EqualLoadRow {
+            label: p.label(),
+            rate: r.rate_of(p),
+            a: tail(|g| r.stat(p, f, true, g)),
+            b: tail(|g| r.stat(p, q, true, g)),
+        })
+        .collect();
+    equal_load_table(&mut o, "FerryMQ", "RabbitMQ", &rows);
     let _ = writeln!(o, "\n### Accounting over all runs\n");
     let _ = writeln!(o, "| broker | runs | failed runs | sent | received | lost (confirmed, never received) | duplicated | out of order |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
@@ -1000,14 +1126,8 @@ Publish: {} msg/s over {:.0} s; drain: {} msg/s over {:.0} s; received {} of {} 
     }
 
     let _ = writeln!(o, "\n### Issue #4's targets\n");
-    let mut target = |name: String, met: Option<bool>, why: String| {
-        let v = match met {
-            Some(true) => "**met**",
-            Some(false) => "**missed**",
-            None => "not measured",
-        };
-        let _ = writeln!(o, "- {name}: {v} ({why})");
-    };
+    let mut target =
+        |name: String, met: Option<bool>, why: String| target_line(&mut o, &name, met, &why);
     for p in POINTS {
         let rt = ratio(
             r.stat(p, f, false, |x| x.consume.msgs_per_s),
@@ -1024,16 +1144,13 @@ Publish: {} msg/s over {:.0} s; drain: {} msg/s over {:.0} s; received {} of {} 
             r.stat(p, f, true, |x| x.end_to_end.p99_us),
             r.stat(p, q, true, |x| x.end_to_end.p99_us),
         );
-        let why = match (a, b) {
-            (Some(a), Some(b)) => format!("p99 {} vs {}", micros(a.median), micros(b.median)),
-            _ => "no data".into(),
-        };
+        let (met, why) = p99_verdict(a, b);
         target(
             format!(
                 "p99 no worse than RabbitMQ's at half its maximum rate, {}",
                 p.label()
             ),
-            ratio(a, b).map(|x| x <= 1.0),
+            met,
             why,
         );
     }
@@ -1112,6 +1229,26 @@ mod tests {
         assert_eq!(Matrix::parse_list("mqtt,mqtt"), Ok(vec![Matrix::Mqtt]));
         assert!(Matrix::parse_list("http").is_err());
         assert!(Matrix::parse_list(",").is_err());
+    }
+
+    /// The default matrices' measured windows (warm-up included) leave most of the 15-minute
+    /// (`--quick`: 2-minute) budget for what each run adds: connections, drains, broker starts.
+    #[test]
+    fn default_matrices_fit_their_time_budget() {
+        for (quick, budget_s) in [(false, 900.0), (true, 120.0)] {
+            let windows: f64 = Matrix::ALL
+                .iter()
+                .map(|&m| {
+                    let t = timing(m, quick);
+                    runs_planned(m, quick) as f64 * (t.duration_s + t.warmup_s)
+                })
+                .sum();
+            assert!(
+                windows <= budget_s * 0.6,
+                "quick {quick}: {windows} s of windows for a {budget_s} s budget"
+            );
+        }
+        assert_eq!(runs_planned(Matrix::Mqtt, false), (8 + 4) * 2 * 3);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The MQTT part of `ferrymq-bench compare`: the same MQTT scenarios, with the same client
-//! (`rumqttc`), against FerryMQ and Mosquitto, repeated and interleaved; medians, ranges and
-//! ratios written as the "MQTT: FerryMQ vs Mosquitto" section of `docs/benchmarks.md` (between
-//! its own markers) plus an SVG chart; and the brokers' memory per idle connection.
+//! (the native one by default, `--mqtt-client rumqttc` for `rumqttc`), against FerryMQ and
+//! Mosquitto, repeated and interleaved: first at the maximum rate, then the 1 → 1 points at a
+//! fixed rate of half Mosquitto's maximum (latency at equal load); medians, ranges and ratios
+//! written as the "MQTT: FerryMQ vs Mosquitto" section of `docs/benchmarks.md` (between its own
+//! markers) plus an SVG chart; and the brokers' memory per idle connection.
 //!
 //! FerryMQ's MQTT listener may be missing (a build without it, or one that does not log
 //! `MQTT listening on`): then Mosquitto is measured alone and the section says why FerryMQ's
@@ -9,17 +11,20 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::brokers::{Broker, Kind};
-use crate::compare::{fmt_ratio, fmt_stat, ratio, stat, Stat};
+use crate::compare::{
+    equal_load_table, fmt_ratio, fmt_stat, p99_verdict, ratio, stat, tail, target_line,
+    EqualLoadRow, Stat,
+};
 use crate::mqtt::IdleResult;
 use crate::report::{mib, micros, thousands};
-use crate::run::{Ctx, RunResult, Scenario};
+use crate::run::{MqttClient, RunResult, Scenario};
 use crate::svg::{self, Bar, Group};
 
 pub const START_MARKER: &str = "<!-- bench:mqtt:start -->";
@@ -71,11 +76,29 @@ pub fn points(fanout: usize) -> Vec<Point> {
     v
 }
 
+/// The points also run at a fixed rate for latency at equal load: the 1 → 1 ones.
+pub fn fixed_rate_points(fanout: usize) -> Vec<Point> {
+    points(fanout)
+        .into_iter()
+        .filter(|p| p.subscribers == 1)
+        .collect()
+}
+
+/// The fixed total publish rate for latency at equal load: half of Mosquitto's median
+/// delivered rate at the maximum, per subscriber (copies/s ÷ subscribers), rounded.
+pub fn half_rate(mosquitto_delivered: f64, subscribers: usize) -> Option<f64> {
+    let r = (mosquitto_delivered / subscribers.max(1) as f64 / 2.0).round();
+    (r.is_finite() && r >= 1.0).then_some(r)
+}
+
 /// One run of the matrix.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
     pub point: Point,
     pub broker: String,
+    /// `None` = maximum rate; else the fixed total rate (reports from before: maximum).
+    #[serde(default)]
+    pub rate: Option<f64>,
     pub repeat: usize,
     pub result: Option<RunResult>,
     pub error: Option<String>,
@@ -94,6 +117,9 @@ pub struct Idle {
 pub struct Report {
     pub generated: String,
     pub command: String,
+    /// The client every run used (reports from before the choice existed: `rumqttc`).
+    #[serde(default = "MqttClient::legacy")]
+    pub client: MqttClient,
     pub machine: Vec<(String, String)>,
     pub versions: Vec<(String, String)>,
     pub repeats: usize,
@@ -105,22 +131,53 @@ pub struct Report {
     /// Why FerryMQ was not measured (no MQTT listener), if it was not.
     pub ferrymq_skipped: Option<String>,
     pub elapsed_s: f64,
+    /// The whole `compare` run's wall time, all matrices (reports from before: unknown).
+    #[serde(default)]
+    pub total_s: Option<f64>,
 }
 
 impl Report {
+    /// A statistic over the maximum-rate runs of a point and broker.
     fn stat(&self, p: Point, broker: Kind, f: impl Fn(&RunResult) -> f64) -> Option<Stat> {
+        self.stat_at(p, broker, false, f)
+    }
+
+    /// A statistic over the maximum-rate (`fixed` false) or fixed-rate runs.
+    fn stat_at(
+        &self,
+        p: Point,
+        broker: Kind,
+        fixed: bool,
+        f: impl Fn(&RunResult) -> f64,
+    ) -> Option<Stat> {
         let v: Vec<f64> = self
             .runs
             .iter()
-            .filter(|m| m.point == p && m.broker == broker.name())
+            .filter(|m| m.point == p && m.broker == broker.name() && m.rate.is_some() == fixed)
             .filter_map(|m| m.result.as_ref().map(&f))
             .collect();
         stat(&v)
     }
+
+    /// The fixed rate a point ran at.
+    fn rate_of(&self, p: Point) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|m| m.point == p && m.rate.is_some())
+            .and_then(|m| m.rate)
+    }
 }
 
-fn scenario(url: &str, pid: u32, p: Point, duration: Duration, warmup: Duration) -> Scenario {
+fn scenario(
+    client: MqttClient,
+    url: &str,
+    pid: u32,
+    p: Point,
+    duration: Duration,
+    warmup: Duration,
+) -> Scenario {
     let mut s = Scenario::new(url);
+    s.mqtt_client = client;
     s.size = p.size;
     s.qos = p.qos;
     s.consumers = p.subscribers;
@@ -128,8 +185,9 @@ fn scenario(url: &str, pid: u32, p: Point, duration: Duration, warmup: Duration)
     s.warmup = warmup;
     s.broker_pid = Some(pid);
     // A broker that dropped copies (Mosquitto beyond `max_queued_messages`) must not hold
-    // every point for the default 5 s.
-    s.drain_idle = Duration::from_secs(2);
+    // every point for the default 5 s: on loopback, a second without a delivery means the
+    // rest is gone.
+    s.drain_idle = Duration::from_secs(1);
     s
 }
 
@@ -244,56 +302,80 @@ pub async fn matrix(
     let duration = Duration::from_secs_f64(report.duration_s);
     let warmup = Duration::from_secs_f64(report.warmup_s);
     let pts = points(report.fanout);
-    let total = pts.len() * targets.len() * report.repeats;
+    let fixed = fixed_rate_points(report.fanout);
+    let total = (pts.len() + fixed.len()) * targets.len() * report.repeats;
     let mut done = 0;
-    for repeat in 0..report.repeats {
-        for p in &pts {
-            let mut order = targets.clone();
-            if repeat % 2 == 1 {
-                order.reverse();
-            }
-            for (kind, url, pid) in order {
-                done += 1;
-                let s = scenario(&url, pid, *p, duration, warmup);
-                let res = crate::run_scenario(s, Arc::new(Ctx::new())).await;
-                let (result, error) = match res {
-                    Ok(r) if r.tally.received > 0 => (Some(r), None),
-                    Ok(_) => (None, Some("no message arrived".to_string())),
-                    Err(e) => (None, Some(format!("{e:#}"))),
-                };
-                match (&result, &error) {
-                    (Some(r), _) => eprintln!(
-                        "[{done:>3}/{total}] {:<9} {:<24} {:>10} msg/s published, {:>10} copies/s delivered, e2e p99 {}, lost {} dup {} reorder {} unconfirmed+missing {}",
-                        kind.name(),
-                        p.label(),
-                        thousands(r.publish.msgs_per_s),
-                        thousands(r.consume.msgs_per_s),
-                        if r.end_to_end.count == 0 {
-                            "–".to_string()
-                        } else {
-                            micros(r.end_to_end.p99_us)
-                        },
-                        r.tally.lost,
-                        r.tally.duplicated,
-                        r.tally.out_of_order,
-                        r.tally.unconfirmed_not_received
-                    ),
-                    (_, Some(e)) => {
-                        eprintln!("[{done:>3}/{total}] {} {}: FAILED: {e}", kind.name(), p.label())
+    // Phase 0: every point at the maximum rate; phase 1: the fixed-rate points at half of
+    // Mosquitto's median maximum, for latency at equal load.
+    for phase in 0..2 {
+        for repeat in 0..report.repeats {
+            for p in if phase == 0 { &pts } else { &fixed } {
+                let rate = if phase == 0 {
+                    None
+                } else {
+                    match report
+                        .stat(*p, Kind::Mosquitto, |x| x.consume.msgs_per_s)
+                        .and_then(|s| half_rate(s.median, p.subscribers))
+                    {
+                        Some(r) => Some(r),
+                        None => continue,
                     }
-                    _ => {}
+                };
+                let mut order = targets.clone();
+                if (repeat + phase) % 2 == 1 {
+                    order.reverse();
                 }
-                report.runs.push(Measured {
-                    point: *p,
-                    broker: kind.name().to_string(),
-                    repeat,
-                    result,
-                    error,
-                });
+                for (kind, url, pid) in order {
+                    done += 1;
+                    let mut s = scenario(report.client, &url, pid, *p, duration, warmup);
+                    s.rate = rate;
+                    let (result, error) = crate::compare::run_one(s).await;
+                    let at = rate.map_or(String::new(), |r| format!(" at {} msg/s", thousands(r)));
+                    match (&result, &error) {
+                        (Some(r), _) => eprintln!(
+                            "[{done:>3}/{total}] {:<9} {:<24}{at} {:>10} msg/s published, {:>10} copies/s delivered, e2e p99 {}, lost {} dup {} reorder {} unconfirmed+missing {}",
+                            kind.name(),
+                            p.label(),
+                            thousands(r.publish.msgs_per_s),
+                            thousands(r.consume.msgs_per_s),
+                            if r.end_to_end.count == 0 {
+                                "–".to_string()
+                            } else {
+                                micros(r.end_to_end.p99_us)
+                            },
+                            r.tally.lost,
+                            r.tally.duplicated,
+                            r.tally.out_of_order,
+                            r.tally.unconfirmed_not_received
+                        ),
+                        (_, Some(e)) => eprintln!(
+                            "[{done:>3}/{total}] {} {}{at}: FAILED: {e}",
+                            kind.name(),
+                            p.label()
+                        ),
+                        _ => {}
+                    }
+                    report.runs.push(Measured {
+                        point: *p,
+                        broker: kind.name().to_string(),
+                        rate,
+                        repeat,
+                        result,
+                        error,
+                    });
+                }
             }
         }
     }
     Ok(())
+}
+
+/// How the client is described in the Method text.
+fn client_description(c: MqttClient) -> &'static str {
+    match c {
+        MqttClient::Native => "`--mqtt-client native`, the bench's own MQTT 3.1.1 driver on the project's codec `ferrymq-mqtt-codec` over a tokio `TcpStream`: the publisher encodes up to 256 due publishes into one buffer and writes it with one `write_all`, a reader task settles PUBACKs; a subscriber decodes every packet a read returned and writes the PUBACKs of that read together; keep-alive 0, TCP_NODELAY",
+        MqttClient::Rumqttc => "`--mqtt-client rumqttc`, the `rumqttc` 0.25 crate, MQTT 3.1.1, keep-alive 30 s, TCP_NODELAY; it costs more CPU per message than the native driver and was the bottleneck of the 1 → 1 QoS 0 points",
+    }
 }
 
 /// The markdown section.
@@ -304,13 +386,14 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## MQTT: FerryMQ vs Mosquitto\n");
     let _ = writeln!(
         o,
-        "Generated by `{}` (crate `ferrymq-bench`, {}), {} repeat(s) per point, {} s measured after {} s of warm-up; the MQTT part took {:.0} s. Do not edit by hand: rerun the command.\n",
+        "Generated by `{}` (crate `ferrymq-bench`, {}), {} repeat(s) per point, {} s measured after {} s of warm-up; the MQTT part took {:.0} s{}. Do not edit by hand: rerun the command.\n",
         r.command,
         r.generated,
         r.repeats,
         r.duration_s,
         r.warmup_s,
-        r.elapsed_s
+        r.elapsed_s,
+        crate::compare::total_note(r.total_s)
     );
     if let Some(why) = &r.ferrymq_skipped {
         let _ = writeln!(
@@ -327,11 +410,14 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "\n**Method.** One load generator process on the same 2 cores as the broker, the same client for both brokers (`rumqttc` 0.25, MQTT 3.1.1, one connection per publisher and per subscriber, TCP_NODELAY): 1 publisher on one topic, and 1 subscriber (1 → 1) or {} subscribers (1 → {}, fan-out: every subscriber is due its own copy of every message, and *delivered* counts copies). \
+        "\n**Method.** One load generator process on the same 2 cores as the broker, the same client for both brokers ({}; one connection per publisher and per subscriber): 1 publisher on one topic, and 1 subscriber (1 → 1) or {} subscribers (1 → {}, fan-out: every subscriber is due its own copy of every message, and *delivered* counts copies). \
 QoS 0: publishes are fire-and-forget, subscriptions QoS 0. QoS 1: subscriptions QoS 1 (the client acks every delivery), publishes QoS 1 with at most 1,000 awaiting their PUBACK; the confirm latency runs from the stamp to the PUBACK. \
 Clean sessions throughout, so nothing is durable on either side (tier **T0**): Mosquitto runs with `persistence false` (its default: QoS 1 messages are kept in memory), and FerryMQ maps a clean session's subscription onto a transient queue bound to `amq.topic`; FerryMQ's T2 path (persistent sessions, durable session queues, `--persistent` in `ferrymq-bench run`) is not in this matrix. \
-Every payload carries publisher id, sequence number and send time; *lost* = confirmed (QoS 1 PUBACK) and never received by a subscriber, *unconfirmed + missing* = QoS 0 copies that never arrived (MQTT allows dropping them; Mosquitto drops messages beyond `max_queued_messages` for a slow subscriber). All points run at the maximum rate, so latencies include queueing; a publisher that the broker holds back (TCP backpressure) for the whole window publishes nothing in it, and its latency is `–`. Broker CPU is the process tree's user + system time over the window (100% = one core); RSS the peak resident set, sampled every 250 ms.\n",
-        r.fanout, r.fanout
+Every payload carries publisher id, sequence number and send time; *lost* = confirmed (QoS 1 PUBACK) and never received by a subscriber, *unconfirmed + missing* = QoS 0 copies that never arrived (MQTT allows dropping them; Mosquitto drops messages beyond `max_queued_messages` for a slow subscriber). The first tables run every point at the maximum rate, so their latencies include queueing; a publisher that the broker holds back (TCP backpressure) for the whole window publishes nothing in it, and its latency is `–`. Broker CPU is the process tree's user + system time over the window (100% = one core); RSS the peak resident set, sampled every 250 ms. \
+The *latency at equal load* table then runs the 1 → 1 points on both brokers at the same fixed rate, half of Mosquitto's median delivered rate at that point's maximum (rounded), with latency measured from each message's intended send time (no coordinated omission).\n",
+        client_description(r.client),
+        r.fanout,
+        r.fanout
     );
 
     let _ = writeln!(o, "### Throughput at maximum rate (median and range)\n");
@@ -425,6 +511,51 @@ Every payload carries publisher id, sequence number and send time; *lost* = conf
         );
     }
 
+    let _ = writeln!(
+        o,
+        "\n### End-to-end latency at equal load: half of Mosquitto's maximum rate\n"
+    );
+    let fixed = fixed_rate_points(r.fanout);
+    let rows: Vec<EqualLoadRow> = fixed
+        .iter()
+        .map(|&p| EqualLoadRow {
+            label: p.label(),
+            rate: r.rate_of(p),
+            a: tail(|g| r.stat_at(p, f, true, g)),
+            b: tail(|g| r.stat_at(p, q, true, g)),
+        })
+        .collect();
+    equal_load_table(&mut o, "FerryMQ", "Mosquitto", &rows);
+
+    let _ = writeln!(o, "\n### Issue #6's targets\n");
+    for p in &pts {
+        let rt = ratio(
+            r.stat(*p, f, |x| x.consume.msgs_per_s),
+            r.stat(*p, q, |x| x.consume.msgs_per_s),
+        );
+        target_line(
+            &mut o,
+            &format!("≥ 2× Mosquitto's delivered throughput, {}", p.label()),
+            rt.map(|x| x >= 2.0),
+            &rt.map_or("no data".into(), |x| format!("{x:.2}×")),
+        );
+    }
+    for p in &fixed {
+        let (met, why) = p99_verdict(
+            r.stat_at(*p, f, true, |x| x.end_to_end.p99_us),
+            r.stat_at(*p, q, true, |x| x.end_to_end.p99_us),
+        );
+        let rate = r
+            .rate_of(*p)
+            .map_or(String::new(), |v| format!(" at {} msg/s", thousands(v)));
+        target_line(
+            &mut o,
+            &format!("p99 FerryMQ ≤ Mosquitto at equal load{rate}, {}", p.label()),
+            met,
+            &why,
+        );
+    }
+
     let _ = writeln!(o, "\n### Idle connections\n");
     let _ = writeln!(o, "N MQTT connections opened (CONNECT with clean session and keep-alive 0, 64 at a time) and held idle; the broker's resident memory (process tree) before, and 2 s after the last CONNACK. The delta over N is what one idle connection costs, buffers included (socket buffers in the kernel are not in RSS).\n");
     let _ = writeln!(
@@ -503,7 +634,10 @@ pub fn chart(r: &Report) -> String {
         })
         .collect();
     svg::bar_chart(
-        "MQTT 3.1.1, 1 publisher → N subscribers (rumqttc)",
+        &format!(
+            "MQTT 3.1.1, 1 publisher → N subscribers ({} client)",
+            r.client.name()
+        ),
         "delivered copies/s",
         &["FerryMQ", "Mosquitto"],
         &groups,
@@ -537,6 +671,7 @@ mod tests {
         Report {
             generated: "now".into(),
             command: "ferrymq-bench compare --quick --protocols mqtt".into(),
+            client: MqttClient::Native,
             machine: vec![("nproc".into(), "2".into())],
             versions: vec![],
             repeats: 1,
@@ -547,6 +682,7 @@ mod tests {
             idle: vec![],
             ferrymq_skipped: skipped.map(Into::into),
             elapsed_s: 1.0,
+            total_s: Some(2.0),
         }
     }
 

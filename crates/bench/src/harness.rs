@@ -57,6 +57,34 @@ pub fn copies_of(s: &Scenario, fanout: bool, p: usize) -> u64 {
     }
 }
 
+/// Waits until message `seq` is due on `schedule`; then how many messages (at most `max`, and
+/// within `quota`) are due now. `None` once the producer must stop: the run is stopping, the
+/// window ended (duration runs) or the quota is published.
+pub(crate) async fn next_due(
+    ctx: &Ctx,
+    schedule: &Schedule,
+    seq: u64,
+    quota: Option<u64>,
+    max: usize,
+) -> Option<usize> {
+    let w = ctx.window();
+    loop {
+        let now = ctx.now_ns();
+        if ctx.stopping() || (quota.is_none() && now >= w.end_ns) || quota.is_some_and(|q| seq >= q)
+        {
+            return None;
+        }
+        let due = schedule.due(now);
+        if due <= seq {
+            let next = schedule.intended_ns(seq).unwrap_or(now);
+            tokio::time::sleep_until(ctx.at(next).into()).await;
+            continue;
+        }
+        let n = (due - seq).min(max as u64);
+        return Some(quota.map_or(n, |q| n.min(q - seq)) as usize);
+    }
+}
+
 /// What a producer hands back.
 pub(crate) struct ProducerOut {
     pub(crate) ledger: Ledger,
@@ -84,6 +112,29 @@ impl ConsumerOut {
             e2e: Latency::new(),
             received: WindowCount::default(),
             slow: Vec::new(),
+        }
+    }
+
+    /// Records one delivery at `now_ns`: whose (its header, or a foreign message), its
+    /// end-to-end latency if it was sent inside the window, and its count if it arrived in it.
+    pub(crate) fn delivered(
+        &mut self,
+        s: &Scenario,
+        w: &Window,
+        header: Option<crate::payload::Header>,
+        now_ns: u64,
+    ) {
+        match header {
+            Some(h) => {
+                self.rx.record(h.producer, h.seq);
+                if w.contains(h.send_ns) {
+                    self.latency(s, h.send_ns, now_ns);
+                }
+            }
+            None => self.rx.foreign += 1,
+        }
+        if w.contains(now_ns) || (w.end_ns == u64::MAX && now_ns >= w.start_ns) {
+            self.received.add(1, now_ns);
         }
     }
 

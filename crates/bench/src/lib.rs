@@ -12,7 +12,9 @@
 //! - [`harness`]: the protocol-neutral run: one window, drain, tally ([`harness::Driver`]).
 //! - [`amqp`]: the AMQP 0-9-1 run and its `lapin` driver (`--client lapin`).
 //! - [`native`]: the default AMQP 0-9-1 driver, on `ferrymq-amqp-codec` (`--client native`).
-//! - [`mqtt`]: the MQTT 3.1.1 driver on `rumqttc` (topics, fan-out, QoS 0/1), idle connections.
+//! - [`mqtt`]: the MQTT 3.1.1 run (topics, fan-out, QoS 0/1), its `rumqttc` driver
+//!   (`--mqtt-client rumqttc`), idle connections.
+//! - [`mqtt_native`]: the default MQTT 3.1.1 driver, on `ferrymq-mqtt-codec` (`--mqtt-client native`).
 //! - [`http`]: the FerryMQ HTTP API driver on `ureq`: raw or batched publishes, long-poll pull + ack.
 //! - `kafka` (feature `kafka`): the Kafka driver on `rdkafka` (librdkafka): topics × partitions, acks, batching.
 //! - [`limits`]: the machine's limits beside the Kafka figures: loopback TCP and raw group commit.
@@ -37,6 +39,7 @@ pub mod latency;
 pub mod limits;
 pub mod monitor;
 pub mod mqtt;
+pub mod mqtt_native;
 pub mod native;
 pub mod payload;
 pub mod procstat;

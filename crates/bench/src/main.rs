@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ferrymq_bench::compare::{self, CompareOptions, Matrix};
-use ferrymq_bench::run::{Client, Ctx, Protocol, Scenario};
+use ferrymq_bench::run::{Client, Ctx, MqttClient, Protocol, Scenario};
 use ferrymq_bench::{report, run_scenario};
 
 #[derive(Parser)]
@@ -64,6 +64,15 @@ fn parse_client(s: &str) -> Result<Client, String> {
     }
 }
 
+/// `--mqtt-client native|rumqttc`.
+fn parse_mqtt_client(s: &str) -> Result<MqttClient, String> {
+    match s {
+        "native" => Ok(MqttClient::Native),
+        "rumqttc" => Ok(MqttClient::Rumqttc),
+        _ => Err(format!("unknown MQTT client {s:?}: native or rumqttc")),
+    }
+}
+
 fn parse_acks(s: &str) -> Result<i16, String> {
     match s {
         "0" => Ok(0),
@@ -78,8 +87,11 @@ struct RunArgs {
     /// AMQP client: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
     #[arg(long, default_value = "native", value_parser = parse_client)]
     client: Client,
+    /// MQTT client: `native` (the bench's own, on ferrymq-mqtt-codec) or `rumqttc`.
+    #[arg(long, default_value = "native", value_parser = parse_mqtt_client)]
+    mqtt_client: MqttClient,
     /// Broker URL; its scheme picks the driver: amqp://user:pass@host:port/vhost (AMQP 0-9-1),
-    /// mqtt://[user:pass@]host:port (MQTT 3.1.1, rumqttc), http://user:pass@host:port[/vhost]
+    /// mqtt://[user:pass@]host:port (MQTT 3.1.1, --mqtt-client), http://user:pass@host:port[/vhost]
     /// (FerryMQ's HTTP API), kafka://[user:pass@]host:port (Kafka, librdkafka; a build with
     /// `--features kafka`).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -181,7 +193,10 @@ struct CompareArgs {
     /// AMQP client for both brokers: `native` (the bench's own, on ferrymq-amqp-codec) or `lapin`.
     #[arg(long, default_value = "native", value_parser = parse_client)]
     client: Client,
-    /// The small matrix (1 repeat, 3 s points): under 2 minutes.
+    /// MQTT client for both brokers: `native` (the bench's own, on ferrymq-mqtt-codec) or `rumqttc`.
+    #[arg(long, default_value = "native", value_parser = parse_mqtt_client)]
+    mqtt_client: MqttClient,
+    /// The small matrices (1 repeat, 1 s points, 1 → 10 fan-out, 1,000 idle connections): under 2 minutes.
     #[arg(long)]
     quick: bool,
     /// The FerryMQ binary; default: `ferrymq` beside this binary, built with `cargo build --release -p ferrymq` if missing.
@@ -193,7 +208,8 @@ struct CompareArgs {
     /// Repeats of each point (default 3; 1 with --quick).
     #[arg(long)]
     repeats: Option<usize>,
-    /// Measured seconds per point (default 8 s AMQP, 3 s MQTT; --quick: 2 s AMQP, 1 s MQTT).
+    /// Measured seconds per point (default 4 s AMQP, 2 s MQTT, 3 s Kafka, after 1 s, 0.5 s and
+    /// 0.5 s of warm-up; --quick: 1 s each): the default run takes under 15 minutes.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Also build a backlog of N persistent 1 KiB messages in FerryMQ and report its RSS (issue #4 asks 10,000,000).
@@ -221,6 +237,7 @@ struct CompareArgs {
 fn scenario(a: &RunArgs) -> Scenario {
     let mut s = Scenario::new(&a.url);
     s.client = a.client;
+    s.mqtt_client = a.mqtt_client;
     s.qos = a.qos;
     s.http_batch = a.http_batch;
     s.partitions = a.partitions;
@@ -303,6 +320,7 @@ fn main() -> Result<()> {
             let opts = CompareOptions {
                 quick: a.quick,
                 client: a.client,
+                mqtt_client: a.mqtt_client,
                 ferrymq_bin: a.ferrymq_bin,
                 out: a.out,
                 repeats: a.repeats,
@@ -341,6 +359,24 @@ mod tests {
         let cli = Cli::try_parse_from(["ferrymq-bench", "run"]).unwrap();
         match cli.command {
             Command::Run(a) => assert_eq!(a.client, Client::Native),
+            Command::Compare(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn mqtt_clients() {
+        assert_eq!(parse_mqtt_client("native"), Ok(MqttClient::Native));
+        assert_eq!(parse_mqtt_client("rumqttc"), Ok(MqttClient::Rumqttc));
+        assert!(parse_mqtt_client("paho").is_err());
+        let cli = Cli::try_parse_from(["ferrymq-bench", "compare"]).unwrap();
+        match cli.command {
+            Command::Compare(a) => assert_eq!(a.mqtt_client, MqttClient::Native),
+            Command::Run(_) => unreachable!(),
+        }
+        let cli =
+            Cli::try_parse_from(["ferrymq-bench", "run", "--mqtt-client", "rumqttc"]).unwrap();
+        match cli.command {
+            Command::Run(a) => assert_eq!(scenario(&a).mqtt_client, MqttClient::Rumqttc),
             Command::Compare(_) => unreachable!(),
         }
     }

@@ -1,4 +1,6 @@
-//! The MQTT 3.1.1 driver, on `rumqttc`: one connection per producer and per subscriber.
+//! The MQTT 3.1.1 run: one connection per producer and per subscriber, driven by the
+//! scenario's client: [`crate::mqtt_native`] (the default, on the project's codec) or
+//! `rumqttc` (`--mqtt-client rumqttc`, this module's driver).
 //!
 //! Producer `i` publishes to topic `<prefix>/<i % topics>`, consumer `j` subscribes to
 //! `<prefix>/<j % topics>`, so `--topics` = producers = consumers is 1 → 1 with a topic each,
@@ -32,7 +34,7 @@ use crate::harness::{drive, ConsumerOut, Driver, ProducerOut};
 use crate::latency::Latency;
 use crate::payload::{self, Header, Payload};
 use crate::rate::Schedule;
-use crate::run::{Ctx, Protocol, RunResult, Scenario, Window, WindowCount};
+use crate::run::{Ctx, MqttClient, Protocol, RunResult, Scenario, Window, WindowCount};
 
 /// Time allowed to connect and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +120,7 @@ pub fn topic(s: &Scenario, i: usize) -> String {
     format!("{}/{}", s.queue_prefix, i % s.queues)
 }
 
-fn client_id(s: &Scenario, role: &str, i: usize) -> String {
+pub(crate) fn client_id(s: &Scenario, role: &str, i: usize) -> String {
     format!("{}-{role}{i}", s.queue_prefix)
 }
 
@@ -387,20 +389,9 @@ async fn consumer(
             }
         };
         let now = ctx.now_ns();
-        let w = *w.get_or_insert_with(|| ctx.window());
+        let w = w.get_or_insert_with(|| ctx.window());
         ctx.received.fetch_add(1, Ordering::Relaxed);
-        match payload::decode(&p.payload) {
-            Some(h) => {
-                out.rx.record(h.producer, h.seq);
-                if w.contains(h.send_ns) {
-                    out.latency(&s, h.send_ns, now);
-                }
-            }
-            None => out.rx.foreign += 1,
-        }
-        if w.contains(now) || (w.end_ns == u64::MAX && now >= w.start_ns) {
-            out.received.add(1, now);
-        }
+        out.delivered(&s, w, payload::decode(&p.payload), now);
     }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -436,7 +427,10 @@ async fn discard_sessions(s: &Scenario) {
     }
 }
 
-struct MqttDriver;
+/// The MQTT producers and subscribers of the scenario's client.
+struct MqttDriver {
+    client: MqttClient,
+}
 
 impl Driver for MqttDriver {
     fn protocol(&self) -> Protocol {
@@ -451,7 +445,12 @@ impl Driver for MqttDriver {
         schedule: Schedule,
         quota: Option<u64>,
     ) -> JoinHandle<Result<ProducerOut>> {
-        tokio::spawn(producer(ctx, s, id, schedule, quota))
+        match self.client {
+            MqttClient::Native => {
+                tokio::spawn(crate::mqtt_native::producer(ctx, s, id, schedule, quota))
+            }
+            MqttClient::Rumqttc => tokio::spawn(producer(ctx, s, id, schedule, quota)),
+        }
     }
 
     fn consumer(
@@ -462,7 +461,12 @@ impl Driver for MqttDriver {
         ready: oneshot::Sender<()>,
         stop: watch::Receiver<bool>,
     ) -> JoinHandle<Result<ConsumerOut>> {
-        tokio::spawn(consumer(ctx, s, id, ready, stop))
+        match self.client {
+            MqttClient::Native => {
+                tokio::spawn(crate::mqtt_native::consumer(ctx, s, id, ready, stop))
+            }
+            MqttClient::Rumqttc => tokio::spawn(consumer(ctx, s, id, ready, stop)),
+        }
     }
 
     fn fanout(&self) -> bool {
@@ -479,10 +483,16 @@ pub async fn run(scenario: Scenario, ctx: Arc<Ctx>) -> Result<RunResult> {
     MqttUrl::parse(&scenario.url)?;
     let s = Arc::new(scenario);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let result = drive(&MqttDriver, &s, &ctx, &stop_tx, stop_rx).await;
+    let driver = MqttDriver {
+        client: s.mqtt_client,
+    };
+    let result = drive(&driver, &s, &ctx, &stop_tx, stop_rx).await;
     let _ = stop_tx.send(true);
     if s.persistent && !s.keep_queues {
-        discard_sessions(&s).await;
+        match s.mqtt_client {
+            MqttClient::Native => crate::mqtt_native::discard_sessions(&s).await,
+            MqttClient::Rumqttc => discard_sessions(&s).await,
+        }
     }
     result
 }

@@ -38,7 +38,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::accounting::Ledger;
 use crate::amqp::queue_name;
-use crate::harness::{ConsumerOut, ProducerOut};
+use crate::harness::{next_due, ConsumerOut, ProducerOut};
 use crate::latency::Latency;
 use crate::payload::{self, Header, Payload, HEADER_BYTES};
 use crate::rate::Schedule;
@@ -749,39 +749,12 @@ pub(crate) async fn producer(
         tokio::time::sleep_until(ctx.at(w_.producers_start_ns).into()).await;
     }
     let mut error: Option<anyhow::Error> = None;
-    loop {
-        let now = ctx.now_ns();
-        if ctx.stopping()
-            || (quota.is_none() && now >= w_.end_ns)
-            || quota.is_some_and(|q| seq >= q)
-        {
-            break;
-        }
-        let due = schedule.due(now);
-        if due <= seq {
-            let next = schedule.intended_ns(seq).unwrap_or(now);
-            tokio::time::sleep_until(ctx.at(next).into()).await;
-            continue;
-        }
-        let mut n = (due - seq).min(BATCH as u64) as usize;
-        if let Some(q) = quota {
-            n = n.min((q - seq) as usize);
-        }
+    while let Some(due) = next_due(&ctx, &schedule, seq, quota, BATCH).await {
+        let mut n = due;
         if s.confirms {
-            // Block for the first free slot of the window, then take what else is free now.
-            match window.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => break, // the reader ended: its error is reported below
-            }
-            let more = window.available_permits().min(n - 1);
-            n = 1;
-            if more > 0
-                && window
-                    .try_acquire_many(more as u32)
-                    .map(|p| p.forget())
-                    .is_ok()
-            {
-                n += more;
+            match take_window(&window, n).await {
+                Some(k) => n = k,
+                None => break, // the reader ended: its error is reported below
             }
         }
         {
@@ -848,6 +821,23 @@ pub(crate) async fn producer(
         confirm,
         published,
     })
+}
+
+/// Takes slots of a confirm window for a batch of up to `n` (at least 1) messages: waits for
+/// the first free slot, then takes what else is free now. `None` once the window is closed
+/// (its reader ended).
+pub(crate) async fn take_window(window: &Semaphore, n: usize) -> Option<usize> {
+    window.acquire().await.ok()?.forget();
+    let more = window.available_permits().min(n.saturating_sub(1));
+    if more > 0
+        && window
+            .try_acquire_many(more as u32)
+            .map(|p| p.forget())
+            .is_ok()
+    {
+        return Some(1 + more);
+    }
+    Some(1)
 }
 
 type Confirmed = (crate::accounting::BitSet, u64, Latency);
@@ -977,19 +967,8 @@ pub(crate) async fn consumer(
                 None => {}
                 Some(Event::Delivery { tag, header }) => {
                     n += 1;
-                    let wnd = *win.get_or_insert_with(|| ctx.window());
-                    match header {
-                        Some(h) => {
-                            out.rx.record(h.producer, h.seq);
-                            if wnd.contains(h.send_ns) {
-                                out.latency(&s, h.send_ns, now);
-                            }
-                        }
-                        None => out.rx.foreign += 1,
-                    }
-                    if wnd.contains(now) || (wnd.end_ns == u64::MAX && now >= wnd.start_ns) {
-                        out.received.add(1, now);
-                    }
+                    let wnd = win.get_or_insert_with(|| ctx.window());
+                    out.delivered(&s, wnd, header, now);
                     if let Some(t) = acks.delivered(tag) {
                         w_ack(&mut w, t);
                     }

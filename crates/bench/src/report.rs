@@ -153,7 +153,7 @@ pub fn human(r: &RunResult) -> String {
             o,
             "  load generator ({} client): {c:.0}% of one core in the window",
             match r.protocol {
-                crate::run::Protocol::Mqtt => "rumqttc",
+                crate::run::Protocol::Mqtt => s.mqtt_client.name(),
                 crate::run::Protocol::Http => "ureq",
                 crate::run::Protocol::Kafka => "librdkafka",
                 crate::run::Protocol::Amqp => s.client.name(),

@@ -68,6 +68,31 @@ impl Client {
     }
 }
 
+/// Which MQTT 3.1.1 client drives the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttClient {
+    /// The bench's own driver on `ferrymq-mqtt-codec` (module `mqtt_native`): batched, cheap.
+    #[default]
+    Native,
+    /// The `rumqttc` crate.
+    Rumqttc,
+}
+
+impl MqttClient {
+    /// Reports written before the client was selectable all used `rumqttc`.
+    pub fn legacy() -> MqttClient {
+        MqttClient::Rumqttc
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MqttClient::Native => "native",
+            MqttClient::Rumqttc => "rumqttc",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
@@ -75,6 +100,9 @@ pub struct Scenario {
     /// The AMQP client (absent in reports from before it existed: `lapin`).
     #[serde(default = "Client::legacy")]
     pub client: Client,
+    /// The MQTT client (absent in reports from before it existed: `rumqttc`).
+    #[serde(default = "MqttClient::legacy")]
+    pub mqtt_client: MqttClient,
     pub producers: usize,
     pub consumers: usize,
     /// Payload bytes per message, header included (at least 16).
@@ -150,6 +178,7 @@ impl Scenario {
         Scenario {
             url: url.to_string(),
             client: Client::default(),
+            mqtt_client: MqttClient::default(),
             producers: 1,
             consumers: 1,
             size: 16,
@@ -255,7 +284,8 @@ impl Scenario {
         match proto {
             Protocol::Mqtt => {
                 return format!(
-                    "rumqttc, {} → {} over {} topic(s), {} B, QoS {}, {} session, {}, {}",
+                    "{} MQTT client, {} → {} over {} topic(s), {} B, QoS {}, {} session, {}, {}",
+                    self.mqtt_client.name(),
                     self.producers,
                     self.consumers,
                     self.queues,

@@ -1,5 +1,6 @@
 //! Issue #8: a short smoke run of the load generator against the real `ferrymq` server
-//! binary, with each AMQP client (`native`, the default, and `lapin`), over the HTTP API and,
+//! binary, with each AMQP client (`native`, the default, and `lapin`), over MQTT with each
+//! MQTT client (`native`, the default, and `rumqttc`), over the HTTP API and,
 //! in a build with `--features kafka`, over Kafka (librdkafka): messages flow and the
 //! accounting adds up. Never asserts a speed.
 //!
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrymq_bench::brokers::Broker;
-use ferrymq_bench::run::{Client, Ctx, Scenario};
+use ferrymq_bench::run::{Client, Ctx, MqttClient, Scenario};
 use ferrymq_bench::run_scenario;
 
 /// `target/<profile>/ferrymq`, beside this test's `deps/` directory.
@@ -154,6 +155,72 @@ async fn fixed_rate_over_several_queues_accounts_for_every_message() {
         "{t:?}"
     );
     assert!(r.end_to_end.count > 0 && r.end_to_end.count <= t.received);
+}
+
+/// FerryMQ with its MQTT listener on a free port; its `mqtt://` URL.
+fn start_mqtt() -> (Broker, tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = Broker::ferrymq(
+        &ferrymq_bin(),
+        tmp.path(),
+        &["mqtt.enabled=true", "mqtt.port=0"],
+    )
+    .expect("ferrymq starts");
+    let url = b.mqtt_url.clone().expect("FerryMQ logs its MQTT listener");
+    (b, tmp, url)
+}
+
+/// Each MQTT client for a few seconds at the maximum rate, QoS 0 and 1, 1 → 1 and 1 → 3:
+/// messages flow, every QoS 1 publish is acked and every confirmed copy arrives once and in
+/// order, and every QoS 0 copy is received or counted missing. Never asserts a speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_clients_account_for_every_copy() {
+    let (broker, _tmp, url) = start_mqtt();
+    for client in [MqttClient::Native, MqttClient::Rumqttc] {
+        for (qos, consumers) in [(1u8, 1usize), (0, 1), (1, 3)] {
+            let what = format!("{client:?} QoS {qos} 1 → {consumers}");
+            let mut s = Scenario::new(&url);
+            s.mqtt_client = client;
+            s.qos = qos;
+            s.consumers = consumers;
+            s.size = 100;
+            s.duration = Duration::from_millis(if client == MqttClient::Native {
+                2_000
+            } else {
+                700
+            });
+            s.warmup = Duration::from_millis(300);
+            s.broker_pid = Some(broker.pid);
+            let r = run_scenario(s, Arc::new(Ctx::new()))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let t = &r.tally;
+            assert!(t.sent > 0 && t.received > 0, "{what}: {t:?}");
+            assert_eq!(
+                t.copies_expected,
+                t.sent * consumers as u64,
+                "{what}: {t:?}"
+            );
+            assert_eq!(
+                (t.lost, t.duplicated, t.out_of_order, t.failed, t.foreign),
+                (0, 0, 0, 0, 0),
+                "{what}: {t:?}"
+            );
+            assert_eq!(
+                t.received + t.unconfirmed_not_received,
+                t.copies_expected,
+                "{what}: {t:?}"
+            );
+            if qos == 1 {
+                assert_eq!(t.confirmed, t.sent, "{what}: {t:?}");
+                assert_eq!(t.received, t.copies_expected, "{what}: {t:?}");
+            } else {
+                assert_eq!(t.confirmed, 0, "{what}: {t:?}");
+            }
+            assert!(r.end_to_end.count > 0, "{what}");
+            assert!(r.client_cpu_percent.is_some(), "{what}");
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Issue #8: a short smoke run of the MQTT driver against Mosquitto (Debian's package, started
-//! by the test on a free loopback port): messages flow, 1 → 1 and fan-out, QoS 0 and 1, and
-//! the accounting adds up. Never asserts a speed. Skipped, with a message, when `mosquitto`
+//! Issue #8: a short smoke run of the MQTT drivers (the native one, the default, and
+//! `rumqttc`) against Mosquitto (Debian's package, started by the test on a free loopback
+//! port): messages flow, 1 → 1 and fan-out, QoS 0 and 1, and the accounting adds up. Never
+//! asserts a speed. Skipped, with a message, when `mosquitto`
 //! is not installed (`apt-get install mosquitto`).
 
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrymq_bench::brokers::Broker;
-use ferrymq_bench::run::{Ctx, Protocol, Scenario};
+use ferrymq_bench::run::{Ctx, MqttClient, Protocol, Scenario};
 use ferrymq_bench::run_scenario;
 
 fn installed() -> bool {
@@ -38,8 +39,13 @@ async fn qos1_one_to_one_and_fan_out_deliver_every_copy_once_in_order() {
         return;
     }
     let (broker, _tmp) = start().await;
-    for (consumers, rate) in [(1, None), (3, Some(2_000.0))] {
+    let cases = [(1, None), (3, Some(2_000.0))];
+    for (client, (consumers, rate)) in [MqttClient::Native, MqttClient::Rumqttc]
+        .into_iter()
+        .flat_map(|c| cases.map(|x| (c, x)))
+    {
         let mut s = Scenario::new(&broker.url);
+        s.mqtt_client = client;
         s.qos = 1;
         s.consumers = consumers;
         s.rate = rate;
@@ -49,7 +55,7 @@ async fn qos1_one_to_one_and_fan_out_deliver_every_copy_once_in_order() {
         s.broker_pid = Some(broker.pid);
         let r = run_scenario(s, Arc::new(Ctx::new()))
             .await
-            .unwrap_or_else(|e| panic!("1 → {consumers}: {e:#}"));
+            .unwrap_or_else(|e| panic!("{client:?} 1 → {consumers}: {e:#}"));
         let t = &r.tally;
         assert_eq!(r.protocol, Protocol::Mqtt);
         assert_eq!((t.sent, t.confirmed), (1_000, 1_000), "{t:?}");
@@ -58,7 +64,7 @@ async fn qos1_one_to_one_and_fan_out_deliver_every_copy_once_in_order() {
         assert_eq!(
             (t.lost, t.duplicated, t.out_of_order, t.failed, t.foreign),
             (0, 0, 0, 0, 0),
-            "1 → {consumers}: {t:?}"
+            "{client:?} 1 → {consumers}: {t:?}"
         );
         assert_eq!(r.confirm.count, 1_000);
         assert_eq!(r.end_to_end.count, t.received);
@@ -77,24 +83,74 @@ async fn qos0_over_two_topics_accounts_for_every_copy() {
         return;
     }
     let (broker, _tmp) = start().await;
-    let mut s = Scenario::new(&broker.url);
-    s.producers = 2;
-    s.consumers = 4;
-    s.queues = 2;
-    s.duration = Duration::from_millis(700);
-    s.warmup = Duration::from_millis(200);
-    let r = run_scenario(s, Arc::new(Ctx::new())).await.expect("run");
-    let t = &r.tally;
-    assert!(t.sent > 0 && t.received > 0, "{t:?}");
-    assert_eq!(t.confirmed, 0);
-    assert_eq!(t.copies_expected, 2 * t.sent, "{t:?}");
-    assert_eq!(
-        t.received + t.unconfirmed_not_received,
-        t.copies_expected,
-        "{t:?}"
-    );
-    assert_eq!((t.lost, t.duplicated, t.foreign), (0, 0, 0), "{t:?}");
-    assert!(r.client_cpu_percent.is_some());
+    for client in [MqttClient::Native, MqttClient::Rumqttc] {
+        let mut s = Scenario::new(&broker.url);
+        s.mqtt_client = client;
+        s.producers = 2;
+        s.consumers = 4;
+        s.queues = 2;
+        s.duration = Duration::from_millis(700);
+        s.warmup = Duration::from_millis(200);
+        let r = run_scenario(s, Arc::new(Ctx::new())).await.expect("run");
+        let t = &r.tally;
+        assert!(t.sent > 0 && t.received > 0, "{client:?}: {t:?}");
+        assert_eq!(t.confirmed, 0);
+        assert_eq!(t.copies_expected, 2 * t.sent, "{client:?}: {t:?}");
+        assert_eq!(
+            t.received + t.unconfirmed_not_received,
+            t.copies_expected,
+            "{client:?}: {t:?}"
+        );
+        assert_eq!(
+            (t.lost, t.duplicated, t.foreign),
+            (0, 0, 0),
+            "{client:?}: {t:?}"
+        );
+        assert!(r.client_cpu_percent.is_some());
+    }
+}
+
+/// The native client for a few seconds at the maximum rate, QoS 1 and 0, 1 → 1: messages
+/// flow, every publish is acked, nothing confirmed is lost, nothing arrives twice or out of
+/// order, and every QoS 0 copy is received or counted missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_client_runs_a_few_seconds_at_maximum_rate() {
+    if !installed() {
+        return;
+    }
+    let (broker, _tmp) = start().await;
+    for qos in [1, 0] {
+        let mut s = Scenario::new(&broker.url);
+        s.mqtt_client = MqttClient::Native;
+        s.qos = qos;
+        s.size = 100;
+        s.duration = Duration::from_secs(2);
+        s.warmup = Duration::from_millis(500);
+        s.broker_pid = Some(broker.pid);
+        let r = run_scenario(s, Arc::new(Ctx::new()))
+            .await
+            .unwrap_or_else(|e| panic!("QoS {qos}: {e:#}"));
+        let t = &r.tally;
+        assert!(t.sent > 0 && t.received > 0, "QoS {qos}: {t:?}");
+        assert!(r.publish.msgs_per_s > 0.0 && r.consume.msgs_per_s > 0.0);
+        assert_eq!(
+            (t.lost, t.duplicated, t.out_of_order, t.failed, t.foreign),
+            (0, 0, 0, 0, 0),
+            "QoS {qos}: {t:?}"
+        );
+        if qos == 1 {
+            assert_eq!(t.confirmed, t.sent, "QoS 1: {t:?}");
+            assert!(r.confirm.count > 0);
+        } else {
+            assert_eq!(t.confirmed, 0);
+        }
+        assert_eq!(
+            t.received + t.unconfirmed_not_received,
+            t.copies_expected,
+            "QoS {qos}: {t:?}"
+        );
+        assert!(r.end_to_end.count > 0 && r.end_to_end.count <= t.received);
+    }
 }
 
 /// The binary picks MQTT from the URL, prints JSON, and measures idle connections.
