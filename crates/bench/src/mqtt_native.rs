@@ -14,6 +14,10 @@
 //!   reader task settles PUBACKs in a [`PubackBook`], which gives each message's confirm
 //!   latency and returns its slot of the in-flight window (`--confirm-window`, at most
 //!   65,535, so a packet id is never reused while in flight).
+//! - At QoS 0 nothing acknowledges a publish, so a broker slower than the publisher would
+//!   otherwise let megabytes of publishes pile up in the socket buffers (measuring buffer
+//!   delay, and taking minutes to drain after the window at a 1 → 100 fan-out): each write
+//!   ends with a PINGREQ, and at most [`PING_WINDOW`] may be unanswered.
 //! - Subscribers decode every packet a read returned (partial packets stay buffered until the
 //!   rest arrives) and write the PUBACKs of one read together.
 //!
@@ -50,6 +54,10 @@ const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for the broker to close a subscriber's connection after its DISCONNECT.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// QoS 0 flow control: at most this many PINGREQs (one after each write) unanswered. The
+/// broker answers them in order, so a PINGRESP means it has read every publish before it, and
+/// at most this many writes of QoS 0 publishes sit in the socket buffers.
+pub const PING_WINDOW: usize = 16;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 * 1024;
 /// The largest packet accepted from the broker (payloads are at most `--size` plus a topic).
@@ -196,6 +204,9 @@ impl PublishTemplate {
         out[p..p + n].copy_from_slice(&payload[..n]);
     }
 }
+
+/// A PINGREQ: fixed header only.
+const PINGREQ: [u8; 2] = [0xC0, 0x00];
 
 /// The packet id of the `seq`th QoS 1 publish of a connection: 1..=65535, cyclically.
 pub fn packet_id(seq: u64) -> u16 {
@@ -346,6 +357,7 @@ pub(crate) async fn producer(
     let track = qos != QoS::AtMostOnce;
     let window_n = s.confirm_window.clamp(1, usize::from(u16::MAX));
     let window = Arc::new(Semaphore::new(window_n));
+    let pings = Arc::new(Semaphore::new(PING_WINDOW));
     let book = Arc::new(Mutex::new(PubackBook::default()));
     let closing = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -353,7 +365,7 @@ pub(crate) async fn producer(
         ctx.clone(),
         r,
         book.clone(),
-        window.clone(),
+        [window.clone(), pings.clone()],
         closing.clone(),
         acked.clone(),
     ));
@@ -372,6 +384,11 @@ pub(crate) async fn producer(
             match crate::native::take_window(&window, n).await {
                 Some(k) => n = k,
                 None => break, // the reader ended: its error is reported below
+            }
+        } else {
+            match pings.acquire().await {
+                Ok(p) => p.forget(),
+                Err(_) => break, // the reader ended: its error is reported below
             }
         }
         {
@@ -399,6 +416,9 @@ pub(crate) async fn producer(
         }
         if error.is_some() {
             break;
+        }
+        if !track {
+            w.buf.extend_from_slice(&PINGREQ);
         }
         if let Err(e) = w.flush().await {
             error = Some(e);
@@ -476,12 +496,14 @@ async fn puback_reader(
     ctx: Arc<Ctx>,
     mut r: PacketReader<OwnedReadHalf>,
     book: Arc<Mutex<PubackBook>>,
-    window: Arc<Semaphore>,
+    windows: [Arc<Semaphore>; 2],
     closing: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
 ) -> Result<Acks> {
-    let out = puback_loop(&ctx, &mut r, &book, &window, &closing, &acked).await;
+    let [window, pings] = windows;
+    let out = puback_loop(&ctx, &mut r, &book, [&window, &pings], &closing, &acked).await;
     window.close();
+    pings.close();
     out
 }
 
@@ -489,7 +511,7 @@ async fn puback_loop(
     ctx: &Ctx,
     r: &mut PacketReader<OwnedReadHalf>,
     book: &Mutex<PubackBook>,
-    window: &Semaphore,
+    [window, pings]: [&Semaphore; 2],
     closing: &AtomicBool,
     acked: &AtomicU64,
 ) -> Result<Acks> {
@@ -506,7 +528,10 @@ async fn puback_loop(
         while let Some(p) = r.try_next()? {
             let id = match p {
                 Packet::Puback(a) => a.packet_id,
-                Packet::Pingresp => continue,
+                Packet::Pingresp => {
+                    pings.add_permits(1);
+                    continue;
+                }
                 p => bail!("unexpected {:?} from the broker", p.packet_type()),
             };
             let now = ctx.now_ns();
@@ -677,6 +702,11 @@ mod tests {
                 assert_eq!(&out[1..], encode(&publish("bench/7", qos, id, &body)));
             }
         }
+    }
+
+    #[test]
+    fn the_qos_0_flow_control_ping_is_the_codecs_pingreq() {
+        assert_eq!(PINGREQ.to_vec(), encode(&Packet::Pingreq));
     }
 
     #[test]

@@ -111,8 +111,10 @@ async fn qos0_over_two_topics_accounts_for_every_copy() {
 }
 
 /// The native client for a few seconds at the maximum rate, QoS 1 and 0, 1 → 1: messages
-/// flow, every publish is acked, nothing confirmed is lost, nothing arrives twice or out of
-/// order, and every QoS 0 copy is received or counted missing.
+/// flow, every QoS 1 publish is acked, nothing arrives twice or out of order, and every copy
+/// due is received, lost or counted missing. At the maximum rate Mosquitto may drop even
+/// acknowledged QoS 1 messages for a subscriber more than `max_queued_messages` (1,000)
+/// behind, so *lost* is counted here, not required to be 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_client_runs_a_few_seconds_at_maximum_rate() {
     if !installed() {
@@ -134,8 +136,8 @@ async fn the_native_client_runs_a_few_seconds_at_maximum_rate() {
         assert!(t.sent > 0 && t.received > 0, "QoS {qos}: {t:?}");
         assert!(r.publish.msgs_per_s > 0.0 && r.consume.msgs_per_s > 0.0);
         assert_eq!(
-            (t.lost, t.duplicated, t.out_of_order, t.failed, t.foreign),
-            (0, 0, 0, 0, 0),
+            (t.duplicated, t.out_of_order, t.failed, t.foreign),
+            (0, 0, 0, 0),
             "QoS {qos}: {t:?}"
         );
         if qos == 1 {
@@ -145,7 +147,7 @@ async fn the_native_client_runs_a_few_seconds_at_maximum_rate() {
             assert_eq!(t.confirmed, 0);
         }
         assert_eq!(
-            t.received + t.unconfirmed_not_received,
+            t.received + t.lost + t.unconfirmed_not_received,
             t.copies_expected,
             "QoS {qos}: {t:?}"
         );
