@@ -235,8 +235,7 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
                     ferrymq_http::serve_secured(listener, broker, extra, signal).await?;
                 }
                 None => {
-                    ferrymq_http::serve_with_routes(listener, broker, extra, limits, signal)
-                        .await?
+                    ferrymq_http::serve_with_routes(listener, broker, extra, limits, signal).await?
                 }
             }
             drop(draining);
