@@ -22,6 +22,10 @@ mod definitions;
 mod error;
 pub mod fault;
 mod format;
+/// The recovery check of the `storage_recovery` fuzz target (feature `fuzzing`, and tests).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 mod metrics;
