@@ -129,6 +129,16 @@ pub struct VhostCreate {
     pub max_connections: Option<u64>,
 }
 
+impl VhostCreate {
+    /// The core's limits.
+    pub fn limits(&self) -> VhostLimits {
+        VhostLimits {
+            max_queues: self.max_queues,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// List the vhosts the user can see.
 #[utoipa::path(get, path = "/api/vhosts", tag = "vhosts",
     responses((status = 200, body = Vec<VhostJson>), ApiErrors), security(("basic" = []), ("bearer" = [])))]
@@ -181,10 +191,7 @@ pub async fn put_vhost(
             read: ".*".into(),
         })?;
     }
-    vh.set_limits(VhostLimits {
-        max_queues: body.max_queues,
-        max_connections: body.max_connections,
-    })?;
+    vh.set_limits(body.limits())?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -231,6 +238,37 @@ pub struct UserPut {
     /// e.g. administrator, monitoring.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+impl UserPut {
+    /// The core's user `name`.
+    ///
+    /// # Errors
+    /// 422 unless exactly one of a non-empty password or hash is given and the name is 1 to
+    /// 255 bytes without control characters.
+    pub fn into_user(self, name: &str) -> ApiResult<User> {
+        let (password, password_hash) = match (self.password, self.password_hash) {
+            (Some(p), None) if !p.is_empty() => (Some(p), String::new()),
+            (None, Some(h)) if !h.is_empty() => (None, h),
+            _ => {
+                return Err(ApiError::invalid(
+                    "give exactly one of a non-empty password or password_hash",
+                ))
+            }
+        };
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "user name must be 1 to 255 bytes without control characters",
+            ));
+        }
+        Ok(User {
+            name: name.to_string(),
+            password_hash,
+            scram_sha256: None,
+            tags: self.tags,
+            password,
+        })
+    }
 }
 
 /// List users (administrators).
@@ -287,40 +325,16 @@ pub async fn put_user(
     ApiJson(body): ApiJson<UserPut>,
 ) -> ApiResult<(StatusCode, Json<UserJson>)> {
     auth.require_admin()?;
-    let (password, password_hash) = match (body.password, body.password_hash) {
-        (Some(p), None) if !p.is_empty() => (Some(p), String::new()),
-        (None, Some(h)) if !h.is_empty() => (None, h),
-        _ => {
-            return Err(ApiError::invalid(
-                "give exactly one of a non-empty password or password_hash",
-            ))
-        }
-    };
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "user name must be 1 to 255 bytes without control characters",
-        ));
-    }
+    let tags = body.tags.clone();
+    let user = body.into_user(&name)?;
     let existed = state.broker.user(&name).is_some();
-    state.broker.put_user(User {
-        name: name.clone(),
-        password_hash,
-        scram_sha256: None,
-        tags: body.tags.clone(),
-        password,
-    })?;
+    state.broker.put_user(user)?;
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((
-        status,
-        Json(UserJson {
-            name,
-            tags: body.tags,
-        }),
-    ))
+    Ok((status, Json(UserJson { name, tags })))
 }
 
 /// Delete a user and its permissions (administrators).
@@ -355,6 +369,19 @@ pub struct PermissionPut {
     pub configure: String,
     pub write: String,
     pub read: String,
+}
+
+impl PermissionPut {
+    /// Each pattern must compile.
+    ///
+    /// # Errors
+    /// 422 for a pattern that does not.
+    pub fn validate(&self) -> ApiResult<()> {
+        for p in [&self.configure, &self.write, &self.read] {
+            valid_pattern(p).map_err(ApiError::invalid)?;
+        }
+        Ok(())
+    }
 }
 
 fn perm_json(p: Permission) -> PermissionJson {
@@ -416,9 +443,7 @@ pub async fn put_permission(
     ApiJson(body): ApiJson<PermissionPut>,
 ) -> ApiResult<Json<PermissionJson>> {
     auth.require_admin()?;
-    for p in [&body.configure, &body.write, &body.read] {
-        valid_pattern(p).map_err(ApiError::invalid)?;
-    }
+    body.validate()?;
     if state.broker.user(&user).is_none() {
         return Err(ApiError::not_found(format!("no user '{user}'")));
     }
@@ -740,27 +765,12 @@ pub struct ImportResult {
     pub policies: u64,
 }
 
-/// Import a definitions document: everything in it is created; existing equivalent entities
-/// are kept (administrators).
-#[utoipa::path(post, path = "/api/definitions", tag = "definitions",
-    request_body(content = Object, description = "A document as GET /api/definitions returns"),
-    responses((status = 200, body = ImportResult), ApiErrors), security(("basic" = []), ("bearer" = [])))]
-pub async fn import_definitions(
-    State(state): State<AppState>,
-    auth: Auth,
-    ApiJson(d): ApiJson<Definitions>,
-) -> ApiResult<Json<ImportResult>> {
-    auth.require_admin()?;
-    let r = ImportResult {
-        vhosts: d.vhosts.len() as u64,
-        users: d.users.len() as u64,
-        permissions: d.permissions.len() as u64,
-        topic_permissions: d.topic_permissions.len() as u64,
-        exchanges: d.exchanges.len() as u64,
-        queues: d.queues.len() as u64,
-        bindings: d.bindings.len() as u64,
-        policies: d.policies.len() as u64,
-    };
+/// The checks an import makes before handing the document to the broker: every permission
+/// pattern compiles, every user has a name and a password or hash. Returns what it holds.
+///
+/// # Errors
+/// 422 for a pattern or user that fails.
+pub fn check_definitions(d: &Definitions) -> ApiResult<ImportResult> {
     for p in &d.permissions {
         for pat in [&p.configure, &p.write, &p.read] {
             valid_pattern(pat).map_err(ApiError::invalid)?;
@@ -777,6 +787,30 @@ pub async fn import_definitions(
             ));
         }
     }
+    Ok(ImportResult {
+        vhosts: d.vhosts.len() as u64,
+        users: d.users.len() as u64,
+        permissions: d.permissions.len() as u64,
+        topic_permissions: d.topic_permissions.len() as u64,
+        exchanges: d.exchanges.len() as u64,
+        queues: d.queues.len() as u64,
+        bindings: d.bindings.len() as u64,
+        policies: d.policies.len() as u64,
+    })
+}
+
+/// Import a definitions document: everything in it is created; existing equivalent entities
+/// are kept (administrators).
+#[utoipa::path(post, path = "/api/definitions", tag = "definitions",
+    request_body(content = Object, description = "A document as GET /api/definitions returns"),
+    responses((status = 200, body = ImportResult), ApiErrors), security(("basic" = []), ("bearer" = [])))]
+pub async fn import_definitions(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(d): ApiJson<Definitions>,
+) -> ApiResult<Json<ImportResult>> {
+    auth.require_admin()?;
+    let r = check_definitions(&d)?;
     state.broker.import_definitions(d)?;
     Ok(Json(r))
 }
@@ -791,6 +825,22 @@ pub struct TokenRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
+}
+
+impl TokenRequest {
+    /// The token's lifetime in seconds.
+    ///
+    /// # Errors
+    /// 422 for a lifetime out of range.
+    pub fn ttl(&self) -> ApiResult<u64> {
+        let ttl = self.ttl_seconds.unwrap_or(TOKEN_TTL_SECS_DEFAULT);
+        if ttl == 0 || ttl > TOKEN_TTL_SECS_MAX {
+            return Err(ApiError::invalid(format!(
+                "ttl_seconds must be 1 to {TOKEN_TTL_SECS_MAX}"
+            )));
+        }
+        Ok(ttl)
+    }
 }
 
 /// An issued bearer token.
@@ -815,12 +865,7 @@ pub async fn issue_token(
             "tokens are issued only against HTTP Basic credentials",
         ));
     }
-    let ttl = req.ttl_seconds.unwrap_or(TOKEN_TTL_SECS_DEFAULT);
-    if ttl == 0 || ttl > TOKEN_TTL_SECS_MAX {
-        return Err(ApiError::invalid(format!(
-            "ttl_seconds must be 1 to {TOKEN_TTL_SECS_MAX}"
-        )));
-    }
+    let ttl = req.ttl()?;
     let (token, expires_at_ms) = state.tokens.issue(auth.name(), Duration::from_secs(ttl))?;
     Ok((
         StatusCode::CREATED,

@@ -89,6 +89,31 @@ fn yes() -> bool {
     true
 }
 
+impl ExchangeDeclare {
+    /// The core's declaration of exchange `name`.
+    ///
+    /// # Errors
+    /// 422 for an unknown type or an argument that does not convert.
+    pub fn into_decl(self, name: &str) -> ApiResult<ExchangeDecl> {
+        let kind = ExchangeKind::parse(&self.kind).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown exchange type '{}': use direct, fanout, topic or headers",
+                self.kind
+            ))
+        })?;
+        let arguments = json_to_table(&self.arguments)
+            .map_err(|e| ApiError::invalid(format!("argument {e}")))?;
+        Ok(ExchangeDecl {
+            name: name.to_string(),
+            kind,
+            durable: self.durable,
+            auto_delete: self.auto_delete,
+            internal: self.internal,
+            arguments,
+        })
+    }
+}
+
 /// Conditions of a delete.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -175,26 +200,9 @@ pub async fn put_exchange(
     ApiJson(d): ApiJson<ExchangeDeclare>,
 ) -> ApiResult<(StatusCode, Json<ExchangeJson>)> {
     let vh = auth.check(&state, &vhost, Access::Configure, "exchange", &name)?;
-    let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "unknown exchange type '{}': use direct, fanout, topic or headers",
-            d.kind
-        ))
-    })?;
-    let arguments =
-        json_to_table(&d.arguments).map_err(|e| ApiError::invalid(format!("argument {e}")))?;
+    let decl = d.into_decl(&name)?;
     let existed = vh.exchange(&name).is_some();
-    let x = vh.declare_exchange(
-        ExchangeDecl {
-            name: name.clone(),
-            kind,
-            durable: d.durable,
-            auto_delete: d.auto_delete,
-            internal: d.internal,
-            arguments,
-        },
-        false,
-    )?;
+    let x = vh.declare_exchange(decl, false)?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -349,6 +357,30 @@ pub struct QueueDeclare {
     pub arguments: Map<String, JsonValue>,
 }
 
+impl QueueDeclare {
+    /// The core's declaration of queue (or, with `force_stream`, stream) `name`.
+    ///
+    /// # Errors
+    /// 422 for an empty name or an argument that does not convert.
+    pub fn into_decl(self, name: &str, force_stream: bool) -> ApiResult<QueueDecl> {
+        if name.is_empty() {
+            return Err(ApiError::invalid("queue name must not be empty"));
+        }
+        let mut arguments = json_to_table(&self.arguments)
+            .map_err(|e| ApiError::invalid(format!("argument {e}")))?;
+        if force_stream {
+            arguments.insert("x-queue-type", "stream".into());
+        }
+        Ok(QueueDecl {
+            name: name.to_string(),
+            durable: self.durable,
+            exclusive: false,
+            auto_delete: self.auto_delete,
+            arguments,
+        })
+    }
+}
+
 fn list_of(state: &AppState, vhs: &[Arc<VHost>], streams: Option<bool>) -> Vec<QueueJson> {
     let mut out = Vec::new();
     for vh in vhs {
@@ -456,27 +488,9 @@ fn declare(
     force_stream: bool,
 ) -> ApiResult<(StatusCode, Json<QueueJson>)> {
     let vh = auth.check(state, vhost, Access::Configure, "queue", name)?;
-    if name.is_empty() {
-        return Err(ApiError::invalid("queue name must not be empty"));
-    }
-    let mut arguments =
-        json_to_table(&d.arguments).map_err(|e| ApiError::invalid(format!("argument {e}")))?;
-    if force_stream {
-        arguments.insert("x-queue-type", "stream".into());
-    }
+    let decl = d.into_decl(name, force_stream)?;
     let existed = vh.queue(name).is_some();
-    vh.declare_queue(
-        QueueDecl {
-            name: name.to_string(),
-            durable: d.durable,
-            exclusive: false,
-            auto_delete: d.auto_delete,
-            arguments,
-        },
-        0,
-        false,
-    )
-    .inspect_err(|e| {
+    vh.declare_queue(decl, 0, false).inspect_err(|e| {
         if matches!(e, ferrymq_core::CoreError::LimitReached(_)) {
             state.broker.admission().refused(
                 ferrymq_core::Limit::QueuesPerVhost,
@@ -654,6 +668,20 @@ pub struct MoveRequest {
     pub count: Option<u64>,
 }
 
+impl MoveRequest {
+    /// How many messages to move at most.
+    ///
+    /// # Errors
+    /// 422 for a count out of range.
+    pub fn count(&self) -> ApiResult<u64> {
+        let count = self.count.unwrap_or(MOVE_MAX);
+        if count == 0 || count > MOVE_MAX {
+            return Err(ApiError::invalid(format!("count must be 1 to {MOVE_MAX}")));
+        }
+        Ok(count)
+    }
+}
+
 /// What a move did.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MoveResult {
@@ -674,10 +702,7 @@ pub async fn move_messages(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<MoveRequest>,
 ) -> ApiResult<Json<MoveResult>> {
-    let count = req.count.unwrap_or(MOVE_MAX);
-    if count == 0 || count > MOVE_MAX {
-        return Err(ApiError::invalid(format!("count must be 1 to {MOVE_MAX}")));
-    }
+    let count = req.count()?;
     let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let src = classic(&vh, &name)?;
     if let Some(d) = &req.destination {
@@ -861,6 +886,23 @@ pub struct BindingCreate {
     pub arguments: Map<String, JsonValue>,
 }
 
+impl BindingCreate {
+    /// The core's binding from `source` to `destination`.
+    ///
+    /// # Errors
+    /// 422 for an argument that does not convert.
+    pub fn into_binding(self, source: String, destination: Destination) -> ApiResult<Binding> {
+        let arguments = json_to_table(&self.arguments)
+            .map_err(|e| ApiError::invalid(format!("argument {e}")))?;
+        Ok(Binding {
+            source,
+            destination,
+            routing_key: self.routing_key,
+            arguments,
+        })
+    }
+}
+
 /// Identifies a binding to delete.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -915,14 +957,7 @@ pub async fn create_binding(
 ) -> ApiResult<(StatusCode, Json<BindingJson>)> {
     let destination = destination(&dtype, dest)?;
     let vh = check_bind(&state, &auth, &vhost, &source, &destination, &b.routing_key)?;
-    let arguments =
-        json_to_table(&b.arguments).map_err(|e| ApiError::invalid(format!("argument {e}")))?;
-    let binding = Binding {
-        source,
-        destination,
-        routing_key: b.routing_key,
-        arguments,
-    };
+    let binding = b.into_binding(source, destination)?;
     vh.bind(binding.clone(), 0)?;
     Ok((StatusCode::CREATED, Json(binding_json(&vhost, &binding))))
 }

@@ -27,6 +27,18 @@ where
     }
 }
 
+/// Parses a JSON request body exactly as the [`ApiJson`] extractor does once the content
+/// type is checked (`axum::Json::from_bytes`: the whole body, then nothing but whitespace),
+/// with the same error answers.
+///
+/// # Errors
+/// 400 for a syntax error, 422 for a well-formed document that does not fit `T`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    axum::Json::<T>::from_bytes(bytes)
+        .map(|axum::Json(v)| v)
+        .map_err(json_rejection)
+}
+
 fn json_rejection(r: JsonRejection) -> ApiError {
     let reason = r.body_text();
     match r {

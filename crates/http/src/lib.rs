@@ -22,6 +22,10 @@ pub mod channels;
 pub mod convert;
 pub mod entities;
 pub mod error;
+/// The body check of the `http_json` fuzz target (feature `fuzzing`, and tests).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod leases;
 pub mod metrics;

@@ -100,6 +100,30 @@ pub struct PolicyPut {
     pub name: Option<String>,
 }
 
+impl PolicyPut {
+    /// The core's policy `name` of `vhost`.
+    ///
+    /// # Errors
+    /// 422 when the body names another vhost or policy than the path.
+    pub fn into_policy(self, vhost: String, name: String) -> ApiResult<Policy> {
+        if self.vhost.as_ref().is_some_and(|v| *v != vhost)
+            || self.name.as_ref().is_some_and(|n| *n != name)
+        {
+            return Err(ApiError::invalid(
+                "the body's vhost and name must match the path",
+            ));
+        }
+        Ok(Policy {
+            vhost,
+            name,
+            pattern: self.pattern,
+            apply_to: self.apply_to.into(),
+            priority: self.priority,
+            definition: self.definition,
+        })
+    }
+}
+
 /// 403 unless the user may manage policies (`administrator` or `policymaker`, as RabbitMQ).
 fn require_policymaker(auth: &Auth) -> ApiResult<()> {
     if auth.is_admin() || auth.has_tag("policymaker") {
@@ -180,21 +204,7 @@ pub async fn put_policy(
 ) -> ApiResult<Json<PolicyJson>> {
     require_policymaker(&auth)?;
     auth.vhost(&state, &vhost)?;
-    if body.vhost.as_ref().is_some_and(|v| *v != vhost)
-        || body.name.as_ref().is_some_and(|n| *n != name)
-    {
-        return Err(ApiError::invalid(
-            "the body's vhost and name must match the path",
-        ));
-    }
-    let p = Policy {
-        vhost,
-        name,
-        pattern: body.pattern,
-        apply_to: body.apply_to.into(),
-        priority: body.priority,
-        definition: body.definition,
-    };
+    let p = body.into_policy(vhost, name)?;
     state.broker.put_policy(p.clone())?;
     Ok(Json(policy_json(p)))
 }

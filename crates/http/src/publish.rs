@@ -193,21 +193,32 @@ fn batch_result(outcomes: Vec<BatchOutcome>) -> Json<BatchResult> {
     })
 }
 
-fn convert_batch(auth: &Auth, b: PublishBatch) -> ApiResult<Vec<Message>> {
-    if b.messages.is_empty() || b.messages.len() > BATCH_MESSAGES_MAX {
-        return Err(ApiError::invalid(format!(
-            "a batch holds 1 to {BATCH_MESSAGES_MAX} messages, got {}",
-            b.messages.len()
-        )));
+impl PublishBatch {
+    /// The neutral messages, checked as a batch publish checks them before routing.
+    ///
+    /// # Errors
+    /// 422 for an empty or oversized batch, or a message [`PublishMessage::into_message`]
+    /// refuses.
+    pub fn into_messages(self) -> ApiResult<Vec<Message>> {
+        if self.messages.is_empty() || self.messages.len() > BATCH_MESSAGES_MAX {
+            return Err(ApiError::invalid(format!(
+                "a batch holds 1 to {BATCH_MESSAGES_MAX} messages, got {}",
+                self.messages.len()
+            )));
+        }
+        self.messages
+            .into_iter()
+            .map(PublishMessage::into_message)
+            .collect()
     }
-    b.messages
-        .into_iter()
-        .map(|m| {
-            let m = m.into_message()?;
-            check_user_id(auth, &m)?;
-            Ok(m)
-        })
-        .collect()
+}
+
+fn convert_batch(auth: &Auth, b: PublishBatch) -> ApiResult<Vec<Message>> {
+    let msgs = b.into_messages()?;
+    for m in &msgs {
+        check_user_id(auth, m)?;
+    }
+    Ok(msgs)
 }
 
 /// The queue (or stream) to publish to straight, checked to exist.

@@ -278,22 +278,7 @@ pub async fn pull(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<PullRequest>,
 ) -> ApiResult<Json<PullResponse>> {
-    if req.max_messages == 0 || req.max_messages > PULL_MESSAGES_MAX {
-        return Err(ApiError::invalid(format!(
-            "max_messages must be 1 to {PULL_MESSAGES_MAX}"
-        )));
-    }
-    if req.wait_ms > WAIT_MS_MAX {
-        return Err(ApiError::invalid(format!(
-            "wait_ms must be at most {WAIT_MS_MAX}"
-        )));
-    }
-    if !(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX).contains(&req.visibility_timeout_ms)
-    {
-        return Err(ApiError::invalid(format!(
-            "visibility_timeout_ms must be {VISIBILITY_TIMEOUT_MS_MIN} to {VISIBILITY_TIMEOUT_MS_MAX}"
-        )));
-    }
+    req.validate()?;
     let vh = auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let q = classic(&vh, &name)?;
     let max = req.max_messages as usize;
@@ -360,6 +345,75 @@ pub async fn pull(
     Ok(Json(PullResponse { messages }))
 }
 
+fn check_visibility(ms: u64) -> ApiResult<()> {
+    if !(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX).contains(&ms) {
+        return Err(ApiError::invalid(format!(
+            "visibility_timeout_ms must be {VISIBILITY_TIMEOUT_MS_MIN} to {VISIBILITY_TIMEOUT_MS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+impl PullRequest {
+    /// The bounds a pull checks before touching the queue.
+    ///
+    /// # Errors
+    /// 422 for a value out of its range.
+    pub fn validate(&self) -> ApiResult<()> {
+        if self.max_messages == 0 || self.max_messages > PULL_MESSAGES_MAX {
+            return Err(ApiError::invalid(format!(
+                "max_messages must be 1 to {PULL_MESSAGES_MAX}"
+            )));
+        }
+        if self.wait_ms > WAIT_MS_MAX {
+            return Err(ApiError::invalid(format!(
+                "wait_ms must be at most {WAIT_MS_MAX}"
+            )));
+        }
+        check_visibility(self.visibility_timeout_ms)
+    }
+}
+
+impl AckRequest {
+    /// The bounds an ack checks before settling.
+    ///
+    /// # Errors
+    /// 422 for no or too many handles.
+    pub fn validate(&self) -> ApiResult<()> {
+        check_handles(&self.receipt_handles)
+    }
+}
+
+impl NackRequest {
+    /// The bounds a nack checks before settling.
+    ///
+    /// # Errors
+    /// 422 for no or too many handles, a delay out of range or without requeue.
+    pub fn validate(&self) -> ApiResult<()> {
+        check_handles(&self.receipt_handles)?;
+        if self.delay_ms.is_some_and(|d| d > NACK_DELAY_MS_MAX) {
+            return Err(ApiError::invalid(format!(
+                "delay_ms must be at most {NACK_DELAY_MS_MAX}"
+            )));
+        }
+        if self.delay_ms.is_some() && !self.requeue {
+            return Err(ApiError::invalid("delay_ms needs requeue: true"));
+        }
+        Ok(())
+    }
+}
+
+impl ExtendRequest {
+    /// The bounds an extend checks before moving deadlines.
+    ///
+    /// # Errors
+    /// 422 for no or too many handles, or a deadline out of range.
+    pub fn validate(&self) -> ApiResult<()> {
+        check_handles(&self.receipt_handles)?;
+        check_visibility(self.visibility_timeout_ms)
+    }
+}
+
 fn check_handles(h: &[String]) -> ApiResult<()> {
     if h.is_empty() || h.len() > HANDLES_MAX {
         return Err(ApiError::invalid(format!(
@@ -381,7 +435,7 @@ pub async fn ack(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<AckRequest>,
 ) -> ApiResult<Json<SettleResponse>> {
-    check_handles(&req.receipt_handles)?;
+    req.validate()?;
     auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let (leases, unknown) = state.leases.take(&vhost, &name, &req.receipt_handles);
     let settled = settled_handles(&req.receipt_handles, &unknown);
@@ -409,15 +463,7 @@ pub async fn nack(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<NackRequest>,
 ) -> ApiResult<Json<SettleResponse>> {
-    check_handles(&req.receipt_handles)?;
-    if req.delay_ms.is_some_and(|d| d > NACK_DELAY_MS_MAX) {
-        return Err(ApiError::invalid(format!(
-            "delay_ms must be at most {NACK_DELAY_MS_MAX}"
-        )));
-    }
-    if req.delay_ms.is_some() && !req.requeue {
-        return Err(ApiError::invalid("delay_ms needs requeue: true"));
-    }
+    req.validate()?;
     auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let (leases, unknown) = state.leases.take(&vhost, &name, &req.receipt_handles);
     let settled = settled_handles(&req.receipt_handles, &unknown);
@@ -441,13 +487,7 @@ pub async fn extend(
     ApiPath((vhost, name)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<ExtendRequest>,
 ) -> ApiResult<Json<SettleResponse>> {
-    check_handles(&req.receipt_handles)?;
-    if !(VISIBILITY_TIMEOUT_MS_MIN..=VISIBILITY_TIMEOUT_MS_MAX).contains(&req.visibility_timeout_ms)
-    {
-        return Err(ApiError::invalid(format!(
-            "visibility_timeout_ms must be {VISIBILITY_TIMEOUT_MS_MIN} to {VISIBILITY_TIMEOUT_MS_MAX}"
-        )));
-    }
+    req.validate()?;
     auth.check(&state, &vhost, Access::Read, "queue", &name)?;
     let deadline = now_ms().saturating_add(req.visibility_timeout_ms as i64);
     let (settled, unknown) = state
