@@ -504,6 +504,14 @@ mod tests {
         }
     }
 
+    /// Regression (fuzz/corpus/storage_recovery/crash-batch-order).
+    #[test]
+    fn crash_batch_order() {
+        let input = include_bytes!("../../../fuzz/corpus/storage_recovery/crash-batch-order");
+        let dir = tempfile::tempdir().unwrap();
+        let _ = check_recovery(dir.path(), input);
+    }
+
     /// The fuzz target's check on stable: seeds with bytes flipped, truncated and spliced
     /// (a fixed pseudo-random sequence, so runs are reproducible).
     #[test]

@@ -676,6 +676,7 @@ impl Log {
                 &path,
                 pos,
                 h.meta.size,
+                m.base..m.end,
                 from_offset,
                 &mut acc,
             )?;
@@ -689,6 +690,7 @@ impl Log {
             &path,
             active.start_pos,
             active.len,
+            active.base..next,
             from_offset,
             &mut acc,
         )?;
@@ -696,18 +698,23 @@ impl Log {
     }
 
     /// Reads verified batches from `pos` to `limit` into `acc`, in chunks: one `pread` into one
-    /// buffer, frozen, with every batch a slice of it.
+    /// buffer, frozen, with every batch a slice of it. `offsets` is what the segment holds: a
+    /// batch outside it, or below the end of the batch before, is corrupt (a damaged sealed
+    /// segment whose index claims less than its bytes hold must not hand out offsets that
+    /// belong to the next segment, out of order).
+    #[allow(clippy::too_many_arguments)]
     fn read_range(
         &self,
         file: &dyn FileIo,
         path: &Path,
         mut pos: u64,
         limit: u64,
+        offsets: std::ops::Range<u64>,
         from: u64,
         acc: &mut Acc<'_>,
     ) -> Result<()> {
         let batch_max = self.ctx.config.batch_bytes_max;
-        let mut expected = 0u64;
+        let mut expected = offsets.start;
         while pos < limit && !acc.full() {
             let want = (acc.max_bytes.saturating_sub(acc.bytes) + BATCH_HEADER_LEN)
                 .clamp(READ_CHUNK_MIN, READ_CHUNK_MAX) as u64;
@@ -747,6 +754,7 @@ impl Log {
                     break;
                 }
                 if h.base_offset < expected
+                    || h.next_offset() > offsets.end
                     || format::verify_batch(&chunk[off..end], batch_max).is_none()
                 {
                     bad = true;
