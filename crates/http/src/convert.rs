@@ -277,7 +277,7 @@ pub struct MessageJson {
     #[schema(value_type = Object)]
     pub headers: Map<String, Json>,
     pub properties: PropertiesJson,
-    /// Text when the body is UTF-8 (and base64 was not asked for), else base64.
+    /// Text when the body and the key are UTF-8 (and base64 was not asked for), else base64.
     pub payload: String,
     pub payload_encoding: PayloadEncoding,
     /// Body size in bytes.
@@ -288,7 +288,13 @@ pub struct MessageJson {
 
 impl MessageJson {
     pub fn from_core(m: &Message, force_base64: bool) -> Self {
-        let text = if force_base64 {
+        // One encoding covers the payload and the key: text only when both are UTF-8, so
+        // that a binary key with a text body is not mangled.
+        let key_is_text = m
+            .key
+            .as_ref()
+            .is_none_or(|k| std::str::from_utf8(k).is_ok());
+        let text = if force_base64 || !key_is_text {
             None
         } else {
             std::str::from_utf8(&m.body).ok()

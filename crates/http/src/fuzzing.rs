@@ -334,6 +334,15 @@ mod tests {
         assert_eq!(e.status.as_u16(), 422);
     }
 
+    /// Regression (fuzz/corpus/http_json/crash-binary-key-text-body): a message with a
+    /// text body and a binary key came back with the key mangled (lossy UTF-8).
+    #[test]
+    fn crash_binary_key_text_body() {
+        check_body(include_bytes!(
+            "../../../fuzz/corpus/http_json/crash-binary-key-text-body"
+        ));
+    }
+
     /// Writes the fuzz seed corpus when `FERRYMQ_FUZZ_SEED_DIR` is set (e.g. to
     /// `fuzz/corpus/http_json`); otherwise does nothing.
     #[test]
