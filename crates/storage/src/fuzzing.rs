@@ -504,10 +504,23 @@ mod tests {
         }
     }
 
-    /// Regression (fuzz/corpus/storage_recovery/crash-batch-order).
+    /// Regression (fuzz/corpus/storage_recovery/crash-batch-order): a damaged sealed segment
+    /// whose index claims fewer offsets than its bytes hold handed out the next segment's
+    /// offsets, out of order.
     #[test]
     fn crash_batch_order() {
         let input = include_bytes!("../../../fuzz/corpus/storage_recovery/crash-batch-order");
+        let dir = tempfile::tempdir().unwrap();
+        let _ = check_recovery(dir.path(), input);
+    }
+
+    /// Regression (fuzz/corpus/storage_recovery/crash-time-lookup-past-end): a timestamp
+    /// lookup returned an offset past the end of the log, from a batch in a damaged sealed
+    /// segment holding offsets beyond the segment's.
+    #[test]
+    fn crash_time_lookup_past_end() {
+        let input =
+            include_bytes!("../../../fuzz/corpus/storage_recovery/crash-time-lookup-past-end");
         let dir = tempfile::tempdir().unwrap();
         let _ = check_recovery(dir.path(), input);
     }

@@ -811,7 +811,7 @@ impl Log {
     }
 
     fn stored_offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let (sealed, active, _) = self.snapshot(0);
+        let (sealed, active, next) = self.snapshot(0);
         let batch_max = self.ctx.config.batch_bytes_max;
         for m in sealed
             .iter()
@@ -825,8 +825,8 @@ impl Log {
             if let Some(o) = scan_for_time(
                 h.file.as_ref(),
                 &path,
-                pos,
-                h.meta.size,
+                (pos, h.meta.size),
+                m.base..m.end,
                 timestamp_ms,
                 batch_max,
             )? {
@@ -846,8 +846,8 @@ impl Log {
             return scan_for_time(
                 active.file.as_ref(),
                 &path,
-                pos,
-                active.len,
+                (pos, active.len),
+                active.base..next,
                 timestamp_ms,
                 batch_max,
             );
@@ -1040,18 +1040,21 @@ impl Acc<'_> {
     }
 }
 
+/// The first batch from byte `pos` to `limit` with a timestamp >= `ts`. Batches outside the
+/// segment's `offsets` are corrupt and skipped, as on reads.
 fn scan_for_time(
     file: &dyn FileIo,
     path: &Path,
-    mut pos: u64,
-    limit: u64,
+    (mut pos, limit): (u64, u64),
+    offsets: std::ops::Range<u64>,
     ts: i64,
     batch_max: u32,
 ) -> Result<Option<u64>> {
     let mut sc = segment::Scanner::new(file, limit, batch_max);
-    let mut expected = 0;
+    let mut expected = offsets.start;
     while pos < limit {
-        match sc.probe(pos, expected).at(path)? {
+        let probed = sc.probe(pos, expected).at(path)?;
+        match probed.filter(|h| h.next_offset() <= offsets.end) {
             Some(h) if h.timestamp_ms >= ts => return Ok(Some(h.base_offset)),
             Some(h) => {
                 expected = h.next_offset();
