@@ -343,6 +343,16 @@ mod tests {
         ));
     }
 
+    /// Regression (fuzz/corpus/http_json/crash-float-round-trip): a float argument
+    /// (1.0777777777777779e20) read back one ulp off after a JSON round trip (serde_json's
+    /// fast float parsing; the workspace now enables `float_roundtrip`).
+    #[test]
+    fn crash_float_round_trip() {
+        check_body(include_bytes!(
+            "../../../fuzz/corpus/http_json/crash-float-round-trip"
+        ));
+    }
+
     /// Writes the fuzz seed corpus when `FERRYMQ_FUZZ_SEED_DIR` is set (e.g. to
     /// `fuzz/corpus/http_json`); otherwise does nothing.
     #[test]
