@@ -710,7 +710,11 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     }
     let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX).max(1);
+    // The client's limit, within the broker's (Kafka's fetch.max.bytes).
+    let max_bytes = usize::try_from(req.max_bytes)
+        .unwrap_or(usize::MAX)
+        .min(kafka.config.fetch_max_bytes)
+        .max(1);
     Box::pin(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {

@@ -64,6 +64,10 @@ pub struct KafkaConfig {
     pub max_request_bytes: usize,
     /// Largest record batch accepted (Kafka's `message.max.bytes`).
     pub message_max_bytes: usize,
+    /// Most record bytes one Fetch response carries, whatever the request asks (Kafka's
+    /// `fetch.max.bytes`): bounds what a connection can make the broker read and hold;
+    /// the first batch still goes out whole when larger (KIP-74).
+    pub fetch_max_bytes: usize,
     /// Largest decompressed record batch (validation and cross-protocol reads).
     pub max_decompressed_bytes: usize,
     /// SASL mechanisms required before any other request; empty: no authentication
@@ -94,6 +98,7 @@ impl Default for KafkaConfig {
             default_partitions: 1,
             max_request_bytes: 100 << 20,
             message_max_bytes: 1_048_588,
+            fetch_max_bytes: 55 << 20,
             max_decompressed_bytes: 64 << 20,
             sasl_mechanisms: Vec::new(),
             anonymous_user: "guest".into(),

@@ -109,6 +109,8 @@ pub struct KafkaSection {
     pub default_partitions: u32,
     /// Largest request accepted, checked on the size prefix (socket.request.max.bytes).
     pub max_request_bytes: u64,
+    /// Most record bytes in one Fetch response, whatever the client asks (fetch.max.bytes).
+    pub fetch_max_bytes: u64,
     /// How long the first rebalance of a new consumer group waits for more members
     /// (group.initial.rebalance.delay.ms).
     pub group_initial_rebalance_delay_ms: u64,
@@ -428,6 +430,7 @@ impl Config {
                 auto_create_topics: true,
                 default_partitions: 1,
                 max_request_bytes: 100 * MIB,
+                fetch_max_bytes: 55 * MIB,
                 group_initial_rebalance_delay_ms: 3000,
                 sasl_mechanisms: String::new(),
                 cluster_id: "ferrymq-cluster".into(),
@@ -598,6 +601,7 @@ impl Config {
             1024,
             2 * 1024 * MIB,
         )?;
+        in_range("kafka.fetch_max_bytes", k.fetch_max_bytes, 1024, 1024 * MIB)?;
         self.kafka_mechanisms()
             .map_err(|e| ("kafka.sasl_mechanisms", e))?;
         if k.handshake_timeout_ms == 0 {
@@ -691,6 +695,7 @@ impl Config {
             auto_create_topics: k.auto_create_topics,
             default_partitions: k.default_partitions,
             max_request_bytes: usize::try_from(k.max_request_bytes).unwrap_or(usize::MAX),
+            fetch_max_bytes: usize::try_from(k.fetch_max_bytes).unwrap_or(usize::MAX),
             message_max_bytes: usize::try_from(self.limits.message_size_max_bytes)
                 .unwrap_or(usize::MAX),
             sasl_mechanisms: self.kafka_mechanisms().unwrap_or_default(),

@@ -563,6 +563,55 @@ fn idempotent_retries_across_a_kill_9_are_not_appended_twice() {
 }
 
 #[test]
+fn fetch_responses_are_capped_by_the_broker_whatever_the_client_asks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &["--set", "kafka.fetch_max_bytes=4096"],
+    );
+    let mut kc = Kc::connect(listening(&server, "Kafka"));
+    assert_eq!(create_topic(&mut kc, "capped", 1), 0);
+    let big = "v".repeat(1500);
+    for i in 0..10 {
+        let (code, _) = produce(
+            &mut kc,
+            "capped",
+            0,
+            batch(&[rec(&format!("k{i}"), &big, 1, i)], Compression::None),
+        );
+        assert_eq!(code, 0);
+    }
+    // The request allows 8 MiB (1 MiB for the partition); the broker sends at most 4 KiB of
+    // whole batches: two of the ~1.6 KB batches, never all ten.
+    let r = kc.call(11, &fetch_req("capped", 0, 0, 0));
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.high_watermark), (0, 10));
+    let bytes = p.records.as_ref().map_or(0, |b| b.len());
+    assert!(bytes > 0 && bytes <= 4096, "{bytes} record bytes");
+    let mut b = p.records.clone().unwrap_or_default();
+    let n: usize = RecordBatchDecoder::decode_all(&mut b)
+        .unwrap()
+        .iter()
+        .map(|s| s.records.len())
+        .sum();
+    assert_eq!(n, 2, "whole batches within the cap");
+    // A first batch larger than the cap still goes out whole (KIP-74).
+    let huge = "h".repeat(6000);
+    assert_eq!(
+        produce(
+            &mut kc,
+            "capped",
+            0,
+            batch(&[rec("h", &huge, 1, 10)], Compression::None)
+        ),
+        (0, 10)
+    );
+    let (err, _, recs) = fetch(&mut kc, "capped", 0, 10);
+    assert_eq!((err, recs.len()), (0, 1));
+}
+
+#[test]
 fn a_long_poll_fetch_returns_when_records_arrive() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, addr) = kafka_server(tmp.path(), &tmp.path().join("data"));
