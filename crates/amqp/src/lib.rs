@@ -70,7 +70,25 @@ pub(crate) struct ReplyTarget {
     pub tag: Arc<str>,
 }
 
-/// State shared by every connection of one listener.
+/// The AMQP adapter: what every connection of its listeners (plain and AMQPS) shares —
+/// direct reply-to consumers, and the open-connection count `amqp.connections_max` applies
+/// to. One for both listeners, so a reply crosses between them and the limit is one limit.
+#[derive(Clone)]
+pub struct Amqp(Arc<Shared>);
+
+impl Amqp {
+    /// The adapter over `broker`.
+    pub fn new(broker: Arc<Broker>, config: AmqpConfig) -> Amqp {
+        Amqp(Arc::new(Shared {
+            broker,
+            config,
+            reply_to: Mutex::new(HashMap::new()),
+            open_connections: AtomicUsize::new(0),
+        }))
+    }
+}
+
+/// State shared by every connection of the adapter's listeners.
 pub(crate) struct Shared {
     pub broker: Arc<Broker>,
     pub config: AmqpConfig,
@@ -88,17 +106,11 @@ pub(crate) struct Shared {
 /// Not cancel safe: drive it to completion so connections end cleanly.
 pub async fn run(
     listener: TcpListener,
-    broker: Arc<Broker>,
-    config: AmqpConfig,
+    amqp: Amqp,
     tls: Option<Arc<dyn Handshake>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared {
-        broker,
-        config,
-        reply_to: Mutex::new(HashMap::new()),
-        open_connections: AtomicUsize::new(0),
-    });
+    let shared = amqp.0;
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -133,8 +145,8 @@ pub async fn run(
     while conns.join_next().await.is_some() {}
 }
 
-/// One accepted connection: the TLS handshake if any, then refusal (over a limit: the
-/// `connection.close` text) or the protocol.
+/// One accepted connection: over a limit, `connection.close` with the text (plain AMQP) or a
+/// close before any handshake (AMQPS); else the TLS handshake if any, then the protocol.
 async fn serve(
     shared: &Arc<Shared>,
     tcp: TcpStream,
@@ -150,6 +162,11 @@ async fn serve(
         }
         return;
     };
+    // On AMQPS a refused connection is closed before the handshake: a client over its limit
+    // is the one that keeps reconnecting, and each refusal must not cost a TLS handshake.
+    let Ok(permit) = admitted else {
+        return;
+    };
     let secured = match tls.accept(tcp).await {
         Ok(s) => s,
         Err(e) => {
@@ -157,20 +174,15 @@ async fn serve(
             return;
         }
     };
-    match admitted {
-        Ok(permit) => {
-            connection::run(
-                shared.clone(),
-                secured.stream,
-                peer,
-                secured.identity,
-                stop,
-                permit,
-            )
-            .await;
-        }
-        Err(why) => connection::refuse(secured.stream, &why).await,
-    }
+    connection::run(
+        shared.clone(),
+        secured.stream,
+        peer,
+        secured.identity,
+        stop,
+        permit,
+    )
+    .await;
 }
 
 /// Admits a new connection: the listener's own `connections_max`, then the broker-wide

@@ -43,8 +43,6 @@ pub enum Limit {
     MessageSize,
     /// Time allowed to finish a handshake.
     HandshakeTimeout,
-    /// Bytes buffered for a connection that does not read.
-    ConnectionBuffer,
 }
 
 impl Limit {
@@ -60,7 +58,6 @@ impl Limit {
             Limit::QueuesPerVhost => "queues_per_vhost",
             Limit::MessageSize => "message_size",
             Limit::HandshakeTimeout => "handshake_timeout",
-            Limit::ConnectionBuffer => "connection_buffer",
         }
     }
 }

@@ -107,24 +107,32 @@ pub fn admit(
     peer: SocketAddr,
 ) -> Option<Admitted> {
     match broker.admit(PROTOCOL, peer.ip()) {
-        Ok(permit) => {
-            let timeout = Duration::from_millis(limits.handshake_timeout_ms.max(1));
-            let head = HeadTimer {
-                sleep: Box::pin(tokio::time::sleep(timeout)),
-                matched: 0,
-                broker: Arc::clone(broker),
-            };
-            Some(Admitted {
-                io,
-                _permit: permit,
-                head: Some(head),
-            })
-        }
+        Ok(permit) => Some(admitted(broker, limits, io, permit)),
         Err(e) => {
             tracing::warn!(%peer, why = %e, "HTTP connection refused");
             tokio::spawn(refuse(io, e.message));
             None
         }
+    }
+}
+
+/// A connection admitted earlier with `permit` (HTTPS admits at accept, before its TLS
+/// handshake, and wraps the secured stream here), with its first-request deadline.
+pub fn admitted(
+    broker: &Arc<Broker>,
+    limits: HttpLimits,
+    io: Box<dyn Io>,
+    permit: ConnectionPermit,
+) -> Admitted {
+    let timeout = Duration::from_millis(limits.handshake_timeout_ms.max(1));
+    Admitted {
+        io,
+        _permit: permit,
+        head: Some(HeadTimer {
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            matched: 0,
+            broker: Arc::clone(broker),
+        }),
     }
 }
 

@@ -295,12 +295,18 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let mqtt = mqtt.clone();
-                    // Admitted at accept; a refusal is answered with a CONNACK (over TLS on
-                    // the TLS listener, once the handshake is done).
+                    // Admitted at accept; a refusal is answered with a CONNACK on the plain
+                    // listener. On MQTTS it is closed before the handshake: a client over its
+                    // limit keeps reconnecting, and each refusal must not cost a handshake.
                     let permit = mqtt.broker.admit(PROTOCOL, peer.ip());
                     match tls.clone() {
                         None => {
                             conns.spawn(mqtt.serve_stream(stream, peer.to_string(), Some(permit)));
+                        }
+                        Some(_) if permit.is_err() => {
+                            if let Err(e) = &permit {
+                                tracing::warn!(%peer, why = %e, "MQTTS connection refused");
+                            }
                         }
                         Some(tls) => {
                             conns.spawn(async move {

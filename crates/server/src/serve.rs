@@ -109,6 +109,8 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     // Each binds before `FerryMQ ready` (a port in use fails startup) and logs
     // "<PROTOCOL> listening on <address>" (tests read it).
     let a = &config.amqp;
+    // One adapter behind both listeners (direct reply-to and amqp.connections_max span them).
+    let amqp_adapter = ferrymq_amqp::Amqp::new(broker.clone(), config.amqp_config());
     for (on, port, name, label) in [
         (a.enabled, a.port, "amqp", "AMQP"),
         (a.tls_enabled, a.tls_port, "amqps", "AMQPS"),
@@ -122,10 +124,10 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen for {label} on {addr}"))?;
         let local = listener.local_addr().context("AMQP listener address")?;
         info!("{label} listening on {local}");
-        let (broker, amqp) = (broker.clone(), config.amqp_config());
+        let amqp = amqp_adapter.clone();
         let handshake = tls_for(name == "amqps", a.handshake_timeout_ms);
         spawn_listener(&mut tasks, name, move |stop| {
-            ferrymq_amqp::run(listener, broker, amqp, handshake, stop)
+            ferrymq_amqp::run(listener, amqp, handshake, stop)
         });
     }
     let m = &config.mqtt;

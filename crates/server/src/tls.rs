@@ -138,16 +138,22 @@ pub fn https_listener(
                 },
             };
             let _ = tcp.set_nodelay(true);
+            // Admitted before the handshake, so that handshakes in progress count against the
+            // connection limits; a refused connection is closed without one (a client over its
+            // limit keeps reconnecting, and each refusal must not cost a TLS handshake).
+            let permit = match broker.admit(ferrymq_http::admission::PROTOCOL, addr.ip()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(peer = %addr, why = %e, "HTTPS connection refused");
+                    continue;
+                }
+            };
             let (tls, tx, broker) = (tls.clone(), tx.clone(), broker.clone());
             tokio::spawn(async move {
                 match tls.accept(tcp, HANDSHAKE_TIMEOUT).await {
                     Ok(s) => {
-                        // Admitted once secured, so that a refusal is a readable 503.
-                        let Some(admitted) =
-                            ferrymq_http::admission::admit(&broker, limits, s.stream, addr)
-                        else {
-                            return;
-                        };
+                        let admitted =
+                            ferrymq_http::admission::admitted(&broker, limits, s.stream, permit);
                         let peer = ferrymq_http::Peer {
                             addr,
                             identity: s.identity,

@@ -475,3 +475,110 @@ fn a_tls_listener_needs_a_certificate_key_and_for_client_auth_a_ca() {
         r.stderr
     );
 }
+
+/// `/metrics` over plain HTTP once a connection is admitted again; (body, refusals of
+/// `limit` per protocol).
+async fn metrics_when_served(addr: std::net::SocketAddr) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut text)).await;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        if text.starts_with("HTTP/1.1 200") {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics never served: {text}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+fn refusals(metrics: &str, limit: &str, protocol: &str) -> u64 {
+    let key = format!("ferrymq_limit_refusals_total{{limit=\"{limit}\",protocol=\"{protocol}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The plain and TLS listeners of AMQP are one adapter: `amqp.connections_max` counts both.
+/// And every TLS listener admits at accept: a connection over a limit is closed before its
+/// handshake (no handshake work for a client that keeps reconnecting), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_admit_before_the_handshake_and_share_the_protocol_limit() {
+    let pki = Pki::new();
+    let anon = pki.client(None);
+
+    // amqp.connections_max = 1, held by a plain AMQP connection: AMQPS is refused too.
+    let data = pki.path("data-a");
+    let server = serve_tls(&pki, &data, &["amqp.connections_max=1"]);
+    let mut plain = TcpStream::connect(listening(&server, "AMQP"))
+        .await
+        .unwrap();
+    plain.write_all(&PROTOCOL_HEADER).await.unwrap();
+    let mut first = [0u8; 8];
+    tokio::time::timeout(WAIT, plain.read_exact(&mut first))
+        .await
+        .expect("connection.start in time")
+        .expect("the plain connection is served");
+    assert_eq!(first[0], 1, "a method frame (connection.start)");
+    let amqps = listening(&server, "AMQPS");
+    assert!(
+        tls_connect(&anon, amqps).await.is_err(),
+        "AMQPS over the shared limit: closed before the handshake"
+    );
+    drop(plain);
+    // Once the plain connection is gone, AMQPS is served.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = tls_connect(&anon, amqps).await {
+            s.write_all(&PROTOCOL_HEADER).await.unwrap();
+            let mut buf = BytesMut::new();
+            if matches!(
+                amqp_frame(&mut s, &mut buf).await,
+                Some(Frame::Method {
+                    method: Method::ConnectionStart(_),
+                    ..
+                })
+            ) {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "AMQPS never served again"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(server);
+
+    // One connection per source address, held over AMQPS: MQTTS, Kafka SSL and HTTPS are
+    // closed before their handshakes, and every refusal is counted.
+    let data = pki.path("data-b");
+    let server = serve_tls(&pki, &data, &["limits.connections_per_source_max=1"]);
+    let held = tls_connect(&anon, listening(&server, "AMQPS"))
+        .await
+        .expect("the first connection is admitted");
+    for label in ["MQTTS", "Kafka SSL", "https"] {
+        let addr = listening(&server, label);
+        assert!(
+            tls_connect(&anon, addr).await.is_err(),
+            "{label} over the per-source limit: closed before the handshake"
+        );
+    }
+    drop(held);
+    let m = metrics_when_served(listening(&server, "http")).await;
+    for protocol in ["mqtt", "kafka", "http"] {
+        assert!(
+            refusals(&m, "connections_per_source", protocol) >= 1,
+            "{protocol} refusal counted:\n{m}"
+        );
+    }
+}
