@@ -1243,12 +1243,14 @@ mod tests {
                     runs_planned(m, quick) as f64 * (t.duration_s + t.warmup_s)
                 })
                 .sum();
+            // 65%: a full default run measured 659 s of 900 with 540 s of windows planned
+            // (2026-12-07), so connections, drains and broker starts add about a fifth.
             assert!(
-                windows <= budget_s * 0.6,
+                windows <= budget_s * 0.65,
                 "quick {quick}: {windows} s of windows for a {budget_s} s budget"
             );
         }
-        assert_eq!(runs_planned(Matrix::Mqtt, false), (8 + 4) * 2 * 3);
+        assert_eq!(runs_planned(Matrix::Mqtt, false), (8 + 8) * 2 * 3);
     }
 
     #[test]

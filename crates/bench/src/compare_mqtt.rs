@@ -76,12 +76,10 @@ pub fn points(fanout: usize) -> Vec<Point> {
     v
 }
 
-/// The points also run at a fixed rate for latency at equal load: the 1 → 1 ones.
+/// The points also run at a fixed rate for latency at equal load: every one (1 → 1 and
+/// fan-out).
 pub fn fixed_rate_points(fanout: usize) -> Vec<Point> {
     points(fanout)
-        .into_iter()
-        .filter(|p| p.subscribers == 1)
-        .collect()
 }
 
 /// The fixed total publish rate for latency at equal load: half of Mosquitto's median
@@ -414,7 +412,7 @@ pub fn markdown(r: &Report) -> String {
 QoS 0: publishes are fire-and-forget, subscriptions QoS 0. QoS 1: subscriptions QoS 1 (the client acks every delivery), publishes QoS 1 with at most 1,000 awaiting their PUBACK; the confirm latency runs from the stamp to the PUBACK. \
 Clean sessions throughout, so nothing is durable on either side (tier **T0**): Mosquitto runs with `persistence false` (its default: QoS 1 messages are kept in memory), and FerryMQ maps a clean session's subscription onto a transient queue bound to `amq.topic`; FerryMQ's T2 path (persistent sessions, durable session queues, `--persistent` in `ferrymq-bench run`) is not in this matrix. \
 Every payload carries publisher id, sequence number and send time; *lost* = confirmed (QoS 1 PUBACK) and never received by a subscriber, *unconfirmed + missing* = QoS 0 copies that never arrived (MQTT allows dropping them; Mosquitto drops messages beyond `max_queued_messages` for a slow subscriber). The first tables run every point at the maximum rate, so their latencies include queueing; a publisher that the broker holds back (TCP backpressure) for the whole window publishes nothing in it, and its latency is `–`. Broker CPU is the process tree's user + system time over the window (100% = one core); RSS the peak resident set, sampled every 250 ms. \
-The *latency at equal load* table then runs the 1 → 1 points on both brokers at the same fixed rate, half of Mosquitto's median delivered rate at that point's maximum (rounded), with latency measured from each message's intended send time (no coordinated omission).\n",
+The *latency at equal load* table then runs every point on both brokers at the same fixed rate, half of Mosquitto's median delivered rate at that point's maximum (rounded), with latency measured from each message's intended send time (no coordinated omission).\n",
         client_description(r.client),
         r.fanout,
         r.fanout
