@@ -146,7 +146,7 @@ pub async fn serve<S>(
     }
     let (rd, wr) = tokio::io::split(stream);
     let max = kafka.config.max_request_bytes;
-    let (tx, mut frames) = mpsc::channel::<Result<Bytes, String>>(4);
+    let (tx, mut frames) = mpsc::channel::<Result<Bytes, BadSize>>(4);
     let reader = tokio::spawn(read_frames(rd, max, tx));
     let mut out = BufWriter::with_capacity(64 << 10, wr);
     let mut state = ConnState {
@@ -210,8 +210,12 @@ pub async fn serve<S>(
                 let frame = match frame {
                     None => break 'conn "client closed the connection".into(),
                     Some(Err(e)) => {
-                        kafka.broker.admission().refused(Limit::MessageSize, PROTOCOL);
-                        break 'conn e;
+                        // Only a request over the limit is a size refusal; a negative or
+                        // too-small size is a malformed frame.
+                        if e.oversize {
+                            kafka.broker.admission().refused(Limit::MessageSize, PROTOCOL);
+                        }
+                        break 'conn e.why;
                     }
                     Some(Ok(f)) => f,
                 };
@@ -251,12 +255,19 @@ async fn wait_close(rx: &mut Option<tokio::sync::watch::Receiver<Option<String>>
     }
 }
 
+/// A request size prefix out of bounds: why, and whether it was over the limit (counted as
+/// a size refusal) rather than malformed.
+struct BadSize {
+    why: String,
+    oversize: bool,
+}
+
 /// Reads size-prefixed frames; the size is checked against `max` before the body is
 /// read (and before any allocation for it).
 async fn read_frames<R: AsyncRead + Unpin>(
     mut rd: R,
     max: usize,
-    tx: mpsc::Sender<Result<Bytes, String>>,
+    tx: mpsc::Sender<Result<Bytes, BadSize>>,
 ) {
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, &mut rd);
     loop {
@@ -269,9 +280,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
             Ok(n) if (8..=max).contains(&n) => n,
             _ => {
                 let _ = tx
-                    .send(Err(format!(
-                        "request size {n} outside 8..={max} bytes (socket.request.max.bytes)"
-                    )))
+                    .send(Err(BadSize {
+                        why: format!(
+                            "request size {n} outside 8..={max} bytes (socket.request.max.bytes)"
+                        ),
+                        oversize: usize::try_from(n).is_ok_and(|n| n > max),
+                    }))
                     .await;
                 return;
             }

@@ -443,12 +443,8 @@ fn oversized_batches_get_message_too_large() {
     );
 }
 
-#[test]
-fn idempotent_producers_deduplicate_retries_and_refuse_gaps() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_server, addr) = kafka_server(tmp.path(), &tmp.path().join("data"));
-    let mut kc = Kc::connect(addr);
-    assert_eq!(create_topic(&mut kc, "idem", 1), 0);
+/// A fresh idempotent producer id and epoch (InitProducerId without a transactional id).
+fn init_producer(kc: &mut Kc) -> (i64, i16) {
     let init = kc.call(
         4,
         &InitProducerIdRequest::default()
@@ -458,18 +454,30 @@ fn idempotent_producers_deduplicate_retries_and_refuse_gaps() {
             .with_producer_epoch(-1),
     );
     assert_eq!(init.error_code, 0);
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
-    let idem = |seq: i32, n: i32| {
-        let recs: Vec<Record> = (0..n)
-            .map(|i| {
-                let mut r = rec(&format!("k{}", seq + i), "v", 10, seq + i);
-                r.producer_id = pid;
-                r.producer_epoch = epoch;
-                r
-            })
-            .collect();
-        batch(&recs, Compression::None)
-    };
+    (init.producer_id.0, init.producer_epoch)
+}
+
+/// An idempotent batch of `n` records from sequence `seq`.
+fn idem_batch(pid: i64, epoch: i16, seq: i32, n: i32, compression: Compression) -> Bytes {
+    let recs: Vec<Record> = (0..n)
+        .map(|i| {
+            let mut r = rec(&format!("k{}", seq + i), "v", 10, seq + i);
+            r.producer_id = pid;
+            r.producer_epoch = epoch;
+            r
+        })
+        .collect();
+    batch(&recs, compression)
+}
+
+#[test]
+fn idempotent_producers_deduplicate_retries_and_refuse_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, addr) = kafka_server(tmp.path(), &tmp.path().join("data"));
+    let mut kc = Kc::connect(addr);
+    assert_eq!(create_topic(&mut kc, "idem", 1), 0);
+    let (pid, epoch) = init_producer(&mut kc);
+    let idem = |seq: i32, n: i32| idem_batch(pid, epoch, seq, n, Compression::None);
     assert_eq!(produce(&mut kc, "idem", 0, idem(0, 2)), (0, 0));
     assert_eq!(produce(&mut kc, "idem", 0, idem(2, 3)), (0, 2));
     // A retry of the first batch: success with its original offset, no second append.
@@ -489,31 +497,12 @@ fn idempotent_retries_across_a_kill_9_are_not_appended_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (pid, epoch);
-    let idem = |pid: i64, epoch: i16, seq: i32, n: i32| {
-        let recs: Vec<Record> = (0..n)
-            .map(|i| {
-                let mut r = rec(&format!("k{}", seq + i), "v", 10, seq + i);
-                r.producer_id = pid;
-                r.producer_epoch = epoch;
-                r
-            })
-            .collect();
-        batch(&recs, Compression::Lz4)
-    };
+    let idem = |pid, epoch, seq, n| idem_batch(pid, epoch, seq, n, Compression::Lz4);
     {
         let (server, addr) = kafka_server(tmp.path(), &data);
         let mut kc = Kc::connect(addr);
         assert_eq!(create_topic(&mut kc, "idem-restart", 1), 0);
-        let init = kc.call(
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        );
-        assert_eq!(init.error_code, 0);
-        (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+        (pid, epoch) = init_producer(&mut kc);
         // A non-idempotent batch in between, as other producers write.
         assert_eq!(
             produce(
