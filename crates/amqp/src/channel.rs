@@ -17,8 +17,8 @@ use ferrymq_amqp_codec::{
 };
 use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{
-    ConsumerEvent, ConsumerId, ConsumerOptions, ConsumerSink, CreditPool, Delivery, QueueDecl,
-    GET_CONSUMER,
+    ConsumerEvent, ConsumerId, ConsumerOptions, ConsumerSink, CreditPool, Delivery, Queue,
+    QueueDecl, GET_CONSUMER,
 };
 use ferrymq_core::{
     Access, Binding, ChannelRegistration, ConnectionHandle, CoreError, Destination, ExchangeDecl,
@@ -169,6 +169,25 @@ pub(crate) struct Ctx {
     cancel_notify: bool,
     consumers: HashMap<ConsumerId, ConsumerRef>,
     pending: Vec<Pending>,
+    /// No-ack deliveries encoded since the connection last took them: their send window
+    /// is released once their bytes have been written to the socket, not when encoded,
+    /// so a client that reads slowly holds deliveries back in their queue.
+    encoded_no_ack: Vec<Release>,
+}
+
+/// Send window of a no-ack consumer to give back once its deliveries are written.
+pub(crate) struct Release {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) consumer: ConsumerId,
+    pub(crate) count: u32,
+    pub(crate) bytes: u64,
+}
+
+impl Release {
+    pub(crate) fn apply(self, now: i64) {
+        self.queue
+            .release(self.consumer, self.count, self.bytes, now);
+    }
 }
 
 fn send(out: &mut BytesMut, channel: u16, method: Method) {
@@ -283,6 +302,7 @@ impl Ctx {
             cancel_notify: false,
             consumers: HashMap::new(),
             pending: Vec::new(),
+            encoded_no_ack: Vec::new(),
         }
     }
 
@@ -957,14 +977,38 @@ impl Ctx {
                 .bytes_out
                 .fetch_add(bytes_out, std::sync::atomic::Ordering::Relaxed);
         }
-        let now = now_ms();
         for (consumer, (count, bytes)) in released {
             if let Some(QueueRef::Classic(q)) =
                 self.consumers.get(&consumer).and_then(|c| c.queue.as_ref())
             {
-                q.release(consumer, count, bytes, now);
+                self.encoded_no_ack.push(Release {
+                    queue: q.clone(),
+                    consumer,
+                    count,
+                    bytes,
+                });
             }
         }
+    }
+
+    /// Gives deliveries that never reached the client back to their queues (the
+    /// connection ended with them still in its sink).
+    pub(crate) fn return_undelivered(&self, batch: Vec<Delivery>) {
+        let now = now_ms();
+        for d in batch {
+            if let Some(QueueRef::Classic(q)) = self
+                .consumers
+                .get(&d.consumer)
+                .and_then(|c| c.queue.clone())
+            {
+                q.nack(&[d.id], true, now);
+            }
+        }
+    }
+
+    /// The no-ack send windows to give back once what is encoded so far is written.
+    pub(crate) fn take_encoded_no_ack(&mut self) -> Vec<Release> {
+        std::mem::take(&mut self.encoded_no_ack)
     }
 
     // ------------------------------------------------------------ errors and close
@@ -1598,7 +1642,12 @@ impl Ctx {
                     ch.prefetch_count as u32
                 },
                 // Bounds what waits for a client that does not read (issue #9).
-                prefetch_bytes: self.shared.config.consumer_window_max_bytes,
+                prefetch_bytes: self
+                    .shared
+                    .broker
+                    .admission()
+                    .limits()
+                    .consumer_window_bytes(self.shared.config.consumer_window_max_bytes),
                 shared_credit: if c.no_ack {
                     None
                 } else {

@@ -2,7 +2,7 @@
 //! the frame loop, heartbeats, flow-control blocking, management close requests
 //! and write coalescing (one write per turn of the loop).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +16,14 @@ use ferrymq_amqp_codec::{
     ConnectionBlocked, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart,
     ConnectionTune, ConnectionUnblocked, ConnectionUpdateSecretOk,
 };
+use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::ConsumerEvent;
-use ferrymq_core::{ConnectionHandle, ConnectionInfo, ConnectionPermit, Limit, VHost};
+use ferrymq_core::{ConnectionHandle, ConnectionInfo, ConnectionPermit, Limit, Outbox, VHost};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::channel::{Channel, ConfirmDone, Ctx, TxDone};
+use crate::channel::{Channel, ConfirmDone, Ctx, Release, TxDone};
 use crate::error::{code, Exception};
 use crate::Shared;
 
@@ -30,6 +31,10 @@ use crate::Shared;
 const READ_CHUNK: usize = 256 * 1024;
 /// Deliveries taken from the sink per turn at most, so reads are not starved.
 const DELIVERY_EVENTS_PER_TURN: usize = 64;
+/// An empty output buffer larger than this is given back (a burst is over).
+const WRITE_KEEP_MAX: usize = 1024 * 1024;
+/// How long the last frames (close, close-ok) may take to leave once the loop ends.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Events spawned work sends back to the connection task.
 pub(crate) enum Completion {
@@ -105,6 +110,11 @@ struct Conn {
     /// A publish has been seen (only publishing connections are blocked).
     published: bool,
     blocked: bool,
+    /// Reads wait for the client to take the output backlog ([`Outbox::pause_reads`]).
+    reads_paused: bool,
+    /// No-ack send windows to give back once the output reaches each mark (bytes written
+    /// over the connection's life), in mark order.
+    unwritten_no_ack: VecDeque<(u64, Release)>,
 }
 
 fn capability(props: &AmqpTable, name: &str) -> bool {
@@ -233,6 +243,8 @@ pub(crate) async fn run<S>(
         last_write: now,
         published: false,
         blocked: false,
+        reads_paused: false,
+        unwritten_no_ack: VecDeque::new(),
     };
     conn.send(
         0,
@@ -256,26 +268,56 @@ pub(crate) async fn run<S>(
     let handshake_deadline = Instant::now() + deadline;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outbox = Outbox::new(
+        shared
+            .broker
+            .admission()
+            .limits()
+            .connection_buffer_max_bytes,
+    );
     let end = loop {
         for ch in conn.channels.values() {
             ch.sync_registration();
         }
-        if !conn.out.is_empty() {
-            if wr.write_all(&conn.out).await.is_err() {
-                break End::Io;
+        if outbox.waiting(&conn.out) {
+            match outbox.write_now(&mut wr, &mut conn.out).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    conn.last_write = Instant::now();
+                    conn.release_written(outbox.written());
+                }
+                Err(_) => break End::Io,
             }
-            conn.out.clear();
-            conn.last_write = Instant::now();
         }
-        if matches!(conn.phase, Phase::Closing)
-            && conn.channels.is_empty()
-            && conn.handle.is_none()
-            && conn.vhost.is_none()
-        {
-            // Nothing more to say before close-ok.
+        if outbox.exceeded(&conn.out) {
+            // A client that does not read what it is sent (deliveries, answers).
+            shared
+                .broker
+                .admission()
+                .refused(Limit::ConnectionBuffer, crate::PROTOCOL);
+            let limit = outbox.limit();
+            conn.close_with(Exception::connection(
+                code::RESOURCE_ERROR,
+                format!("more than {limit} bytes wait for the client to read them (limits.connection_buffer_max_bytes)"),
+            ));
+            break End::Io;
         }
-        let paused = conn.blocked && conn.published;
+        if conn.out.is_empty() && conn.out.capacity() > WRITE_KEEP_MAX {
+            conn.out = BytesMut::with_capacity(16 * 1024);
+        }
+        conn.reads_paused = outbox.pause_reads(&conn.out);
+        let paused = (conn.blocked && conn.published) || conn.reads_paused;
         tokio::select! {
+            r = outbox.write_some(&mut wr, &mut conn.out), if outbox.waiting(&conn.out) => {
+                match r {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        conn.last_write = Instant::now();
+                        conn.release_written(outbox.written());
+                    }
+                    Err(_) => break End::Io,
+                }
+            }
             r = rd.read_buf(&mut inbuf), if !paused && inbuf.len() < READ_CHUNK => {
                 match r {
                     Ok(0) | Err(_) => break End::Io,
@@ -300,6 +342,10 @@ pub(crate) async fn run<S>(
                         Err(_) => break,
                     }
                 }
+                let end = outbox.written() + conn.out.len() as u64;
+                for r in conn.ctx.take_encoded_no_ack() {
+                    conn.unwritten_no_ack.push_back((end, r));
+                }
             }
             Some(done) = done_rx.recv() => conn.on_completion(done),
             Ok(()) = flow.changed() => {
@@ -323,10 +369,17 @@ pub(crate) async fn run<S>(
             }
         }
     };
-    if !conn.out.is_empty() {
-        let _ = wr.write_all(&conn.out).await;
+    outbox
+        .finish(&mut wr, &mut conn.out, FINAL_WRITE_TIMEOUT)
+        .await;
+    // Deliveries still in the sink go back to their queues (later ones are undone by the
+    // queues themselves once the sink is closed).
+    sink_rx.close();
+    while let Ok(ev) = sink_rx.try_recv() {
+        if let ConsumerEvent::Deliver(ds) = ev {
+            conn.ctx.return_undelivered(ds);
+        }
     }
-    let _ = wr.shutdown().await;
     conn.cleanup();
     if let End::Io = end {
         tracing::debug!(peer = %conn.peer, "AMQP connection ended by peer");
@@ -671,6 +724,26 @@ impl Conn {
         }
     }
 
+    /// Gives back the send window of no-ack deliveries the socket has now taken.
+    fn release_written(&mut self, written: u64) {
+        if self
+            .unwritten_no_ack
+            .front()
+            .is_none_or(|(end, _)| *end > written)
+        {
+            return;
+        }
+        let now = now_ms();
+        while let Some((end, _)) = self.unwritten_no_ack.front() {
+            if *end > written {
+                break;
+            }
+            if let Some((_, r)) = self.unwritten_no_ack.pop_front() {
+                r.apply(now);
+            }
+        }
+    }
+
     fn on_consumer_event(&mut self, ev: ConsumerEvent) {
         self.ctx
             .on_consumer_event(&mut self.channels, ev, &mut self.out, self.frame_max);
@@ -730,7 +803,14 @@ impl Conn {
         }
         let hb = Duration::from_secs(self.heartbeat_s as u64);
         let paused = self.blocked && self.published;
-        if !paused && now.duration_since(self.last_read) > hb * 2 {
+        // While reads wait for the client to take its backlog, the client's liveness is
+        // its reading: progress on our writes.
+        let heard = if self.reads_paused {
+            self.last_write
+        } else {
+            self.last_read
+        };
+        if !paused && now.duration_since(heard) > hb * 2 {
             return Err("missed heartbeats from client");
         }
         if now.duration_since(self.last_write) >= hb / 2 && self.out.is_empty() {

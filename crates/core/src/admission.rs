@@ -20,6 +20,23 @@ pub struct ConnectionLimits {
     pub connections_per_source_max: u64,
     /// Open connections of one authenticated user.
     pub connections_per_user_max: u64,
+    /// Bytes buffered for one connection that its client has not taken (see
+    /// [`crate::Outbox`]).
+    pub connection_buffer_max_bytes: u64,
+}
+
+impl ConnectionLimits {
+    /// Body bytes one consumer may have delivered and not yet settled on a connection (0 =
+    /// unlimited): half of `connection_buffer_max_bytes`, so that one consumer that falls
+    /// behind never fills its connection's buffer alone; `other` (a protocol's own
+    /// window, 0 = unlimited) when smaller.
+    pub fn consumer_window_bytes(&self, other: u64) -> u64 {
+        match (self.connection_buffer_max_bytes / 2, other) {
+            (0, w) => w,
+            (w, 0) => w.max(1),
+            (a, b) => a.max(1).min(b),
+        }
+    }
 }
 
 /// A named limit, as counted in `ferrymq_limit_refusals_total{limit=...}`.
@@ -43,6 +60,8 @@ pub enum Limit {
     MessageSize,
     /// Time allowed to finish a handshake.
     HandshakeTimeout,
+    /// Bytes buffered per connection (`limits.connection_buffer_max_bytes`).
+    ConnectionBuffer,
 }
 
 impl Limit {
@@ -58,6 +77,7 @@ impl Limit {
             Limit::QueuesPerVhost => "queues_per_vhost",
             Limit::MessageSize => "message_size",
             Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::ConnectionBuffer => "connection_buffer",
         }
     }
 }
@@ -274,6 +294,19 @@ impl Drop for ConnectionPermit {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn consumer_window_is_half_the_connection_buffer_or_smaller() {
+        let l = |b| super::ConnectionLimits {
+            connection_buffer_max_bytes: b,
+            ..Default::default()
+        };
+        assert_eq!(l(0).consumer_window_bytes(0), 0);
+        assert_eq!(l(0).consumer_window_bytes(500), 500);
+        assert_eq!(l(1000).consumer_window_bytes(0), 500);
+        assert_eq!(l(1000).consumer_window_bytes(100), 100);
+        assert_eq!(l(1000).consumer_window_bytes(800), 500);
+    }
+
     use super::*;
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));

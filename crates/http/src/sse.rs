@@ -116,6 +116,8 @@ fn start(
         tag: format!("sse-{}", reg.handle.id),
         no_ack: false,
         prefetch_count: prefetch,
+        // What waits for this response is bounded in bytes too (backpressure).
+        prefetch_bytes: state.broker.admission().limits().consumer_window_bytes(0),
         ..Default::default()
     };
     let attached = attach(&state, auth, &vhost, &target, &reg.handle, opts, tx)?;

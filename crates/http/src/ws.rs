@@ -464,6 +464,13 @@ impl Session {
             tag: format!("ws-{}-{name}", self.reg.handle.id),
             no_ack: auto_ack,
             prefetch_count: prefetch,
+            // What waits for this socket is bounded in bytes too (backpressure).
+            prefetch_bytes: self
+                .state
+                .broker
+                .admission()
+                .limits()
+                .consumer_window_bytes(0),
             ..Default::default()
         };
         let attached = attach(

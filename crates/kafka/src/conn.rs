@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +16,7 @@ use futures_util::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::api;
 use crate::sasl::Mechanism;
@@ -24,8 +25,9 @@ use crate::Kafka;
 /// A response being produced: the encoded body, or `None` for no response (acks=0).
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<Body>> + Send>>;
 
-/// A pending response with its correlation id and response header version.
-type Answer = Pin<Box<dyn Future<Output = (i32, i16, Option<Body>)> + Send>>;
+/// A pending response with its correlation id, response header version and the size of
+/// its request (held until the response is written).
+type Answer = Pin<Box<dyn Future<Output = (i32, i16, Option<Body>, usize)> + Send>>;
 
 /// An encoded response body: buffers written to the socket back to back. One buffer for
 /// most responses; a Fetch response's large stored record batches are their own buffers
@@ -147,7 +149,21 @@ pub async fn serve<S>(
     let (rd, wr) = tokio::io::split(stream);
     let max = kafka.config.max_request_bytes;
     let (tx, mut frames) = mpsc::channel::<Result<Bytes, BadSize>>(4);
-    let reader = tokio::spawn(read_frames(rd, max, tx));
+    // Bytes held for this connection (`limits.connection_buffer_max_bytes`): requests
+    // read and not yet answered, and the responses being written.
+    let buffer = Arc::new(Buffered {
+        limit: usize::try_from(
+            kafka
+                .broker
+                .admission()
+                .limits()
+                .connection_buffer_max_bytes,
+        )
+        .unwrap_or(usize::MAX),
+        held: AtomicUsize::new(0),
+        over: Notify::new(),
+    });
+    let reader = tokio::spawn(read_frames(rd, max, buffer.clone(), tx));
     let mut out = BufWriter::with_capacity(64 << 10, wr);
     let mut state = ConnState {
         peer: peer.clone(),
@@ -176,26 +192,40 @@ pub async fn serve<S>(
                     break 'conn "broker stopping".into();
                 }
             }
+            () = buffer.over.notified() => {
+                break 'conn buffer.refuse(&kafka);
+            }
             Some(first) = pending.next(), if !pending.is_empty() => {
                 // Write this response and every one already done behind it, then flush: a
                 // client that keeps its pipeline full must get its answers now, not when the
                 // pipeline next drains (it may never, and the client's window fills up).
                 let mut next = Some(first);
-                while let Some((corr, hv, body)) = next.take() {
-                    if let Some(body) = body {
-                        if body.is_empty() {
-                            break 'conn "a response did not encode".into();
+                let written = async {
+                    while let Some((corr, hv, body, request_len)) = next.take() {
+                        if let Some(body) = body {
+                            if body.is_empty() {
+                                return Err("a response did not encode".to_string());
+                            }
+                            let n = body.len();
+                            buffer.held.fetch_add(n, Ordering::Relaxed);
+                            let r = write_response(&mut out, corr, hv, &body).await;
+                            buffer.held.fetch_sub(n, Ordering::Relaxed);
+                            r.map_err(|e| format!("write failed: {e}"))?;
                         }
-                        if let Err(e) = write_response(&mut out, corr, hv, &body).await {
-                            break 'conn format!("write failed: {e}");
+                        buffer.held.fetch_sub(request_len, Ordering::Relaxed);
+                        if !pending.is_empty() {
+                            next = pending.next().now_or_never().flatten();
                         }
                     }
-                    if !pending.is_empty() {
-                        next = pending.next().now_or_never().flatten();
-                    }
-                }
-                if let Err(e) = out.flush().await {
-                    break 'conn format!("write failed: {e}");
+                    out.flush().await.map_err(|e| format!("write failed: {e}"))
+                };
+                // A client that sends requests and does not read the answers: the reader
+                // gives up on it (`over`) while this write waits.
+                tokio::select! {
+                    r = written => if let Err(why) = r {
+                        break 'conn why;
+                    },
+                    () = buffer.over.notified() => break 'conn buffer.refuse(&kafka),
                 }
             }
             _ = wait_close(&mut closed_rx) => {
@@ -219,9 +249,10 @@ pub async fn serve<S>(
                     }
                     Some(Ok(f)) => f,
                 };
+                let request_len = frame.len();
                 match handle_frame(&kafka, &mut state, frame) {
                     Ok((corr, hv, fut)) => {
-                        pending.push_back(Box::pin(async move { (corr, hv, fut.await) }));
+                        pending.push_back(Box::pin(async move { (corr, hv, fut.await, request_len) }));
                     }
                     Err(Close(why)) => break 'conn why,
                 }
@@ -262,11 +293,48 @@ struct BadSize {
     oversize: bool,
 }
 
+/// What one connection holds in memory for its client, against
+/// `limits.connection_buffer_max_bytes` (0 = unlimited).
+struct Buffered {
+    limit: usize,
+    held: AtomicUsize,
+    /// Raised by the reader when a request would take `held` past `limit`.
+    over: Notify,
+}
+
+impl Buffered {
+    /// Whether `n` more bytes fit; raises `over` when they don't.
+    fn admit(&self, n: usize) -> bool {
+        let held = self.held.fetch_add(n, Ordering::Relaxed) + n;
+        if self.limit != 0 && held > self.limit {
+            self.over.notify_one();
+            return false;
+        }
+        true
+    }
+
+    /// Counts the refusal; the reason the connection closes (Kafka has no error for it).
+    fn refuse(&self, kafka: &Kafka) -> String {
+        kafka
+            .broker
+            .admission()
+            .refused(Limit::ConnectionBuffer, PROTOCOL);
+        let why = format!(
+            "more than {} bytes of requests and answers held for a client that does not read its answers (limits.connection_buffer_max_bytes)",
+            self.limit
+        );
+        tracing::info!(why, "closing Kafka connection");
+        why
+    }
+}
+
 /// Reads size-prefixed frames; the size is checked against `max` before the body is
-/// read (and before any allocation for it).
+/// read (and before any allocation for it), and against what the connection may still
+/// hold (`buffer`).
 async fn read_frames<R: AsyncRead + Unpin>(
     mut rd: R,
     max: usize,
+    buffer: Arc<Buffered>,
     tx: mpsc::Sender<Result<Bytes, BadSize>>,
 ) {
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, &mut rd);
@@ -290,6 +358,9 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return;
             }
         };
+        if !buffer.admit(n) {
+            return;
+        }
         // Read into spare capacity (no zero-fill of what the socket overwrites anyway).
         let mut buf = BytesMut::with_capacity(n);
         while buf.len() < n {

@@ -1,8 +1,10 @@
 //! One MQTT connection over any byte stream: CONNECT (authentication, session takeover,
 //! the session queue), then a `select!` loop over socket reads, consumer deliveries,
 //! durable-publish completions, resource alarms, takeover and management close requests,
-//! shutdown and the keep-alive deadline. All output of a turn goes to one buffer written
-//! with one `write_all`; the read buffer is allocated on demand and dropped when large and
+//! shutdown and the keep-alive deadline. All output goes to one buffer, written as the
+//! socket takes it without stalling the loop ([`Outbox`]: reads pause while the client
+//! does not take its backlog, and a backlog past `limits.connection_buffer_max_bytes` ends
+//! the connection); the read buffer is allocated on demand and dropped when large and
 //! empty, so an idle connection holds little memory.
 //!
 //! # QoS 2 state across a restart (persistent sessions)
@@ -57,8 +59,8 @@ use ferrymq_core::clock::now_ms;
 use ferrymq_core::queue::{ConsumerEvent, ConsumerId, ConsumerOptions, CreditPool, Queue};
 use ferrymq_core::{
     Access, Binding, ConnectionHandle, ConnectionInfo, ConnectionPermit, CoreError, Delivery,
-    Destination, Limit, LimitExceeded, Message, PublishedBatch, QueueDecl, QueueRef, TopicCheck,
-    VHost, Value,
+    Destination, Limit, LimitExceeded, Message, Outbox, PublishedBatch, QueueDecl, QueueRef,
+    TopicCheck, VHost, Value,
 };
 use ferrymq_mqtt_codec::{
     decode, decode_connect, parse_shared_subscription, topic_matches, validate_topic_filter,
@@ -86,6 +88,8 @@ const READ_CHUNK_MAX: usize = 256 * 1024;
 const READ_KEEP_MAX: usize = 2 * READ_RESERVE;
 /// A write buffer larger than this is dropped after a flush.
 const WRITE_KEEP_MAX: usize = 64 * 1024;
+/// How long the last packets (DISCONNECT) may take to leave once the loop ends.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queue name prefix of session queues (RabbitMQ: `mqtt-subscription-{id}qos1`).
 pub const SESSION_QUEUE_PREFIX: &str = "mqtt-subscription-";
 /// Queue name prefix of shared-subscription queues.
@@ -209,6 +213,12 @@ struct Conn {
     client_receive_max: u16,
     /// Core acks collected this turn, one `ack` call per queue (see `flush_acks`).
     to_ack: Vec<(Arc<Queue>, Vec<u64>)>,
+    /// QoS 0 deliveries encoded and not yet marked with where they end in the output.
+    qos0_encoded: Vec<(Arc<Queue>, u64)>,
+    /// QoS 0 deliveries settled once the output reaches their mark (bytes written over the
+    /// connection's life): a subscriber that reads slowly holds messages back in its
+    /// queue instead of in this connection's buffer.
+    qos0_unwritten: VecDeque<(u64, Arc<Queue>, u64)>,
     next_pid: u16,
     client_max_packet: u32,
     aliases_in: alias::Inbound,
@@ -353,35 +363,71 @@ pub(crate) async fn run<S>(
     if !inbuf.is_empty() {
         conn.on_bytes(&mut inbuf);
     }
+    let mut outbox = Outbox::new(mqtt.broker.admission().limits().connection_buffer_max_bytes);
+    // The client's last sign of life while reads wait for it to take its backlog.
+    let mut last_progress = Instant::now();
     loop {
         conn.flush_state();
         conn.flush_acks();
-        if !conn.out.is_empty() {
-            if wr.write_all(&conn.out).await.is_err() {
-                conn.ending.get_or_insert(End::Abnormal);
-                break;
+        conn.mark_qos0(outbox.written() + conn.out.len() as u64);
+        if outbox.waiting(&conn.out) {
+            match outbox.write_now(&mut wr, &mut conn.out).await {
+                Ok(n) => {
+                    if n > 0 {
+                        last_progress = Instant::now();
+                        conn.settle_qos0_written(outbox.written());
+                    }
+                    conn.handle
+                        .stats
+                        .bytes_out
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => {
+                    conn.ending.get_or_insert(End::Abnormal);
+                    break;
+                }
             }
-            conn.handle
-                .stats
-                .bytes_out
-                .fetch_add(conn.out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            conn.out.clear();
-            if conn.out.capacity() > WRITE_KEEP_MAX {
-                conn.out = BytesMut::new();
-            }
+        }
+        if conn.out.is_empty() && conn.out.capacity() > WRITE_KEEP_MAX {
+            conn.out = BytesMut::new();
         }
         if conn.ending.is_some() {
             break;
         }
+        if outbox.exceeded(&conn.out) {
+            // A client that does not read what it is sent.
+            mqtt.broker
+                .admission()
+                .refused(Limit::ConnectionBuffer, crate::PROTOCOL);
+            let why = format!(
+                "more than {} bytes wait for the client to read them (limits.connection_buffer_max_bytes)",
+                outbox.limit()
+            );
+            conn.fail(ReasonCode::QUOTA_EXCEEDED, &why);
+            break;
+        }
         // Not read: a publisher under a resource alarm, or one whose acknowledgements
         // wait for more durable publishes than the Receive Maximum (backpressure).
-        let paused = (conn.blocked && conn.published)
+        let alarm_paused = (conn.blocked && conn.published)
             || conn.acks_waiting() >= usize::from(conn.mqtt.config.receive_maximum.max(1));
+        // Nor while the client does not take what it is sent.
+        let backlog_paused = outbox.pause_reads(&conn.out);
+        let paused = alarm_paused || backlog_paused;
         if !paused && inbuf.capacity() - inbuf.len() < read_hint / 2 {
             // Small when idle, doubling while reads fill it (a large packet, a burst).
             inbuf.reserve(read_hint.max(inbuf.len()));
         }
         tokio::select! {
+            r = outbox.write_some(&mut wr, &mut conn.out), if outbox.waiting(&conn.out) => {
+                match r {
+                    Ok(n) => {
+                        last_progress = Instant::now();
+                        conn.handle.stats.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        conn.settle_qos0_written(outbox.written());
+                    }
+                    Err(_) => { conn.ending = Some(End::Abnormal); }
+                }
+            }
             r = rd.read_buf(&mut inbuf), if !paused => {
                 match r {
                     Ok(0) | Err(_) => { conn.ending = Some(End::Abnormal); }
@@ -440,9 +486,15 @@ pub(crate) async fn run<S>(
                 }
             }
             () = &mut keepalive, if !ka.is_zero() => {
-                if paused {
+                if alarm_paused {
                     // Not reading (resource alarm): the client's silence is ours.
                     keepalive.as_mut().reset(ka_deadline(Instant::now(), ka));
+                    continue;
+                }
+                let due = ka_deadline(last_progress, ka);
+                if backlog_paused && due > Instant::now() {
+                    // Not reading until the client takes its backlog, which it still does.
+                    keepalive.as_mut().reset(due);
                     continue;
                 }
                 tracing::info!(peer = %conn.peer, client_id = %conn.log_id, "MQTT keep-alive timeout");
@@ -451,7 +503,11 @@ pub(crate) async fn run<S>(
             }
         }
     }
-    let _ = wr.shutdown().await;
+    outbox
+        .finish(&mut wr, &mut conn.out, FINAL_WRITE_TIMEOUT)
+        .await;
+    conn.mark_qos0(0);
+    conn.settle_qos0_written(u64::MAX);
     // Deliveries still in the channel go back to their queues.
     conn.cancel_consumers();
     sink_rx.close();
@@ -872,6 +928,8 @@ async fn open_session(
         offline_backlog: 0,
         client_receive_max,
         to_ack: Vec::new(),
+        qos0_encoded: Vec::new(),
+        qos0_unwritten: VecDeque::new(),
         next_pid: 1,
         client_max_packet: if v5(version) {
             p.maximum_packet_size.unwrap_or(u32::MAX)
@@ -1086,6 +1144,13 @@ impl Conn {
             tag: format!("mqtt-{}", self.client_id),
             no_ack: false,
             prefetch_count: self.prefetch,
+            // Bounds what waits for a client that does not read, in bytes (issue #9).
+            prefetch_bytes: self
+                .mqtt
+                .broker
+                .admission()
+                .limits()
+                .consumer_window_bytes(0),
             shared_credit: Some(self.pool.clone()),
             connection: self.handle.id,
             ..ConsumerOptions::default()
@@ -2029,8 +2094,8 @@ impl Conn {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match packet_id {
             None => {
-                if let Some((q, id)) = source {
-                    self.ack_later(&q, id);
+                if let Some(src) = source {
+                    self.qos0_encoded.push(src);
                 }
             }
             Some(pid) => {
@@ -2047,6 +2112,29 @@ impl Conn {
             };
             self.deliver(o);
         }
+    }
+
+    /// Marks the QoS 0 deliveries encoded so far with `end`, where the output holding
+    /// them ends (bytes written over the connection's life).
+    fn mark_qos0(&mut self, end: u64) {
+        for (q, id) in self.qos0_encoded.drain(..) {
+            self.qos0_unwritten.push_back((end, q, id));
+        }
+    }
+
+    /// Settles the QoS 0 deliveries the socket has taken (all of them once the connection
+    /// ends: at most once, as sent).
+    fn settle_qos0_written(&mut self, written: u64) {
+        while self
+            .qos0_unwritten
+            .front()
+            .is_some_and(|(end, _, _)| *end <= written)
+        {
+            if let Some((_, q, id)) = self.qos0_unwritten.pop_front() {
+                self.ack_later(&q, id);
+            }
+        }
+        self.flush_acks();
     }
 
     fn ack_later(&mut self, q: &Arc<Queue>, id: u64) {

@@ -298,6 +298,9 @@ pub struct LimitsSection {
     pub queues_per_vhost_max: u64,
     /// Body bytes delivered to one AMQP consumer and not yet settled (0 = unlimited).
     pub consumer_window_max_bytes: u64,
+    /// Bytes buffered for one connection that its client has not read; past it the
+    /// connection is closed with its protocol's error (0 = unlimited).
+    pub connection_buffer_max_bytes: u64,
 }
 
 /// `[users]`: what is created on first start, and who may log in only from loopback.
@@ -377,6 +380,7 @@ impl Config {
                 connections_per_user_max: 0,
                 queues_per_vhost_max: 0,
                 consumer_window_max_bytes: 128 * MIB,
+                connection_buffer_max_bytes: 256 * MIB,
             },
             users: UsersSection {
                 default_user: "guest".into(),
@@ -526,6 +530,15 @@ impl Config {
             1,
             MESSAGE_SIZE_MAX_BYTES_MAX,
         )?;
+        if l.connection_buffer_max_bytes != 0 && l.connection_buffer_max_bytes < 64 * KIB {
+            return Err((
+                "limits.connection_buffer_max_bytes",
+                format!(
+                    "must be 0 (unlimited) or at least 65536, got {}",
+                    l.connection_buffer_max_bytes
+                ),
+            ));
+        }
         let u = &self.users;
         name("users.default_user", &u.default_user)?;
         name("users.default_vhost", &u.default_vhost)?;
@@ -928,6 +941,7 @@ pub fn broker_config(config: &Config) -> BrokerConfig {
             connections_max: config.limits.connections_max,
             connections_per_source_max: config.limits.connections_per_source_max,
             connections_per_user_max: config.limits.connections_per_user_max,
+            connection_buffer_max_bytes: config.limits.connection_buffer_max_bytes,
         },
         ..BrokerConfig::default()
     }

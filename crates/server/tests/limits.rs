@@ -650,3 +650,290 @@ async fn mqtt_over_websocket_counts_for_its_user() {
         assert!(Instant::now() < deadline, "never accepted: {reason:?}");
     }
 }
+
+/// A TCP connection whose receive buffer is small, so that what the server sends and the
+/// client does not read stays in the server's buffer.
+async fn small_window(addr: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// The consumers of a queue in the default vhost, per the management API.
+async fn consumers(addr: SocketAddr, queue: &str) -> u64 {
+    let (status, text) = http(addr, "GET", &format!("/api/queues/%2F/{queue}"), "").await;
+    assert_eq!(status, 200, "{text}");
+    let body = &text[text.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["consumers"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Waits until `/metrics` counts `n` refusals of `limit` for `protocol`.
+async fn refusals_reach(http_addr: SocketAddr, limit: &str, protocol: &str, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = metrics_when_served(http_addr).await;
+        if refusals(&text, limit, protocol) >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {limit} refusal: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_connection_buffer_refuses_a_flood_and_paces_a_slow_reader() {
+    use ferrymq_mqtt_codec::{Packet, QoS};
+    const N: u32 = 200;
+    let (_tmp, server) = start(&["limits.connection_buffer_max_bytes=262144"]);
+    let [_amqp, mqtt_addr, _kafka, http_addr] = addrs(&server);
+    let body = |i: u32| {
+        let mut b = vec![0u8; 64 * 1024];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        b
+    };
+    // 128 retained messages of 64 KiB: 8 MiB sent at once to whoever subscribes to r/#
+    // (more than loopback TCP buffers take from a client that does not read).
+    let mut publisher = Client::v311(mqtt_addr, "pub", true).await;
+    for i in 0..128u32 {
+        publisher
+            .publish(&format!("r/{i}"), &body(i), QoS::AtLeastOnce, true, 1)
+            .await;
+    }
+    // A persistent session that subscribes over a small TCP window and does not read on.
+    let mut c = connect_packet(ProtocolVersion::V5, "slow", false);
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut slow, ack) = Client::connect_over(small_window(mqtt_addr).await, c.clone()).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    slow.subscribe(1, "r/#", QoS::AtLeastOnce).await;
+    refusals_reach(http_addr, "connection_buffer", "mqtt", 1).await;
+    // What was owed, then DISCONNECT "quota exceeded", then the end.
+    let mut last = None;
+    while let Some(p) = slow.next().await {
+        last = Some(p);
+    }
+    match last {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::QUOTA_EXCEEDED),
+        p => panic!("expected DISCONNECT 0x97 last, got {p:?}"),
+    }
+    // The session survives; a reader slower than the broker is paced by its window
+    // (half the connection buffer), not refused: every message arrives.
+    let (mut back, ack) = Client::connect(mqtt_addr, c).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.session_present);
+    for i in 0..N {
+        publisher
+            .publish("r/live", &body(i), QoS::AtLeastOnce, false, 1)
+            .await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N as usize {
+        let p = back.expect_publish().await;
+        if p.topic == "r/live" {
+            seen.insert(u32::from_be_bytes([
+                p.payload[0],
+                p.payload[1],
+                p.payload[2],
+                p.payload[3],
+            ]));
+        }
+    }
+    assert_eq!(seen, (0..N).collect());
+    let text = metrics_when_served(http_addr).await;
+    assert_eq!(refusals(&text, "connection_buffer", "mqtt"), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_that_does_not_read_is_closed_with_resource_error() {
+    use ferrymq_amqp_codec::{
+        decode_frame, encode_frame, BasicConsume, ChannelOpen, ConnectionOpen, ConnectionStartOk,
+        ConnectionTuneOk, Frame, Method,
+    };
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+    // 4 MiB: loopback TCP buffers alone take a few MiB that the client does not read.
+    let (_tmp, server) = start(&["limits.connection_buffer_max_bytes=4194304"]);
+    let [amqp, _mqtt, _kafka, http_addr] = addrs(&server);
+    let (conn, ch) = amqp_channel(amqp).await;
+    // Six queues, one consumer each on one connection that does not read. One consumer
+    // may hold half the connection buffer (2 MiB, 32 messages of 64 KiB): six hold 12 MiB.
+    const QUEUES: usize = 6;
+    const PER_QUEUE: usize = 32;
+    ch.confirm_select(Default::default()).await.unwrap();
+    for q in 0..QUEUES {
+        ch.queue_declare(
+            format!("slow{q}").as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    // A raw client (prefetch unlimited, acks on) that never reads after basic.consume.
+    let mut s = small_window(amqp).await;
+    let mut buf = bytes::BytesMut::new();
+    async fn next(s: &mut TcpStream, buf: &mut bytes::BytesMut) -> Option<Frame> {
+        loop {
+            if let Some(f) = decode_frame(buf, 1 << 20).expect("a well-formed frame") {
+                return Some(f);
+            }
+            match timeout(WAIT, s.read_buf(buf))
+                .await
+                .expect("a frame in time")
+            {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+    async fn send(s: &mut TcpStream, channel: u16, method: Method) {
+        let mut out = bytes::BytesMut::new();
+        encode_frame(&Frame::Method { channel, method }, &mut out);
+        s.write_all(&out).await.unwrap();
+    }
+    s.write_all(AMQP_HEADER).await.unwrap();
+    next(&mut s, &mut buf).await; // connection.start
+    send(
+        &mut s,
+        0,
+        Method::ConnectionStartOk(ConnectionStartOk {
+            client_properties: Default::default(),
+            mechanism: "PLAIN".into(),
+            response: bytes::Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+        }),
+    )
+    .await;
+    next(&mut s, &mut buf).await; // connection.tune
+    send(
+        &mut s,
+        0,
+        Method::ConnectionTuneOk(ConnectionTuneOk {
+            channel_max: 16,
+            frame_max: 131072,
+            heartbeat: 0,
+        }),
+    )
+    .await;
+    send(
+        &mut s,
+        0,
+        Method::ConnectionOpen(ConnectionOpen {
+            virtual_host: "/".into(),
+        }),
+    )
+    .await;
+    next(&mut s, &mut buf).await; // connection.open-ok
+    send(&mut s, 1, Method::ChannelOpen(ChannelOpen {})).await;
+    next(&mut s, &mut buf).await; // channel.open-ok
+    for q in 0..QUEUES {
+        send(
+            &mut s,
+            1,
+            Method::BasicConsume(BasicConsume {
+                queue: format!("slow{q}"),
+                consumer_tag: format!("c{q}"),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                no_wait: false,
+                arguments: Default::default(),
+            }),
+        )
+        .await;
+    }
+    for q in 0..QUEUES {
+        let deadline = Instant::now() + WAIT;
+        while consumers(http_addr, &format!("slow{q}")).await != 1 {
+            assert!(Instant::now() < deadline, "consumer on slow{q}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // 32 messages of 64 KiB per queue, from another connection.
+    for q in 0..QUEUES {
+        for _ in 0..PER_QUEUE {
+            ch.basic_publish(
+                "".into(),
+                format!("slow{q}").as_str().into(),
+                BasicPublishOptions::default(),
+                &[1u8; 64 * 1024],
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    }
+    refusals_reach(http_addr, "connection_buffer", "amqp", 1).await;
+    // What was owed, then connection.close 506.
+    let mut close = None;
+    while let Some(f) = next(&mut s, &mut buf).await {
+        if let Frame::Method {
+            method: Method::ConnectionClose(c),
+            ..
+        } = f
+        {
+            close = Some(c);
+        }
+    }
+    assert_eq!(close.expect("connection.close").reply_code, 506);
+    // Nothing was lost: every delivery went back to its queue.
+    for q in 0..QUEUES {
+        let name = format!("slow{q}");
+        let deadline = Instant::now() + WAIT;
+        while queue_counts(http_addr, &name).await != (PER_QUEUE as u64, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                queue_counts(http_addr, &name).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A client that reads gets them all on one connection, windowed, not refused.
+    let mut got = 0;
+    for q in 0..QUEUES {
+        let mut consumer = ch
+            .basic_consume(
+                format!("slow{q}").as_str().into(),
+                format!("r{q}").as_str().into(),
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..PER_QUEUE {
+            let d = timeout(WAIT, consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(d.data.len(), 64 * 1024);
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            got += 1;
+        }
+    }
+    assert_eq!(got, QUEUES * PER_QUEUE);
+    let text = metrics_when_served(http_addr).await;
+    assert_eq!(refusals(&text, "connection_buffer", "amqp"), 1, "{text}");
+    conn.close(200, "bye".into()).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_requests_past_the_connection_buffer_are_refused() {
+    let (_tmp, server) = start(&["limits.connection_buffer_max_bytes=65536"]);
+    let [_amqp, _mqtt, kafka, http_addr] = addrs(&server);
+    // A request of 100,000 bytes (under kafka.max_request_bytes) would take the
+    // connection past 64 KiB: closed before its body is read.
+    let mut s = TcpStream::connect(kafka).await.unwrap();
+    s.write_all(&100_000i32.to_be_bytes()).await.unwrap();
+    assert!(
+        read_to_end(&mut s).await.is_empty(),
+        "closed without an answer"
+    );
+    refusals_reach(http_addr, "connection_buffer", "kafka", 1).await;
+    let text = metrics_when_served(http_addr).await;
+    assert_eq!(refusals(&text, "message_size", "kafka"), 0, "{text}");
+    assert!(kafka_served(kafka).await);
+}
