@@ -128,6 +128,13 @@ pub struct PublishedBatch {
 }
 
 impl PublishedBatch {
+    /// True when nothing of the batch waits for a commit (it went only to transient
+    /// queues, or nowhere): [`PublishedBatch::durable`] would resolve at once, so an adapter
+    /// can confirm without awaiting it.
+    pub fn is_durable(&self) -> bool {
+        self.commits.is_empty()
+    }
+
     /// Resolves once every message of the batch is durable at its tier.
     ///
     /// # Errors

@@ -816,6 +816,10 @@ async fn batch_publish_reports_each_message() {
         .map(|o| (o.routed, o.rejected))
         .collect();
     assert_eq!(summary, vec![(2, 0), (2, 0), (1, 1)]);
+    assert!(
+        !out.is_durable(),
+        "persistent messages in durable queues wait for a commit"
+    );
     out.durable().await.unwrap();
     let all: Vec<_> = std::iter::from_fn(|| get_body(&vh, "all")).collect();
     assert_eq!(all, vec!["b0", "b1", "b2"], "batch order kept");
@@ -823,6 +827,22 @@ async fn batch_publish_reports_each_message() {
         .publish_batch("amq.direct", vec![msg("nobody", "x")])
         .unwrap();
     assert!(direct.outcomes[0].unroutable());
+    assert!(direct.is_durable(), "nothing routed: nothing to wait for");
+    // Persistent messages in a transient queue (an MQTT clean session's QoS 1) are T0:
+    // written nowhere, so nothing to wait for either.
+    vh.declare_queue(QueueDecl::transient("mem"), 1, false)
+        .unwrap();
+    let t0 = vh
+        .publish_batch("", vec![persistent("mem", "p"), persistent("mem", "q")])
+        .unwrap();
+    assert_eq!(t0.outcomes[0].routed, 1);
+    assert!(t0.is_durable());
+    // One durable destination among them is enough to wait.
+    let mixed = vh
+        .publish_batch("", vec![persistent("mem", "r"), persistent("all", "s")])
+        .unwrap();
+    assert!(!mixed.is_durable());
+    mixed.durable().await.unwrap();
 }
 
 #[tokio::test]

@@ -76,6 +76,7 @@ use tokio::time::Instant;
 use crate::alias;
 use crate::mapping::{self, Sub};
 use crate::session::{Attached, SessionState};
+use crate::signals::{Signal, Signals};
 use crate::Mqtt;
 
 /// Deliveries taken from the sink per turn at most, so reads are not starved.
@@ -227,6 +228,9 @@ struct Conn {
     acks: VecDeque<AckBatch>,
     next_seq: u64,
     done_tx: mpsc::UnboundedSender<Done>,
+    /// Spawned tasks that have yet to send their `Done`: `done_rx` is polled only while
+    /// there are some (a receive per loop turn is not free at a high message rate).
+    done_pending: usize,
     /// The session state changed this turn: write its record (persistent sessions).
     state_dirty: bool,
     /// What waits for this turn's state write.
@@ -320,7 +324,7 @@ pub(crate) async fn run<S>(
             return;
         }
     };
-    let mut stop = mqtt.stop.subscribe();
+    let stop = mqtt.stop.subscribe();
     if *stop.borrow() {
         return;
     }
@@ -345,15 +349,10 @@ pub(crate) async fn run<S>(
             return;
         }
     };
-    let Attached {
-        mut kicked, done, ..
-    } = attached;
+    let Attached { kicked, done, .. } = attached;
     let mut flow = mqtt.broker.flow();
-    {
-        let st = *flow.borrow_and_update();
-        conn.blocked = st.blocked();
-    }
-    let mut close_req = conn.handle.close_requested();
+    conn.blocked = flow.borrow_and_update().blocked();
+    let mut signals = Signals::new(flow, conn.handle.close_requested(), kicked, stop);
     let mut last_read = Instant::now();
     let ka = conn.keep_alive;
     let mut read_hint = READ_RESERVE;
@@ -452,10 +451,11 @@ pub(crate) async fn run<S>(
                     }
                 }
             }
-            Some(d) = done_rx.recv() => {
+            Some(d) = done_rx.recv(), if conn.done_pending > 0 => {
                 // Everything already resolved, so that one state write covers it all.
                 let mut next = Some(d);
                 while let Some(d) = next {
+                    conn.done_pending = conn.done_pending.saturating_sub(1);
                     match d {
                         Done::Publish(seq, ok) => conn.on_done(seq, ok),
                         Done::State(n, ok) => conn.on_state_done(n, ok),
@@ -463,28 +463,23 @@ pub(crate) async fn run<S>(
                     next = done_rx.try_recv().ok();
                 }
             }
-            Ok(()) = flow.changed() => {
-                conn.blocked = flow.borrow_and_update().blocked();
-            }
-            Ok(()) = close_req.changed() => {
-                let reason = close_req.borrow().clone().unwrap_or_default();
-                tracing::info!(peer = %conn.peer, client_id = %conn.log_id, reason, "MQTT connection closed by management");
-                conn.disconnect(ReasonCode::ADMINISTRATIVE_ACTION, Some(format!("Closed via management: {reason}")));
-                conn.ending = Some(End::Abnormal);
-            }
-            Ok(()) = kicked.changed() => {
-                if *kicked.borrow() {
+            signal = signals.next() => match signal {
+                Signal::Flow(blocked) => conn.blocked = blocked,
+                Signal::Close(reason) => {
+                    tracing::info!(peer = %conn.peer, client_id = %conn.log_id, reason, "MQTT connection closed by management");
+                    conn.disconnect(ReasonCode::ADMINISTRATIVE_ACTION, Some(format!("Closed via management: {reason}")));
+                    conn.ending = Some(End::Abnormal);
+                }
+                Signal::Kicked => {
                     tracing::info!(peer = %conn.peer, client_id = %conn.log_id, "MQTT session taken over");
                     conn.disconnect(ReasonCode::SESSION_TAKEN_OVER, None);
                     conn.ending = Some(End::Abnormal);
                 }
-            }
-            Ok(()) = stop.changed() => {
-                if *stop.borrow() {
+                Signal::Stop => {
                     conn.disconnect(ReasonCode::SERVER_SHUTTING_DOWN, None);
                     conn.ending = Some(End::Shutdown);
                 }
-            }
+            },
             () = &mut keepalive, if !ka.is_zero() => {
                 if alarm_paused {
                     // Not reading (resource alarm): the client's silence is ours.
@@ -950,6 +945,7 @@ async fn open_session(
         acks: VecDeque::new(),
         next_seq: 0,
         done_tx,
+        done_pending: 0,
         state_dirty: false,
         state_waiters: Vec::new(),
         state_settles: Vec::new(),
@@ -1501,11 +1497,15 @@ impl Conn {
             confirm,
             acks,
         });
+        // Nothing to wait for (QoS 1 to transient session queues, T0): acked this turn,
+        // without a task and a wake-up per publish.
+        let batch = batch.filter(|b| !b.is_durable());
         if batch.is_none() && commits.is_empty() {
             self.on_done(seq, true);
             return;
         }
         let done = self.done_tx.clone();
+        self.done_pending += 1;
         tokio::spawn(async move {
             let mut ok = true;
             if let Some(b) = batch {
@@ -1545,6 +1545,7 @@ impl Conn {
             }
             Ok(Some(c)) => {
                 let done = self.done_tx.clone();
+                self.done_pending += 1;
                 tokio::spawn(async move {
                     let ok = c.await.is_ok();
                     // The deliveries' ids are durable: ack them in the core, whether or not

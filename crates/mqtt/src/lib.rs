@@ -12,6 +12,8 @@
 //!   persisted record of a persistent session's QoS 2 packet ids;
 //! - `connection`: one task per connection — CONNECT, the packet loop, publishing with
 //!   durable acks, deliveries with packet ids, keep-alive, wills, flow control;
+//! - `signals`: the connection's rare wake-ups (resource alarm, management close, takeover,
+//!   shutdown) as one wait registered once;
 //! - [`error`]: the adapter's errors.
 
 pub mod alias;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod mapping;
 pub mod retained;
 pub mod session;
+mod signals;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
