@@ -269,11 +269,17 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Removes duplicates while keeping first-seen order.
+/// Removes duplicates while keeping first-seen order. The set borrows the names instead of
+/// cloning them: a publish that fans out to many queues copies no name here.
 pub(crate) fn dedup(dests: &mut Vec<Destination>) {
     if dests.len() > 1 {
-        let mut seen = HashSet::with_capacity(dests.len());
-        dests.retain(|d| seen.insert(d.clone()));
+        let keep: Vec<bool> = {
+            let mut seen = HashSet::with_capacity(dests.len());
+            dests.iter().map(|d| seen.insert(d)).collect()
+        };
+        // `retain` visits every element once, in order.
+        let mut keep = keep.into_iter();
+        dests.retain(|_| keep.next().unwrap_or(true));
     }
 }
 
@@ -293,6 +299,22 @@ mod tests {
             routing_key: key.into(),
             arguments: FieldTable::new(),
         })
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_each_in_order() {
+        let mut v = vec![
+            q("b"),
+            q("a"),
+            q("b"),
+            Destination::Exchange("a".into()),
+            q("a"),
+        ];
+        dedup(&mut v);
+        assert_eq!(v, vec![q("b"), q("a"), Destination::Exchange("a".into())]);
+        let mut one = vec![q("x")];
+        dedup(&mut one);
+        assert_eq!(one, vec![q("x")]);
     }
 
     fn route(x: &Exchange, key: &str) -> Vec<Destination> {

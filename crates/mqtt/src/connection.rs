@@ -2025,7 +2025,7 @@ impl Conn {
             return;
         }
         let Out {
-            topic,
+            mut topic,
             message: m,
             qos,
             retain,
@@ -2034,7 +2034,12 @@ impl Conn {
             source,
         } = o;
         let mut properties = Properties::default();
-        let mut wire_topic = topic.clone();
+        // MQTT 3 has no topic aliases: the topic goes on the wire as it is, not copied.
+        let mut wire_topic = if self.v5() {
+            topic.clone()
+        } else {
+            std::mem::take(&mut topic)
+        };
         let mut new_alias = false;
         if self.v5() {
             properties = mapping::message_to_props(&m, now_ms());
