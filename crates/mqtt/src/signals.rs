@@ -6,8 +6,8 @@
 //! unregisters every one of them on each turn of the connection loop: two locks per receiver
 //! per turn, two of them on broker-wide `watch` channels that every connection shares. At a
 //! 1 → 100 fan-out that was about 8 % of the broker's CPU (issue #6: latency at equal load).
-//! Here each wait lives in a [`FuturesUnordered`], which polls a wait only after its own
-//! wake-up, and is re-armed after it fires.
+//! Here one wait on all four lives in a [`FuturesUnordered`], which polls it only after its
+//! own wake-up, and is re-armed after it fires.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,20 +29,25 @@ pub(crate) enum Signal {
     Stop,
 }
 
-/// One receiver, waiting or just fired.
-enum Watch {
-    Flow(watch::Receiver<FlowState>),
-    Close(watch::Receiver<Option<String>>),
-    Kicked(watch::Receiver<bool>),
-    Stop(watch::Receiver<bool>),
+/// The four receivers, and which still have a sender.
+struct Receivers {
+    flow: watch::Receiver<FlowState>,
+    close: watch::Receiver<Option<String>>,
+    kicked: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    /// Open senders: flow, close, kicked, stop.
+    open: [bool; 4],
 }
 
-/// A wait for one receiver's next change: `None` once its sender is gone.
-type Wait = Pin<Box<dyn Future<Output = Option<Watch>> + Send>>;
+/// A wait for the next change of any receiver, which hands the receivers back.
+type Wait = Pin<Box<dyn Future<Output = (Option<Signal>, Receivers)> + Send>>;
 
 /// The connection's control signals.
 pub(crate) struct Signals {
-    waits: FuturesUnordered<Wait>,
+    /// One wait at a time (re-armed after it fires). A `FuturesUnordered` polls it only after
+    /// its own wake-up, so the connection loop's other wake-ups do not touch the receivers.
+    /// One boxed wait for all four keeps an idle connection's cost to one allocation.
+    wait: FuturesUnordered<Wait>,
 }
 
 impl Signals {
@@ -55,28 +60,20 @@ impl Signals {
         stop: watch::Receiver<bool>,
     ) -> Signals {
         let mut s = Signals {
-            waits: FuturesUnordered::new(),
+            wait: FuturesUnordered::new(),
         };
-        for w in [
-            Watch::Flow(flow),
-            Watch::Close(close),
-            Watch::Kicked(kicked),
-            Watch::Stop(stop),
-        ] {
-            s.arm(w);
-        }
+        s.arm(Receivers {
+            flow,
+            close,
+            kicked,
+            stop,
+            open: [true; 4],
+        });
         s
     }
 
-    fn arm(&mut self, w: Watch) {
-        self.waits.push(Box::pin(async move {
-            match w {
-                Watch::Flow(mut r) => r.changed().await.ok().map(|()| Watch::Flow(r)),
-                Watch::Close(mut r) => r.changed().await.ok().map(|()| Watch::Close(r)),
-                Watch::Kicked(mut r) => r.changed().await.ok().map(|()| Watch::Kicked(r)),
-                Watch::Stop(mut r) => r.changed().await.ok().map(|()| Watch::Stop(r)),
-            }
-        }));
+    fn arm(&mut self, r: Receivers) {
+        self.wait.push(Box::pin(changed(r)));
     }
 
     /// The next signal. A takeover or stop flag that changed back to false is no signal; a
@@ -87,24 +84,43 @@ impl Signals {
     /// Cancel-safe: a change not yet returned stays pending in its receiver.
     pub(crate) async fn next(&mut self) -> Signal {
         loop {
-            let Some(fired) = self.waits.next().await else {
+            let Some((signal, r)) = self.wait.next().await else {
                 return std::future::pending().await;
             };
-            let Some(w) = fired else {
-                continue; // that sender is gone
-            };
-            let signal = match &w {
-                Watch::Flow(r) => Some(Signal::Flow(r.borrow().blocked())),
-                Watch::Close(r) => Some(Signal::Close(r.borrow().clone().unwrap_or_default())),
-                Watch::Kicked(r) => (*r.borrow()).then_some(Signal::Kicked),
-                Watch::Stop(r) => (*r.borrow()).then_some(Signal::Stop),
-            };
-            self.arm(w);
+            if r.open.iter().any(|o| *o) {
+                self.arm(r);
+            }
             if let Some(s) = signal {
                 return s;
             }
         }
     }
+}
+
+/// The next change of any open receiver, as a signal (`None`: a change that is no signal, or
+/// a sender gone), and the receivers.
+async fn changed(mut r: Receivers) -> (Option<Signal>, Receivers) {
+    let [f, c, k, s] = r.open;
+    let signal = tokio::select! {
+        x = r.flow.changed(), if f => match x {
+            Ok(()) => Some(Signal::Flow(r.flow.borrow_and_update().blocked())),
+            Err(_) => { r.open[0] = false; None }
+        },
+        x = r.close.changed(), if c => match x {
+            Ok(()) => Some(Signal::Close(r.close.borrow_and_update().clone().unwrap_or_default())),
+            Err(_) => { r.open[1] = false; None }
+        },
+        x = r.kicked.changed(), if k => match x {
+            Ok(()) => (*r.kicked.borrow_and_update()).then_some(Signal::Kicked),
+            Err(_) => { r.open[2] = false; None }
+        },
+        x = r.stop.changed(), if s => match x {
+            Ok(()) => (*r.stop.borrow_and_update()).then_some(Signal::Stop),
+            Err(_) => { r.open[3] = false; None }
+        },
+        else => None,
+    };
+    (signal, r)
 }
 
 #[cfg(test)]
