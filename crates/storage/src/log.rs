@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -24,6 +24,9 @@ static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Smallest and largest read chunk.
 const READ_CHUNK_MIN: usize = 64 << 10;
+/// T2 batches from this size on are written by `append` itself when nothing is pending
+/// (smaller ones are written behind, many to a `pwrite`).
+const WRITE_BEHIND_MAX_BYTES: usize = 64 << 10;
 const READ_CHUNK_MAX: usize = 16 << 20;
 /// Chunks from this size on hint the next chunk to the kernel (`FileIo::will_need`).
 const READ_AHEAD_MIN: usize = 1 << 20;
@@ -114,6 +117,11 @@ struct State {
     /// `active.written`; the first of them has offset `pending_base`.
     pending: Vec<u8>,
     pending_base: u64,
+    /// The sync thread is writing pending appends it took out of `pending` (at
+    /// `active.written`), without the lock: appends go on into a fresh `pending`, while
+    /// whatever needs the file to hold everything appended (a reader, a roll, `sync`)
+    /// waits on `Log::written_cv` for it to end.
+    writing: bool,
 }
 
 /// What a reader needs of the active segment, copied under the lock.
@@ -142,6 +150,8 @@ pub struct Log {
     ctx: Arc<Ctx>,
     health: Arc<LogHealth>,
     state: Mutex<State>,
+    /// Signalled when a write-behind done without the lock ends (`State::writing`).
+    written_cv: Condvar,
     dirty: AtomicBool,
 }
 
@@ -241,6 +251,7 @@ impl Log {
             buf: Vec::new(),
             pending: Vec::new(),
             pending_base: r.next_offset,
+            writing: false,
             active: Active {
                 base: active_base,
                 paths,
@@ -265,6 +276,7 @@ impl Log {
             start_floor: AtomicU64::new(0),
             ctx: ctx.clone(),
             state: Mutex::new(state),
+            written_cv: Condvar::new(),
             dirty: AtomicBool::new(false),
         });
         if let Durability::Interval(p) = durability {
@@ -336,15 +348,23 @@ impl Log {
             }
         };
         let mut guard = lock(&self.state);
-        let st = &mut *guard;
         self.health.check()?;
         let segment_bytes = self.segment_bytes.load(Ordering::Relaxed);
-        if st.active.len > SEG_HEADER_LEN && st.active.len + u64::from(len) > segment_bytes {
-            self.roll(st)?;
+        if guard.active.len > SEG_HEADER_LEN && guard.active.len + u64::from(len) > segment_bytes {
+            guard = self.idle(guard);
+            self.health.check()?;
+            self.roll(&mut guard)?;
         }
+        let st = &mut *guard;
         let base_offset = st.next_offset;
         format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
-        let behind = self.durability == Durability::T2;
+        let t2 = self.durability == Durability::T2;
+        // A large T2 batch is written at once, as at T1, when nothing is pending before it:
+        // its copy into the page cache then overlaps the fsync of the previous round instead
+        // of lengthening the next one, and a `pwrite` of that size costs far more than the
+        // system call it would save.
+        let behind =
+            t2 && (st.buf.len() < WRITE_BEHIND_MAX_BYTES || st.writing || !st.pending.is_empty());
         let a = &mut st.active;
         let pos = a.len;
         if behind {
@@ -403,7 +423,7 @@ impl Log {
         a.max_ts = a.max_ts.max(timestamp_ms);
         st.next_offset += body.count();
         let next_offset = st.next_offset;
-        let sync_file = behind.then(|| a.file.clone());
+        let sync_file = t2.then(|| a.file.clone());
         drop(guard);
         Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
         Counters::add(&self.ctx.counters.batches_written, 1);
@@ -447,56 +467,148 @@ impl Log {
         }
     }
 
-    /// Writes the T2 appends still pending (one `pwrite`) and their index entries. On a
-    /// failure the partial write is cut off, the log's end goes back to what is on the file
-    /// (so readers never see the lost batches), and the log is failed: the lost records had
-    /// offsets that the caller may hold, so none may be given out again.
+    /// Waits until no write-behind is in flight outside the lock (`State::writing`): after
+    /// this, the file holds everything appended but `pending`.
+    fn idle<'a>(&self, mut g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        while g.writing {
+            g = self
+                .written_cv
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        g
+    }
+
+    /// Writes the T2 appends still pending (one `pwrite`) and their index entries, under
+    /// the lock (the caller made sure no write is in flight: [`Log::idle`]). On a failure
+    /// see [`Log::pending_write_failed`].
     fn write_pending_locked(&self, st: &mut State) -> Result<()> {
-        let a = &mut st.active;
+        debug_assert!(!st.writing, "write-behind in flight");
         if !st.pending.is_empty() {
+            let a = &st.active;
             if let Err(e) = a.file.write_all_at(&st.pending, a.written) {
-                let err = StorageError::io(&a.paths.seg, e);
-                Counters::add(&self.ctx.counters.append_errors, 1);
-                tracing::warn!(file = %a.paths.seg.display(), position = a.written, error = %err,
-                    "write-behind failed; cutting the segment back and failing the log");
-                let _ = a.file.set_len(a.written);
-                a.len = a.written;
-                a.entries.truncate(a.entries_written);
-                a.last_index_pos = a.entries.last().map(|e| u64::from(e.pos));
-                st.next_offset = st.pending_base;
-                st.pending.clear();
-                self.health
-                    .fail_with(format!("write-behind failed: {err}"), err.is_no_space());
-                return Err(self.health.error());
+                let (pos, from, base) = (a.written, a.entries_written, st.pending_base);
+                return Err(self.pending_write_failed(st, pos, from, base, e));
             }
-            a.written += st.pending.len() as u64;
+            st.active.written += st.pending.len() as u64;
             st.pending.clear();
         }
-        while a.entries_written < a.entries.len() {
-            let n = a.entries_written;
-            let e = a.entries[n];
-            let r = a
-                .idx
-                .write_all_at(&format::encode_idx(&e), (n * IDX_ENTRY_LEN) as u64)
-                .at(&a.paths.idx)
-                .and_then(|_| {
-                    a.tix
-                        .write_all_at(&format::encode_tix(&e), (n * TIX_ENTRY_LEN) as u64)
-                        .at(&a.paths.tix)
-                });
-            if let Err(err) = r {
-                // The batches are on the file; a damaged index is rebuilt at open.
-                self.health
-                    .fail_with(format!("index write failed: {err}"), err.is_no_space());
-                return Err(self.health.error());
-            }
-            a.entries_written += 1;
+        let a = &mut st.active;
+        let to = a.entries.len();
+        if a.entries_written < to {
+            let r = write_index(a, a.entries_written);
+            self.index_written(a, to, r)?;
         }
         Ok(())
     }
 
+    /// A write of pending appends (taken at `pos`, the first of them with offset `base`, index
+    /// entries from `from`) failed: the partial write is cut off, the log's end goes back to
+    /// what is on the file (so readers never see the lost batches, nor those appended since),
+    /// and the log is failed: the lost records had offsets that the caller may hold, so none
+    /// may be given out again.
+    fn pending_write_failed(
+        &self,
+        st: &mut State,
+        pos: u64,
+        from: usize,
+        base: u64,
+        e: std::io::Error,
+    ) -> StorageError {
+        let a = &mut st.active;
+        let err = StorageError::io(&a.paths.seg, e);
+        Counters::add(&self.ctx.counters.append_errors, 1);
+        tracing::warn!(file = %a.paths.seg.display(), position = pos, error = %err,
+            "write-behind failed; cutting the segment back and failing the log");
+        let _ = a.file.set_len(pos);
+        a.written = pos;
+        a.len = pos;
+        a.entries.truncate(from);
+        a.entries_written = a.entries_written.min(from);
+        a.last_index_pos = a.entries.last().map(|e| u64::from(e.pos));
+        st.next_offset = base;
+        st.pending.clear();
+        self.health
+            .fail_with(format!("write-behind failed: {err}"), err.is_no_space());
+        self.health.error()
+    }
+
+    /// Records the outcome of writing the index entries up to `to`; a failure fails the log
+    /// (the batches are on the file, and a damaged index is rebuilt at open).
+    fn index_written(&self, a: &mut Active, to: usize, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => {
+                a.entries_written = a.entries_written.max(to);
+                Ok(())
+            }
+            Err(err) => {
+                self.health
+                    .fail_with(format!("index write failed: {err}"), err.is_no_space());
+                Err(self.health.error())
+            }
+        }
+    }
+
+    /// The sync thread's write-behind: takes the pending appends and their index entries
+    /// under the lock and writes them without it, so that appends (which only copy into a
+    /// fresh `pending`) are not held up for the length of a large `pwrite`.
+    fn write_pending_unlocked(&self) -> Result<()> {
+        let mut g = self.idle(lock(&self.state));
+        let st = &mut *g;
+        let a = &st.active;
+        let (from, to) = (a.entries_written, a.entries.len());
+        if st.pending.is_empty() && from == to {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut st.pending);
+        let (pos, base) = (a.written, st.pending_base);
+        let (file, idx_file, tix_file) = (a.file.clone(), a.idx.clone(), a.tix.clone());
+        let (seg_path, idx_path, tix_path) = (
+            a.paths.seg.clone(),
+            a.paths.idx.clone(),
+            a.paths.tix.clone(),
+        );
+        let (idx, tix) = encode_index(&a.entries[from..to]);
+        st.writing = true;
+        drop(g);
+        let data_r = file.write_all_at(&data, pos);
+        let index_r = match data_r {
+            Ok(()) => idx_file
+                .write_all_at(&idx, (from * IDX_ENTRY_LEN) as u64)
+                .at(&idx_path)
+                .and_then(|()| {
+                    tix_file
+                        .write_all_at(&tix, (from * TIX_ENTRY_LEN) as u64)
+                        .at(&tix_path)
+                }),
+            Err(_) => Ok(()),
+        };
+        let mut g = lock(&self.state);
+        let st = &mut *g;
+        st.writing = false;
+        // The active segment is the same: a roll waits for this write to end.
+        debug_assert_eq!(st.active.paths.seg, seg_path);
+        let r = match data_r {
+            Err(e) => Err(self.pending_write_failed(st, pos, from, base, e)),
+            Ok(()) => {
+                st.active.written = pos + data.len() as u64;
+                if st.buf.capacity() < data.capacity() {
+                    // Reuse the allocation for the next batches (`buf` becomes `pending`).
+                    let mut data = data;
+                    data.clear();
+                    st.buf = data;
+                }
+                self.index_written(&mut st.active, to, index_r)
+            }
+        };
+        drop(g);
+        self.written_cv.notify_all();
+        r
+    }
+
     /// Seals the active segment and starts a new one at `next_offset`.
     fn roll(&self, st: &mut State) -> Result<()> {
+        debug_assert!(!st.writing, "roll while a write-behind is in flight");
         self.write_pending_locked(st)?;
         let a = &st.active;
         let t2 = self.durability == Durability::T2;
@@ -583,7 +695,7 @@ impl Log {
     }
 
     fn snapshot(&self, from: u64) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
-        let mut st = lock(&self.state);
+        let mut st = self.idle(lock(&self.state));
         if !st.pending.is_empty() {
             // Readers see only what is on the file: write the pending appends now. A failure
             // fails the log and takes its end back to the file's.
@@ -986,7 +1098,7 @@ impl Log {
     pub fn sync(&self) -> Result<()> {
         self.health.check()?;
         let (file, path) = {
-            let mut st = lock(&self.state);
+            let mut st = self.idle(lock(&self.state));
             self.write_pending_locked(&mut st)?;
             (st.active.file.clone(), st.active.paths.seg.clone())
         };
@@ -1019,6 +1131,28 @@ impl Log {
         tracing::debug!(dir = %self.dir.display(), base, "segment deleted");
         Ok(true)
     }
+}
+
+/// The index and time-index bytes of `entries`, each written with one `pwrite`.
+fn encode_index(entries: &[IndexEntry]) -> (Vec<u8>, Vec<u8>) {
+    let mut idx = Vec::with_capacity(entries.len() * IDX_ENTRY_LEN);
+    let mut tix = Vec::with_capacity(entries.len() * TIX_ENTRY_LEN);
+    for e in entries {
+        idx.extend_from_slice(&format::encode_idx(e));
+        tix.extend_from_slice(&format::encode_tix(e));
+    }
+    (idx, tix)
+}
+
+/// Writes the active segment's index entries from `from` on (one `pwrite` per file).
+fn write_index(a: &Active, from: usize) -> Result<()> {
+    let (idx, tix) = encode_index(&a.entries[from..]);
+    a.idx
+        .write_all_at(&idx, (from * IDX_ENTRY_LEN) as u64)
+        .at(&a.paths.idx)?;
+    a.tix
+        .write_all_at(&tix, (from * TIX_ENTRY_LEN) as u64)
+        .at(&a.paths.tix)
 }
 
 pub(crate) fn remove_if_exists(p: &Path) -> Result<()> {
@@ -1079,7 +1213,7 @@ impl IntervalSync for Log {
 
 impl WriteBehind for Log {
     fn write_pending(&self) {
-        let _ = self.write_pending_locked(&mut lock(&self.state));
+        let _ = self.write_pending_unlocked();
     }
 }
 
@@ -1087,7 +1221,7 @@ impl Drop for Log {
     fn drop(&mut self) {
         // Pending T2 appends whose submission failed (storage shutting down) still reach
         // the file; queued ones hold the log alive until their round has written them.
-        let _ = self.write_pending_locked(&mut lock(&self.state));
+        let _ = self.write_pending_locked(&mut self.idle(lock(&self.state)));
         lock(&self.ctx.cache).remove_log(self.id);
     }
 }
@@ -1436,6 +1570,43 @@ mod tests {
     }
 
     #[test]
+    fn t2_large_batches_are_written_by_append_unless_others_are_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, gate) = gated_storage(dir.path(), 16 << 20);
+        let log = s.open_log("logs", "big", LogOptions::default()).unwrap();
+        let seg = dir.path().join("logs/big").join(format!("{:020}.seg", 0));
+        let on_file = || std::fs::metadata(&seg).unwrap().len();
+        let big = |tag: u8| Bytes::from(vec![tag; WRITE_BEHIND_MAX_BYTES]);
+        // Nothing pending: the large batch is on the file when `append` returns.
+        let a = log.append(&[big(1)], 1).unwrap();
+        assert_eq!(on_file(), log.size_bytes());
+        a.commit.wait().unwrap();
+        // With the sync thread's writes held: a small batch is written behind, and so is a
+        // large one appended after it (`append` would block at the gate if it wrote it).
+        *gate.closed.lock().unwrap() = true;
+        let b = log.append(&recs(1, 2), 2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| tx.send(log.append(&[big(3)], 3)).unwrap());
+            let c = rx.recv_timeout(std::time::Duration::from_secs(30));
+            assert!(on_file() < log.size_bytes());
+            *gate.closed.lock().unwrap() = false;
+            gate.cv.notify_all();
+            let c = c.expect("a large batch behind a pending one was written by append");
+            b.commit.wait().unwrap();
+            c.unwrap().commit.wait().unwrap();
+        });
+        assert_eq!(on_file(), log.size_bytes());
+        let want = vec![(0, big(1)), (1, recs(1, 2)[0].clone()), (2, big(3))];
+        assert_eq!(all(&log), want);
+        drop(log);
+        drop(s);
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "big", LogOptions::default()).unwrap();
+        assert_eq!(all(&log), want);
+    }
+
+    #[test]
     fn t2_concurrent_writers_rolls_and_reopen_keep_every_record_once() {
         let dir = tempfile::tempdir().unwrap();
         let (writers, per_writer) = (8u64, 150u64);
@@ -1484,6 +1655,121 @@ mod tests {
                 .collect();
             assert_eq!(mine, want, "writer {w}");
         }
+    }
+
+    /// Segment files whose writes of more than a header block while the gate is closed.
+    #[derive(Debug, Default)]
+    struct Gate {
+        closed: std::sync::Mutex<bool>,
+        cv: std::sync::Condvar,
+        /// Writes that reached the closed gate.
+        blocked: std::sync::atomic::AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct GatedVfs(Arc<Gate>);
+
+    #[derive(Debug)]
+    struct GatedFile(Arc<dyn FileIo>, Arc<Gate>);
+
+    impl crate::vfs::Vfs for GatedVfs {
+        fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn FileIo>> {
+            let f = crate::vfs::StdVfs.open(path, create)?;
+            Ok(if path.extension().is_some_and(|e| e == "seg") {
+                Arc::new(GatedFile(f, self.0.clone()))
+            } else {
+                f
+            })
+        }
+    }
+
+    impl FileIo for GatedFile {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            self.0.read_at(buf, pos)
+        }
+        fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
+            if pos > 0 {
+                let mut closed = self.1.closed.lock().unwrap();
+                if *closed {
+                    self.1.blocked.fetch_add(1, Ordering::SeqCst);
+                    self.1.cv.notify_all();
+                }
+                while *closed {
+                    closed = self.1.cv.wait(closed).unwrap();
+                }
+            }
+            self.0.write_at(buf, pos)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.0.sync_data()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.0.size()
+        }
+    }
+
+    /// A storage at T2 whose segment writes can be held (`Gate`).
+    fn gated_storage(dir: &Path, segment_bytes: u64) -> (Arc<Storage>, Arc<Gate>) {
+        let gate = Arc::new(Gate::default());
+        let config = StorageConfig {
+            segment_bytes,
+            ..cfg()
+        };
+        let s = Storage::open_with_vfs(dir, config, Arc::new(GatedVfs(gate.clone()))).unwrap();
+        (s, gate)
+    }
+
+    #[test]
+    fn t2_appends_go_on_while_the_sync_thread_writes_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, gate) = gated_storage(dir.path(), 1 << 20);
+        let log = s.open_log("logs", "gw", LogOptions::default()).unwrap();
+        *gate.closed.lock().unwrap() = true;
+        // The sync thread takes this batch and blocks in its `pwrite`.
+        let first = log.append(&recs(3, 0), 1).unwrap();
+        {
+            let mut closed = gate.closed.lock().unwrap();
+            while gate.blocked.load(Ordering::SeqCst) == 0 {
+                closed = gate.cv.wait(closed).unwrap();
+            }
+            drop(closed);
+        }
+        // Appends do not wait for that write: they go to a fresh pending buffer.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let a = log.append(&recs(2, 1), 2);
+                tx.send(a.map(|a| (a.base_offset, a.commit))).unwrap();
+            });
+            let second = rx.recv_timeout(std::time::Duration::from_secs(30));
+            if second.is_err() {
+                *gate.closed.lock().unwrap() = false;
+                gate.cv.notify_all();
+                panic!("an append waited for the write-behind of earlier batches");
+            }
+            let (base, commit) = second.unwrap().unwrap();
+            assert_eq!(base, 3);
+            assert!(!first.commit.is_complete());
+            *gate.closed.lock().unwrap() = false;
+            gate.cv.notify_all();
+            first.commit.wait().unwrap();
+            commit.wait().unwrap();
+        });
+        let want: Vec<(u64, Bytes)> = recs(3, 0)
+            .into_iter()
+            .chain(recs(2, 1))
+            .enumerate()
+            .map(|(i, b)| (i as u64, b))
+            .collect();
+        assert_eq!(all(&log), want);
+        drop(log);
+        drop(s);
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "gw", LogOptions::default()).unwrap();
+        assert_eq!(all(&log), want);
     }
 }
 
