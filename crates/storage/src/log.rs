@@ -24,9 +24,9 @@ static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Smallest and largest read chunk.
 const READ_CHUNK_MIN: usize = 64 << 10;
-/// T2 batches from this size on are written by `append` itself when nothing is pending
-/// (smaller ones are written behind, many to a `pwrite`).
-const WRITE_BEHIND_MAX_BYTES: usize = 64 << 10;
+/// T2 appends leave their batches to the sync thread's round (many to a `pwrite`) until
+/// this much is pending; the append that reaches it writes them itself.
+const EAGER_WRITE_BYTES: usize = 256 << 10;
 const READ_CHUNK_MAX: usize = 16 << 20;
 /// Chunks from this size on hint the next chunk to the kernel (`FileIo::will_need`).
 const READ_AHEAD_MIN: usize = 1 << 20;
@@ -358,13 +358,7 @@ impl Log {
         let st = &mut *guard;
         let base_offset = st.next_offset;
         format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
-        let t2 = self.durability == Durability::T2;
-        // A large T2 batch is written at once, as at T1, when nothing is pending before it:
-        // its copy into the page cache then overlaps the fsync of the previous round instead
-        // of lengthening the next one, and a `pwrite` of that size costs far more than the
-        // system call it would save.
-        let behind =
-            t2 && (st.buf.len() < WRITE_BEHIND_MAX_BYTES || st.writing || !st.pending.is_empty());
+        let behind = self.durability == Durability::T2;
         let a = &mut st.active;
         let pos = a.len;
         if behind {
@@ -423,10 +417,18 @@ impl Log {
         a.max_ts = a.max_ts.max(timestamp_ms);
         st.next_offset += body.count();
         let next_offset = st.next_offset;
-        let sync_file = t2.then(|| a.file.clone());
+        let sync_file = behind.then(|| a.file.clone());
+        // Enough is pending for a large `pwrite`: this appender writes it now (without the
+        // lock), so that its copy into the page cache overlaps the fsync of the round in
+        // progress instead of lengthening the next one.
+        let write_now = behind && !st.writing && st.pending.len() >= EAGER_WRITE_BYTES;
         drop(guard);
         Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
         Counters::add(&self.ctx.counters.batches_written, 1);
+        if write_now {
+            // A failure fails the log: this append's commit then reports it.
+            let _ = self.write_pending_unlocked(false);
+        }
         let commit = match sync_file {
             Some(f) => {
                 let me: Option<Arc<dyn WriteBehind>> = self.me.upgrade().map(|l| l as _);
@@ -549,11 +551,17 @@ impl Log {
         }
     }
 
-    /// The sync thread's write-behind: takes the pending appends and their index entries
-    /// under the lock and writes them without it, so that appends (which only copy into a
-    /// fresh `pending`) are not held up for the length of a large `pwrite`.
-    fn write_pending_unlocked(&self) -> Result<()> {
-        let mut g = self.idle(lock(&self.state));
+    /// The write-behind of the sync thread, and of an append that left enough pending: takes
+    /// the pending appends and their index entries under the lock and writes them without
+    /// it, so that appends (which only copy into a fresh `pending`) are not held up for the
+    /// length of a large `pwrite`. With a write already in flight, waits for it if `wait`,
+    /// else leaves the rest to it and the next round.
+    fn write_pending_unlocked(&self, wait: bool) -> Result<()> {
+        let g = lock(&self.state);
+        if g.writing && !wait {
+            return Ok(());
+        }
+        let mut g = self.idle(g);
         let st = &mut *g;
         let a = &st.active;
         let (from, to) = (a.entries_written, a.entries.len());
@@ -1213,7 +1221,7 @@ impl IntervalSync for Log {
 
 impl WriteBehind for Log {
     fn write_pending(&self) {
-        let _ = self.write_pending_unlocked();
+        let _ = self.write_pending_unlocked(true);
     }
 }
 
@@ -1570,21 +1578,23 @@ mod tests {
     }
 
     #[test]
-    fn t2_large_batches_are_written_by_append_unless_others_are_pending() {
+    fn t2_appends_write_what_is_pending_once_it_is_large_unless_a_write_is_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let (s, gate) = gated_storage(dir.path(), 16 << 20);
         let log = s.open_log("logs", "big", LogOptions::default()).unwrap();
         let seg = dir.path().join("logs/big").join(format!("{:020}.seg", 0));
         let on_file = || std::fs::metadata(&seg).unwrap().len();
-        let big = |tag: u8| Bytes::from(vec![tag; WRITE_BEHIND_MAX_BYTES]);
+        let big = |tag: u8| Bytes::from(vec![tag; EAGER_WRITE_BYTES]);
         // Nothing pending: the large batch is on the file when `append` returns.
         let a = log.append(&[big(1)], 1).unwrap();
         assert_eq!(on_file(), log.size_bytes());
         a.commit.wait().unwrap();
         // With the sync thread's writes held: a small batch is written behind, and so is a
-        // large one appended after it (`append` would block at the gate if it wrote it).
+        // large one appended while that write is in flight (`append` would block at the
+        // gate if it wrote it).
         *gate.closed.lock().unwrap() = true;
         let b = log.append(&recs(1, 2), 2).unwrap();
+        gate.wait_blocked();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|sc| {
             sc.spawn(|| tx.send(log.append(&[big(3)], 3)).unwrap());
@@ -1592,7 +1602,7 @@ mod tests {
             assert!(on_file() < log.size_bytes());
             *gate.closed.lock().unwrap() = false;
             gate.cv.notify_all();
-            let c = c.expect("a large batch behind a pending one was written by append");
+            let c = c.expect("an append wrote while a write-behind was in flight");
             b.commit.wait().unwrap();
             c.unwrap().commit.wait().unwrap();
         });
@@ -1666,6 +1676,16 @@ mod tests {
         blocked: std::sync::atomic::AtomicUsize,
     }
 
+    impl Gate {
+        /// Waits until a write is held at the closed gate.
+        fn wait_blocked(&self) {
+            let mut closed = self.closed.lock().unwrap();
+            while self.blocked.load(Ordering::SeqCst) == 0 {
+                closed = self.cv.wait(closed).unwrap();
+            }
+        }
+    }
+
     #[derive(Debug)]
     struct GatedVfs(Arc<Gate>);
 
@@ -1730,13 +1750,7 @@ mod tests {
         *gate.closed.lock().unwrap() = true;
         // The sync thread takes this batch and blocks in its `pwrite`.
         let first = log.append(&recs(3, 0), 1).unwrap();
-        {
-            let mut closed = gate.closed.lock().unwrap();
-            while gate.blocked.load(Ordering::SeqCst) == 0 {
-                closed = gate.cv.wait(closed).unwrap();
-            }
-            drop(closed);
-        }
+        gate.wait_blocked();
         // Appends do not wait for that write: they go to a fresh pending buffer.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|sc| {
