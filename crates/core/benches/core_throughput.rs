@@ -1,6 +1,8 @@
 //! In-process core throughput: publish → route → queue → deliver → ack, on one
 //! core (a current-thread runtime), for 16 B and 1 KiB messages, 1 and 16 queues,
-//! transient (T0) and persistent on durable queues at T1.
+//! transient (T0) and persistent on durable queues at T1. With 16 queues, a publish batch
+//! is either spread over all of them (one publisher round-robin) or meant for one queue,
+//! the next batch for the next (one publisher per queue; name suffix `-pq`).
 //!
 //! Run: `cargo bench -p ferrymq-core --bench core_throughput` (set
 //! `FERRYMQ_BENCH_MESSAGES` to change the message count, default 1,000,000, and
@@ -24,12 +26,22 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The queue of message `i`: round-robin per message, or per publish batch.
+fn queue_of(i: usize, queues: usize, batch: usize, per_queue_batches: bool) -> usize {
+    if per_queue_batches {
+        (i / batch) % queues
+    } else {
+        i % queues
+    }
+}
+
 async fn scenario(
     total: usize,
     size: usize,
     queues: usize,
     persistent: bool,
     batch: usize,
+    per_queue_batches: bool,
 ) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = BrokerConfig {
@@ -43,7 +55,11 @@ async fn scenario(
     let b = Broker::open(cfg).await.expect("open");
     let vh = b.vhost("/").expect("vhost");
     let mut consumers = Vec::new();
-    for i in 0..queues {
+    let mut expected = vec![0usize; queues];
+    for i in 0..total {
+        expected[queue_of(i, queues, batch, per_queue_batches)] += 1;
+    }
+    for (i, &per_queue) in expected.iter().enumerate() {
         let name = format!("q{i}");
         let decl = if persistent {
             QueueDecl::durable(&name)
@@ -61,7 +77,6 @@ async fn scenario(
         let QueueRef::Classic(q) = q else {
             unreachable!()
         };
-        let per_queue = total / queues;
         consumers.push(tokio::spawn(async move {
             let mut got = 0;
             while got < per_queue {
@@ -82,7 +97,8 @@ async fn scenario(
     let cpu0 = cpu_seconds();
     let mut pending = Vec::with_capacity(batch);
     for i in 0..total {
-        let mut m = Message::new(keys[i % queues].clone(), body.clone());
+        let q = queue_of(i, queues, batch, per_queue_batches);
+        let mut m = Message::new(keys[q].clone(), body.clone());
         m.properties.persistent = persistent;
         pending.push(m);
         if pending.len() == batch || i + 1 == total {
@@ -112,23 +128,26 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "| messages | size | queues | tier | publish batch | msgs/s (wall) | msgs per CPU-second |"
+        "| messages | size | queues | tier | publish batch | batch goes to | msgs/s (wall) | msgs per CPU-second |"
     );
-    println!("|---:|---:|---:|---|---:|---:|---:|");
-    for &(size, queues, persistent, batch) in &[
-        (16, 1, false, 1),
-        (16, 1, false, 64),
-        (16, 16, false, 64),
-        (1024, 1, false, 64),
-        (1024, 16, false, 64),
-        (16, 1, true, 1),
-        (16, 1, true, 64),
-        (16, 16, true, 64),
-        (1024, 1, true, 64),
-        (1024, 16, true, 64),
+    println!("|---:|---:|---:|---|---:|---|---:|---:|");
+    for &(size, queues, persistent, batch, per_queue) in &[
+        (16, 1, false, 1, false),
+        (16, 1, false, 64, false),
+        (16, 16, false, 64, false),
+        (1024, 1, false, 64, false),
+        (1024, 16, false, 64, false),
+        (16, 1, true, 1, false),
+        (16, 1, true, 64, false),
+        (16, 16, true, 64, false),
+        (16, 16, true, 64, true),
+        (1024, 1, true, 64, false),
+        (1024, 16, true, 64, false),
+        (1024, 16, true, 64, true),
     ] {
         let tier_tag = if persistent { "t1" } else { "t0" };
-        let name = format!("{size}-{queues}-{tier_tag}-{batch}");
+        let pq = if per_queue { "-pq" } else { "" };
+        let name = format!("{size}-{queues}-{tier_tag}-{batch}{pq}");
         if std::env::var("FERRYMQ_BENCH_FILTER").is_ok_and(|f| !name.contains(&f)) {
             continue;
         }
@@ -137,12 +156,19 @@ fn main() {
         } else {
             total
         };
-        let (rate, cpu_rate) = rt.block_on(scenario(n, size, queues, persistent, batch));
+        let (rate, cpu_rate) = rt.block_on(scenario(n, size, queues, persistent, batch, per_queue));
         let tier = if persistent {
             "T1 persistent"
         } else {
             "T0 transient"
         };
-        println!("| {n} | {size} B | {queues} | {tier} | {batch} | {rate:.0} | {cpu_rate:.0} |");
+        let spread = match (queues, per_queue) {
+            (1, _) => "the queue",
+            (_, true) => "one queue, the next batch the next",
+            (_, false) => "all queues, round-robin",
+        };
+        println!(
+            "| {n} | {size} B | {queues} | {tier} | {batch} | {spread} | {rate:.0} | {cpu_rate:.0} |"
+        );
     }
 }
