@@ -183,6 +183,15 @@ pub async fn serve<S>(
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     let mut close_requested = None;
     let limit = kafka.config.max_inflight_requests.max(1);
+    // `kafka.connections_max_idle_ms` (Kafka's `connections.max.idle.ms`): no request and no
+    // answer for that long, with nothing outstanding, closes the connection; so does an
+    // answer the client does not take for that long. The timer is re-armed only when it
+    // fires: activity just moves `last_active`.
+    let idle_ms = kafka.config.connections_max_idle_ms;
+    let idle = std::time::Duration::from_millis(idle_ms);
+    let mut last_active = tokio::time::Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     let reason: String = 'conn: loop {
         let mut closed_rx = close_requested.take();
         tokio::select! {
@@ -226,7 +235,19 @@ pub async fn serve<S>(
                         break 'conn why;
                     },
                     () = buffer.over.notified() => break 'conn buffer.refuse(&kafka),
+                    () = tokio::time::sleep(idle), if idle_ms > 0 => {
+                        break 'conn format!("answers not read by the client for {idle_ms} ms (kafka.connections_max_idle_ms)");
+                    }
                 }
+                last_active = tokio::time::Instant::now();
+            }
+            () = &mut idle_timer, if idle_ms > 0 && pending.is_empty() => {
+                let due = last_active + idle;
+                if tokio::time::Instant::now() >= due {
+                    tracing::debug!(%peer, idle_ms, "closing idle Kafka connection");
+                    break 'conn format!("idle for {idle_ms} ms (kafka.connections_max_idle_ms)");
+                }
+                idle_timer.as_mut().reset(due);
             }
             _ = wait_close(&mut closed_rx) => {
                 break 'conn "closed by management".into();
@@ -250,6 +271,7 @@ pub async fn serve<S>(
                     Some(Ok(f)) => f,
                 };
                 let request_len = frame.len();
+                last_active = tokio::time::Instant::now();
                 match handle_frame(&kafka, &mut state, frame) {
                     Ok((corr, hv, fut)) => {
                         pending.push_back(Box::pin(async move { (corr, hv, fut.await, request_len) }));

@@ -85,6 +85,10 @@ pub struct KafkaConfig {
     /// Time allowed from accept to the first complete request and, when SASL is
     /// required, to the end of authentication; the connection is closed past it.
     pub handshake_timeout_ms: u64,
+    /// A connection with nothing outstanding and no request for this long, or whose client
+    /// does not take an answer for this long, is closed (Kafka's `connections.max.idle.ms`);
+    /// 0 = never.
+    pub connections_max_idle_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -107,6 +111,7 @@ impl Default for KafkaConfig {
             group: GroupConfig::default(),
             max_inflight_requests: 32,
             handshake_timeout_ms: 10_000,
+            connections_max_idle_ms: 600_000,
         }
     }
 }

@@ -122,6 +122,9 @@ pub struct KafkaSection {
     /// Time allowed from TCP accept to the first complete request and, with SASL, to the
     /// end of authentication.
     pub handshake_timeout_ms: u64,
+    /// Idle time (no request, nothing outstanding, or an answer not read) after which a
+    /// connection is closed, as Kafka's `connections.max.idle.ms`; 0 = never.
+    pub connections_max_idle_ms: u64,
 }
 
 /// `[mqtt]`: the MQTT 3.1 / 3.1.1 / 5.0 listener (MQTT over WebSocket is served by the HTTP
@@ -439,6 +442,7 @@ impl Config {
                 sasl_mechanisms: String::new(),
                 cluster_id: "ferrymq-cluster".into(),
                 handshake_timeout_ms: 10_000,
+                connections_max_idle_ms: 600_000,
             },
             http: HttpSection {
                 enabled: true,
@@ -715,6 +719,7 @@ impl Config {
             anonymous_user: self.users.default_user.clone(),
             cluster_id: k.cluster_id.clone(),
             handshake_timeout_ms: k.handshake_timeout_ms,
+            connections_max_idle_ms: k.connections_max_idle_ms,
             group,
             ..Default::default()
         }

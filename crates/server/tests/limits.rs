@@ -939,3 +939,29 @@ async fn kafka_requests_past_the_connection_buffer_are_refused() {
     assert_eq!(refusals(&text, "message_size", "kafka"), 0, "{text}");
     assert!(kafka_served(kafka).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kafka_connections_are_closed() {
+    let (_tmp, server) = start(&["kafka.connections_max_idle_ms=300"]);
+    let [_, _, kafka, _] = addrs(&server);
+    let mut s = TcpStream::connect(kafka).await.unwrap();
+    // Requests are answered; then the client sends nothing and the broker closes the
+    // connection by itself.
+    for _ in 0..2 {
+        s.write_all(KAFKA_API_VERSIONS).await.unwrap();
+        let mut len = [0u8; 4];
+        timeout(WAIT, s.read_exact(&mut len))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body[..4], &[0, 0, 0, 1], "the request's correlation id");
+    }
+    assert!(
+        read_to_end(&mut s).await.is_empty(),
+        "closed, nothing more sent"
+    );
+    // New connections are served as before.
+    assert!(kafka_served(kafka).await);
+}
