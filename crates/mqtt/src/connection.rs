@@ -514,6 +514,11 @@ pub(crate) async fn run<S>(
         }
     }
     conn.cleanup();
+    // The connection's admission and registration go before the session is released:
+    // a takeover that waits for `done` then finds this connection's slots free (the
+    // per-user and per-vhost limits).
+    drop(conn);
+    drop(permit);
     drop(done);
 }
 
@@ -752,15 +757,30 @@ async fn open_session(
         return Err(());
     }
     // The per-user connection limit, before the takeover so that a refused client does
-    // not end the session's holder.
-    if let Err(e) = permit.authenticated(&user) {
-        refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.message);
-        return Err(());
+    // not end the session's holder. A reconnect of a client id that a connection of the
+    // same user holds is let through: its takeover ends that connection, which frees the
+    // slot (a device whose old TCP connection is half-open must be able to come back),
+    // and it is counted once the old connection has released its permit.
+    let count_after_takeover = mqtt.sessions.held_by(&client_id, &user);
+    if !count_after_takeover {
+        if let Err(e) = permit.authenticated(&user) {
+            refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.message);
+            return Err(());
+        }
     }
     // Takeover, then the registry's state of a persistent session.
-    let (mut attached, took_over) = mqtt.sessions.attach(&client_id).await;
+    let (mut attached, took_over) = mqtt.sessions.attach(&client_id, &user).await;
     if took_over {
         tracing::info!(%peer, client_id = %log_id(&client_id), "MQTT session takeover");
+    }
+    if count_after_takeover {
+        if let Err(e) = permit.authenticated(&user) {
+            // Another connection of the user took the freed slot meanwhile.
+            mqtt.sessions
+                .detach(&client_id, attached.generation, attached.state.take());
+            refuse(out, version, ReasonCode::QUOTA_EXCEEDED, &e.message);
+            return Err(());
+        }
     }
     let info = ConnectionInfo {
         protocol: "mqtt".into(),

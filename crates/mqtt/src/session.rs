@@ -127,6 +127,8 @@ impl SessionState {
 }
 
 struct Active {
+    /// The user the holding connection logged in as.
+    user: String,
     kick: watch::Sender<bool>,
     done: watch::Receiver<()>,
 }
@@ -160,9 +162,18 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a connection to `client_id`, ending (and waiting for) a connection that
-    /// holds it. Returns whether one was taken over.
-    pub async fn attach(&self, client_id: &str) -> (Attached, bool) {
+    /// Whether a connection of `user` holds `client_id` now (a reconnect of that client
+    /// would take it over, freeing that user's connection slot).
+    pub fn held_by(&self, client_id: &str, user: &str) -> bool {
+        self.lock()
+            .get(client_id)
+            .and_then(|e| e.active.as_ref())
+            .is_some_and(|a| a.user == user)
+    }
+
+    /// Attaches a connection of `user` to `client_id`, ending (and waiting for) a
+    /// connection that holds it. Returns whether one was taken over.
+    pub async fn attach(&self, client_id: &str, user: &str) -> (Attached, bool) {
         let mut took_over = false;
         loop {
             let waiting = {
@@ -178,6 +189,7 @@ impl Registry {
                         let (kick, kicked) = watch::channel(false);
                         let (done, done_rx) = watch::channel(());
                         e.active = Some(Active {
+                            user: user.to_owned(),
                             kick,
                             done: done_rx,
                         });
@@ -368,11 +380,14 @@ mod tests {
     #[tokio::test]
     async fn takeover_kicks_and_waits_for_the_old_connection() {
         let r = std::sync::Arc::new(Registry::default());
-        let (mut a, took) = r.attach("c").await;
+        let (mut a, took) = r.attach("c", "u").await;
         assert!(!took);
+        assert!(r.held_by("c", "u"));
+        assert!(!r.held_by("c", "other"), "held by u, not by other");
+        assert!(!r.held_by("d", "u"));
         a.state = None;
         let r2 = r.clone();
-        let second = tokio::spawn(async move { r2.attach("c").await });
+        let second = tokio::spawn(async move { r2.attach("c", "u").await });
         a.kicked.changed().await.unwrap();
         assert!(*a.kicked.borrow());
         let mut st = SessionState::default();
@@ -387,18 +402,19 @@ mod tests {
         assert!(!r.still_detached("c", b.generation));
         r.detach("c", b.generation, None);
         assert!(r.still_detached("c", b.generation));
+        assert!(!r.held_by("c", "u"), "a detached session has no holder");
     }
 
     #[tokio::test]
     async fn state_is_handed_to_the_next_connection() {
         let r = Registry::default();
-        let (a, _) = r.attach("c").await;
+        let (a, _) = r.attach("c", "u").await;
         let mut st = SessionState::default();
         st.outbound_pubrel.insert(3);
         r.detach("c", a.generation, Some(st));
         drop(a);
         assert!(r.still_detached("c", 1));
-        let (b, took) = r.attach("c").await;
+        let (b, took) = r.attach("c", "u").await;
         assert!(!took);
         assert!(b.state.unwrap().outbound_pubrel.contains(&3));
     }

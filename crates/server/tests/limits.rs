@@ -279,6 +279,43 @@ async fn per_user_limit_is_checked_after_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_at_the_per_user_limit_takes_its_session_over() {
+    let (_tmp, server) = start(&["limits.connections_per_user_max=1"]);
+    let [_amqp, mqtt, _kafka, http_addr] = addrs(&server);
+    let login = |id: &str| {
+        let mut c = connect_packet(ProtocolVersion::V5, id, false);
+        c.properties.session_expiry_interval = Some(60);
+        c.username = Some("guest".into());
+        c.password = Some(bytes::Bytes::from_static(b"guest"));
+        c
+    };
+    // The device's first connection holds the user's only slot (as a half-open TCP
+    // connection the device has given up on would).
+    let (mut old, ack) = Client::connect(mqtt, login("device")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    // Another client id of the same user is still refused...
+    let (_c, ack) = Client::connect(mqtt, login("other")).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    // ...but the device coming back under its client id takes its session over.
+    let (mut new, ack) = Client::connect(mqtt, login("device")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.session_present, "the persistent session is resumed");
+    match old.next_within(WAIT).await {
+        Some(ferrymq_mqtt_codec::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER)
+        }
+        p => panic!("expected DISCONNECT 0x8E, got {p:?}"),
+    }
+    // The new connection holds the slot now: it works, and others are still refused.
+    new.ping().await;
+    let (_c, ack) = Client::connect(mqtt, login("other")).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    let text = metrics_when_served(http_addr).await;
+    assert_eq!(refusals(&text, "connections_per_user", "mqtt"), 2, "{text}");
+    new.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_per_vhost_limit_is_refused_by_every_protocol() {
     let (_tmp, server) = start(&["limits.queues_per_vhost_max=3"]);
     let [amqp, mqtt, kafka, http_addr] = addrs(&server);
