@@ -121,15 +121,13 @@ pub async fn run(
                     if let Err(why) = &admitted {
                         tracing::warn!(%peer, why = %why, "AMQP connection refused");
                     }
+                    // `admit` counted an admitted connection in `open_connections`.
                     let counted = admitted.is_ok();
-                    if counted {
-                        shared.open_connections.fetch_add(1, Ordering::Relaxed);
-                    }
                     let (s, st, tls) = (shared.clone(), stop.clone(), tls.clone());
                     conns.spawn(async move {
                         serve(&s, stream, peer, tls, admitted, st).await;
                         if counted {
-                            s.open_connections.fetch_sub(1, Ordering::Relaxed);
+                            s.open_connections.fetch_sub(1, Ordering::AcqRel);
                         }
                     });
                 }
@@ -186,20 +184,28 @@ async fn serve(
 }
 
 /// Admits a new connection: the listener's own `connections_max`, then the broker-wide
-/// limits (global, per source address). On refusal, the text for `connection.close`.
+/// limits (global, per source address). An admitted connection is counted in
+/// `open_connections` (checked and counted in one step, so the AMQP and AMQPS listeners'
+/// loops cannot both take the last slot); the caller uncounts it when it ends. On refusal,
+/// the text for `connection.close`.
 fn admit(shared: &Shared, peer: SocketAddr) -> Result<ConnectionPermit, String> {
     let max = shared.config.connections_max;
-    if max > 0 && shared.open_connections.load(Ordering::Relaxed) >= max {
+    let took = shared
+        .open_connections
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (max == 0 || n < max).then_some(n + 1)
+        });
+    if took.is_err() {
         shared
             .broker
             .admission()
             .refused(Limit::Connections, PROTOCOL);
         return Err(format!("AMQP connection limit ({max}) is reached"));
     }
-    shared
-        .broker
-        .admit(PROTOCOL, peer.ip())
-        .map_err(|e| e.message)
+    shared.broker.admit(PROTOCOL, peer.ip()).map_err(|e| {
+        shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        e.message
+    })
 }
 
 /// The protocol label of this adapter in limits and metrics.

@@ -569,6 +569,28 @@ async fn limits_are_refused_cleanly() {
         .expect("the small one");
     assert_eq!(got.delivery.data.len(), 500);
     conn.close(200, s("bye")).await.unwrap();
+    // Its slot is free once the connection has ended on the server (and only one is
+    // admitted again).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let again = loop {
+        match Connection::connect(
+            &format!("amqp://guest:guest@{addr}/%2f"),
+            ConnectionProperties::default(),
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "never admitted: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let third = Connection::connect(
+        &format!("amqp://guest:guest@{addr}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(third.is_err(), "still one connection at most");
+    again.close(200, s("bye")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
