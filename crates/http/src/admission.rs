@@ -35,12 +35,16 @@ const REFUSED_READ_MS: u64 = 1000;
 pub struct HttpLimits {
     /// Time allowed from accept to the end of the first request head.
     pub handshake_timeout_ms: u64,
+    /// A WebSocket (`/api/ws`) whose client reads nothing for this long, or sends nothing
+    /// (not even a pong to the pings sent at half of it), is closed; 0 = never.
+    pub websocket_timeout_ms: u64,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             handshake_timeout_ms: 10_000,
+            websocket_timeout_ms: 60_000,
         }
     }
 }

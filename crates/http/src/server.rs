@@ -390,7 +390,7 @@ pub async fn serve_with_routes(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     let listener = AdmittingListener::new(listener, broker.clone(), limits);
-    serve_listener(listener, broker, extra, shutdown).await
+    serve_listener(listener, broker, extra, limits, shutdown).await
 }
 
 /// [`serve_with_routes`] on connections secured by the caller (HTTPS): each comes with its
@@ -406,15 +406,17 @@ pub async fn serve_secured(
     listener: SecuredListener,
     broker: Arc<Broker>,
     extra: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    serve_listener(listener, broker, extra, shutdown).await
+    serve_listener(listener, broker, extra, limits, shutdown).await
 }
 
 async fn serve_listener<L>(
     listener: L,
     broker: Arc<Broker>,
     extra: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError>
 where
@@ -422,7 +424,7 @@ where
     Peer: for<'a> Connected<IncomingStream<'a, L>>,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::new(broker.clone(), stop_rx.clone());
+    let state = AppState::new(broker.clone(), stop_rx.clone(), limits);
     let reaper = tokio::spawn(state.leases.clone().run_reaper(stop_rx.clone()));
     let sampler = tokio::spawn(state.rates.clone().run(broker, stop_rx));
     let app = router(state)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ferrymq_core::Broker;
 use tokio::sync::watch;
 
+use crate::admission::HttpLimits;
 use crate::auth::Tokens;
 use crate::leases::Leases;
 use crate::rates::Rates;
@@ -22,6 +23,8 @@ pub struct Inner {
     pub rates: Arc<Rates>,
     /// Turns true when the server shuts down; long polls, WebSockets and SSE streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// The listener's limits (the WebSocket timeout).
+    pub limits: HttpLimits,
 }
 
 impl Deref for AppState {
@@ -32,13 +35,14 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(broker: Arc<Broker>, shutdown: watch::Receiver<bool>, limits: HttpLimits) -> Self {
         AppState(Arc::new(Inner {
             broker,
             tokens: Tokens::default(),
             leases: Arc::new(Leases::default()),
             rates: Arc::new(Rates::default()),
             shutdown,
+            limits,
         }))
     }
 }

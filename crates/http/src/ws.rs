@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -83,7 +84,10 @@ pub async fn ws(
     let reg = register(&state.broker, "websocket", peer, &auth, &q.vhost)?;
     let limit = crate::server::body_limit(state.broker.config());
     let (tx, rx) = mpsc::unbounded_channel();
+    let timeout = (state.limits.websocket_timeout_ms > 0)
+        .then(|| Duration::from_millis(state.limits.websocket_timeout_ms));
     let session = Session {
+        timeout,
         state,
         auth,
         vhost: q.vhost,
@@ -223,6 +227,9 @@ struct Unacked {
     id: u64,
 }
 
+/// The longest the closing frame may wait for the client.
+const CLOSE_WRITE_MAX: Duration = Duration::from_secs(5);
+
 /// Why the loop ended.
 enum End {
     /// The client closed or the socket failed: nothing more to send.
@@ -232,6 +239,9 @@ enum End {
 }
 
 struct Session {
+    /// `http.websocket_timeout_ms`: the longest a send may wait for the client to read,
+    /// and the longest the client may stay silent (pings are sent at half of it).
+    timeout: Option<Duration>,
     state: AppState,
     auth: Auth,
     vhost: String,
@@ -248,9 +258,24 @@ struct Session {
 
 type Sent = Result<(), axum::Error>;
 
-async fn send(socket: &mut WebSocket, v: &impl serde::Serialize) -> Sent {
+/// Sends a JSON frame; a client that does not take it within `limit` fails the send.
+async fn send(socket: &mut WebSocket, limit: Option<Duration>, v: &impl serde::Serialize) -> Sent {
     let text = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_string());
-    socket.send(WsMessage::text(text)).await
+    send_within(socket, limit, WsMessage::text(text)).await
+}
+
+async fn send_within(socket: &mut WebSocket, limit: Option<Duration>, m: WsMessage) -> Sent {
+    match limit {
+        None => socket.send(m).await,
+        Some(d) => tokio::time::timeout(d, socket.send(m))
+            .await
+            .unwrap_or_else(|_| {
+                Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not read within http.websocket_timeout_ms",
+                )))
+            }),
+    }
 }
 
 fn error_json(id: &Option<Json>, e: &ApiError) -> Json {
@@ -267,7 +292,8 @@ impl Session {
                 code: 1001,
                 reason: reason.into(),
             };
-            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+            let limit = Some(self.timeout.unwrap_or(CLOSE_WRITE_MAX).min(CLOSE_WRITE_MAX));
+            let _ = send_within(&mut socket, limit, WsMessage::Close(Some(frame))).await;
         }
         self.finish();
     }
@@ -275,6 +301,13 @@ impl Session {
     async fn serve(&mut self, socket: &mut WebSocket) -> End {
         let mut shutdown = self.state.shutdown.clone();
         let mut close = self.reg.handle.close_requested();
+        // Pings at half the timeout; any frame from the client (a pong included) is a sign
+        // of life, and a client silent for the whole timeout is gone (a half-open TCP
+        // connection would otherwise hold its unacked deliveries for ever).
+        let period = self.timeout.map_or(Duration::from_secs(3600), |t| t / 2);
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
         loop {
             self.reg.channel.unacked.store(
                 self.unacked.len() as u64,
@@ -294,14 +327,24 @@ impl Session {
                         (Err(_), _) => return End::Close("connection closed".into()),
                     }
                 }
+                _ = pings.tick(), if self.timeout.is_some() => {
+                    if self.timeout.is_some_and(|t| heard.elapsed() >= t) {
+                        tracing::info!(peer = %self.reg.handle.info.peer, "WebSocket client silent for http.websocket_timeout_ms: closing");
+                        return End::Close("no frame from the client within the timeout".into());
+                    }
+                    if send_within(socket, self.timeout, WsMessage::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
                 msg = socket.recv() => {
+                    heard = tokio::time::Instant::now();
                     let text = match msg {
                         Some(Ok(WsMessage::Text(t))) => t.as_str().to_string(),
                         Some(Ok(WsMessage::Binary(b))) => match String::from_utf8(b.to_vec()) {
                             Ok(s) => s,
                             Err(_) => {
                                 let e = ApiError::bad_request("binary frames must hold UTF-8 JSON");
-                                if send(socket, &error_json(&None, &e)).await.is_err() {
+                                if send(socket, self.timeout, &error_json(&None, &e)).await.is_err() {
                                     return End::Gone;
                                 }
                                 continue;
@@ -332,7 +375,7 @@ impl Session {
             Ok(v) => v,
             Err(e) => {
                 let e = ApiError::bad_request(format!("not JSON: {e}"));
-                return send(socket, &error_json(&None, &e)).await;
+                return send(socket, self.timeout, &error_json(&None, &e)).await;
             }
         };
         let id = v.get("id").cloned();
@@ -347,9 +390,9 @@ impl Session {
             }
         };
         match answer {
-            Ok(Some(reply)) => send(socket, &reply).await,
+            Ok(Some(reply)) => send(socket, self.timeout, &reply).await,
             Ok(None) => Ok(()),
-            Err(e) => send(socket, &error_json(&id, &e)).await,
+            Err(e) => send(socket, self.timeout, &error_json(&id, &e)).await,
         }
     }
 
@@ -802,6 +845,7 @@ impl Session {
                 if let Some(s) = self.streams.remove(&name) {
                     return send(
                         socket,
+                        self.timeout,
                         &json!({"type": "cancelled", "subscription": name,
                             "stream": s.stream.name(), "reason": "the stream was deleted"}),
                     )
@@ -812,6 +856,7 @@ impl Session {
                 self.unacked.retain(|_, u| u.consumer != consumer);
                 send(
                     socket,
+                    self.timeout,
                     &json!({"type": "cancelled", "subscription": name, "queue": queue,
                         "reason": "the queue was deleted"}),
                 )
@@ -845,7 +890,7 @@ impl Session {
                 let ev = json!({"type": "message", "subscription": s.name,
                     "stream": s.stream.name(), "partition": s.partition, "offset": d.id,
                     "message": MessageJson::from_core(&d.message, s.base64)});
-                out = send(socket, &ev).await;
+                out = send(socket, self.timeout, &ev).await;
                 stats
                     .messages_out
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -890,7 +935,7 @@ impl Session {
                 sub.base64,
             );
             let bytes = d.message.body.len() as u64;
-            out = send(socket, &ev).await;
+            out = send(socket, self.timeout, &ev).await;
             stats
                 .messages_out
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -186,6 +186,9 @@ pub struct HttpSection {
     pub tls_port: u16,
     /// Time allowed from TCP accept to the end of the first request's head.
     pub handshake_timeout_ms: u64,
+    /// A `/api/ws` WebSocket whose client reads nothing, or sends nothing (pings go out
+    /// at half of it), for this long is closed (0 = never).
+    pub websocket_timeout_ms: u64,
 }
 
 /// `[amqp]`: the AMQP 0-9-1 listener and its limits.
@@ -451,6 +454,7 @@ impl Config {
                 tls_enabled: false,
                 tls_port: 15671,
                 handshake_timeout_ms: 10_000,
+                websocket_timeout_ms: 60_000,
             },
             tls: TlsSection {
                 cert_file: String::new(),
@@ -627,6 +631,12 @@ impl Config {
         if self.http.handshake_timeout_ms == 0 {
             return Err(("http.handshake_timeout_ms", "must be at least 1".into()));
         }
+        if (1..100).contains(&self.http.websocket_timeout_ms) {
+            return Err((
+                "http.websocket_timeout_ms",
+                "must be 0 (never) or at least 100".into(),
+            ));
+        }
         if self.http.bind.trim().is_empty() {
             return Err(("http.bind", "must not be empty".into()));
         }
@@ -753,6 +763,7 @@ impl Config {
     pub fn http_limits(&self) -> ferrymq_http::HttpLimits {
         ferrymq_http::HttpLimits {
             handshake_timeout_ms: self.http.handshake_timeout_ms,
+            websocket_timeout_ms: self.http.websocket_timeout_ms,
         }
     }
 

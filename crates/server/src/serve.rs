@@ -234,7 +234,7 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
                     let listener =
                         crate::tls::https_listener(listener, tls, broker.clone(), limits)
                             .context("https listener address")?;
-                    ferrymq_http::serve_secured(listener, broker, extra, signal).await?;
+                    ferrymq_http::serve_secured(listener, broker, extra, limits, signal).await?;
                 }
                 None => {
                     ferrymq_http::serve_with_routes(listener, broker, extra, limits, signal).await?

@@ -32,8 +32,12 @@ struct Env {
 
 impl Env {
     fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let server = common::serve(dir.path(), &dir.path().join("data"), &[]);
+        let server = common::serve(dir.path(), &dir.path().join("data"), args);
         let addr = common::listening(&server, "http");
         Env {
             _server: server,
@@ -150,6 +154,8 @@ struct Ws {
     r: BufReader<TcpStream>,
     /// Frames read while waiting for another type.
     pending: Vec<Value>,
+    /// Pings received (each answered with a pong, as RFC 6455 asks).
+    pings: usize,
 }
 
 impl Ws {
@@ -174,6 +180,7 @@ impl Ws {
         Ws {
             r,
             pending: Vec::new(),
+            pings: 0,
         }
     }
 
@@ -205,6 +212,25 @@ impl Ws {
 
     /// The next data frame as JSON; `Err(close payload)` on a close frame or EOF.
     fn frame(&mut self) -> Result<Value, Vec<u8>> {
+        self.frame_or_ping(false).map(|v| v.unwrap_or(Value::Null))
+    }
+
+    /// Reads until `n` pings in all have arrived (each answered); data frames are kept.
+    fn await_pings(&mut self, n: usize) {
+        while self.pings < n {
+            match self.frame_or_ping(true) {
+                Ok(Some(v)) => self.pending.push(v),
+                Ok(None) => {}
+                Err(c) => panic!(
+                    "closed waiting for pings: {:?}",
+                    String::from_utf8_lossy(&c)
+                ),
+            }
+        }
+    }
+
+    /// The next data frame (`Some`), or `None` after a ping when `stop_at_ping`.
+    fn frame_or_ping(&mut self, stop_at_ping: bool) -> Result<Option<Value>, Vec<u8>> {
         loop {
             let mut h = [0u8; 2];
             if self.r.read_exact(&mut h).is_err() {
@@ -229,9 +255,21 @@ impl Ws {
             self.r.read_exact(&mut p).unwrap();
             assert_ne!(h[0] & 0x80, 0, "the server does not fragment");
             match opcode {
-                0x1 | 0x2 => return Ok(serde_json::from_slice(&p).unwrap()),
+                0x1 | 0x2 => return Ok(Some(serde_json::from_slice(&p).unwrap())),
                 0x8 => return Err(p),
-                _ => {} // ping / pong
+                0x9 => {
+                    self.pings += 1;
+                    // The pong; the server may have closed the socket already.
+                    let mask = [0u8; 4];
+                    let mut pong = vec![0x8A, 0x80 | p.len() as u8];
+                    pong.extend_from_slice(&mask);
+                    pong.extend_from_slice(&p);
+                    let _ = self.r.get_mut().write_all(&pong);
+                    if stop_at_ping {
+                        return Ok(None);
+                    }
+                }
+                _ => {} // pong
             }
         }
     }
@@ -754,4 +792,55 @@ fn websocket_stream_subscription_with_credit_offsets_and_group_commit() {
         assert!(Instant::now() < deadline, "stream consumers cancelled");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn websocket_clients_that_go_silent_are_closed_and_their_deliveries_return() {
+    // Pings every 500 ms; a client silent for 1 s is gone.
+    let env = Env::start_with(&["--set", "http.websocket_timeout_ms=1000"]);
+    assert_eq!(
+        env.call("PUT", "/api/queues/%2F/jobs", Some(json!({}))).0,
+        201
+    );
+    for i in 0..4 {
+        env.publish("jobs", &format!("m{i}"));
+    }
+    // A live client reads, and so answers the pings.
+    let mut live = Ws::connect(env.addr, "?vhost=%2F");
+    live.send(json!({"op": "subscribe", "id": 1, "queue": "jobs", "prefetch": 1}));
+    live.expect("subscribed");
+    let first = live.expect("message");
+    // It keeps reading meanwhile: three pings are 1.5 timeouts.
+    let live = std::thread::spawn(move || {
+        live.await_pings(3);
+        live
+    });
+    // A silent one subscribes, then neither reads nor writes (a half-open connection).
+    let mut silent = Ws::connect(env.addr, "?vhost=%2F");
+    silent.send(json!({"op": "subscribe", "id": 1, "queue": "jobs", "prefetch": 2}));
+    env.await_queue("jobs", "3 unacked", |_, v| v["messages_unacked"] == 3);
+    // The server closes the silent one; its two deliveries go back to the queue.
+    env.await_queue("jobs", "the silent client's deliveries returned", |_, v| {
+        v["messages_unacked"] == 1 && v["messages_ready"] == 3 && v["consumers"] == 1
+    });
+    let close = loop {
+        match silent.frame() {
+            Ok(_) => continue, // what it was sent before it was closed
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(&close[..2], &1001u16.to_be_bytes(), "going away");
+    assert!(
+        String::from_utf8_lossy(&close[2..]).contains("no frame from the client"),
+        "{close:?}"
+    );
+    // The live one is still served after several timeouts' worth of pings.
+    let mut live = live.join().unwrap();
+    live.send(json!({"op": "ack", "id": 2, "delivery": first["delivery"]}));
+    let settled = live.expect("settled");
+    assert_eq!(settled["settled"], json!([first["delivery"]]));
+    assert!(live.expect("message")["message"]["payload"]
+        .as_str()
+        .is_some_and(|p| p.starts_with('m')));
+    live.close();
 }
