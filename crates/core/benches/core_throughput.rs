@@ -7,7 +7,7 @@
 //! Run: `cargo bench -p ferrymq-core --bench core_throughput` (set
 //! `FERRYMQ_BENCH_MESSAGES` to change the message count, default 1,000,000, and
 //! `FERRYMQ_BENCH_FILTER` to run only scenarios whose `size-queues-tier-batch`
-//! name contains it, e.g. `16-1-t1-64`).
+//! name contains it, e.g. `16-1-t1-64`, or is it when it ends in `$`: `16-16-t1-64$`).
 
 use std::time::Instant;
 
@@ -148,7 +148,12 @@ fn main() {
         let tier_tag = if persistent { "t1" } else { "t0" };
         let pq = if per_queue { "-pq" } else { "" };
         let name = format!("{size}-{queues}-{tier_tag}-{batch}{pq}");
-        if std::env::var("FERRYMQ_BENCH_FILTER").is_ok_and(|f| !name.contains(&f)) {
+        // A filter ending in `$` must match the whole name (`16-16-t1-64$`: not the -pq row).
+        let skip = std::env::var("FERRYMQ_BENCH_FILTER").is_ok_and(|f| match f.strip_suffix('$') {
+            Some(exact) => name != exact,
+            None => !name.contains(&f),
+        });
+        if skip {
             continue;
         }
         let n = if persistent && batch == 1 {

@@ -150,6 +150,10 @@ impl PublishedBatch {
     }
 }
 
+/// Destinations of a default-exchange batch compared by name before a lookup (more than
+/// this many and a lookup by name is cheaper than the scan).
+const GROUPS_SCANNED: usize = 16;
+
 fn same_queue(a: &QueueRef, b: &QueueRef) -> bool {
     match (a, b) {
         (QueueRef::Classic(x), QueueRef::Classic(y)) => Arc::ptr_eq(x, y),
@@ -1093,30 +1097,35 @@ impl VHost {
         // Route each message, grouping message indexes by destination.
         let mut groups: Vec<(QueueRef, Vec<usize>)> = Vec::new();
         let mut arcs = Vec::with_capacity(msgs.len());
-        // The default exchange routes by routing key alone: runs of the same key
-        // (the common case) are looked up once.
-        let mut last: Option<(String, Option<usize>)> = None;
+        // The default exchange routes by routing key alone, to the queue of that name: a
+        // key whose queue is already a group of this batch (a run of one key, or a few
+        // queues in turn) is found among the groups by name, without a lookup or a copy
+        // of the key; a key without a queue is looked up once per batch.
+        let mut unroutable: Vec<String> = Vec::new();
         for (i, mut msg) in msgs.into_iter().enumerate() {
             if exchange.is_empty() {
-                let hit = match &last {
-                    Some((k, g)) if *k == msg.routing_key => Some(*g),
-                    _ => None,
+                let key = msg.routing_key.as_str();
+                let known = if groups.len() <= GROUPS_SCANNED {
+                    groups.iter().position(|(q, _)| q.name() == key)
+                } else {
+                    None
                 };
-                let g = match hit {
-                    Some(g) => g,
-                    None => {
-                        let g = self.queue(&msg.routing_key).map(|t| {
-                            match groups.iter().position(|(q, _)| same_queue(q, &t)) {
-                                Some(g) => g,
-                                None => {
-                                    groups.push((t, Vec::new()));
-                                    groups.len() - 1
-                                }
+                let g = match known {
+                    Some(g) => Some(g),
+                    None if unroutable.iter().any(|k| k == key) => None,
+                    None => match self.queue(key) {
+                        Some(t) => Some(match groups.iter().position(|(q, _)| same_queue(q, &t)) {
+                            Some(g) => g,
+                            None => {
+                                groups.push((t, Vec::new()));
+                                groups.len() - 1
                             }
-                        });
-                        last = Some((msg.routing_key.clone(), g));
-                        g
-                    }
+                        }),
+                        None => {
+                            unroutable.push(key.to_owned());
+                            None
+                        }
+                    },
                 };
                 if let Some(g) = g {
                     groups[g].1.push(i);

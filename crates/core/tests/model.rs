@@ -846,6 +846,46 @@ async fn batch_publish_reports_each_message() {
 }
 
 #[tokio::test]
+async fn default_exchange_batch_routes_many_queues_in_turn_and_reports_unroutable_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path()).await;
+    let vh = vhost(&b);
+    // More destinations than are found among the batch's groups by name (16), and keys
+    // without a queue interleaved, some more than once.
+    let names: Vec<String> = (0..20).map(|i| format!("q{i}")).collect();
+    for n in &names {
+        vh.declare_queue(QueueDecl::transient(n), 1, false).unwrap();
+    }
+    let mut msgs = Vec::new();
+    let mut expect = Vec::new();
+    for round in 0..3 {
+        for (i, n) in names.iter().enumerate() {
+            msgs.push(msg(n, &format!("{n}-{round}")));
+            expect.push(true);
+            if i % 7 == 0 {
+                msgs.push(msg(&format!("none{}", i % 2), "x"));
+                expect.push(false);
+            }
+        }
+    }
+    let out = vh.publish_batch("", msgs).unwrap();
+    let routed: Vec<bool> = out.outcomes.iter().map(|o| o.routed == 1).collect();
+    assert_eq!(routed, expect);
+    assert!(out
+        .outcomes
+        .iter()
+        .zip(&expect)
+        .all(|(o, &e)| e || o.unroutable()));
+    for n in &names {
+        let got: Vec<_> = std::iter::from_fn(|| get_body(&vh, n)).collect();
+        assert_eq!(
+            got,
+            vec![format!("{n}-0"), format!("{n}-1"), format!("{n}-2")]
+        );
+    }
+}
+
+#[tokio::test]
 async fn browse_does_not_consume() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path()).await;

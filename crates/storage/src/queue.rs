@@ -303,7 +303,8 @@ impl QueueLog {
                 }
             }
         }
-        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        // Entries by segment, in offset order (almost always one segment).
+        let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
         for (base, e, n) in runs {
             let e = match (e.op, n) {
                 (JournalOp::Settle, 2..) => JournalEntry {
@@ -321,16 +322,28 @@ impl QueueLog {
                 },
                 _ => e,
             };
-            format::encode_journal(&e, pending.entry(base).or_default());
+            let i = match pending.iter().position(|(b, _)| *b == base) {
+                Some(i) => i,
+                None => {
+                    pending.push((base, Vec::with_capacity(2 * JOURNAL_ENTRY_LEN)));
+                    pending.len() - 1
+                }
+            };
+            format::encode_journal(&e, &mut pending[i].1);
         }
-        let touched: Vec<u64> = pending.keys().copied().collect();
+        pending.sort_unstable_by_key(|(b, _)| *b);
+        let touched: Vec<u64> = pending.iter().map(|(b, _)| *b).collect();
         let mut first_err = None;
         for (base, bytes) in pending {
             if let Err(e) = self.write_journal(&mut st, base, &bytes) {
                 first_err.get_or_insert(e);
             }
         }
-        self.sweep(&mut st, Some(&touched))?;
+        // Nothing was sealed when this update began, nor at the last sweep: nothing to
+        // delete (a segment sealed meanwhile is seen by the next sweep).
+        if !(sealed.is_empty() && st.swept_sealed == 0) {
+            self.sweep(&mut st, Some(&touched))?;
+        }
         first_err.map_or(Ok(touched), Err)
     }
 
@@ -380,6 +393,11 @@ impl QueueLog {
     /// them if segments were sealed since the last sweep (or `touched` is `None`).
     fn sweep(&self, st: &mut QState, touched: Option<&[u64]>) -> Result<()> {
         let (sealed, _, _) = self.log.segments();
+        if sealed.is_empty() {
+            // Nothing sealed (the active segment is never deleted).
+            st.swept_sealed = 0;
+            return Ok(());
+        }
         let all = touched.is_none() || sealed.len() != st.swept_sealed;
         let mut doomed = Vec::new();
         for m in sealed.iter() {
@@ -391,12 +409,17 @@ impl QueueLog {
                 doomed.push(m.base);
             }
         }
+        let deleted = !doomed.is_empty();
         for base in doomed {
             self.log.delete_sealed(base)?;
             st.segs.remove(&base);
             remove_if_exists(&SegPaths::new(self.log.dir(), base).state)?;
         }
-        st.swept_sealed = self.log.segments().0.len();
+        st.swept_sealed = if deleted {
+            self.log.segments().0.len()
+        } else {
+            sealed.len()
+        };
         Ok(())
     }
 
