@@ -181,6 +181,16 @@ impl std::hash::Hasher for IdHasher {
 
 type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
+/// What `enqueue_batch` decided for one message of its batch.
+struct Plan {
+    /// Accepted (within the length limits, or drop-head).
+    fits: bool,
+    /// Goes to the disk-only tail (over the memory budget).
+    tail: bool,
+    /// Its log offset, once written.
+    offset: Option<u64>,
+}
+
 struct Unacked {
     entry: Entry,
     consumer: ConsumerId,
@@ -672,18 +682,19 @@ impl Queue {
                 st.ready_count + st.delayed.len() as u64 + st.tail.count,
                 st.ready_bytes + st.delayed_bytes + st.tail.bytes,
             );
-            let mut verdicts = Vec::with_capacity(msgs.len());
-            // Whether each accepted message goes to the disk-only tail (memory budget).
-            let mut to_tail = vec![false; msgs.len()];
+            // Per message: accepted, whether it goes to the disk-only tail (memory budget),
+            // and its log offset (one allocation for the three).
+            let mut plan: Vec<Plan> = Vec::with_capacity(msgs.len());
             let pageable = self.pageable(&st);
             let (mut mem_n, mut mem_b, mut tail_active) =
                 (st.ready_count, st.ready_bytes, st.tail.count > 0);
-            for (i, m) in msgs.iter().enumerate() {
+            for m in msgs {
                 let size = m.body_size();
                 let fits = match args.overflow {
                     Overflow::DropHead => !over(1, size),
                     _ => !over(n + 1, b + size),
                 };
+                let mut tail = false;
                 if fits {
                     n += 1;
                     b += size;
@@ -693,7 +704,7 @@ impl Queue {
                                 || mem_n + 1 > self.budget.messages
                                 || mem_b + size > self.budget.bytes)
                         {
-                            to_tail[i] = true;
+                            tail = true;
                             tail_active = true;
                         } else {
                             mem_n += 1;
@@ -701,15 +712,18 @@ impl Queue {
                         }
                     }
                 }
-                verdicts.push(fits);
+                plan.push(Plan {
+                    fits,
+                    tail,
+                    offset: None,
+                });
             }
             // 2. Persist the accepted persistent messages as one batch.
             let mut commit = None;
-            let mut offsets: Vec<Option<u64>> = vec![None; msgs.len()];
             if let Some(log) = &self.log {
                 // One allocation for the whole batch; each record is a slice of it.
                 let stored =
-                    |i: usize| verdicts[i] && (msgs[i].properties.persistent || to_tail[i]);
+                    |i: usize| plan[i].fits && (msgs[i].properties.persistent || plan[i].tail);
                 let total: usize = (0..msgs.len())
                     .filter(|&i| stored(i))
                     .map(|i| codec::encoded_len(&msgs[i]))
@@ -725,9 +739,9 @@ impl Queue {
                 if !records.is_empty() {
                     let appended = log.append(&records, now)?;
                     let mut next = appended.base_offset;
-                    for (i, m) in msgs.iter().enumerate() {
-                        if verdicts[i] && (m.properties.persistent || to_tail[i]) {
-                            offsets[i] = Some(next);
+                    for (p, m) in plan.iter_mut().zip(msgs) {
+                        if p.fits && (m.properties.persistent || p.tail) {
+                            p.offset = Some(next);
                             next += 1;
                         }
                     }
@@ -735,8 +749,8 @@ impl Queue {
                 }
             }
             // 3. The tail part first: it follows every in-memory message in order.
-            for (i, m) in msgs.iter().enumerate() {
-                if let (true, Some(off)) = (to_tail[i], offsets[i]) {
+            for (p, m) in plan.iter().zip(msgs) {
+                if let (true, Some(off)) = (p.tail, p.offset) {
                     if st.tail.count == 0 {
                         st.tail.from = off;
                     }
@@ -749,7 +763,7 @@ impl Queue {
             let mut result = Vec::with_capacity(msgs.len());
             for (i, m) in msgs.iter().enumerate() {
                 let size = m.body_size();
-                if to_tail[i] {
+                if plan[i].tail {
                     while over(
                         st.ready_count + st.delayed.len() as u64 + st.tail.count,
                         st.ready_bytes + st.delayed_bytes + st.tail.bytes,
@@ -762,7 +776,7 @@ impl Queue {
                     result.push(Enqueued::Accepted);
                     continue;
                 }
-                if !verdicts[i] {
+                if !plan[i].fits {
                     self.counters
                         .rejected_publishes
                         .fetch_add(1, Ordering::Relaxed);
@@ -797,7 +811,7 @@ impl Queue {
                 let entry = Entry {
                     id,
                     msg: m.clone(),
-                    offset: offsets[i],
+                    offset: plan[i].offset,
                     delivery_count: 0,
                     expires_at: Self::expiry_of(args.message_ttl_ms, m, now),
                     size,
