@@ -8,9 +8,19 @@
 //! the old generation is removed. At open the highest generation that holds a `Base` record
 //! wins (a compaction cut short by a crash has none and is removed), so the store is always
 //! either the old or the new generation, never a mix.
+//!
+//! A compaction runs on its own thread, so that a publisher's `set` never writes (and waits
+//! for) the whole live set: `set` takes a snapshot of the map (topic copies and `Arc`s) and
+//! goes on appending to the old generation, also keeping each record it appends for the new
+//! one. The thread writes the snapshot to the new generation; then, under the store's lock,
+//! the records kept meanwhile and the `Base` record are appended to it and it becomes the
+//! current log, so it holds everything the old one does. The old generation is removed only
+//! once the new one's `Base` (and the old one's own last writes) are durable: until then a
+//! crash leaves the old generation as the winner, and no record appended to the new one
+//! after the switch was acknowledged (its commit covers the earlier `Base`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferrymq_core::clock::now_ms;
@@ -29,6 +39,8 @@ pub const SESSIONS_LOG_KIND: &str = "mqtt-sessions";
 pub const COMPACT_SLACK: u64 = 1024;
 /// Bytes per compaction append (well under the storage batch limit).
 const COMPACT_BATCH_BYTES: usize = 1 << 20;
+/// Pause after a failed compaction (a full disk) before the next attempt.
+const COMPACT_RETRY_MS: i64 = 10_000;
 
 const OP_CLEAR: u8 = 0;
 const OP_SET: u8 = 1;
@@ -57,6 +69,18 @@ struct Inner {
     generation: u64,
     /// Records in the current generation.
     records: u64,
+    /// While a compaction runs: the records appended since its snapshot, for the new
+    /// generation.
+    compacting: Option<Vec<Bytes>>,
+    /// After a failed compaction, none is started again before this time.
+    retry_at_ms: i64,
+}
+
+/// The state a compaction thread shares with the store.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled when a compaction ends.
+    idle: Condvar,
 }
 
 /// The retained messages of one vhost. The same keyed, persisted store also records when
@@ -66,7 +90,7 @@ pub struct RetainedStore {
     kind: &'static str,
     vhost: String,
     max: usize,
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
 }
 
 fn encode(op: u8, topic: &str, stored_at: i64, msg: Option<&Message>) -> Bytes {
@@ -123,6 +147,111 @@ fn read_all(log: &Log) -> Result<Vec<Record>, Error> {
         }
     }
     Ok(out)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One compaction, run on its own thread (see the module docs).
+struct Compaction {
+    shared: Arc<Shared>,
+    storage: Arc<Storage>,
+    kind: &'static str,
+    vhost: String,
+    /// The generation being replaced.
+    from: u64,
+    snapshot: Vec<(String, i64, Arc<Message>)>,
+}
+
+impl Compaction {
+    fn run(self) {
+        let next = self.from + 1;
+        let failed = self.compact(next).err();
+        if let Some(e) = &failed {
+            tracing::warn!(kind = self.kind, vhost = %self.vhost, error = %e, "retained store compaction failed; will retry");
+            // A new generation that was not switched to is never used (it has no Base, or
+            // an older one wins at open anyway): removed while `compacting` still keeps
+            // the next compaction from opening it.
+            let switched = self.shared.lock().generation == next;
+            if !switched {
+                if let Err(e) = self
+                    .storage
+                    .remove_log(self.kind, &log_name(&self.vhost, next))
+                {
+                    tracing::warn!(error = %e, "removing an unfinished retained generation failed");
+                }
+            }
+        }
+        let mut st = self.shared.lock();
+        st.compacting = None;
+        if failed.is_some() {
+            st.retry_at_ms = now_ms().saturating_add(COMPACT_RETRY_MS);
+        }
+        drop(st);
+        self.shared.idle.notify_all();
+    }
+
+    fn compact(&self, next: u64) -> Result<(), Error> {
+        let log = self.storage.open_log(
+            self.kind,
+            &log_name(&self.vhost, next),
+            LogOptions::default(),
+        )?;
+        // The snapshot, without the store's lock.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut last = None;
+        for (topic, stored_at, m) in &self.snapshot {
+            let rec = encode(OP_SET, topic, *stored_at, Some(m));
+            bytes += rec.len();
+            batch.push(rec);
+            if bytes >= COMPACT_BATCH_BYTES {
+                last = Some(log.append(&batch, now_ms())?.commit);
+                batch.clear();
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            last = Some(log.append(&batch, now_ms())?.commit);
+        }
+        if let Some(c) = last {
+            c.wait()?;
+        }
+        // The switch: what was appended meanwhile, the Base, and the new log is current.
+        let (old, base) = {
+            let mut st = self.shared.lock();
+            let mut tail = st.compacting.take().unwrap_or_default();
+            let kept = tail.len() as u64;
+            tail.push(encode(OP_BASE, "", 0, None));
+            let appended = match log.append(&tail, now_ms()) {
+                Ok(a) => a,
+                Err(e) => {
+                    // Still compacting (the records kept are in the old generation too).
+                    st.compacting = Some(Vec::new());
+                    return Err(e.into());
+                }
+            };
+            let old = std::mem::replace(&mut st.log, log);
+            st.generation = next;
+            st.records = self.snapshot.len() as u64 + kept + 1;
+            // Keeps `compacting` set (empty) until the old generation is gone.
+            st.compacting = Some(Vec::new());
+            (old, appended.commit)
+        };
+        // The old generation goes once the new Base is durable and so are the old log's
+        // own last appends (whose publishers may still wait for them).
+        base.wait()?;
+        old.append(&[encode(OP_BASE, "", 0, None)], now_ms())?
+            .commit
+            .wait()?;
+        drop(old);
+        self.storage
+            .remove_log(self.kind, &log_name(&self.vhost, self.from))?;
+        Ok(())
+    }
 }
 
 impl RetainedStore {
@@ -196,17 +325,22 @@ impl RetainedStore {
             kind,
             vhost: vhost.to_owned(),
             max,
-            inner: Mutex::new(Inner {
-                map,
-                log,
-                generation,
-                records,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    map,
+                    log,
+                    generation,
+                    records,
+                    compacting: None,
+                    retry_at_ms: 0,
+                }),
+                idle: Condvar::new(),
             }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.shared.lock()
     }
 
     /// Number of retained topics.
@@ -240,8 +374,11 @@ impl RetainedStore {
                 encode(OP_CLEAR, topic, now, None)
             }
         };
-        let commit = st.log.append(&[rec], now)?.commit;
+        let commit = st.log.append(std::slice::from_ref(&rec), now)?.commit;
         st.records += 1;
+        if let Some(kept) = &mut st.compacting {
+            kept.push(rec);
+        }
         match msg {
             Some(m) => {
                 st.map.insert(
@@ -256,52 +393,46 @@ impl RetainedStore {
                 st.map.remove(topic);
             }
         }
-        if st.records > 2 * st.map.len() as u64 + COMPACT_SLACK {
-            if let Err(e) = self.compact(&mut st) {
-                tracing::warn!(error = %e, "retained store compaction failed; will retry");
-            }
+        if st.compacting.is_none()
+            && st.records > 2 * st.map.len() as u64 + COMPACT_SLACK
+            && now >= st.retry_at_ms
+        {
+            self.start_compaction(&mut st);
         }
         Ok(Some(commit))
     }
 
-    /// Writes the live set to a new generation, then drops the old one.
-    fn compact(&self, st: &mut Inner) -> Result<(), Error> {
-        // The current generation's writes must be durable first: the new one replaces it.
-        st.log
-            .append(&[encode(OP_BASE, "", 0, None)], now_ms())?
-            .commit
-            .wait()?;
-        let next = st.generation + 1;
-        let name = log_name(&self.vhost, next);
-        let log = self
-            .storage
-            .open_log(self.kind, &name, LogOptions::default())?;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut last = None;
-        for (topic, r) in &st.map {
-            let rec = encode(OP_SET, topic, r.stored_at_ms, Some(&r.message));
-            bytes += rec.len();
-            batch.push(rec);
-            if bytes >= COMPACT_BATCH_BYTES {
-                last = Some(log.append(&batch, now_ms())?.commit);
-                batch.clear();
-                bytes = 0;
-            }
+    /// Snapshots the live set and starts the thread that writes it as the next generation.
+    fn start_compaction(&self, st: &mut Inner) {
+        let snapshot: Vec<(String, i64, Arc<Message>)> = st
+            .map
+            .iter()
+            .map(|(t, r)| (t.clone(), r.stored_at_ms, r.message.clone()))
+            .collect();
+        let job = Compaction {
+            shared: self.shared.clone(),
+            storage: self.storage.clone(),
+            kind: self.kind,
+            vhost: self.vhost.clone(),
+            from: st.generation,
+            snapshot,
+        };
+        st.compacting = Some(Vec::new());
+        let spawned = std::thread::Builder::new()
+            .name("ferrymq-compact".into())
+            .spawn(move || job.run());
+        if let Err(e) = spawned {
+            st.compacting = None;
+            tracing::warn!(error = %e, "cannot start the retained store's compaction; will retry");
         }
-        batch.push(encode(OP_BASE, "", 0, None));
-        let commit = log.append(&batch, now_ms())?.commit;
-        if let Some(c) = last {
-            c.wait()?;
+    }
+
+    /// Blocks until no compaction runs (tests, and callers that reopen the store).
+    pub fn wait_compacted(&self) {
+        let mut st = self.lock();
+        while st.compacting.is_some() {
+            st = self.shared.idle.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        commit.wait()?;
-        let old = std::mem::replace(&mut st.log, log);
-        drop(old);
-        self.storage
-            .remove_log(self.kind, &log_name(&self.vhost, st.generation))?;
-        st.generation = next;
-        st.records = st.map.len() as u64 + 1;
-        Ok(())
     }
 
     /// Unexpired retained messages whose topic matches `filter` (MQTT rules: `$` topics
@@ -428,6 +559,7 @@ mod tests {
                 r.set(&format!("t/{}", i % 5), Some(msg("x"))).unwrap();
             }
             r.set("t/0", None).unwrap();
+            r.wait_compacted();
             assert!(r.generation() >= 1, "compacted");
             assert_eq!(r.len(), 4);
         }
@@ -437,6 +569,50 @@ mod tests {
             s.list_logs(LOG_KIND).unwrap().len(),
             1,
             "old generation removed"
+        );
+    }
+
+    #[test]
+    fn sets_during_background_compactions_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        const TOPICS: u64 = 40;
+        let last = |t: u64, n: u64| format!("{t}-{}", (n - 1 - t) / TOPICS * TOPICS + t);
+        let n = 6 * (COMPACT_SLACK + 2 * TOPICS);
+        {
+            let (_s, r) = open(tmp.path(), 1000);
+            // Enough sets for several compactions, made while they run: every value is
+            // distinct, so a set lost in a switch would show.
+            let mut commits = Vec::new();
+            for i in 0..n {
+                let t = i % TOPICS;
+                let body = Bytes::from(format!("{t}-{i}"));
+                let m = Message::new("a.b", body);
+                commits.extend(r.set(&format!("t/{t}"), Some(m)).unwrap());
+            }
+            for c in commits {
+                c.wait().unwrap();
+            }
+            r.wait_compacted();
+            assert!(r.generation() >= 2, "compacted more than once");
+            for t in 0..TOPICS {
+                let got = r.get(&format!("t/{t}")).unwrap();
+                assert_eq!(got.message.body, last(t, n).as_bytes());
+            }
+        }
+        let (s, r) = open(tmp.path(), 1000);
+        assert_eq!(r.len(), TOPICS as usize);
+        for t in 0..TOPICS {
+            let got = r.get(&format!("t/{t}")).unwrap();
+            assert_eq!(
+                got.message.body,
+                last(t, n).as_bytes(),
+                "topic {t} after reopen"
+            );
+        }
+        assert_eq!(
+            s.list_logs(LOG_KIND).unwrap().len(),
+            1,
+            "one generation left"
         );
     }
 
