@@ -11,6 +11,10 @@
 
 use std::time::Instant;
 
+/// The `ferrymq` binary's allocator, so that the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use ferrymq_core::queue::{ConsumerOptions, QueueDecl};
 use ferrymq_core::{Broker, BrokerConfig, ConsumerEvent, Message, QueueRef};
 use ferrymq_storage::{Durability, StorageConfig};

@@ -26,6 +26,13 @@ use clap::Parser;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{Config, ConfigError};
 
+/// mimalloc instead of glibc's malloc: a message is allocated by the connection that
+/// received it and freed by the one that sent it, on another worker thread, and glibc then
+/// takes the allocating arena's lock (and wakes its waiters) on every such free; see
+/// ARCHITECTURE.md, "Memory allocator".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for an invalid configuration (the same as clap's usage errors).
 const EXIT_CONFIG: u8 = 2;
 
