@@ -439,6 +439,12 @@ pub(crate) async fn run<S>(
                         if inbuf.is_empty() && inbuf.capacity() > READ_KEEP_MAX.max(2 * read_hint) {
                             inbuf = BytesMut::new();
                         }
+                        // Back of the worker's queue after a read: the deliveries this
+                        // read woke (put in the worker's LIFO slot, which no other worker
+                        // steals) run next here, while this connection's next read can be
+                        // taken by the other worker; without it a 1 -> 1 stream ran
+                        // reader and writer on one core (see ARCHITECTURE.md).
+                        tokio::task::yield_now().await;
                     }
                 }
             }
