@@ -150,8 +150,8 @@ impl PublishedBatch {
     }
 }
 
-/// Destinations of a default-exchange batch compared by name before a lookup (more than
-/// this many and a lookup by name is cheaper than the scan).
+/// Destinations (and unroutable keys) of a default-exchange batch compared by name before a
+/// lookup (more than this many and a lookup by name is cheaper than the scan).
 const GROUPS_SCANNED: usize = 16;
 
 fn same_queue(a: &QueueRef, b: &QueueRef) -> bool {
@@ -1112,7 +1112,13 @@ impl VHost {
                 };
                 let g = match known {
                     Some(g) => Some(g),
-                    None if unroutable.iter().any(|k| k == key) => None,
+                    // Remembered while few (many distinct unroutable keys in one batch
+                    // must not make the scan quadratic): a lookup each beyond that.
+                    None if unroutable.len() <= GROUPS_SCANNED
+                        && unroutable.iter().any(|k| k == key) =>
+                    {
+                        None
+                    }
                     None => match self.queue(key) {
                         Some(t) => Some(match groups.iter().position(|(q, _)| same_queue(q, &t)) {
                             Some(g) => g,
@@ -1122,7 +1128,9 @@ impl VHost {
                             }
                         }),
                         None => {
-                            unroutable.push(key.to_owned());
+                            if unroutable.len() <= GROUPS_SCANNED {
+                                unroutable.push(key.to_owned());
+                            }
                             None
                         }
                     },

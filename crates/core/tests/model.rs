@@ -883,6 +883,19 @@ async fn default_exchange_batch_routes_many_queues_in_turn_and_reports_unroutabl
             vec![format!("{n}-0"), format!("{n}-1"), format!("{n}-2")]
         );
     }
+    // More distinct unroutable keys than are remembered, each twice: still unroutable.
+    let msgs: Vec<_> = (0..80)
+        .map(|i| match i % 4 {
+            0 => msg("q1", &format!("x{i}")),
+            _ => msg(&format!("gone{}", i / 2), "x"),
+        })
+        .collect();
+    let out = vh.publish_batch("", msgs).unwrap();
+    for (i, o) in out.outcomes.iter().enumerate() {
+        assert_eq!(o.routed == 1, i % 4 == 0, "message {i}");
+        assert_eq!(o.unroutable(), i % 4 != 0, "message {i}");
+    }
+    assert_eq!(std::iter::from_fn(|| get_body(&vh, "q1")).count(), 20);
 }
 
 #[tokio::test]
