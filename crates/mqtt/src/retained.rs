@@ -74,6 +74,9 @@ struct Inner {
     compacting: Option<Vec<Bytes>>,
     /// After a failed compaction, none is started again before this time.
     retry_at_ms: i64,
+    /// The thread of the last compaction started. It holds the storage (and so the data
+    /// directory's lock) until it has ended, so whoever must see it gone joins it.
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The state a compaction thread shares with the store.
@@ -254,6 +257,14 @@ impl Compaction {
     }
 }
 
+impl Drop for RetainedStore {
+    /// A running compaction is finished first, so that a dropped store no longer holds
+    /// the storage (whose directory lock a later open needs).
+    fn drop(&mut self) {
+        self.wait_compacted();
+    }
+}
+
 impl RetainedStore {
     /// Opens (and rebuilds) the retained messages of `vhost`, holding at most `max` topics.
     ///
@@ -333,6 +344,7 @@ impl RetainedStore {
                     records,
                     compacting: None,
                     retry_at_ms: 0,
+                    worker: None,
                 }),
                 idle: Condvar::new(),
             }),
@@ -417,21 +429,36 @@ impl RetainedStore {
             from: st.generation,
             snapshot,
         };
+        // The previous thread has ended its work (`compacting` is cleared under this lock
+        // as its last use of it); joining only waits for it to drop its handles.
+        if let Some(h) = st.worker.take() {
+            let _ = h.join();
+        }
         st.compacting = Some(Vec::new());
         let spawned = std::thread::Builder::new()
             .name("ferrymq-compact".into())
             .spawn(move || job.run());
-        if let Err(e) = spawned {
-            st.compacting = None;
-            tracing::warn!(error = %e, "cannot start the retained store's compaction; will retry");
+        match spawned {
+            Ok(h) => st.worker = Some(h),
+            Err(e) => {
+                st.compacting = None;
+                tracing::warn!(error = %e, "cannot start the retained store's compaction; will retry");
+            }
         }
     }
 
-    /// Blocks until no compaction runs (tests, and callers that reopen the store).
+    /// Blocks until no compaction runs and its thread has ended (tests, and callers that
+    /// reopen the store: the thread holds the storage until it ends).
     pub fn wait_compacted(&self) {
-        let mut st = self.lock();
-        while st.compacting.is_some() {
-            st = self.shared.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        let worker = {
+            let mut st = self.lock();
+            while st.compacting.is_some() {
+                st = self.shared.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.worker.take()
+        };
+        if let Some(h) = worker {
+            let _ = h.join();
         }
     }
 
@@ -577,23 +604,28 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         const TOPICS: u64 = 40;
         let last = |t: u64, n: u64| format!("{t}-{}", (n - 1 - t) / TOPICS * TOPICS + t);
-        let n = 6 * (COMPACT_SLACK + 2 * TOPICS);
+        let min = 6 * (COMPACT_SLACK + 2 * TOPICS);
+        let n;
         {
             let (_s, r) = open(tmp.path(), 1000);
-            // Enough sets for several compactions, made while they run: every value is
-            // distinct, so a set lost in a switch would show.
+            // Sets go on, while compactions run, until several have switched generation
+            // (how many sets that takes depends on how fast each compaction is): every
+            // value is distinct, so a set lost in a switch would show.
             let mut commits = Vec::new();
-            for i in 0..n {
+            let mut i = 0;
+            while i < min || r.generation() < 3 {
+                assert!(i < 10_000 * min, "no third generation after {i} sets");
                 let t = i % TOPICS;
                 let body = Bytes::from(format!("{t}-{i}"));
                 let m = Message::new("a.b", body);
                 commits.extend(r.set(&format!("t/{t}"), Some(m)).unwrap());
+                i += 1;
             }
+            n = i;
             for c in commits {
                 c.wait().unwrap();
             }
             r.wait_compacted();
-            assert!(r.generation() >= 2, "compacted more than once");
             for t in 0..TOPICS {
                 let got = r.get(&format!("t/{t}")).unwrap();
                 assert_eq!(got.message.body, last(t, n).as_bytes());
