@@ -372,12 +372,13 @@ impl Stream {
         format: u8,
         count: u32,
         payload: &[u8],
+        suffix_crc: Option<ferrymq_storage::SuffixCrc>,
         timestamp_ms: i64,
     ) -> Result<(u64, Commit)> {
         let part = self.partition(partition)?;
-        let appended = part
-            .log
-            .append_opaque(format, count, payload, timestamp_ms)?;
+        let appended =
+            part.log
+                .append_opaque_with(format, count, payload, suffix_crc, timestamp_ms)?;
         self.counters
             .published
             .fetch_add(u64::from(count), Ordering::Relaxed);

@@ -535,6 +535,17 @@ fn append_partition(
     }
     let mut producers =
         idempotent.then(|| kafka.producers.lock().unwrap_or_else(|p| p.into_inner()));
+    // Stored as received; the batch's own CRC (checked) spares the storage a second pass.
+    let append = |b: &records::BatchInfo, ts: i64| {
+        st.append_opaque(
+            partition,
+            KAFKA_BATCH_FORMAT,
+            b.record_count,
+            &b.bytes,
+            Some(b.suffix_crc()),
+            ts,
+        )
+    };
     for b in batches {
         let ts = if b.max_timestamp >= 0 {
             b.max_timestamp
@@ -570,7 +581,7 @@ fn append_partition(
                     return;
                 }
             }
-            match st.append_opaque(partition, KAFKA_BATCH_FORMAT, b.record_count, &b.bytes, ts) {
+            match append(&b, ts) {
                 Ok((base, commit)) => {
                     state.record(
                         b.producer_id,
@@ -592,7 +603,7 @@ fn append_partition(
                 }
             }
         } else {
-            match st.append_opaque(partition, KAFKA_BATCH_FORMAT, b.record_count, &b.bytes, ts) {
+            match append(&b, ts) {
                 Ok((base, commit)) => {
                     if pa.base_offset < 0 {
                         pa.base_offset = base as i64;

@@ -72,7 +72,24 @@ pub struct BatchInfo {
     pub producer_epoch: i16,
     pub base_sequence: i32,
     pub compression: i16,
+    /// The batch's CRC32C field, checked against its bytes from the attributes on.
+    pub crc: u32,
 }
+
+impl BatchInfo {
+    /// What the batch's CRC covers, for the storage checksum (which then reads only the
+    /// 21 bytes before it).
+    pub fn suffix_crc(&self) -> ferrymq_storage::SuffixCrc {
+        ferrymq_storage::SuffixCrc {
+            from: CRC_FROM,
+            crc32c: self.crc,
+        }
+    }
+}
+
+/// Where a batch's CRC32C coverage starts: the attributes, after base offset (8), batch
+/// length (4), partition leader epoch (4), magic (1) and the CRC itself (4).
+const CRC_FROM: usize = 21;
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
@@ -155,7 +172,7 @@ pub fn validate(
         }
         let b = &rest[..total];
         let crc = be_u32(b, 17);
-        if crc32c::crc32c(&b[21..]) != crc {
+        if crc32c::crc32c(&b[CRC_FROM..]) != crc {
             return Err(RecordError::Corrupt("CRC32C mismatch".into()));
         }
         let attributes = be_i16(b, 21);
@@ -200,6 +217,7 @@ pub fn validate(
             producer_epoch: be_i16(b, 51),
             base_sequence: be_i32(b, 53),
             compression,
+            crc,
         });
         at += total;
     }

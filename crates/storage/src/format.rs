@@ -56,6 +56,19 @@ pub(crate) fn batch_len(records: &[Bytes]) -> Option<u64> {
     })
 }
 
+/// The CRC32C of an opaque payload's bytes from `from` to its end, already computed (and
+/// checked) by the caller, such as the CRC a Kafka record batch carries over its bytes from
+/// the attributes on: the batch's own checksum then costs one pass over the rest only
+/// (CRC32C combination), not a second pass over the whole payload.
+///
+/// A wrong value is not unsafe, only wasteful: the stored batch would fail verification
+/// on read and be skipped as corrupt (debug builds assert it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuffixCrc {
+    pub from: usize,
+    pub crc32c: u32,
+}
+
 /// What a batch holds: framed records, or one opaque payload standing for `count` offsets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum BatchBody<'a> {
@@ -64,6 +77,8 @@ pub(crate) enum BatchBody<'a> {
         format: u8,
         count: u32,
         payload: &'a [u8],
+        /// The payload's suffix CRC, when the caller has it.
+        known: Option<SuffixCrc>,
     },
 }
 
@@ -96,31 +111,97 @@ pub(crate) fn encode_batch(
     body: BatchBody<'_>,
 ) {
     buf.clear();
-    buf.reserve(len as usize);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&[0u8; 4]);
-    buf.push(BATCH_VERSION);
-    let (format, count) = match body {
-        BatchBody::Records(r) => (FORMAT_RECORDS, r.len() as u32),
-        BatchBody::Opaque { format, count, .. } => (format, count),
-    };
-    buf.push(format);
-    buf.extend_from_slice(&[0u8; 2]);
-    buf.extend_from_slice(&count.to_le_bytes());
-    buf.extend_from_slice(&base_offset.to_le_bytes());
-    buf.extend_from_slice(&timestamp_ms.to_le_bytes());
+    append_batch(buf, len, base_offset, timestamp_ms, body);
+}
+
+/// Encodes a batch at the end of `out` (which keeps what it held). `len` must be
+/// `body.len()` and fit u32.
+pub(crate) fn append_batch(
+    out: &mut Vec<u8>,
+    len: u32,
+    base_offset: u64,
+    timestamp_ms: i64,
+    body: BatchBody<'_>,
+) {
+    out.reserve(len as usize);
     match body {
         BatchBody::Records(records) => {
+            let start = out.len();
+            let h = header(
+                len,
+                base_offset,
+                timestamp_ms,
+                FORMAT_RECORDS,
+                records.len() as u32,
+            );
+            out.extend_from_slice(&h);
             for r in records {
-                buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
-                buf.extend_from_slice(r);
+                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                out.extend_from_slice(r);
             }
+            assert_eq!(out.len() - start, len as usize, "batch length accounting");
+            let crc = batch_crc(&out[start..]);
+            out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        BatchBody::Opaque { payload, .. } => buf.extend_from_slice(payload),
+        BatchBody::Opaque { payload, .. } => {
+            out.extend_from_slice(&opaque_header(len, base_offset, timestamp_ms, body));
+            out.extend_from_slice(payload);
+        }
     }
-    assert_eq!(buf.len(), len as usize, "batch length accounting");
-    let crc = batch_crc(buf);
-    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The header (CRC included) of an opaque batch, whose payload is written after it as is.
+/// Records bodies are not opaque: they go through [`append_batch`].
+pub(crate) fn opaque_header(
+    len: u32,
+    base_offset: u64,
+    timestamp_ms: i64,
+    body: BatchBody<'_>,
+) -> [u8; BATCH_HEADER_LEN] {
+    let BatchBody::Opaque {
+        format,
+        count,
+        payload,
+        known,
+    } = body
+    else {
+        unreachable!("opaque_header is for opaque bodies");
+    };
+    debug_assert_eq!(len as usize, BATCH_HEADER_LEN + payload.len());
+    let mut h = header(len, base_offset, timestamp_ms, format, count);
+    let head = crc32c::crc32c_append(crc32c::crc32c(&h[0..4]), &h[8..]);
+    let crc = match known.filter(|k| k.from <= payload.len()) {
+        Some(k) => {
+            debug_assert_eq!(
+                crc32c::crc32c(&payload[k.from..]),
+                k.crc32c,
+                "the caller's suffix CRC"
+            );
+            let with_prefix = crc32c::crc32c_append(head, &payload[..k.from]);
+            crc32c::crc32c_combine(with_prefix, k.crc32c, payload.len() - k.from)
+        }
+        None => crc32c::crc32c_append(head, payload),
+    };
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A batch header with a zero CRC field.
+fn header(
+    len: u32,
+    base_offset: u64,
+    timestamp_ms: i64,
+    format: u8,
+    count: u32,
+) -> [u8; BATCH_HEADER_LEN] {
+    let mut h = [0u8; BATCH_HEADER_LEN];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[8] = BATCH_VERSION;
+    h[9] = format;
+    h[12..16].copy_from_slice(&count.to_le_bytes());
+    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    h[24..32].copy_from_slice(&timestamp_ms.to_le_bytes());
+    h
 }
 
 fn batch_crc(b: &[u8]) -> u32 {
@@ -434,6 +515,36 @@ mod tests {
         };
         let v: Vec<_> = it.collect();
         assert_eq!(v, vec![(7, Bytes::from_static(b"ab")), (8, Bytes::new())]);
+    }
+
+    #[test]
+    fn an_opaque_batch_with_a_known_suffix_crc_encodes_as_without() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let len = (BATCH_HEADER_LEN + payload.len()) as u32;
+        let body = |known| BatchBody::Opaque {
+            format: 9,
+            count: 3,
+            payload: &payload,
+            known,
+        };
+        let mut plain = Vec::new();
+        encode_batch(&mut plain, len, 40, 1234, body(None));
+        for from in [0, 1, 21, 4999, 5000] {
+            let known = SuffixCrc {
+                from,
+                crc32c: crc32c::crc32c(&payload[from..]),
+            };
+            let mut with = b"kept".to_vec();
+            append_batch(&mut with, len, 40, 1234, body(Some(known)));
+            assert_eq!(&with[..4], b"kept", "append_batch keeps what `out` held");
+            assert_eq!(&with[4..], &plain[..], "suffix from {from}");
+            assert_eq!(
+                opaque_header(len, 40, 1234, body(Some(known))),
+                plain[..BATCH_HEADER_LEN]
+            );
+        }
+        let h = verify_batch(&plain, 1 << 20).unwrap();
+        assert_eq!((h.base_offset, h.count, h.format), (40, 3, 9));
     }
 
     #[test]

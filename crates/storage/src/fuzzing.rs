@@ -241,6 +241,7 @@ fn stored_form(b: &Batch) -> Vec<u8> {
             format: b.format,
             count: b.record_count,
             payload: b.payload(),
+            known: None,
         },
     );
     let h = format::verify_batch(&buf, u32::MAX)

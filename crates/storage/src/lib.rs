@@ -42,7 +42,7 @@ pub use config::{
 };
 pub use definitions::{DefinitionsStore, DEFINITIONS_BYTES_MAX, DEFINITIONS_FILE};
 pub use error::{Result, StorageError};
-pub use format::FORMAT_RECORDS;
+pub use format::{SuffixCrc, FORMAT_RECORDS};
 pub use log::{Appended, Batch, Log};
 pub use metrics::{StorageMetrics, FSYNC_BUCKETS_US};
 pub use name::NAME_BYTES_MAX;

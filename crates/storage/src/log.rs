@@ -320,6 +320,22 @@ impl Log {
         payload: &[u8],
         timestamp_ms: i64,
     ) -> Result<Appended> {
+        self.append_opaque_with(format, count, payload, None, timestamp_ms)
+    }
+
+    /// [`Log::append_opaque`] for a payload whose suffix CRC32C the caller already has
+    /// (see [`crate::SuffixCrc`]): the batch checksum then reads the rest of it only.
+    ///
+    /// # Errors
+    /// As [`Log::append_opaque`].
+    pub fn append_opaque_with(
+        &self,
+        format: u8,
+        count: u32,
+        payload: &[u8],
+        known: Option<format::SuffixCrc>,
+        timestamp_ms: i64,
+    ) -> Result<Appended> {
         if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
             return Err(StorageError::InvalidArgument(
                 "an opaque batch needs a non-zero format, a count and a payload".into(),
@@ -330,6 +346,7 @@ impl Log {
                 format,
                 count,
                 payload,
+                known,
             },
             timestamp_ms,
         )
@@ -357,18 +374,29 @@ impl Log {
         }
         let st = &mut *guard;
         let base_offset = st.next_offset;
-        format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
         let behind = self.durability == Durability::T2;
         let a = &mut st.active;
         let pos = a.len;
-        if behind {
+        // Each batch's bytes are copied once in user space at most: into the pending buffer
+        // (T2), into `buf` (framed records), or not at all (an opaque payload goes to the
+        // file from the caller's buffer, after its header, in one `pwritev`).
+        let written = if behind {
             if st.pending.is_empty() {
                 st.pending_base = base_offset;
+                // The allocation a finished write-behind left in `buf`, reused.
                 std::mem::swap(&mut st.pending, &mut st.buf);
-            } else {
-                st.pending.extend_from_slice(&st.buf);
+                st.pending.clear();
             }
-        } else if let Err(e) = a.file.write_all_at(&st.buf, pos) {
+            format::append_batch(&mut st.pending, len, base_offset, timestamp_ms, body);
+            Ok(())
+        } else if let BatchBody::Opaque { payload, .. } = body {
+            let h = format::opaque_header(len, base_offset, timestamp_ms, body);
+            a.file.write_all_vectored_at(&[&h, payload], pos)
+        } else {
+            format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
+            a.file.write_all_at(&st.buf, pos)
+        };
+        if let Err(e) = written {
             return Err(self.write_failed(a, pos, &a.paths.seg.clone(), e));
         }
         let index_due = a

@@ -208,6 +208,20 @@ impl StreamLog {
         self.log.append_opaque(format, count, payload, timestamp_ms)
     }
 
+    /// Appends one opaque batch whose suffix CRC the caller has (see
+    /// `Log::append_opaque_with`).
+    pub fn append_opaque_with(
+        &self,
+        format: u8,
+        count: u32,
+        payload: &[u8],
+        known: Option<crate::SuffixCrc>,
+        timestamp_ms: i64,
+    ) -> Result<Appended> {
+        self.log
+            .append_opaque_with(format, count, payload, known, timestamp_ms)
+    }
+
     pub fn set_retention(&self, r: Retention) {
         *lock(&self.retention) = r;
     }
