@@ -371,7 +371,7 @@ impl Stream {
         partition: u32,
         format: u8,
         count: u32,
-        payload: &[u8],
+        payload: &Bytes,
         suffix_crc: Option<ferrymq_storage::SuffixCrc>,
         timestamp_ms: i64,
     ) -> Result<(u64, Commit)> {

@@ -81,6 +81,10 @@ pub struct StorageConfig {
     pub batch_bytes_max: u32,
     /// How many sealed segments' indexes (and open file handles) the shared cache keeps.
     pub index_cache_segments: usize,
+    /// Bytes of recently appended stream batches kept in memory, all streams together, so
+    /// that a consumer at the head of a stream is served without a `pread` and a second
+    /// checksum pass (0 = none). One stream keeps at most an eighth of it.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -91,6 +95,7 @@ impl Default for StorageConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: (128 << 20) + (64 << 10),
             index_cache_segments: 256,
+            tail_cache_bytes: 64 << 20,
         }
     }
 }

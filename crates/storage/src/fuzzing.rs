@@ -42,6 +42,8 @@ pub fn config() -> StorageConfig {
         index_interval_bytes: 64,
         batch_bytes_max: 64 << 10,
         index_cache_segments: 2,
+        // Reads go to the disk, whose damage is what the target explores.
+        tail_cache_bytes: 0,
     }
 }
 

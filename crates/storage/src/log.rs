@@ -2,6 +2,7 @@
 //! Interval; written behind by the group-commit round at T2), segment rolling, zero-copy reads
 //! by offset and by timestamp, segment deletion, and recovery on open.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -122,6 +123,14 @@ struct State {
     /// whatever needs the file to hold everything appended (a reader, a roll, `sync`)
     /// waits on `Log::written_cv` for it to end.
     writing: bool,
+    /// The first offset not on the file yet (the T2 appends still pending or being
+    /// written start there); `next_offset` when everything is.
+    file_next: u64,
+    /// Tail cache (streams only, see [`Log::enable_tail_cache`]): the latest appended
+    /// batches, a contiguous run ending at `next_offset`, as readers get them.
+    tail: VecDeque<Batch>,
+    /// Bytes of `tail` (batch sizes, headers included), counted in `Ctx::tail_cached`.
+    tail_bytes: usize,
 }
 
 /// What a reader needs of the active segment, copied under the lock.
@@ -153,6 +162,8 @@ pub struct Log {
     /// Signalled when a write-behind done without the lock ends (`State::writing`).
     written_cv: Condvar,
     dirty: AtomicBool,
+    /// Whether appends are kept in the tail cache (streams).
+    tail_cache: AtomicBool,
 }
 
 impl std::fmt::Debug for Log {
@@ -252,6 +263,9 @@ impl Log {
             pending: Vec::new(),
             pending_base: r.next_offset,
             writing: false,
+            file_next: r.next_offset,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
             active: Active {
                 base: active_base,
                 paths,
@@ -278,6 +292,7 @@ impl Log {
             state: Mutex::new(state),
             written_cv: Condvar::new(),
             dirty: AtomicBool::new(false),
+            tail_cache: AtomicBool::new(false),
         });
         if let Durability::Interval(p) = durability {
             let weak: std::sync::Weak<dyn IntervalSync> = Arc::downgrade(&log) as _;
@@ -303,7 +318,7 @@ impl Log {
         if records.is_empty() {
             return Err(StorageError::InvalidArgument("empty batch".into()));
         }
-        self.append_body(BatchBody::Records(records), timestamp_ms)
+        self.append_body(BatchBody::Records(records), None, timestamp_ms)
     }
 
     /// Appends one *opaque* batch: `payload` is stored as one blob in `format` (non-zero,
@@ -320,7 +335,21 @@ impl Log {
         payload: &[u8],
         timestamp_ms: i64,
     ) -> Result<Appended> {
-        self.append_opaque_with(format, count, payload, None, timestamp_ms)
+        if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
+            return Err(StorageError::InvalidArgument(
+                "an opaque batch needs a non-zero format, a count and a payload".into(),
+            ));
+        }
+        self.append_body(
+            BatchBody::Opaque {
+                format,
+                count,
+                payload,
+                known: None,
+            },
+            None,
+            timestamp_ms,
+        )
     }
 
     /// [`Log::append_opaque`] for a payload whose suffix CRC32C the caller already has
@@ -328,11 +357,14 @@ impl Log {
     ///
     /// # Errors
     /// As [`Log::append_opaque`].
+    ///
+    /// The payload is a `Bytes`: a stream's tail cache keeps it as readers will get it,
+    /// without a copy.
     pub fn append_opaque_with(
         &self,
         format: u8,
         count: u32,
-        payload: &[u8],
+        payload: &Bytes,
         known: Option<format::SuffixCrc>,
         timestamp_ms: i64,
     ) -> Result<Appended> {
@@ -348,11 +380,18 @@ impl Log {
                 payload,
                 known,
             },
+            Some(payload),
             timestamp_ms,
         )
     }
 
-    fn append_body(&self, body: BatchBody<'_>, timestamp_ms: i64) -> Result<Appended> {
+    /// `shared` is an opaque body's payload as a `Bytes`, for the tail cache.
+    fn append_body(
+        &self,
+        body: BatchBody<'_>,
+        shared: Option<&Bytes>,
+        timestamp_ms: i64,
+    ) -> Result<Appended> {
         let limit = self.ctx.config.batch_bytes_max;
         let len = match body.len() {
             Some(l) if l <= u64::from(limit) && body.count() <= u64::from(u32::MAX) => l as u32,
@@ -380,6 +419,7 @@ impl Log {
         // Each batch's bytes are copied once in user space at most: into the pending buffer
         // (T2), into `buf` (framed records), or not at all (an opaque payload goes to the
         // file from the caller's buffer, after its header, in one `pwritev`).
+        let pending_from = st.pending.len();
         let written = if behind {
             if st.pending.is_empty() {
                 st.pending_base = base_offset;
@@ -445,7 +485,39 @@ impl Log {
         a.max_ts = a.max_ts.max(timestamp_ms);
         st.next_offset += body.count();
         let next_offset = st.next_offset;
-        let sync_file = behind.then(|| a.file.clone());
+        if !behind {
+            st.file_next = next_offset;
+        }
+        if self.tail_cache.load(Ordering::Relaxed) {
+            let (format, count) = match body {
+                BatchBody::Records(r) => (format::FORMAT_RECORDS, r.len() as u32),
+                BatchBody::Opaque { format, count, .. } => (format, count),
+            };
+            // The bytes after the header, as a read would return them: the caller's
+            // payload, the frame just encoded (given up by `buf`, which allocates anew), or
+            // a copy out of the pending buffer.
+            let payload = match (body, shared) {
+                (BatchBody::Opaque { .. }, Some(p)) => p.clone(),
+                (BatchBody::Opaque { payload, .. }, None) => Bytes::copy_from_slice(payload),
+                (BatchBody::Records(_), _) if behind => {
+                    Bytes::copy_from_slice(&st.pending[pending_from + BATCH_HEADER_LEN..])
+                }
+                (BatchBody::Records(_), _) => {
+                    Bytes::from(std::mem::take(&mut st.buf)).slice(BATCH_HEADER_LEN..)
+                }
+            };
+            self.cache_tail(
+                st,
+                Batch {
+                    base_offset,
+                    record_count: count,
+                    timestamp_ms,
+                    format,
+                    payload,
+                },
+            );
+        }
+        let sync_file = behind.then(|| st.active.file.clone());
         // Enough is pending for a large `pwrite`: this appender writes it now (without the
         // lock), so that its copy into the page cache overlaps the fsync of the round in
         // progress instead of lengthening the next one.
@@ -477,6 +549,89 @@ impl Log {
             next_offset,
             commit,
         })
+    }
+
+    /// Keeps appended batches in memory for readers at the head of this log (a stream):
+    /// they then get them without a `pread` and without verifying their checksum again
+    /// (the bytes never left memory). Off for queues, whose messages the core holds.
+    pub(crate) fn enable_tail_cache(&self) {
+        if self.ctx.config.tail_cache_bytes > 0 {
+            self.tail_cache.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the batch just appended to the tail cache, within this log's share and the
+    /// storage's budget (oldest batches go first). The cache stays a contiguous run up to
+    /// `next_offset`: a batch that cannot be kept empties it.
+    fn cache_tail(&self, st: &mut State, b: Batch) {
+        let budget = self.ctx.config.tail_cache_bytes;
+        let share = budget / 8;
+        let size = b.size_bytes();
+        let global = &self.ctx.tail_cached;
+        let drop_front = |st: &mut State| match st.tail.pop_front() {
+            Some(old) => {
+                st.tail_bytes -= old.size_bytes();
+                global.fetch_sub(old.size_bytes(), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        };
+        if size > share {
+            while drop_front(st) {}
+            return;
+        }
+        while st.tail_bytes + size > share && drop_front(st) {}
+        loop {
+            let cur = global.load(Ordering::Relaxed);
+            if cur + size <= budget {
+                if global
+                    .compare_exchange_weak(cur, cur + size, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break;
+                }
+                continue;
+            }
+            if !drop_front(st) {
+                // Other logs hold the budget: this one keeps nothing.
+                return;
+            }
+        }
+        st.tail_bytes += size;
+        st.tail.push_back(b);
+    }
+
+    /// Empties the tail cache (the log's end moved back, or the log goes).
+    fn clear_tail(&self, st: &mut State) {
+        st.tail.clear();
+        self.ctx
+            .tail_cached
+            .fetch_sub(std::mem::take(&mut st.tail_bytes), Ordering::Relaxed);
+    }
+
+    /// Batches from the tail cache for a read from `from` (see [`Log::read`]), or `None`
+    /// when the batch holding `from` is not cached or not on the file yet.
+    fn read_tail(&self, from: u64, max_bytes: usize) -> Option<Vec<Batch>> {
+        let st = lock(&self.state);
+        let first = st.tail.front()?;
+        if from < first.base_offset {
+            return None;
+        }
+        if from >= st.next_offset {
+            return Some(Vec::new());
+        }
+        let i = st.tail.partition_point(|b| b.next_offset() <= from);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for b in st.tail.range(i..) {
+            // Readers see what is on the file only (see `snapshot`).
+            if b.next_offset() > st.file_next || (!out.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            bytes += b.size_bytes();
+            out.push(b.clone());
+        }
+        (!out.is_empty()).then_some(out)
     }
 
     fn write_failed(&self, a: &Active, pos: u64, path: &Path, e: std::io::Error) -> StorageError {
@@ -523,6 +678,7 @@ impl Log {
             st.active.written += st.pending.len() as u64;
             st.pending.clear();
         }
+        st.file_next = st.next_offset;
         let a = &mut st.active;
         let to = a.entries.len();
         if a.entries_written < to {
@@ -557,7 +713,9 @@ impl Log {
         a.entries_written = a.entries_written.min(from);
         a.last_index_pos = a.entries.last().map(|e| u64::from(e.pos));
         st.next_offset = base;
+        st.file_next = st.file_next.min(base);
         st.pending.clear();
+        self.clear_tail(st);
         self.health
             .fail_with(format!("write-behind failed: {err}"), err.is_no_space());
         self.health.error()
@@ -597,7 +755,7 @@ impl Log {
             return Ok(());
         }
         let data = std::mem::take(&mut st.pending);
-        let (pos, base) = (a.written, st.pending_base);
+        let (pos, base, end) = (a.written, st.pending_base, st.next_offset);
         let (file, idx_file, tix_file) = (a.file.clone(), a.idx.clone(), a.tix.clone());
         let (seg_path, idx_path, tix_path) = (
             a.paths.seg.clone(),
@@ -628,6 +786,7 @@ impl Log {
             Err(e) => Err(self.pending_write_failed(st, pos, from, base, e)),
             Ok(()) => {
                 st.active.written = pos + data.len() as u64;
+                st.file_next = end;
                 if st.buf.capacity() < data.capacity() {
                     // Reuse the allocation for the next batches (`buf` becomes `pending`).
                     let mut data = data;
@@ -795,6 +954,10 @@ impl Log {
     /// below it: the first batch returned may still hold records below the floor.
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
         let from_offset = from_offset.max(self.start_floor.load(Ordering::Acquire));
+        if let Some(cached) = self.read_tail(from_offset, max_bytes) {
+            Counters::add(&self.ctx.counters.tail_cache_hits, 1);
+            return Ok(cached);
+        }
         let (sealed, active, next) = self.snapshot(from_offset);
         let mut out = Vec::new();
         if from_offset >= next {
@@ -1156,6 +1319,15 @@ impl Log {
             };
             let m = Arc::make_mut(&mut st.sealed).remove(i);
             st.sealed_bytes -= m.size;
+            // Cached batches of the segment (and any before it) go with it.
+            while st.tail.front().is_some_and(|b| b.base_offset < m.end) {
+                if let Some(old) = st.tail.pop_front() {
+                    st.tail_bytes -= old.size_bytes();
+                    self.ctx
+                        .tail_cached
+                        .fetch_sub(old.size_bytes(), Ordering::Relaxed);
+                }
+            }
         }
         lock(&self.ctx.cache).remove((self.id, base));
         let p = SegPaths::new(&self.dir, base);
@@ -1257,7 +1429,10 @@ impl Drop for Log {
     fn drop(&mut self) {
         // Pending T2 appends whose submission failed (storage shutting down) still reach
         // the file; queued ones hold the log alive until their round has written them.
-        let _ = self.write_pending_locked(&mut self.idle(lock(&self.state)));
+        let mut st = self.idle(lock(&self.state));
+        let _ = self.write_pending_locked(&mut st);
+        self.clear_tail(&mut st);
+        drop(st);
         lock(&self.ctx.cache).remove_log(self.id);
     }
 }
@@ -1771,6 +1946,54 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_cache_serves_t2_appends_only_once_they_are_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, gate) = gated_storage(dir.path(), 1 << 20);
+        let st = s
+            .open_stream(
+                "s",
+                LogOptions {
+                    durability: Some(Durability::T2),
+                    ..Default::default()
+                },
+                crate::Retention::default(),
+            )
+            .unwrap();
+        let log = st.log();
+        let first = log
+            .append_opaque_with(7, 2, &Bytes::from_static(b"first batch"), None, 5)
+            .unwrap();
+        first.commit.wait().unwrap();
+        assert_eq!(log.read_tail(0, 1 << 20).map(|v| v.len()), Some(1));
+        // The next write-behind is held: its batch is cached but not on the file.
+        *gate.closed.lock().unwrap() = true;
+        let second = log
+            .append_opaque_with(7, 3, &Bytes::from_static(b"second batch"), None, 6)
+            .unwrap();
+        gate.wait_blocked();
+        assert_eq!(lock(&log.state).tail.len(), 2);
+        assert!(log.read_tail(2, 1 << 20).is_none(), "not on the file yet");
+        let only_first = log.read_tail(0, 1 << 20).unwrap();
+        assert_eq!(only_first.len(), 1, "what is on the file");
+        assert_eq!(only_first[0].payload(), &Bytes::from_static(b"first batch"));
+        *gate.closed.lock().unwrap() = false;
+        gate.cv.notify_all();
+        second.commit.wait().unwrap();
+        let both = log.read_tail(0, 1 << 20).unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[1].payload(), &Bytes::from_static(b"second batch"));
+        assert_eq!(both[1].base_offset, 2);
+        // And the file agrees, once the cache is gone.
+        drop(st);
+        drop(s);
+        let s = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let st = s
+            .open_stream("s", LogOptions::default(), crate::Retention::default())
+            .unwrap();
+        assert_eq!(st.log().read(0, 1 << 20).unwrap(), both);
+    }
+
+    #[test]
     fn t2_appends_go_on_while_the_sync_thread_writes_behind() {
         let dir = tempfile::tempdir().unwrap();
         let (s, gate) = gated_storage(dir.path(), 1 << 20);
@@ -1839,5 +2062,188 @@ mod interval_tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(matches!(log.durability(), Durability::Interval(_)));
+    }
+}
+
+#[cfg(test)]
+mod tail_cache_tests {
+    //! The tail cache of stream logs: reads it serves are those the file would serve, it
+    //! stays within its budget, and a failed write-behind empties it.
+    use super::*;
+    use crate::fault::{FaultPlan, FaultyVfs};
+    use crate::{LogOptions, Retention, Storage, StorageConfig};
+
+    fn cfg(tail_cache_bytes: usize) -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 64 << 10,
+            index_interval_bytes: 256,
+            tail_cache_bytes,
+            ..Default::default()
+        }
+    }
+
+    fn opts(d: Durability) -> LogOptions {
+        LogOptions {
+            durability: Some(d),
+            ..Default::default()
+        }
+    }
+
+    fn payload(i: u64, len: usize) -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|j| (i as usize * 31 + j) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    /// Appends opaque batches and framed records, alternately, across several segments.
+    fn fill(log: &Log, n: u64) -> Vec<Commit> {
+        let mut commits = Vec::new();
+        for i in 0..n {
+            let a = if i % 2 == 0 {
+                log.append_opaque_with(7, 3, &payload(i, 700), None, i as i64)
+            } else {
+                log.append(&[payload(i, 100), payload(i + 1, 50)], i as i64)
+            };
+            commits.push(a.unwrap().commit);
+        }
+        commits
+    }
+
+    fn read_all(log: &Log, from: u64, max: usize) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut at = from;
+        loop {
+            let got = log.read(at, max).unwrap();
+            let Some(last) = got.last() else {
+                return out;
+            };
+            at = last.next_offset();
+            out.extend(got);
+        }
+    }
+
+    #[test]
+    fn cached_reads_return_what_the_file_holds() {
+        for d in [Durability::T1, Durability::T2] {
+            let dir = tempfile::tempdir().unwrap();
+            let (cached, commits) = {
+                let s = Storage::open(dir.path(), cfg(1 << 20)).unwrap();
+                let st = s.open_stream("s", opts(d), Retention::default()).unwrap();
+                let commits = fill(st.log(), 300);
+                let n = commits.len();
+                for c in commits {
+                    c.wait().unwrap();
+                }
+                let hits = s.metrics().tail_cache_hits;
+                // From the start (not cached any more: the share is 128 KiB), from the
+                // middle of the cached run, and in small and large steps.
+                let mut reads = Vec::new();
+                for (from, max) in [(0, 1), (0, 1 << 20), (700, 1), (750, 5000), (899, 1)] {
+                    reads.push(read_all(st.log(), from, max));
+                }
+                assert!(
+                    s.metrics().tail_cache_hits > hits,
+                    "{d:?}: reads at the head hit"
+                );
+                let share = s.config().tail_cache_bytes / 8;
+                let tail_bytes = lock(&st.log().state).tail_bytes;
+                assert!(
+                    tail_bytes > 0 && tail_bytes <= share,
+                    "{d:?}: {tail_bytes} cached"
+                );
+                (reads, n)
+            };
+            assert_eq!(commits, 300);
+            // The same reads from the file alone, after a reopen without the cache.
+            let s = Storage::open(dir.path(), cfg(0)).unwrap();
+            let st = s.open_stream("s", opts(d), Retention::default()).unwrap();
+            let points = [(0, 1), (0, 1 << 20), (700, 1), (750, 5000), (899, 1)];
+            for (i, (from, max)) in points.into_iter().enumerate() {
+                assert_eq!(
+                    read_all(st.log(), from, max),
+                    cached[i],
+                    "{d:?} from {from}"
+                );
+            }
+            assert_eq!(s.metrics().tail_cache_hits, 0, "no cache, no hits");
+            assert_eq!(cached[1].last().unwrap().next_offset(), 150 * 3 + 150 * 2);
+        }
+    }
+
+    #[test]
+    fn the_budget_holds_across_logs_and_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 64 << 10;
+        let s = Storage::open(dir.path(), cfg(budget)).unwrap();
+        let mut streams = Vec::new();
+        for i in 0..12 {
+            let st = s
+                .open_stream(&format!("s{i}"), opts(Durability::T1), Retention::default())
+                .unwrap();
+            fill(st.log(), 40);
+            let total = s.metrics().tail_cache_bytes as usize;
+            assert!(total <= budget, "{total} cached with {} logs", i + 1);
+            let own = lock(&st.log().state).tail_bytes;
+            assert!(own <= budget / 8);
+            streams.push(st);
+        }
+        let sum: usize = streams
+            .iter()
+            .map(|st| lock(&st.log().state).tail_bytes)
+            .sum();
+        assert_eq!(sum, s.metrics().tail_cache_bytes as usize);
+        // The first eight took the budget; the later ones keep nothing but still read.
+        assert_eq!(lock(&streams[11].log().state).tail_bytes, 0);
+        assert_eq!(read_all(streams[11].log(), 0, 1 << 20).len(), 40);
+        // A batch bigger than a log's share is not kept, and empties that log's cache.
+        let big = streams[0]
+            .log()
+            .append_opaque_with(7, 1, &payload(9, budget / 8), None, 0)
+            .unwrap();
+        drop(big);
+        assert_eq!(lock(&streams[0].log().state).tail_bytes, 0);
+        drop(streams);
+        assert_eq!(
+            s.metrics().tail_cache_bytes as usize,
+            0,
+            "given back on close"
+        );
+        // Queues and plain logs keep nothing.
+        let plain = s.open_log("logs", "p", opts(Durability::T1)).unwrap();
+        fill(&plain, 10);
+        assert_eq!(lock(&plain.state).tail_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_write_behind_empties_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan::new(".seg");
+        let s = Storage::open_with_vfs(
+            dir.path(),
+            cfg(1 << 20),
+            Arc::new(FaultyVfs { plan: plan.clone() }),
+        )
+        .unwrap();
+        let st = s
+            .open_stream("s", opts(Durability::T2), Retention::default())
+            .unwrap();
+        let log = st.log();
+        for c in fill(log, 4) {
+            c.wait().unwrap();
+        }
+        let before = read_all(log, 0, 1 << 20);
+        assert_eq!(before.len(), 4);
+        plan.write_budget.store(10, Ordering::SeqCst);
+        let lost = log
+            .append_opaque_with(7, 3, &payload(50, 400), None, 9)
+            .unwrap();
+        assert!(lost.commit.wait().is_err(), "the write-behind failed");
+        assert_eq!(lock(&log.state).tail_bytes, 0, "emptied");
+        assert_eq!(s.metrics().tail_cache_bytes as usize, 0);
+        // Readers never see the lost batch, and still see the others (from the file).
+        plan.write_budget.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(read_all(log, 0, 1 << 20), before);
     }
 }

@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub index_rebuilds: AtomicU64,
     pub index_cache_hits: AtomicU64,
     pub index_cache_misses: AtomicU64,
+    pub tail_cache_hits: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub journal_compactions: AtomicU64,
@@ -70,6 +71,9 @@ impl Counters {
             index_rebuilds: g(&self.index_rebuilds),
             index_cache_hits: g(&self.index_cache_hits),
             index_cache_misses: g(&self.index_cache_misses),
+            tail_cache_hits: g(&self.tail_cache_hits),
+            // A gauge the storage fills in (`Storage::metrics`).
+            tail_cache_bytes: 0,
             segments_created: g(&self.segments_created),
             segments_deleted: g(&self.segments_deleted),
             journal_compactions: g(&self.journal_compactions),
@@ -102,6 +106,10 @@ pub struct StorageMetrics {
     pub index_rebuilds: u64,
     pub index_cache_hits: u64,
     pub index_cache_misses: u64,
+    /// Reads served from a stream's tail cache (no `pread`).
+    pub tail_cache_hits: u64,
+    /// Bytes the streams' tail caches hold now (a gauge).
+    pub tail_cache_bytes: u64,
     pub segments_created: u64,
     pub segments_deleted: u64,
     pub journal_compactions: u64,

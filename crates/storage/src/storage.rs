@@ -36,6 +36,8 @@ pub(crate) struct Ctx {
     pub syncer: Syncer,
     pub cache: Mutex<IndexCache>,
     pub defs_lock: Mutex<()>,
+    /// Bytes in every log's tail cache together (at most `config.tail_cache_bytes`).
+    pub tail_cached: std::sync::atomic::AtomicUsize,
     /// Held (flock) as long as any log of this storage is alive.
     _lock_file: File,
 }
@@ -117,6 +119,7 @@ impl Storage {
             counters,
             syncer,
             defs_lock: Mutex::new(()),
+            tail_cached: std::sync::atomic::AtomicUsize::new(0),
             _lock_file: lock_file,
         });
         tracing::info!(root = %root.display(), "storage opened");
@@ -233,6 +236,7 @@ impl Storage {
             return Ok(s);
         }
         let log = self.open_log(STREAMS_DIR, name, opts)?;
+        log.enable_tail_cache();
         let s = StreamLog::open(log, retention)?;
         ss.retain(|_, w| w.strong_count() > 0);
         ss.insert(name.to_string(), Arc::downgrade(&s));
@@ -339,7 +343,12 @@ impl Storage {
     }
 
     pub fn metrics(&self) -> StorageMetrics {
-        self.ctx.counters.snapshot()
+        let mut m = self.ctx.counters.snapshot();
+        m.tail_cache_bytes = self
+            .ctx
+            .tail_cached
+            .load(std::sync::atomic::Ordering::Relaxed) as u64;
+        m
     }
 
     /// Free bytes available to unprivileged users on the root's file system (statvfs).

@@ -214,7 +214,7 @@ impl StreamLog {
         &self,
         format: u8,
         count: u32,
-        payload: &[u8],
+        payload: &Bytes,
         known: Option<crate::SuffixCrc>,
         timestamp_ms: i64,
     ) -> Result<Appended> {
