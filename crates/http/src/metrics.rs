@@ -302,7 +302,7 @@ pub fn render(state: &AppState) -> String {
         m.fsync_seconds_total,
     );
     f.line("ferrymq_fsync_duration_seconds_count", "", m.fsync_count);
-    let storage: [(&str, &str, u64); 8] = [
+    let storage: [(&str, &str, u64); 9] = [
         (
             "ferrymq_fsync_errors_total",
             "Failed fsyncs",
@@ -343,11 +343,22 @@ pub fn render(state: &AppState) -> String {
             "Segments created",
             m.segments_created,
         ),
+        (
+            "ferrymq_storage_tail_cache_hits_total",
+            "Stream reads served from the tail cache (no disk read)",
+            m.tail_cache_hits,
+        ),
     ];
     for (name, help, v) in storage {
         f.head(name, "counter", help);
         f.line(name, "", v);
     }
+    f.head(
+        "ferrymq_storage_tail_cache_bytes",
+        "gauge",
+        "Bytes of recent stream batches held in memory",
+    );
+    f.line("ferrymq_storage_tail_cache_bytes", "", m.tail_cache_bytes);
     f.head(
         "ferrymq_process_resident_memory_bytes",
         "gauge",

@@ -443,6 +443,62 @@ fn oversized_batches_get_message_too_large() {
     );
 }
 
+/// The value of a metric line without labels in the server's `/metrics`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let mut h = TcpStream::connect(listening(server, "http")).unwrap();
+    h.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    h.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = h.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn fetches_at_the_head_are_served_from_the_tail_cache_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut want = Vec::new();
+    {
+        let server = serve(tmp.path(), &data, &[]);
+        let mut kc = Kc::connect(listening(&server, "Kafka"));
+        assert_eq!(create_topic(&mut kc, "tail", 1), 0);
+        let hits = metric(&server, "ferrymq_storage_tail_cache_hits_total");
+        for i in 0..20 {
+            let recs: Vec<Record> = (0..5)
+                .map(|j| rec(&format!("k{i}-{j}"), &format!("v{i}-{j}"), 100 + i, j))
+                .collect();
+            let (code, base) = produce(&mut kc, "tail", 0, batch(&recs, Compression::None));
+            assert_eq!((code, base), (0, i * 5));
+            want.extend(recs.into_iter().map(|r| (r.key, r.value)));
+        }
+        // Acknowledged at the default tier (fsynced): a consumer at the head reads memory.
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let (code, _, recs) = fetch(&mut kc, "tail", 0, got.len() as i64);
+            assert_eq!(code, 0);
+            assert!(!recs.is_empty());
+            got.extend(recs.into_iter().map(|r| (r.key, r.value)));
+        }
+        assert_eq!(got, want);
+        assert!(metric(&server, "ferrymq_storage_tail_cache_hits_total") > hits);
+        assert!(metric(&server, "ferrymq_storage_tail_cache_bytes") > 0);
+        // The server is killed: what it served from memory is what the disk holds.
+    }
+    let server = serve(tmp.path(), &data, &[]);
+    let mut kc = Kc::connect(listening(&server, "Kafka"));
+    assert_eq!(metric(&server, "ferrymq_storage_tail_cache_bytes"), 0);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let (code, _, recs) = fetch(&mut kc, "tail", 0, got.len() as i64);
+        assert_eq!(code, 0);
+        got.extend(recs.into_iter().map(|r| (r.key, r.value)));
+    }
+    assert_eq!(got, want);
+}
+
 /// A fresh idempotent producer id and epoch (InitProducerId without a transactional id).
 fn init_producer(kc: &mut Kc) -> (i64, i16) {
     let init = kc.call(
