@@ -412,6 +412,15 @@ fn produce(kafka: &Arc<Kafka>, az: &Authz, req: ProduceRequest, v: i16) -> Pendi
     let acks = req.acks;
     let now = ferrymq_core::clock::now_ms();
     let mut topics_out: Vec<(TopicName, Vec<PartAppend>)> = Vec::new();
+    // Record sets are slices of the request's buffer, and the stream's tail cache keeps the
+    // stored batches as they are: one that is a small part of its request would keep the
+    // whole request alive in the cache. Those are copied out first (see `compact`).
+    let request_bytes: usize = req
+        .topic_data
+        .iter()
+        .flat_map(|t| t.partition_data.iter())
+        .filter_map(|p| p.records.as_ref().map(Bytes::len))
+        .sum();
     for t in req.topic_data {
         let name = t.name.0.to_string();
         let stream = kafka.stream(&name);
@@ -437,7 +446,8 @@ fn produce(kafka: &Arc<Kafka>, az: &Authz, req: ProduceRequest, v: i16) -> Pendi
             } else {
                 match (&stream, u32::try_from(p.index)) {
                     (Some(st), Ok(idx)) if idx < st.partition_count() => {
-                        append_partition(kafka, st, &name, idx, p.records, now, &mut pa);
+                        let recs = compact(p.records, request_bytes);
+                        append_partition(kafka, st, &name, idx, recs, now, &mut pa);
                     }
                     _ => pa.error = Some(ResponseError::UnknownTopicOrPartition),
                 }
@@ -482,6 +492,19 @@ fn produce(kafka: &Arc<Kafka>, az: &Authz, req: ProduceRequest, v: i16) -> Pendi
             r.responses.push(tr);
         }
         encode(&r, v)
+    })
+}
+
+/// A record set that is less than half of its request's records, copied into a buffer of
+/// its own (so that what the tail cache keeps of a request is bounded by twice its budget);
+/// the larger ones as they are (a request for one partition is stored without a copy).
+fn compact(recs: Option<Bytes>, request_bytes: usize) -> Option<Bytes> {
+    recs.map(|r| {
+        if r.len().saturating_mul(2) < request_bytes {
+            Bytes::copy_from_slice(&r)
+        } else {
+            r
+        }
     })
 }
 
@@ -1513,6 +1536,23 @@ mod tests {
 
     /// A Fetch answer of two topics whose partitions cover null, empty, small and large
     /// record sets, error codes and aborted-transaction lists, and the record sets apart.
+    #[test]
+    fn small_record_sets_are_copied_out_of_their_request() {
+        let request = Bytes::from(vec![7u8; 1000]);
+        let big = request.slice(0..600);
+        let kept = compact(Some(big.clone()), 1000).unwrap();
+        assert_eq!(kept.as_ptr(), big.as_ptr(), "more than half: not copied");
+        let small = request.slice(600..1000);
+        let copied = compact(Some(small.clone()), 1000).unwrap();
+        assert_eq!(copied, small);
+        assert_ne!(
+            copied.as_ptr(),
+            small.as_ptr(),
+            "less than half: a buffer of its own"
+        );
+        assert_eq!(compact(None, 1000), None);
+    }
+
     fn fetch_answer() -> (FetchResponse, FetchRecords) {
         let big: Bytes = (0..ZERO_COPY_MIN as u32 + 3000)
             .map(|i| (i % 251) as u8)
