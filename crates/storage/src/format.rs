@@ -143,30 +143,38 @@ pub(crate) fn append_batch(
             let crc = batch_crc(&out[start..]);
             out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        BatchBody::Opaque { payload, .. } => {
-            out.extend_from_slice(&opaque_header(len, base_offset, timestamp_ms, body));
+        BatchBody::Opaque {
+            format,
+            count,
+            payload,
+            known,
+        } => {
+            let h = opaque_header(
+                len,
+                base_offset,
+                timestamp_ms,
+                format,
+                count,
+                payload,
+                known,
+            );
+            out.extend_from_slice(&h);
             out.extend_from_slice(payload);
         }
     }
 }
 
-/// The header (CRC included) of an opaque batch, whose payload is written after it as is.
-/// Records bodies are not opaque: they go through [`append_batch`].
+/// The header (CRC included) of an opaque batch (the fields of [`BatchBody::Opaque`]),
+/// whose payload is written after it as is.
 pub(crate) fn opaque_header(
     len: u32,
     base_offset: u64,
     timestamp_ms: i64,
-    body: BatchBody<'_>,
+    format: u8,
+    count: u32,
+    payload: &[u8],
+    known: Option<SuffixCrc>,
 ) -> [u8; BATCH_HEADER_LEN] {
-    let BatchBody::Opaque {
-        format,
-        count,
-        payload,
-        known,
-    } = body
-    else {
-        unreachable!("opaque_header is for opaque bodies");
-    };
     debug_assert_eq!(len as usize, BATCH_HEADER_LEN + payload.len());
     let mut h = header(len, base_offset, timestamp_ms, format, count);
     let head = crc32c::crc32c_append(crc32c::crc32c(&h[0..4]), &h[8..]);
@@ -539,7 +547,7 @@ mod tests {
             assert_eq!(&with[..4], b"kept", "append_batch keeps what `out` held");
             assert_eq!(&with[4..], &plain[..], "suffix from {from}");
             assert_eq!(
-                opaque_header(len, 40, 1234, body(Some(known))),
+                opaque_header(len, 40, 1234, 9, 3, &payload, Some(known)),
                 plain[..BATCH_HEADER_LEN]
             );
         }

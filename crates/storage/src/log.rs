@@ -429,8 +429,22 @@ impl Log {
             }
             format::append_batch(&mut st.pending, len, base_offset, timestamp_ms, body);
             Ok(())
-        } else if let BatchBody::Opaque { payload, .. } = body {
-            let h = format::opaque_header(len, base_offset, timestamp_ms, body);
+        } else if let BatchBody::Opaque {
+            format,
+            count,
+            payload,
+            known,
+        } = body
+        {
+            let h = format::opaque_header(
+                len,
+                base_offset,
+                timestamp_ms,
+                format,
+                count,
+                payload,
+                known,
+            );
             a.file.write_all_vectored_at(&[&h, payload], pos)
         } else {
             format::encode_batch(&mut st.buf, len, base_offset, timestamp_ms, body);
@@ -568,19 +582,11 @@ impl Log {
         let share = budget / 8;
         let size = b.size_bytes();
         let global = &self.ctx.tail_cached;
-        let drop_front = |st: &mut State| match st.tail.pop_front() {
-            Some(old) => {
-                st.tail_bytes -= old.size_bytes();
-                global.fetch_sub(old.size_bytes(), Ordering::Relaxed);
-                true
-            }
-            None => false,
-        };
         if size > share {
-            while drop_front(st) {}
+            while self.drop_tail_front(st) {}
             return;
         }
-        while st.tail_bytes + size > share && drop_front(st) {}
+        while st.tail_bytes + size > share && self.drop_tail_front(st) {}
         loop {
             let cur = global.load(Ordering::Relaxed);
             if cur + size <= budget {
@@ -592,13 +598,27 @@ impl Log {
                 }
                 continue;
             }
-            if !drop_front(st) {
+            if !self.drop_tail_front(st) {
                 // Other logs hold the budget: this one keeps nothing.
                 return;
             }
         }
         st.tail_bytes += size;
         st.tail.push_back(b);
+    }
+
+    /// Drops the oldest cached batch; false if there was none.
+    fn drop_tail_front(&self, st: &mut State) -> bool {
+        match st.tail.pop_front() {
+            Some(old) => {
+                st.tail_bytes -= old.size_bytes();
+                self.ctx
+                    .tail_cached
+                    .fetch_sub(old.size_bytes(), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Empties the tail cache (the log's end moved back, or the log goes).
@@ -1321,12 +1341,7 @@ impl Log {
             st.sealed_bytes -= m.size;
             // Cached batches of the segment (and any before it) go with it.
             while st.tail.front().is_some_and(|b| b.base_offset < m.end) {
-                if let Some(old) = st.tail.pop_front() {
-                    st.tail_bytes -= old.size_bytes();
-                    self.ctx
-                        .tail_cached
-                        .fetch_sub(old.size_bytes(), Ordering::Relaxed);
-                }
+                self.drop_tail_front(&mut st);
             }
         }
         lock(&self.ctx.cache).remove((self.id, base));
