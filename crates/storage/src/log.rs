@@ -335,11 +335,6 @@ impl Log {
         payload: &[u8],
         timestamp_ms: i64,
     ) -> Result<Appended> {
-        if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
-            return Err(StorageError::InvalidArgument(
-                "an opaque batch needs a non-zero format, a count and a payload".into(),
-            ));
-        }
         self.append_body(
             BatchBody::Opaque {
                 format,
@@ -368,11 +363,6 @@ impl Log {
         known: Option<format::SuffixCrc>,
         timestamp_ms: i64,
     ) -> Result<Appended> {
-        if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
-            return Err(StorageError::InvalidArgument(
-                "an opaque batch needs a non-zero format, a count and a payload".into(),
-            ));
-        }
         self.append_body(
             BatchBody::Opaque {
                 format,
@@ -392,6 +382,19 @@ impl Log {
         shared: Option<&Bytes>,
         timestamp_ms: i64,
     ) -> Result<Appended> {
+        if let BatchBody::Opaque {
+            format,
+            count,
+            payload,
+            ..
+        } = body
+        {
+            if format == format::FORMAT_RECORDS || count == 0 || payload.is_empty() {
+                return Err(StorageError::InvalidArgument(
+                    "an opaque batch needs a non-zero format, a count and a payload".into(),
+                ));
+            }
+        }
         let limit = self.ctx.config.batch_bytes_max;
         let len = match body.len() {
             Some(l) if l <= u64::from(limit) && body.count() <= u64::from(u32::MAX) => l as u32,
@@ -1545,6 +1548,16 @@ mod tests {
             ));
             assert!(log.append_opaque(7, 0, b"x", 0).is_err());
             assert!(log.append_opaque(7, 1, b"", 0).is_err());
+            let x = Bytes::from_static(b"x");
+            assert!(matches!(
+                log.append_opaque_with(0, 1, &x, None, 0),
+                Err(StorageError::InvalidArgument(_))
+            ));
+            assert!(log.append_opaque_with(7, 0, &x, None, 0).is_err());
+            assert!(log
+                .append_opaque_with(7, 1, &Bytes::new(), None, 0)
+                .is_err());
+            assert_eq!(log.next_offset(), 0, "nothing refused was stored");
             for i in 0..120u32 {
                 let a = if i % 3 == 0 {
                     let r = recs(2, u64::from(i));
