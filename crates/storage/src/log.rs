@@ -635,6 +635,10 @@ impl Log {
     /// Batches from the tail cache for a read from `from` (see [`Log::read`]), or `None`
     /// when the batch holding `from` is not cached or not on the file yet.
     fn read_tail(&self, from: u64, max_bytes: usize) -> Option<Vec<Batch>> {
+        if !self.tail_cache.load(Ordering::Relaxed) {
+            // Queues and plain logs: no cache, and no second lock of the state per read.
+            return None;
+        }
         let st = lock(&self.state);
         let first = st.tail.front()?;
         if from < first.base_offset {

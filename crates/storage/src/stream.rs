@@ -197,19 +197,8 @@ impl StreamLog {
         self.log.append(records, timestamp_ms)
     }
 
-    /// Appends one opaque batch (see `Log::append_opaque`).
-    pub fn append_opaque(
-        &self,
-        format: u8,
-        count: u32,
-        payload: &[u8],
-        timestamp_ms: i64,
-    ) -> Result<Appended> {
-        self.log.append_opaque(format, count, payload, timestamp_ms)
-    }
-
-    /// Appends one opaque batch whose suffix CRC the caller has (see
-    /// `Log::append_opaque_with`).
+    /// Appends one opaque batch (see `Log::append_opaque_with`; `known`: the payload's
+    /// suffix CRC, when the caller has it). The tail cache keeps `payload` as it is.
     pub fn append_opaque_with(
         &self,
         format: u8,
