@@ -186,7 +186,7 @@ pub(crate) fn opaque_header(
                 "the caller's suffix CRC"
             );
             let with_prefix = crc32c::crc32c_append(head, &payload[..k.from]);
-            crc32c::crc32c_combine(with_prefix, k.crc32c, payload.len() - k.from)
+            crate::crc::combine(with_prefix, k.crc32c, payload.len() - k.from)
         }
         None => crc32c::crc32c_append(head, payload),
     };

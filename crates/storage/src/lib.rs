@@ -18,6 +18,7 @@
 //! Interval = T1 plus a periodic fdatasync.
 
 mod config;
+mod crc;
 mod definitions;
 mod error;
 pub mod fault;
