@@ -116,6 +116,9 @@ impl KafkaUrl {
     }
 }
 
+/// How long a client may take to learn its topic's metadata before the run starts.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Topic `t`'s name.
 pub fn topic(s: &Scenario, t: usize) -> String {
     format!("{}-{}", s.queue_prefix, t % s.queues)
@@ -232,6 +235,11 @@ fn producer(
         .create_with_context(reports)
         .with_context(|| format!("{what}: creating the client"))?;
     let topic = topic(&s, id);
+    // Learn the partitions' leader before the first record: records for a partition whose
+    // leader librdkafka does not know yet wait for its next metadata refresh.
+    p.client()
+        .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+        .with_context(|| format!("{what}: metadata of {topic}"))?;
     let mut buf = Payload::new(s.size);
     let mut published = WindowCount::default();
     let mut seq = 0u64;
@@ -346,10 +354,22 @@ fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest");
+    if let Some(b) = s.fetch_bytes {
+        // librdkafka refuses a fetch.max.bytes below max.partition.fetch.bytes; its default
+        // is 50 MiB.
+        cfg.set("max.partition.fetch.bytes", b.to_string())
+            .set("fetch.max.bytes", b.max(52_428_800).to_string());
+    }
     let c: BaseConsumer = cfg
         .create()
         .with_context(|| format!("{what}: creating the client"))?;
     let topic = topic(&s, id);
+    // Learn the partitions' leader before assigning them: librdkafka puts off the offset
+    // lookup of a partition without a known leader by 500 ms, and meanwhile the producers
+    // would run that far ahead (at full rate, hundreds of MB of backlog that this consumer
+    // then reads from disk instead of the broker's tail cache).
+    c.fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+        .with_context(|| format!("{what}: metadata of {topic}"))?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions_of(&s, id) {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)

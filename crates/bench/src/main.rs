@@ -121,6 +121,10 @@ struct RunArgs {
     /// Kafka: the producers' batch.size in bytes (default: librdkafka's, 1000000).
     #[arg(long)]
     batch_bytes: Option<usize>,
+    /// Kafka: the consumers' max.partition.fetch.bytes, the most one Fetch returns per
+    /// partition (default: librdkafka's, 1048576); fetch.max.bytes is raised to match.
+    #[arg(long)]
+    fetch_bytes: Option<usize>,
     /// MQTT: instead of traffic, open N idle connections and report the broker's resident
     /// memory per connection (needs --broker-pid; raises the open-file limit as needed).
     #[arg(long)]
@@ -244,6 +248,7 @@ fn scenario(a: &RunArgs) -> Scenario {
     s.acks = a.acks;
     s.linger_ms = a.linger_ms;
     s.batch_bytes = a.batch_bytes;
+    s.fetch_bytes = a.fetch_bytes;
     s.producers = a.producers;
     s.consumers = a.consumers;
     s.size = a.size;
@@ -397,6 +402,8 @@ mod tests {
             "1",
             "--linger-ms",
             "10",
+            "--fetch-bytes",
+            "4194304",
         ])
         .unwrap();
         match cli.command {
@@ -404,6 +411,7 @@ mod tests {
                 let s = scenario(&a);
                 assert_eq!((s.partitions, s.acks, s.linger_ms), (8, 1, Some(10)));
                 assert_eq!(s.batch_bytes, None);
+                assert_eq!(s.fetch_bytes, Some(4 << 20));
             }
             Command::Compare(_) => unreachable!(),
         }

@@ -162,6 +162,11 @@ pub struct Scenario {
     /// Kafka: the producers' `batch.size` in bytes (`None` = librdkafka's default, 1,000,000).
     #[serde(default)]
     pub batch_bytes: Option<usize>,
+    /// Kafka: the consumers' `max.partition.fetch.bytes` (and `fetch.max.bytes`, at least
+    /// that), i.e. how much one Fetch may return per partition (`None` = librdkafka's
+    /// default, 1 MiB).
+    #[serde(default)]
+    pub fetch_bytes: Option<usize>,
 }
 
 fn acks_all() -> i16 {
@@ -205,6 +210,7 @@ impl Scenario {
             acks: -1,
             linger_ms: None,
             batch_bytes: None,
+            fetch_bytes: None,
         }
     }
 
@@ -313,7 +319,7 @@ impl Scenario {
             Protocol::Kafka => {
                 let opt = |v: Option<String>| v.unwrap_or_else(|| "default".into());
                 return format!(
-                    "librdkafka, {} → {} over {} topic(s) × {} partition(s), {} B, acks={}, linger.ms {}, batch.size {}, {}, {}",
+                    "librdkafka, {} → {} over {} topic(s) × {} partition(s), {} B, acks={}, linger.ms {}, batch.size {}, max.partition.fetch.bytes {}, {}, {}",
                     self.producers,
                     self.consumers,
                     self.queues,
@@ -322,6 +328,7 @@ impl Scenario {
                     if self.acks < 0 { "all".to_string() } else { self.acks.to_string() },
                     opt(self.linger_ms.map(|v| v.to_string())),
                     opt(self.batch_bytes.map(|v| v.to_string())),
+                    opt(self.fetch_bytes.map(|v| v.to_string())),
                     rate,
                     length
                 );
