@@ -25,6 +25,8 @@ static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Smallest and largest read chunk.
 const READ_CHUNK_MIN: usize = 64 << 10;
+/// The tail cache budget is shared by up to this many stream logs (see `Log::tail_share`).
+const TAIL_SHARES_MAX: usize = 8;
 /// T2 appends leave their batches to the sync thread's round (many to a `pwrite`) until
 /// this much is pending; the append that reaches it writes them itself.
 const EAGER_WRITE_BYTES: usize = 256 << 10;
@@ -572,9 +574,33 @@ impl Log {
     /// they then get them without a `pread` and without verifying their checksum again
     /// (the bytes never left memory). Off for queues, whose messages the core holds.
     pub(crate) fn enable_tail_cache(&self) {
-        if self.ctx.config.tail_cache_bytes > 0 {
-            self.tail_cache.store(true, Ordering::Relaxed);
+        if self.ctx.config.tail_cache_bytes > 0 && !self.tail_cache.swap(true, Ordering::Relaxed) {
+            self.ctx.tail_logs.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// This log's share of the tail cache budget: an equal part for each open stream log,
+    /// but never less than an eighth (beyond eight streams, the first to append take the
+    /// budget). One busy partition alone may so hold the whole budget: a consumer fetching
+    /// megabytes at a time from it lags by more than an eighth of 64 MiB.
+    fn tail_share(&self) -> usize {
+        let logs = self
+            .ctx
+            .tail_logs
+            .load(Ordering::Relaxed)
+            .clamp(1, TAIL_SHARES_MAX);
+        self.ctx.config.tail_cache_bytes / logs
+    }
+
+    /// Gives back what this log caches beyond its share, which shrinks as more streams
+    /// open. Appends do so too; retention calls this so that idle streams do as well.
+    pub(crate) fn trim_tail(&self) {
+        if !self.tail_cache.load(Ordering::Relaxed) {
+            return;
+        }
+        let share = self.tail_share();
+        let mut st = lock(&self.state);
+        while st.tail_bytes > share && self.drop_tail_front(&mut st) {}
     }
 
     /// Adds the batch just appended to the tail cache, within this log's share and the
@@ -582,7 +608,7 @@ impl Log {
     /// `next_offset`: a batch that cannot be kept empties it.
     fn cache_tail(&self, st: &mut State, b: Batch) {
         let budget = self.ctx.config.tail_cache_bytes;
-        let share = budget / 8;
+        let share = self.tail_share();
         let size = b.size_bytes();
         let global = &self.ctx.tail_cached;
         if size > share {
@@ -1455,6 +1481,9 @@ impl Drop for Log {
         let _ = self.write_pending_locked(&mut st);
         self.clear_tail(&mut st);
         drop(st);
+        if self.tail_cache.load(Ordering::Relaxed) {
+            self.ctx.tail_logs.fetch_sub(1, Ordering::Relaxed);
+        }
         lock(&self.ctx.cache).remove_log(self.id);
     }
 }
@@ -2103,7 +2132,7 @@ mod tail_cache_tests {
     //! stays within its budget, and a failed write-behind empties it.
     use super::*;
     use crate::fault::{FaultPlan, FaultyVfs};
-    use crate::{LogOptions, Retention, Storage, StorageConfig};
+    use crate::{LogOptions, Retention, Storage, StorageConfig, StreamLog};
 
     fn cfg(tail_cache_bytes: usize) -> StorageConfig {
         StorageConfig {
@@ -2161,7 +2190,7 @@ mod tail_cache_tests {
         for d in [Durability::T1, Durability::T2] {
             let dir = tempfile::tempdir().unwrap();
             let (cached, commits) = {
-                let s = Storage::open(dir.path(), cfg(1 << 20)).unwrap();
+                let s = Storage::open(dir.path(), cfg(128 << 10)).unwrap();
                 let st = s.open_stream("s", opts(d), Retention::default()).unwrap();
                 let commits = fill(st.log(), 300);
                 let n = commits.len();
@@ -2169,7 +2198,8 @@ mod tail_cache_tests {
                     c.wait().unwrap();
                 }
                 let hits = s.metrics().tail_cache_hits;
-                // From the start (not cached any more: the share is 128 KiB), from the
+                // From the start (not cached any more: the only stream's share is the
+                // whole budget, 128 KiB), from the
                 // middle of the cached run, and in small and large steps.
                 let mut reads = Vec::new();
                 for (from, max) in [(0, 1), (0, 1 << 20), (700, 1), (750, 5000), (899, 1)] {
@@ -2179,7 +2209,7 @@ mod tail_cache_tests {
                     s.metrics().tail_cache_hits > hits,
                     "{d:?}: reads at the head hit"
                 );
-                let share = s.config().tail_cache_bytes / 8;
+                let share = s.config().tail_cache_bytes;
                 let tail_bytes = lock(&st.log().state).tail_bytes;
                 assert!(
                     tail_bytes > 0 && tail_bytes <= share,
@@ -2210,17 +2240,29 @@ mod tail_cache_tests {
         let budget = 64 << 10;
         let s = Storage::open(dir.path(), cfg(budget)).unwrap();
         let mut streams = Vec::new();
+        let cached = |st: &Arc<StreamLog>| lock(&st.log().state).tail_bytes;
         for i in 0..12 {
             let st = s
                 .open_stream(&format!("s{i}"), opts(Durability::T1), Retention::default())
                 .unwrap();
-            fill(st.log(), 40);
+            if i == 1 {
+                // The first stream, alone, took more than an eighth.
+                assert!(cached(&streams[0]) > budget / 2);
+            }
+            // Idle streams give back what is beyond their share when retention runs.
+            for old in &streams {
+                old.apply_retention(0).unwrap();
+                assert!(cached(old) <= budget / (i + 1).min(8));
+            }
+            fill(st.log(), 200);
             let total = s.metrics().tail_cache_bytes as usize;
             assert!(total <= budget, "{total} cached with {} logs", i + 1);
-            let own = lock(&st.log().state).tail_bytes;
-            assert!(own <= budget / 8);
+            let share = budget / (i + 1).min(8);
+            assert!(cached(&st) <= share, "{} > {share}", cached(&st));
+            assert!(cached(&st) > 0 || i >= 8, "stream {i} got its share");
             streams.push(st);
         }
+
         let sum: usize = streams
             .iter()
             .map(|st| lock(&st.log().state).tail_bytes)
@@ -2228,7 +2270,7 @@ mod tail_cache_tests {
         assert_eq!(sum, s.metrics().tail_cache_bytes as usize);
         // The first eight took the budget; the later ones keep nothing but still read.
         assert_eq!(lock(&streams[11].log().state).tail_bytes, 0);
-        assert_eq!(read_all(streams[11].log(), 0, 1 << 20).len(), 40);
+        assert_eq!(read_all(streams[11].log(), 0, 1 << 20).len(), 200);
         // A batch bigger than a log's share is not kept, and empties that log's cache.
         let big = streams[0]
             .log()

@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     pub defs_lock: Mutex<()>,
     /// Bytes in every log's tail cache together (at most `config.tail_cache_bytes`).
     pub tail_cached: std::sync::atomic::AtomicUsize,
+    /// Logs with a tail cache (open stream logs): the budget's divisor, up to eight.
+    pub tail_logs: std::sync::atomic::AtomicUsize,
     /// Held (flock) as long as any log of this storage is alive.
     _lock_file: File,
 }
@@ -120,6 +122,7 @@ impl Storage {
             syncer,
             defs_lock: Mutex::new(()),
             tail_cached: std::sync::atomic::AtomicUsize::new(0),
+            tail_logs: std::sync::atomic::AtomicUsize::new(0),
             _lock_file: lock_file,
         });
         tracing::info!(root = %root.display(), "storage opened");

@@ -221,8 +221,11 @@ impl StreamLog {
 
     /// Deletes the oldest sealed segments (never the active one) while any limit says so:
     /// all of a segment's batches older than `now_ms - max_age_ms`; or the log keeps at
-    /// least `max_bytes` / `max_messages` without it. Returns how many were deleted.
+    /// least `max_bytes` / `max_messages` without it. Returns how many were deleted. Also
+    /// gives back the tail cache this log holds beyond its share (an idle stream's, after
+    /// others opened).
     pub fn apply_retention(&self, now_ms: i64) -> Result<u64> {
+        self.log.trim_tail();
         let r = self.retention();
         let (sealed, active_base, next) = self.log.segments();
         let mut bytes = self.log.size_bytes();

@@ -56,9 +56,9 @@ fn config() -> StorageConfig {
     StorageConfig {
         segment_bytes: 2048,
         index_interval_bytes: 256,
-        // Each stream may keep 1 KiB: eviction, refusal of big batches and the shared
-        // budget are all exercised.
-        tail_cache_bytes: 8 << 10,
+        // Two streams share 2 KiB, 1 KiB each: eviction, refusal of big batches and the
+        // shared budget are all exercised (and the trim that retention does).
+        tail_cache_bytes: 2 << 10,
         ..Default::default()
     }
 }
