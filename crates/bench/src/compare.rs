@@ -635,6 +635,7 @@ pub async fn compare(o: CompareOptions) -> Result<()> {
         runs: Vec::new(),
         tcp: Vec::new(),
         raw_batch: Vec::new(),
+        page_cache: Vec::new(),
         skipped: None,
         elapsed_s: 0.0,
         total_s: None,

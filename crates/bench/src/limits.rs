@@ -3,7 +3,9 @@
 //!   reader thread (what one producer connection could carry with no broker in between);
 //! - [`raw_group_commit`]: rounds of one `pwrite` of `round_bytes` at the end of a file plus
 //!   `fdatasync`, one after the other, in the broker's data directory (the storage benchmark's
-//!   "fair raw" baseline: the disk's bandwidth when every round carries that many bytes).
+//!   "fair raw" baseline: the disk's bandwidth when every round carries that many bytes);
+//! - [`page_cache_write`]: `pwrite`s at the end of a new file with no fsync, one thread (what
+//!   a T1 append costs before any broker work: the kernel's copy into fresh page-cache pages).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -108,6 +110,37 @@ pub fn raw_group_commit(dir: &Path, round_bytes: usize, d: Duration) -> Result<B
     Ok(Bandwidth::new(pos, rounds, secs))
 }
 
+/// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, with no fsync: the
+/// page cache's write bandwidth from one thread. The file is removed afterwards (its dirty
+/// pages with it, so little of it reaches the disk).
+///
+/// # Errors
+/// File failures.
+pub fn page_cache_write(dir: &Path, chunk: usize, d: Duration) -> Result<Bandwidth> {
+    let path = dir.join(format!("ferrymq-bench-cache-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let buf = vec![0x3cu8; chunk.max(1)];
+    let (t0, mut pos, mut writes) = (Instant::now(), 0u64, 0u64);
+    let r = (|| -> std::io::Result<()> {
+        while t0.elapsed() < d {
+            f.write_all_at(&buf, pos)?;
+            pos += buf.len() as u64;
+            writes += 1;
+        }
+        Ok(())
+    })();
+    let secs = t0.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    r.with_context(|| format!("writing {}", path.display()))?;
+    Ok(Bandwidth::new(pos, writes, secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +158,15 @@ mod tests {
         let b = raw_group_commit(d.path(), 4096, Duration::from_millis(30)).unwrap();
         assert!(b.ops >= 1, "{b:?}");
         assert_eq!(b.bytes, b.ops * 4096);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn page_cache_writes_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let b = page_cache_write(d.path(), 8192, Duration::from_millis(30)).unwrap();
+        assert!(b.ops >= 1 && b.mb_per_s > 0.0, "{b:?}");
+        assert_eq!(b.bytes, b.ops * 8192);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }
