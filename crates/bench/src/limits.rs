@@ -85,29 +85,7 @@ pub fn loopback_tcp(d: Duration) -> Result<Bandwidth> {
 /// # Errors
 /// File failures.
 pub fn raw_group_commit(dir: &Path, round_bytes: usize, d: Duration) -> Result<Bandwidth> {
-    let path = dir.join(format!("ferrymq-bench-raw-{}", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let buf = vec![0xa5u8; round_bytes.max(1)];
-    let (t0, mut pos, mut rounds) = (Instant::now(), 0u64, 0u64);
-    let r = (|| -> std::io::Result<()> {
-        while t0.elapsed() < d {
-            f.write_all_at(&buf, pos)?;
-            f.sync_data()?;
-            pos += buf.len() as u64;
-            rounds += 1;
-        }
-        Ok(())
-    })();
-    let secs = t0.elapsed().as_secs_f64();
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    r.with_context(|| format!("writing {}", path.display()))?;
-    Ok(Bandwidth::new(pos, rounds, secs))
+    appends(dir, "raw", round_bytes, true, d)
 }
 
 /// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, with no fsync: the
@@ -117,20 +95,29 @@ pub fn raw_group_commit(dir: &Path, round_bytes: usize, d: Duration) -> Result<B
 /// # Errors
 /// File failures.
 pub fn page_cache_write(dir: &Path, chunk: usize, d: Duration) -> Result<Bandwidth> {
-    let path = dir.join(format!("ferrymq-bench-cache-{}", std::process::id()));
+    appends(dir, "cache", chunk, false, d)
+}
+
+/// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, each followed by an
+/// `fdatasync` when `sync`; the file is removed afterwards.
+fn appends(dir: &Path, name: &str, chunk: usize, sync: bool, d: Duration) -> Result<Bandwidth> {
+    let path = dir.join(format!("ferrymq-bench-{name}-{}", std::process::id()));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
-    let buf = vec![0x3cu8; chunk.max(1)];
-    let (t0, mut pos, mut writes) = (Instant::now(), 0u64, 0u64);
+    let buf = vec![0xa5u8; chunk.max(1)];
+    let (t0, mut pos, mut ops) = (Instant::now(), 0u64, 0u64);
     let r = (|| -> std::io::Result<()> {
         while t0.elapsed() < d {
             f.write_all_at(&buf, pos)?;
+            if sync {
+                f.sync_data()?;
+            }
             pos += buf.len() as u64;
-            writes += 1;
+            ops += 1;
         }
         Ok(())
     })();
@@ -138,7 +125,7 @@ pub fn page_cache_write(dir: &Path, chunk: usize, d: Duration) -> Result<Bandwid
     drop(f);
     let _ = std::fs::remove_file(&path);
     r.with_context(|| format!("writing {}", path.display()))?;
-    Ok(Bandwidth::new(pos, writes, secs))
+    Ok(Bandwidth::new(pos, ops, secs))
 }
 
 #[cfg(test)]
