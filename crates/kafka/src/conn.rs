@@ -114,6 +114,10 @@ impl ConnState {
     }
 }
 
+/// How long a closing connection waits for its last buffered answers to be taken (as the
+/// AMQP and MQTT adapters' `FINAL_WRITE_TIMEOUT`).
+const FINAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves one connection until the client closes it, it misbehaves, or the adapter stops.
 /// `identity` is the TLS client certificate's verified common name: without SASL on the
 /// listener it is the connection's principal (Kafka's SSL principal); a name that is no
@@ -288,7 +292,10 @@ pub async fn serve<S>(
     };
     tracing::debug!(%peer, %reason, "Kafka connection closed");
     reader.abort();
-    let _ = out.flush().await;
+    // A last answer (an error the loop queued) goes out if the client takes it soon; one that
+    // does not read must not hold the connection, and its admission permit, open: without
+    // this bound, a connection closed for unread answers waited here for ever.
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, out.flush()).await;
     if let Some(h) = state.handle.take() {
         kafka.broker.unregister_connection(h.id);
     }

@@ -1002,3 +1002,49 @@ async fn idle_kafka_connections_are_closed() {
     // New connections are served as before.
     assert!(kafka_served(kafka).await);
 }
+
+/// `ferrymq_connections{protocol="kafka"}` (0 when absent).
+fn kafka_connections(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferrymq_connections{protocol=\"kafka\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_answers_the_client_does_not_read_end_the_connection() {
+    let (_tmp, server) = start(&["kafka.connections_max_idle_ms=300"]);
+    let [_, _, kafka, http_addr] = addrs(&server);
+    let mut s = TcpStream::connect(kafka).await.unwrap();
+    // 100,000 pipelined requests (1.4 MB) whose answers (~25 MB) fill both sockets' buffers;
+    // then the client sends nothing more and reads nothing.
+    const N: usize = 100_000;
+    s.write_all(&KAFKA_API_VERSIONS.repeat(N)).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut seen = false;
+    loop {
+        let open = kafka_connections(&metrics_when_served(http_addr).await);
+        seen |= open == 1;
+        if seen && open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never gave up on the connection (open: {open})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It closed before answering everything: what was sent is whole answers, then the end.
+    let got = read_to_end(&mut s).await;
+    let (mut answers, mut at) = (0, 0);
+    while at + 4 <= got.len() {
+        at += 4 + u32::from_be_bytes(got[at..at + 4].try_into().unwrap()) as usize;
+        answers += 1;
+    }
+    assert!(answers > 0 && answers < N, "{answers} answers");
+    // Not the buffer limit: the idle limit on unread answers.
+    let text = metrics_when_served(http_addr).await;
+    assert_eq!(refusals(&text, "connection_buffer", "kafka"), 0, "{text}");
+    assert!(kafka_served(kafka).await);
+}
