@@ -166,6 +166,37 @@ pub struct Log {
     dirty: AtomicBool,
     /// Whether appends are kept in the tail cache (streams).
     tail_cache: AtomicBool,
+    /// The durable half of a T2 segment roll, left to the sync thread (see [`RollJob`]).
+    /// Held while the job runs, so that a second roll waits for the first to be finished.
+    roll_job: Mutex<Option<RollJob>>,
+}
+
+/// What a T2 segment roll leaves to do before any append to the new segment may be
+/// confirmed: make the sealed segment durable (its data and its seal in both indexes), then
+/// give the new segment its name and make that durable. The new segment is written under a
+/// `.tmp` name until then, so a segment file with a final name exists on disk only after
+/// every segment before it is durable and sealed; a crash before the rename leaves a `.tmp`
+/// file that opening the log removes, and none of its appends had been confirmed.
+///
+/// The sync thread runs it in the write-behind phase of the first group-commit round after
+/// the roll, so the five fsyncs of a roll no longer stall the appending thread (a tokio
+/// worker in the server) under the log's lock.
+struct RollJob {
+    /// The sealed segment and its two index files.
+    sealed: [(Arc<dyn FileIo>, PathBuf); 3],
+    tmp: PathBuf,
+    seg: PathBuf,
+}
+
+impl RollJob {
+    fn run(self, dir: &Path, counters: &Counters) -> Result<()> {
+        for (f, p) in &self.sealed {
+            f.sync_data().at(p)?;
+            Counters::add(&counters.fsync_count, 1);
+        }
+        fs::rename(&self.tmp, &self.seg).at(&self.tmp)?;
+        sync_dir(dir).at(dir)
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -295,6 +326,7 @@ impl Log {
             written_cv: Condvar::new(),
             dirty: AtomicBool::new(false),
             tail_cache: AtomicBool::new(false),
+            roll_job: Mutex::new(None),
         });
         if let Durability::Interval(p) = durability {
             let weak: std::sync::Weak<dyn IntervalSync> = Arc::downgrade(&log) as _;
@@ -858,17 +890,13 @@ impl Log {
     fn roll(&self, st: &mut State) -> Result<()> {
         debug_assert!(!st.writing, "roll while a write-behind is in flight");
         self.write_pending_locked(st)?;
-        let a = &st.active;
         let t2 = self.durability == Durability::T2;
         if t2 {
-            if let Err(e) = a.file.sync_data() {
-                Counters::add(&self.ctx.counters.fsync_errors, 1);
-                self.health
-                    .fail(format!("fdatasync at segment roll failed: {e}"));
-                return Err(self.health.error());
-            }
-            Counters::add(&self.ctx.counters.fsync_count, 1);
+            // Two rolls before a group-commit round (tiny segments): the first is finished
+            // here, so that the segment sealed now already has its final name.
+            self.finish_roll()?;
         }
+        let a = &st.active;
         let seal = IndexEntry {
             rel: segment::rel_of(a.base, st.next_offset),
             pos: segment::pos_u32(a.len),
@@ -881,10 +909,7 @@ impl Log {
         a.tix
             .write_all_at(&format::encode_tix(&seal), n * TIX_ENTRY_LEN as u64)
             .at(&a.paths.tix)?;
-        if t2 {
-            a.idx.sync_data().at(&a.paths.idx)?;
-            a.tix.sync_data().at(&a.paths.tix)?;
-        } else {
+        if !t2 {
             // T1/Interval: make the sealed segment durable in the background.
             for f in [&a.file, &a.idx, &a.tix] {
                 let _ = self.ctx.syncer.submit(f.clone(), &self.health, false);
@@ -892,27 +917,30 @@ impl Log {
         }
         let base = st.next_offset;
         let paths = SegPaths::new(&self.dir, base);
+        // T2: the new segment is named by its `RollJob` once the sealed one is durable.
+        let at = if t2 {
+            tmp_path(&paths.seg)
+        } else {
+            paths.seg.clone()
+        };
         let created = (|| -> Result<_> {
-            let file = self.ctx.vfs.open(&paths.seg, true).at(&paths.seg)?;
-            file.set_len(0).at(&paths.seg)?;
+            let file = self.ctx.vfs.open(&at, true).at(&at)?;
+            file.set_len(0).at(&at)?;
             file.write_all_at(&format::segment_header(base), 0)
-                .at(&paths.seg)?;
+                .at(&at)?;
             let (idx, tix) = segment::open_index_files(self.ctx.vfs.as_ref(), &paths)?;
             idx.set_len(0).at(&paths.idx)?;
             tix.set_len(0).at(&paths.tix)?;
-            if t2 {
-                file.sync_data().at(&paths.seg)?;
-                sync_dir(&self.dir).at(&self.dir)?;
-            }
             Ok((file, idx, tix))
         })();
         let (file, idx, tix) = match created {
             Ok(x) => x,
             Err(e) => {
-                let _ = fs::remove_file(&paths.seg);
+                let _ = fs::remove_file(&at);
                 return Err(e);
             }
         };
+        let seg_path = paths.seg.clone();
         let old = std::mem::replace(
             &mut st.active,
             Active {
@@ -929,6 +957,18 @@ impl Log {
                 last_index_pos: None,
             },
         );
+        if t2 {
+            *lock(&self.roll_job) = Some(RollJob {
+                sealed: [
+                    (old.file.clone(), old.paths.seg.clone()),
+                    (old.idx.clone(), old.paths.idx.clone()),
+                    (old.tix.clone(), old.paths.tix.clone()),
+                ],
+                tmp: at,
+                seg: seg_path,
+            });
+        }
+
         let meta = SegMeta {
             base: old.base,
             end: base,
@@ -939,6 +979,25 @@ impl Log {
         st.sealed_bytes += old.len;
         Counters::add(&self.ctx.counters.segments_created, 1);
         tracing::debug!(dir = %self.dir.display(), base, "segment rolled");
+        Ok(())
+    }
+
+    /// Runs the durable half of the last T2 roll if it is still to do (see [`RollJob`]). A
+    /// failure fails the log: appends to the new segment must not be confirmed.
+    fn finish_roll(&self) -> Result<()> {
+        let mut job = lock(&self.roll_job);
+        let Some(j) = job.take() else {
+            return Ok(());
+        };
+        if self.health.is_failed() {
+            // Removed or failed: nothing of the new segment will be confirmed.
+            return Err(self.health.error());
+        }
+        if let Err(e) = j.run(&self.dir, &self.ctx.counters) {
+            Counters::add(&self.ctx.counters.fsync_errors, 1);
+            self.health.fail(format!("segment roll failed: {e}"));
+            return Err(self.health.error());
+        }
         Ok(())
     }
 
@@ -1349,6 +1408,7 @@ impl Log {
     /// fdatasyncs the active segment now (graceful shutdown); a failure fails the log.
     pub fn sync(&self) -> Result<()> {
         self.health.check()?;
+        self.finish_roll()?;
         let (file, path) = {
             let mut st = self.idle(lock(&self.state));
             self.write_pending_locked(&mut st)?;
@@ -1411,6 +1471,13 @@ fn write_index(a: &Active, from: usize) -> Result<()> {
         .at(&a.paths.tix)
 }
 
+/// `x.seg` -> `x.seg.tmp`: a name that opening the log removes.
+fn tmp_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
 pub(crate) fn remove_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(p, e)),
@@ -1469,6 +1536,9 @@ impl IntervalSync for Log {
 
 impl WriteBehind for Log {
     fn write_pending(&self) {
+        // A roll's durable half comes first: the round's fsyncs then confirm appends to the
+        // new segment only once it has its name. A failure fails the log (its commits say so).
+        let _ = self.finish_roll();
         let _ = self.write_pending_unlocked(true);
     }
 }
@@ -1477,6 +1547,7 @@ impl Drop for Log {
     fn drop(&mut self) {
         // Pending T2 appends whose submission failed (storage shutting down) still reach
         // the file; queued ones hold the log alive until their round has written them.
+        let _ = self.finish_roll();
         let mut st = self.idle(lock(&self.state));
         let _ = self.write_pending_locked(&mut st);
         self.clear_tail(&mut st);
@@ -1491,6 +1562,7 @@ impl Drop for Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fault::{FaultPlan, FaultyVfs};
     use crate::{LogOptions, Storage, StorageConfig};
 
     fn cfg() -> StorageConfig {
@@ -1565,6 +1637,179 @@ mod tests {
         let a = log.append(&recs(1, 999), 5).unwrap();
         assert_eq!(a.base_offset, 600);
         assert_eq!(s.list_logs("logs").unwrap(), vec!["a/b".to_string()]);
+    }
+
+    /// Files that count the `fdatasync`s made on one thread (the test's, which appends).
+    #[derive(Debug)]
+    struct SyncWatch {
+        thread: std::thread::ThreadId,
+        on_thread: AtomicU64,
+        elsewhere: AtomicU64,
+    }
+
+    #[derive(Debug)]
+    struct WatchedVfs(Arc<SyncWatch>);
+
+    #[derive(Debug)]
+    struct WatchedFile(Arc<dyn FileIo>, Arc<SyncWatch>);
+
+    impl crate::vfs::Vfs for WatchedVfs {
+        fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn FileIo>> {
+            let f = crate::vfs::StdVfs.open(path, create)?;
+            Ok(Arc::new(WatchedFile(f, self.0.clone())))
+        }
+    }
+
+    impl FileIo for WatchedFile {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            self.0.read_at(buf, pos)
+        }
+        fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
+            self.0.write_at(buf, pos)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            let w = &self.1;
+            let n = if std::thread::current().id() == w.thread {
+                &w.on_thread
+            } else {
+                &w.elsewhere
+            };
+            n.fetch_add(1, Ordering::SeqCst);
+            self.0.sync_data()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.0.size()
+        }
+    }
+
+    fn file_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = walk(dir)
+            .into_iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_t2_roll_leaves_its_fsyncs_to_the_sync_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = Arc::new(SyncWatch {
+            thread: std::thread::current().id(),
+            on_thread: AtomicU64::new(0),
+            elsewhere: AtomicU64::new(0),
+        });
+        let mut expect = Vec::new();
+        {
+            let vfs = Arc::new(WatchedVfs(watch.clone()));
+            let s = Storage::open_with_vfs(dir.path(), cfg(), vfs).unwrap();
+            let opts = LogOptions {
+                durability: Some(Durability::T2),
+                segment_bytes: None,
+            };
+            let log = s.open_log("logs", "t2", opts).unwrap();
+            let before = watch.on_thread.load(Ordering::SeqCst);
+            for i in 0..400u64 {
+                let r = recs(4, i);
+                let a = log.append(&r, 0).unwrap();
+                a.commit.wait().unwrap();
+                expect.extend(
+                    r.into_iter()
+                        .enumerate()
+                        .map(|(j, b)| (i * 4 + j as u64, b)),
+                );
+                // Once confirmed, the new segment has its final name.
+                assert!(
+                    !file_names(dir.path()).iter().any(|n| n.ends_with(".tmp")),
+                    "a confirmed append sits in a segment still named .tmp"
+                );
+            }
+            assert!(log.segment_count() > 5, "rolled");
+            assert_eq!(
+                watch.on_thread.load(Ordering::SeqCst),
+                before,
+                "the appending thread made no fdatasync, rolls included"
+            );
+            // Three per roll (the sealed segment and its indexes), plus the rounds.
+            assert!(watch.elsewhere.load(Ordering::SeqCst) > 3 * 5);
+        }
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "t2", LogOptions::default()).unwrap();
+        assert_eq!(all(&log), expect);
+    }
+
+    #[test]
+    fn a_failed_roll_fails_the_appends_to_the_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only the index files fail to sync: the rounds (segment files) succeed, the roll's
+        // durable half (which syncs the sealed segment's indexes) does not.
+        let plan = FaultPlan::new(".idx");
+        let opts = || LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let mut expect = Vec::new();
+        {
+            let vfs = Arc::new(FaultyVfs { plan: plan.clone() });
+            let s = Storage::open_with_vfs(dir.path(), cfg(), vfs).unwrap();
+            let log = s.open_log("logs", "t2", opts()).unwrap();
+            plan.fail_sync.store(true, Ordering::SeqCst);
+            let mut i = 0u64;
+            let failed = loop {
+                let r = recs(4, i);
+                let rolls = log.segment_count();
+                let a = log.append(&r, 0).unwrap();
+                let res = a.commit.wait();
+                if log.segment_count() == rolls {
+                    res.unwrap();
+                    expect.extend(
+                        r.into_iter()
+                            .enumerate()
+                            .map(|(j, b)| (i * 4 + j as u64, b)),
+                    );
+                    i += 1;
+                    continue;
+                }
+                break res;
+            };
+            assert!(
+                matches!(failed, Err(StorageError::LogFailed { .. })),
+                "{failed:?}"
+            );
+            assert!(log.append(&recs(1, 0), 0).is_err(), "the log stays failed");
+            assert!(
+                file_names(dir.path())
+                    .iter()
+                    .any(|n| n.ends_with(".seg.tmp")),
+                "the new segment never got its name"
+            );
+        }
+        // Reopened: the unnamed segment is gone with the append it held (never confirmed),
+        // and the log goes on from the sealed segment's end.
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let log = s.open_log("logs", "t2", opts()).unwrap();
+        assert!(!file_names(dir.path()).iter().any(|n| n.ends_with(".tmp")));
+        assert_eq!(all(&log), expect);
+        assert_eq!(log.next_offset(), expect.len() as u64);
+        let a = log.append(&recs(1, 7), 0).unwrap();
+        a.commit.wait().unwrap();
+        assert_eq!(a.base_offset, expect.len() as u64);
     }
 
     #[test]
