@@ -101,6 +101,9 @@ pub struct KafkaSection {
     pub advertised_host: String,
     /// Port advertised to clients (0 = the bound port).
     pub advertised_port: u16,
+    /// Port advertised to clients of the TLS listener (0 = its bound port), for a TLS port
+    /// that clients reach through a different one (a NAT or a container's port mapping).
+    pub advertised_tls_port: u16,
     /// The vhost whose streams are the Kafka topics.
     pub vhost: String,
     /// Metadata requests for unknown topics create them (Kafka's auto.create.topics.enable).
@@ -436,6 +439,7 @@ impl Config {
                 tls_port: 9093,
                 advertised_host: String::new(),
                 advertised_port: 0,
+                advertised_tls_port: 0,
                 vhost: "/".into(),
                 auto_create_topics: true,
                 default_partitions: 1,
@@ -718,7 +722,11 @@ impl Config {
             } else {
                 k.advertised_port
             },
-            advertised_tls_port: tls_bound.unwrap_or(0),
+            advertised_tls_port: match tls_bound {
+                Some(_) if k.advertised_tls_port != 0 => k.advertised_tls_port,
+                Some(p) => p,
+                None => 0,
+            },
             auto_create_topics: k.auto_create_topics,
             default_partitions: k.default_partitions,
             max_request_bytes: usize::try_from(k.max_request_bytes).unwrap_or(usize::MAX),

@@ -123,7 +123,7 @@ fn every_env_var_name_is_unique_and_settable() {
         panic!("not a table")
     };
     let leaves = leaf_paths(&t);
-    assert_eq!(leaves.len(), 79, "update docs/configuration.md: {leaves:?}");
+    assert_eq!(leaves.len(), 80, "update docs/configuration.md: {leaves:?}");
     let mut names: Vec<_> = leaves.iter().map(|l| env_name(l)).collect();
     names.sort();
     names.dedup();
@@ -455,4 +455,32 @@ fn mqtt_section_is_validated() {
     assert!(e.starts_with("mqtt.max_inflight:"), "{e}");
     let e = err(None, &[], &["mqtt.vhost="]);
     assert!(e.starts_with("mqtt.vhost:"), "{e}");
+}
+
+#[test]
+fn kafka_advertises_each_listeners_port_or_the_configured_one() {
+    let bound: std::net::SocketAddr = "0.0.0.0:19092".parse().unwrap();
+    let c = load_with(None, &[], &[]).unwrap();
+    let k = c.kafka_config(bound, Some(19093));
+    assert_eq!(k.advertised_host, "127.0.0.1", "every interface: loopback");
+    assert_eq!((k.advertised_port, k.advertised_tls_port), (19092, 19093));
+    assert_eq!(
+        c.kafka_config(bound, None).advertised_tls_port,
+        0,
+        "no SSL listener"
+    );
+    let env = [("FERRYMQ_KAFKA_ADVERTISED_TLS_PORT", "443")];
+    let set = [
+        "kafka.advertised_host=mq.example.com",
+        "kafka.advertised_port=9092",
+    ];
+    let c = load_with(None, &env, &set).unwrap();
+    let k = c.kafka_config(bound, Some(19093));
+    assert_eq!(k.advertised_host, "mq.example.com");
+    assert_eq!((k.advertised_port, k.advertised_tls_port), (9092, 443));
+    assert_eq!(
+        c.kafka_config(bound, None).advertised_tls_port,
+        0,
+        "ignored without the SSL listener"
+    );
 }
