@@ -263,6 +263,8 @@ pub struct StorageSection {
     pub segment_bytes: u64,
     /// Bytes of records between two sparse index entries.
     pub index_interval_bytes: u32,
+    /// T2 logs write with direct I/O where the file system has it (no page-cache copy).
+    pub direct_writes: bool,
 }
 
 /// The tiers of the design notes (§3) a user can choose as the default.
@@ -379,6 +381,7 @@ impl Config {
                 fsync_interval_ms: 100,
                 segment_bytes: 64 * MIB,
                 index_interval_bytes: 4 * KIB as u32,
+                direct_writes: true,
             },
             limits: LimitsSection {
                 memory_high_watermark_bytes: default_memory_high_watermark_bytes(),
@@ -950,6 +953,7 @@ pub fn broker_config(config: &Config) -> BrokerConfig {
             default_durability,
             segment_bytes: s.segment_bytes,
             index_interval_bytes: s.index_interval_bytes,
+            direct_writes: s.direct_writes,
             batch_bytes_max,
             ..storage_defaults
         },

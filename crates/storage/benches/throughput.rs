@@ -9,7 +9,8 @@
 //! `FERRYMQ_BENCH_SCALE` (default 1.0) scales durations and the backlog size;
 //! `FERRYMQ_BENCH_DIR` chooses the data directory (default: Cargo's target tmp dir, on disk);
 //! `FERRYMQ_BENCH_ONLY` runs only the points whose key (e.g. `T2-1024x1-w64-tasks`, `read`)
-//! contains one of its comma-separated parts.
+//! contains one of its comma-separated parts; `FERRYMQ_BENCH_DIRECT=0` turns the engine's
+//! direct T2 writes off (`StorageConfig::direct_writes`), to compare with the page-cache path.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -41,6 +42,15 @@ impl Bench {
     }
 }
 
+/// The engine's configuration: the defaults, with `FERRYMQ_BENCH_DIRECT=0` writing T2
+/// batches through the page cache instead of directly.
+fn config() -> StorageConfig {
+    StorageConfig {
+        direct_writes: std::env::var("FERRYMQ_BENCH_DIRECT").map_or(true, |v| v != "0"),
+        ..StorageConfig::default()
+    }
+}
+
 fn encoded(record: usize, per_batch: usize) -> usize {
     32 + per_batch * (4 + record)
 }
@@ -64,6 +74,35 @@ fn raw_group_commit(dir: &Path, bytes: usize, d: Duration) -> f64 {
         n += 1;
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Raw disk with direct I/O: rounds of (`O_DIRECT` pwrite of `bytes` rounded up to 4 KiB
+/// blocks at the end + fdatasync), for `d`. Returns rounds/s, or `None` where the file system
+/// has no direct I/O.
+fn raw_group_commit_direct(dir: &Path, bytes: usize, d: Duration) -> Option<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.join("raw-direct"))
+        .ok()?;
+    let len = bytes.next_multiple_of(ALIGN);
+    let mut v = vec![0x5au8; len + ALIGN];
+    let off = v.as_ptr().align_offset(ALIGN);
+    let buf = &mut v[off..off + len];
+    let (mut pos, mut n) = (0u64, 0u64);
+    let t = Instant::now();
+    while t.elapsed() < d {
+        f.write_all_at(buf, pos).expect("raw direct write");
+        f.sync_data().expect("raw direct fsync");
+        pos += len as u64;
+        n += 1;
+    }
+    let _ = std::fs::remove_file(dir.join("raw-direct"));
+    Some(n as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Raw page-cache writes: one pwrite of `bytes` per call, no fsync. Returns calls/s.
@@ -131,7 +170,7 @@ fn appends(
     mode: Mode,
     d: Duration,
 ) -> Sample {
-    let s = Storage::open(dir, StorageConfig::default()).expect("open");
+    let s = Storage::open(dir, config()).expect("open");
     let log = s
         .open_log(
             "bench",
@@ -252,6 +291,7 @@ fn point(
     let bytes = encoded(size, per_batch);
     let (mut ours, mut best, mut achieved, mut per_round) = (vec![], vec![], vec![], vec![]);
     let (mut fsyncs, mut cpu, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut direct_ratios) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat {
         let d = b.fresh();
         // Each measurement starts after all dirty data is written back, so that writeback of
@@ -286,6 +326,7 @@ fn point(
         let (mut n, mut t, mut f, mut c, mut cpu_sum, mut raw_sum, mut ratio_sum) =
             (0.0, 0.0, 0u64, 0u64, 0.0, 0.0, 0.0);
         let mut rounds_sum = 0u64;
+        let (mut direct_sum, mut direct_ratio_sum) = (0.0, 0.0);
         for _ in 0..SLICES {
             settle_disk();
             let slice = b.dur(secs) / SLICES;
@@ -297,6 +338,11 @@ fn point(
             let round_bytes = ((k * bytes as f64).round() as usize).max(bytes);
             let raw = raw_group_commit(&d, round_bytes, slice / 2) * k * per_batch as f64;
             let _ = std::fs::remove_file(d.join("raw"));
+            settle_disk();
+            let raw_direct = raw_group_commit_direct(&d, round_bytes, slice / 2)
+                .map_or(f64::NAN, |r| r * k * per_batch as f64);
+            direct_sum += raw_direct;
+            direct_ratio_sum += s.rate / raw_direct;
             n += s.rate * slice.as_secs_f64();
             t += slice.as_secs_f64();
             f += s.fsyncs;
@@ -313,6 +359,8 @@ fn point(
         per_round.push(c as f64 / rounds_sum.max(1) as f64);
         achieved.push(raw_sum / f64::from(SLICES));
         ratios.push(ratio_sum / f64::from(SLICES));
+        direct.push(direct_sum / f64::from(SLICES));
+        direct_ratios.push(direct_ratio_sum / f64::from(SLICES));
     }
     let rate = median(ours);
     let best = median(best);
@@ -323,12 +371,13 @@ fn point(
         (n, Mode::Tasks) => format!("append, batches of {n}, tokio tasks (2 workers)"),
     };
     let tier_s = if tier == Durability::T1 { "T1" } else { "T2" };
-    let (k_s, fair_s, fair_ratio, best_s) = if tier == Durability::T1 {
+    let (k_s, fair_s, fair_ratio, best_s, direct_s) = if tier == Durability::T1 {
         (
             "-".to_string(),
             format!("{best:.0} rec/s (pwrite {bytes} B)"),
             format!("{:.0}%", 100.0 * rate / best),
             "same".to_string(),
+            "-".to_string(),
         )
     } else {
         let k = median(per_round);
@@ -345,10 +394,15 @@ fn point(
                 bytes * writers,
                 100.0 * rate / best
             ),
+            format!(
+                "{:.0} rec/s: {:.0}%",
+                median(direct),
+                100.0 * median(direct_ratios)
+            ),
         )
     };
     println!(
-        "| {label} | {tier_s} | {size} B | {writers} | {rate:.0} | {:.1} | {k_s} | {fair_s} | {fair_ratio} | {best_s} | {:.0} | {:.1} |",
+        "| {label} | {tier_s} | {size} B | {writers} | {rate:.0} | {:.1} | {k_s} | {fair_s} | {fair_ratio} | {best_s} | {direct_s} | {:.0} | {:.1} |",
         rate * size as f64 / 1e6,
         median(fsyncs),
         median(cpu),
@@ -395,8 +449,8 @@ fn main() {
         dir.display()
     );
     println!();
-    println!("| test | tier | record | writers | records/s | MB/s | appends per fsync | raw, same bytes in that batch size | ratio | raw best: ratio | fsyncs | CPU µs/record |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| test | tier | record | writers | records/s | MB/s | appends per fsync | raw, same bytes in that batch size | ratio | raw best: ratio | raw O_DIRECT, same batch size: ratio | fsyncs | CPU µs/record |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let secs = 2.0;
     let only: Vec<String> = std::env::var("FERRYMQ_BENCH_ONLY")
         .map(|s| s.split(',').map(str::to_string).collect())
@@ -511,7 +565,7 @@ fn main() {
     let gbs = size as f64 / el / 1e9;
     let raw_gbs = raw_bytes as f64 / raw_el / 1e9;
     println!(
-        "| read {} MiB backlog (1 KiB records, 64/batch), cache dropped: {} | - | 1 KiB | 1 | {:.0} | {:.0} (payload) | - | {:.2} GB/s (pread 4 MiB, cache dropped: {}) | {:.0}% | - | - | - |",
+        "| read {} MiB backlog (1 KiB records, 64/batch), cache dropped: {} | - | 1 KiB | 1 | {:.0} | {:.0} (payload) | - | {:.2} GB/s (pread 4 MiB, cache dropped: {}) | {:.0}% | - | - | - | - |",
         size >> 20,
         if dropped { "yes" } else { "no" },
         n as f64 / el,

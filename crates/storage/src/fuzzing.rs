@@ -44,6 +44,7 @@ pub fn config() -> StorageConfig {
         index_cache_segments: 2,
         // Reads go to the disk, whose damage is what the target explores.
         tail_cache_bytes: 0,
+        direct_writes: true,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::metrics::Counters;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
 use crate::storage::Ctx;
 use crate::sync::{lock, Commit, IntervalSync, LogHealth, WriteBehind};
-use crate::vfs::{sync_dir, FileIo};
+use crate::vfs::{sync_dir, FileIo, DIRECT_ALIGN};
 use crate::{Durability, Result, StorageError};
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
@@ -108,6 +108,96 @@ struct Active {
     entries_written: usize,
     max_ts: i64,
     last_index_pos: Option<u64>,
+    /// T2 with direct writes: the segment's `O_DIRECT` handle (see [`Direct`]). Taken out
+    /// while a write-behind runs without the lock.
+    direct: Option<Box<Direct>>,
+}
+
+/// Direct (`O_DIRECT`) writing of a T2 segment. A direct write covers whole blocks of
+/// [`DIRECT_ALIGN`] bytes, so each one starts at the block holding the end of the data and
+/// writes that block's bytes before the end again (`head`, identical to what is on the file:
+/// a write torn there leaves them intact), then the new batches, then zeros up to the next
+/// block boundary. The file is thus up to a block longer than its data while it is the
+/// active segment; a roll, `sync` and closing cut it back, and recovery drops zeros left at
+/// the end by a crash as the padding they are.
+#[derive(Debug)]
+struct Direct {
+    file: Arc<dyn FileIo>,
+    /// The file's bytes from the last block boundary up to the end of the data.
+    head: Vec<u8>,
+}
+
+thread_local! {
+    /// Each thread's aligned staging buffer for direct writes (the sync thread's, or an
+    /// appender's eager write-behind): one allocation per thread, not per log.
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A staging buffer larger than this is given back after use.
+const DIRECT_BUF_KEEP: usize = 16 << 20;
+
+impl Direct {
+    /// Opens `path` for direct writes (`None` where the file system has no direct I/O), its
+    /// data ending at `len`; `head` is read from `file` (the buffered handle).
+    fn open(
+        vfs: &dyn crate::vfs::Vfs,
+        path: &Path,
+        file: &dyn FileIo,
+        len: u64,
+    ) -> Result<Option<Box<Direct>>> {
+        let Some(d) = vfs.open_direct(path).at(path)? else {
+            return Ok(None);
+        };
+        let keep = (len % DIRECT_ALIGN as u64) as usize;
+        let mut head = vec![0u8; keep];
+        file.read_exact_at(&mut head, len - keep as u64).at(path)?;
+        Ok(Some(Box::new(Direct { file: d, head })))
+    }
+
+    /// Writes `data` at `pos` (the end of the data on the file).
+    fn write(&mut self, data: &[u8], pos: u64) -> std::io::Result<()> {
+        let start = pos - self.head.len() as u64;
+        debug_assert_eq!(
+            start % DIRECT_ALIGN as u64,
+            0,
+            "head reaches a block boundary"
+        );
+        let n = self.head.len() + data.len();
+        let padded = n.next_multiple_of(DIRECT_ALIGN);
+        DIRECT_BUF.with_borrow_mut(|v| {
+            if v.len() < padded + DIRECT_ALIGN {
+                v.resize(padded + DIRECT_ALIGN, 0);
+            }
+            let off = v.as_ptr().align_offset(DIRECT_ALIGN);
+            let buf = &mut v[off..off + padded];
+            buf[..self.head.len()].copy_from_slice(&self.head);
+            buf[self.head.len()..n].copy_from_slice(data);
+            buf[n..].fill(0);
+            let r = self.file.write_all_at(buf, start);
+            if r.is_ok() {
+                let tail = n % DIRECT_ALIGN;
+                self.head.clear();
+                self.head.extend_from_slice(&buf[n - tail..n]);
+            }
+            if v.len() > DIRECT_BUF_KEEP {
+                *v = Vec::new();
+            }
+            r
+        })
+    }
+}
+
+/// Writes `data` at `pos`, the end of the data of the active segment: directly when `direct`.
+fn write_data(
+    file: &dyn FileIo,
+    direct: Option<&mut Direct>,
+    data: &[u8],
+    pos: u64,
+) -> std::io::Result<()> {
+    match direct {
+        Some(d) => d.write(data, pos),
+        None => file.write_all_at(data, pos),
+    }
 }
 
 struct State {
@@ -288,6 +378,11 @@ impl Log {
             cfg.batch_bytes_max,
             &ctx.counters,
         )?;
+        let direct = if durability == Durability::T2 && cfg.direct_writes {
+            Direct::open(ctx.vfs.as_ref(), &paths.seg, r.file.as_ref(), r.len)?
+        } else {
+            None
+        };
         let state = State {
             sealed: Arc::new(sealed),
             sealed_bytes,
@@ -311,6 +406,7 @@ impl Log {
                 written: r.len,
                 max_ts: r.max_ts,
                 last_index_pos: r.last_index_pos,
+                direct,
             },
         };
         let log = Arc::new_cyclic(|me| Log {
@@ -755,8 +851,13 @@ impl Log {
     fn write_pending_locked(&self, st: &mut State) -> Result<()> {
         debug_assert!(!st.writing, "write-behind in flight");
         if !st.pending.is_empty() {
-            let a = &st.active;
-            if let Err(e) = a.file.write_all_at(&st.pending, a.written) {
+            let a = &mut st.active;
+            if let Err(e) = write_data(
+                a.file.as_ref(),
+                a.direct.as_deref_mut(),
+                &st.pending,
+                a.written,
+            ) {
                 let (pos, from, base) = (a.written, a.entries_written, st.pending_base);
                 return Err(self.pending_write_failed(st, pos, from, base, e));
             }
@@ -848,9 +949,10 @@ impl Log {
             a.paths.tix.clone(),
         );
         let (idx, tix) = encode_index(&a.entries[from..to]);
+        let mut direct = st.active.direct.take();
         st.writing = true;
         drop(g);
-        let data_r = file.write_all_at(&data, pos);
+        let data_r = write_data(file.as_ref(), direct.as_deref_mut(), &data, pos);
         let index_r = match data_r {
             Ok(()) => idx_file
                 .write_all_at(&idx, (from * IDX_ENTRY_LEN) as u64)
@@ -865,6 +967,7 @@ impl Log {
         let mut g = lock(&self.state);
         let st = &mut *g;
         st.writing = false;
+        st.active.direct = direct;
         // The active segment is the same: a roll waits for this write to end.
         debug_assert_eq!(st.active.paths.seg, seg_path);
         let r = match data_r {
@@ -890,6 +993,7 @@ impl Log {
     fn roll(&self, st: &mut State) -> Result<()> {
         debug_assert!(!st.writing, "roll while a write-behind is in flight");
         self.write_pending_locked(st)?;
+        self.trim_padding(&st.active)?;
         let t2 = self.durability == Durability::T2;
         if t2 {
             // Two rolls before a group-commit round (tiny segments): the first is finished
@@ -941,6 +1045,17 @@ impl Log {
             }
         };
         let seg_path = paths.seg.clone();
+        let direct = if t2 && self.ctx.config.direct_writes {
+            match Direct::open(self.ctx.vfs.as_ref(), &at, file.as_ref(), SEG_HEADER_LEN) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = fs::remove_file(&at);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let old = std::mem::replace(
             &mut st.active,
             Active {
@@ -955,6 +1070,7 @@ impl Log {
                 written: SEG_HEADER_LEN,
                 max_ts: i64::MIN,
                 last_index_pos: None,
+                direct,
             },
         );
         if t2 {
@@ -979,6 +1095,15 @@ impl Log {
         st.sealed_bytes += old.len;
         Counters::add(&self.ctx.counters.segments_created, 1);
         tracing::debug!(dir = %self.dir.display(), base, "segment rolled");
+        Ok(())
+    }
+
+    /// Cuts the zeros that direct writes left after the data of `a` (a roll seals it, or the
+    /// log is synced or closed), so that the file ends where its data does.
+    fn trim_padding(&self, a: &Active) -> Result<()> {
+        if a.direct.is_some() && !a.written.is_multiple_of(DIRECT_ALIGN as u64) {
+            a.file.set_len(a.written).at(&a.paths.seg)?;
+        }
         Ok(())
     }
 
@@ -1412,6 +1537,7 @@ impl Log {
         let (file, path) = {
             let mut st = self.idle(lock(&self.state));
             self.write_pending_locked(&mut st)?;
+            self.trim_padding(&st.active)?;
             (st.active.file.clone(), st.active.paths.seg.clone())
         };
         if let Err(e) = file.sync_data() {
@@ -1549,7 +1675,9 @@ impl Drop for Log {
         // the file; queued ones hold the log alive until their round has written them.
         let _ = self.finish_roll();
         let mut st = self.idle(lock(&self.state));
-        let _ = self.write_pending_locked(&mut st);
+        if self.write_pending_locked(&mut st).is_ok() && !self.health.is_failed() {
+            let _ = self.trim_padding(&st.active);
+        }
         self.clear_tail(&mut st);
         drop(st);
         if self.tail_cache.load(Ordering::Relaxed) {
@@ -1751,6 +1879,87 @@ mod tests {
         }
         let s = Storage::open(dir.path(), cfg()).unwrap();
         let log = s.open_log("logs", "t2", LogOptions::default()).unwrap();
+        assert_eq!(all(&log), expect);
+    }
+
+    #[test]
+    fn direct_writes_pad_to_a_block_and_recovery_cuts_the_padding_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let config = || StorageConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        };
+        let opts = || LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let s = Storage::open(&a, config()).unwrap();
+        let log = s.open_log("logs", "d", opts()).unwrap();
+        assert!(
+            lock(&log.state).active.direct.is_some(),
+            "the test directory's file system does direct I/O"
+        );
+        let mut expect = Vec::new();
+        // Batches of every size around a block, so that writes start and end anywhere in one.
+        for i in 0..60u64 {
+            let r: Vec<Bytes> = (0..3)
+                .map(|j| {
+                    Bytes::from(vec![
+                        (i * 3 + j) as u8;
+                        (i as usize * 97 + j as usize * 13) % 5000
+                    ])
+                })
+                .collect();
+            let c = log.append(&r, i as i64).unwrap();
+            c.commit.wait().unwrap();
+            expect.extend(
+                r.into_iter()
+                    .enumerate()
+                    .map(|(j, b)| (i * 3 + j as u64, b)),
+            );
+            assert_eq!(all(&log)[..], expect[..], "read back after batch {i}");
+        }
+        let seg = |root: &Path| root.join("logs/d").join(format!("{:020}.seg", 0));
+        let on_file = fs::metadata(seg(&a)).unwrap().len();
+        let size = log.size_bytes();
+        assert_eq!(on_file % DIRECT_ALIGN as u64, 0, "padded to a block");
+        assert!(on_file > size && on_file - size < DIRECT_ALIGN as u64);
+        // A crash image: the log's files as they are now, padding included.
+        fs::create_dir_all(b.join("logs/d")).unwrap();
+        for f in fs::read_dir(a.join("logs/d")).unwrap() {
+            let f = f.unwrap().path();
+            fs::copy(&f, b.join("logs/d").join(f.file_name().unwrap())).unwrap();
+        }
+        drop(log);
+        assert_eq!(
+            fs::metadata(seg(&a)).unwrap().len(),
+            size,
+            "closing cuts the padding"
+        );
+        let s = Storage::open(&b, config()).unwrap();
+        let log = s.open_log("logs", "d", opts()).unwrap();
+        assert_eq!(all(&log), expect);
+        assert_eq!(
+            s.metrics().truncated_tail_bytes,
+            0,
+            "padding is no torn tail"
+        );
+        assert_eq!(fs::metadata(seg(&b)).unwrap().len(), size);
+        // Appends go on from the data's end, directly again.
+        let c = log.append(&recs(2, 99), 0).unwrap();
+        c.commit.wait().unwrap();
+        expect.extend(
+            recs(2, 99)
+                .into_iter()
+                .enumerate()
+                .map(|(j, r)| (180 + j as u64, r)),
+        );
+        assert_eq!(all(&log), expect);
+        drop(log);
+        drop(s);
+        let s = Storage::open(&b, config()).unwrap();
+        let log = s.open_log("logs", "d", opts()).unwrap();
         assert_eq!(all(&log), expect);
     }
 
@@ -2082,7 +2291,15 @@ mod tests {
         // Once the commit resolved, the batch is on the file (and was fsynced after that).
         let b = log.append(&recs(1, 1), 2).unwrap();
         b.commit.wait().unwrap();
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), log.size_bytes());
+        // Direct writes pad the file to a block boundary with zeros; `sync` cuts them.
+        let on_file = std::fs::metadata(&seg).unwrap().len();
+        let size = log.size_bytes();
+        assert!(
+            on_file >= size && on_file - size < DIRECT_ALIGN as u64,
+            "{on_file} {size}"
+        );
+        log.sync().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), size);
         assert_eq!(all(&log).len(), 3);
     }
 

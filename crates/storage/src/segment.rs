@@ -401,9 +401,15 @@ pub(crate) fn recover_active(
     }
     let appended: Vec<IndexEntry> = fresh.collect();
     if let Some(t) = r.torn_at {
-        Counters::add(&counters.truncated_tail_bytes, size - t);
-        tracing::warn!(file = %paths.seg.display(), position = t, bytes = size - t,
-            "torn or corrupt tail truncated");
+        if is_direct_padding(file.as_ref(), t, size).at(&paths.seg)? {
+            // Zeros up to a block boundary: what direct writes pad the data with.
+            tracing::debug!(file = %paths.seg.display(), position = t, bytes = size - t,
+                "direct-write padding cut");
+        } else {
+            Counters::add(&counters.truncated_tail_bytes, size - t);
+            tracing::warn!(file = %paths.seg.display(), position = t, bytes = size - t,
+                "torn or corrupt tail truncated");
+        }
         file.set_len(t).at(&paths.seg)?;
     }
     entries.extend(appended.iter().copied());
@@ -423,6 +429,18 @@ pub(crate) fn recover_active(
         last_index_pos: entries.last().map(|e| u64::from(e.pos)),
         entries,
     })
+}
+
+/// Whether `from..size` is the zero padding a direct write leaves after the data: less than
+/// a block, ending at a block boundary, all zeros.
+fn is_direct_padding(file: &dyn FileIo, from: u64, size: u64) -> std::io::Result<bool> {
+    let align = crate::vfs::DIRECT_ALIGN as u64;
+    if !size.is_multiple_of(align) || size - from >= align {
+        return Ok(false);
+    }
+    let mut b = vec![0u8; (size - from) as usize];
+    file.read_exact_at(&mut b, from)?;
+    Ok(b.iter().all(|&x| x == 0))
 }
 
 /// A sealed segment's open file and full index (without the seal).

@@ -83,11 +83,22 @@ pub trait FileIo: Send + Sync + fmt::Debug {
     }
 }
 
+/// What direct (`O_DIRECT`) writes are aligned to: their file offset, their length and their
+/// buffer's address. 4096 covers devices with 512-byte and 4 KiB logical blocks.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Opens data files. Directory operations (create, list, rename, remove, fsync of a
 /// directory) go straight to `std::fs`.
 pub trait Vfs: Send + Sync + fmt::Debug {
     /// Opens `path` for reading and writing, creating it if `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FileIo>>;
+
+    /// Opens the existing `path` for direct writes (`O_DIRECT`: no page-cache copy), which
+    /// must be aligned to [`DIRECT_ALIGN`]; `None` where the file system (or this `Vfs`)
+    /// has none. By default none.
+    fn open_direct(&self, _path: &Path) -> io::Result<Option<Arc<dyn FileIo>>> {
+        Ok(None)
+    }
 }
 
 /// The real file system.
@@ -102,6 +113,21 @@ impl Vfs for StdVfs {
             .create(create)
             .open(path)?;
         Ok(Arc::new(StdFile(f)))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn FileIo>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(Arc::new(StdFile(f)))),
+            // The file system does not do direct I/O.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
