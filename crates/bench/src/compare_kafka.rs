@@ -119,6 +119,10 @@ pub struct Measured {
     pub bytes_per_fsync: Option<f64>,
     /// T2: the raw group-commit bandwidth for rounds of `bytes_per_fsync`, measured right after.
     pub fair_raw: Option<Bandwidth>,
+    /// T2: the same with direct writes (`O_DIRECT`), as the broker writes T2 batches where the
+    /// file system allows; measured right after `fair_raw`.
+    #[serde(default)]
+    pub fair_raw_direct: Option<Bandwidth>,
 }
 
 impl Measured {
@@ -126,6 +130,13 @@ impl Measured {
     pub fn raw_ratio(&self) -> Option<f64> {
         let r = self.result.as_ref()?;
         let raw = self.fair_raw?;
+        (raw.mb_per_s > 0.0).then(|| r.publish.mb_per_s / raw.mb_per_s)
+    }
+
+    /// Produced MB/s over the fair raw bandwidth with direct writes (T2 runs).
+    pub fn raw_direct_ratio(&self) -> Option<f64> {
+        let r = self.result.as_ref()?;
+        let raw = self.fair_raw_direct?;
         (raw.mb_per_s > 0.0).then(|| r.publish.mb_per_s / raw.mb_per_s)
     }
 }
@@ -341,6 +352,7 @@ pub async fn matrix(
                 fsyncs: f0.zip(f1).map(|(a, b)| b.saturating_sub(a)),
                 bytes_per_fsync: None,
                 fair_raw: None,
+                fair_raw_direct: None,
             };
             match res {
                 Ok(r) if r.tally.sent > 0 => m.result = Some(r),
@@ -353,8 +365,13 @@ pub async fn matrix(
                     m.bytes_per_fsync = Some(per);
                     let root = data_root.to_path_buf();
                     let round = per.round().max(1.0) as usize;
-                    m.fair_raw = tokio::task::spawn_blocking(move || {
-                        limits::raw_group_commit(&root, round, limit).ok()
+                    (m.fair_raw, m.fair_raw_direct) = tokio::task::spawn_blocking(move || {
+                        (
+                            limits::raw_group_commit(&root, round, limit).ok(),
+                            limits::raw_group_commit_direct(&root, round, limit)
+                                .ok()
+                                .flatten(),
+                        )
                     })
                     .await?;
                 }
@@ -373,10 +390,15 @@ pub async fn matrix(
                     r.tally.out_of_order,
                     match (m.bytes_per_fsync, m.fair_raw) {
                         (Some(b), Some(raw)) => format!(
-                            ", {:.0} KiB/fsync, fair raw {:.0} MB/s ({:.0}%)",
+                            ", {:.0} KiB/fsync, fair raw {:.0} MB/s ({:.0}%){}",
                             b / 1024.0,
                             raw.mb_per_s,
-                            r.publish.mb_per_s / raw.mb_per_s * 100.0
+                            r.publish.mb_per_s / raw.mb_per_s * 100.0,
+                            m.fair_raw_direct.map_or(String::new(), |d| format!(
+                                ", O_DIRECT {:.0} MB/s ({:.0}%)",
+                                d.mb_per_s,
+                                r.publish.mb_per_s / d.mb_per_s * 100.0
+                            ))
                         ),
                         _ => String::new(),
                     }
@@ -439,7 +461,7 @@ pub fn markdown(r: &Report) -> String {
     let cache = stat(&r.page_cache.iter().map(|b| b.mb_per_s).collect::<Vec<_>>());
     let _ = writeln!(
         o,
-        "\n**Method.** The same load generator process on the same 2 cores: 1 producer (librdkafka, `acks=all`, `linger.ms={LINGER_MS}`, `batch.size={BATCH_BYTES}`, no compression, {SIZE} B records, each carrying its sequence number and send time; records spread round-robin over the partitions) on one topic created for the run with 1 or 8 partitions, and for *produce + consume* 1 consumer (librdkafka, `max.partition.fetch.bytes={FETCH_BYTES}`, all partitions assigned, from the beginning) reading concurrently. *Produced* counts records whose produce was acknowledged (at T2: fsynced), *consumed* records delivered to the consumer, both in payload MB/s (10^6 B) over the measured window. *Broker CPU* and *bench CPU* are the broker's and the load generator's CPU over the window (100% = one core of the two). Every run's accounting (sent, confirmed, received, lost, duplicated, out of order per partition) is checked; the *loss* column sums lost, duplicated and reordered records over the repeats. **Limits**, measured in the same run: *loopback TCP* = one TCP stream over 127.0.0.1 with 256 KiB writes (an in-tool pump, {} per repeat); *raw group commit* = rounds of one `pwrite` + `fdatasync` in the broker's data directory's file system, one after the other; for a T2 run, of the payload bytes that FerryMQ put in each of its fsyncs during that run (its `/metrics` fsync count over the run), measured right after the run (the storage benchmark's \"fair raw\" baseline; FerryMQ also writes batch and record headers that the ratio does not credit); *page-cache write* = `pwrite`s of {BATCH_BYTES} B at the end of a new file there, with no fsync, from one thread (the kernel's share of every T1 append; on this virtual machine the first touch of each fresh page-cache page is slow, see the hand-written notes below). For reference, rounds of {BATCH_BYTES} B (one full producer batch): {} MB/s; loopback TCP: {} MB/s; page-cache write: {} MB/s.\n",
+        "\n**Method.** The same load generator process on the same 2 cores: 1 producer (librdkafka, `acks=all`, `linger.ms={LINGER_MS}`, `batch.size={BATCH_BYTES}`, no compression, {SIZE} B records, each carrying its sequence number and send time; records spread round-robin over the partitions) on one topic created for the run with 1 or 8 partitions, and for *produce + consume* 1 consumer (librdkafka, `max.partition.fetch.bytes={FETCH_BYTES}`, all partitions assigned, from the beginning) reading concurrently. *Produced* counts records whose produce was acknowledged (at T2: fsynced), *consumed* records delivered to the consumer, both in payload MB/s (10^6 B) over the measured window. *Broker CPU* and *bench CPU* are the broker's and the load generator's CPU over the window (100% = one core of the two). Every run's accounting (sent, confirmed, received, lost, duplicated, out of order per partition) is checked; the *loss* column sums lost, duplicated and reordered records over the repeats. **Limits**, measured in the same run: *loopback TCP* = one TCP stream over 127.0.0.1 with 256 KiB writes (an in-tool pump, {} per repeat); *raw group commit* = rounds of one `pwrite` + `fdatasync` in the broker's data directory's file system, one after the other; for a T2 run, of the payload bytes that FerryMQ put in each of its fsyncs during that run (its `/metrics` fsync count over the run), measured right after the run (the storage benchmark's \"fair raw\" baseline, and the issue's \"plain write + fdatasync\"; FerryMQ also writes batch and record headers that the ratio does not credit); *fair raw O_DIRECT* = the same rounds written with direct I/O (`O_DIRECT`, rounded up to 4 KiB blocks, only the payload credited), measured right after: how FerryMQ itself writes T2 batches where the file system allows (`storage.direct_writes`), so the ratio to it says how much of that faster path FerryMQ gets; *page-cache write* = `pwrite`s of {BATCH_BYTES} B at the end of a new file there, with no fsync, from one thread (the kernel's share of every T1 append; on this virtual machine the first touch of each fresh page-cache page is slow, see the hand-written notes below). For reference, rounds of {BATCH_BYTES} B (one full producer batch): {} MB/s; loopback TCP: {} MB/s; page-cache write: {} MB/s.\n",
         if r.quick { "1 s" } else { "2 s" },
         fmt_stat(raw, mb),
         fmt_stat(tcp, mb),
@@ -447,11 +469,11 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "| tier | scenario | produced MB/s | consumed MB/s | produced msg/s | confirm p99 | e2e p99 | KiB per fsync | fair raw MB/s | produced / limit | broker CPU | bench CPU | loss | load |"
+        "| tier | scenario | produced MB/s | consumed MB/s | produced msg/s | confirm p99 | e2e p99 | KiB per fsync | fair raw MB/s | produced / limit | fair raw O_DIRECT MB/s: produced / it | broker CPU | bench CPU | loss | load |"
     );
     let _ = writeln!(
         o,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in points(r.quick) {
         let prod = r.stat_of(p, |x| x.publish.mb_per_s);
@@ -473,6 +495,8 @@ pub fn markdown(r: &Report) -> String {
         let bench = stat(&r.values(p, |m| m.result.as_ref()?.client_cpu_percent));
         let kib = stat(&r.values(p, |m| m.bytes_per_fsync.map(|b| b / 1024.0)));
         let fair = stat(&r.values(p, |m| m.fair_raw.map(|b| b.mb_per_s)));
+        let direct = stat(&r.values(p, |m| m.fair_raw_direct.map(|b| b.mb_per_s)));
+        let direct_ratio = stat(&r.values(p, Measured::raw_direct_ratio));
         let ratio = match p.tier {
             Tier::T2 => stat(&r.values(p, Measured::raw_ratio)),
             Tier::T1 => stat(&r.values(p, |m| {
@@ -499,7 +523,7 @@ pub fn markdown(r: &Report) -> String {
         let load = stat(&r.values(p, |m| m.load1));
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} {limit_name} | {} | {} | {}{} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} {limit_name} | {} | {} | {} | {}{} | {} |",
             p.tier.name(),
             p.label(),
             fmt_stat(prod, mb),
@@ -526,6 +550,14 @@ pub fn markdown(r: &Report) -> String {
                 "–".into()
             },
             fmt_stat(ratio, pct),
+            match (direct, direct_ratio) {
+                (Some(d), Some(q)) if p.tier == Tier::T2 => format!(
+                    "{}: {}",
+                    fmt_stat(Some(d), |x| format!("{x:.0}")),
+                    fmt_stat(Some(q), pct)
+                ),
+                _ => "–".into(),
+            },
             fmt_stat(cpu, |x| format!("{x:.0}%")),
             fmt_stat(bench, |x| format!("{x:.0}%")),
             loss,
@@ -550,6 +582,14 @@ pub fn markdown(r: &Report) -> String {
         .filter(|p| p.tier == Tier::T2)
         .filter_map(|p| Some((p, stat(&r.values(p, Measured::raw_ratio))?)))
         .collect();
+    let t2_direct: Vec<String> = points(r.quick)
+        .into_iter()
+        .filter(|p| p.tier == Tier::T2)
+        .filter_map(|p| {
+            let s = stat(&r.values(p, Measured::raw_direct_ratio))?;
+            Some(format!("{} {}", p.label(), fmt_stat(Some(s), pct)))
+        })
+        .collect();
     let t2_met: Vec<String> = t2
         .iter()
         .filter(|(_, s)| s.median >= T2_TARGET_RATIO)
@@ -567,7 +607,7 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "- T2: at least {:.0}% of the raw group-commit bandwidth: {} at {} of {} points{}.",
+        "- T2: at least {:.0}% of the raw group-commit bandwidth (`pwrite` + `fdatasync`): {} at {} of {} points{}.{}",
         T2_TARGET_RATIO * 100.0,
         if !t2.is_empty() && t2_met.len() == t2.len() {
             "**met**"
@@ -582,6 +622,14 @@ pub fn markdown(r: &Report) -> String {
             String::new()
         } else {
             format!(" ({})", t2_met.join("; "))
+        },
+        if t2_direct.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Against the raw rate with direct writes instead: {}.",
+                t2_direct.join("; ")
+            )
         }
     );
     let errors: Vec<&Measured> = r.runs.iter().filter(|m| m.error.is_some()).collect();

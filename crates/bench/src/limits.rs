@@ -88,6 +88,57 @@ pub fn raw_group_commit(dir: &Path, round_bytes: usize, d: Duration) -> Result<B
     appends(dir, "raw", round_bytes, true, d)
 }
 
+/// Rounds of (direct `pwrite`, `O_DIRECT`, of `round_bytes` rounded up to 4 KiB blocks at
+/// the end of a file + `fdatasync`) for `d`, in `dir`: how the broker writes T2 batches where
+/// the file system allows (`storage.direct_writes`). `None` where it has no direct I/O. The
+/// bandwidth counts `round_bytes` per round (the padding is not credited). The file is removed
+/// afterwards.
+///
+/// # Errors
+/// File failures other than direct I/O being unsupported.
+pub fn raw_group_commit_direct(
+    dir: &Path,
+    round_bytes: usize,
+    d: Duration,
+) -> Result<Option<Bandwidth>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    let path = dir.join(format!("ferrymq-bench-raw-direct-{}", std::process::id()));
+    let f = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    };
+    let len = round_bytes.max(1).next_multiple_of(ALIGN);
+    let v = vec![0xa5u8; len + ALIGN];
+    let off = v.as_ptr().align_offset(ALIGN);
+    let buf = &v[off..off + len];
+    let (t0, mut pos, mut ops) = (Instant::now(), 0u64, 0u64);
+    let r = (|| -> std::io::Result<()> {
+        while t0.elapsed() < d {
+            f.write_all_at(buf, pos)?;
+            f.sync_data()?;
+            pos += len as u64;
+            ops += 1;
+        }
+        Ok(())
+    })();
+    let secs = t0.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    r.with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(Bandwidth::new(ops * round_bytes as u64, ops, secs)))
+}
+
 /// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, with no fsync: the
 /// page cache's write bandwidth from one thread. The file is removed afterwards (its dirty
 /// pages with it, so little of it reaches the disk).
@@ -137,6 +188,18 @@ mod tests {
         let b = loopback_tcp(Duration::from_millis(50)).unwrap();
         assert!(b.bytes > 0 && b.ops > 0 && b.mb_per_s > 0.0, "{b:?}");
         assert!(b.bytes <= b.ops * PUMP_WRITE as u64);
+    }
+
+    #[test]
+    fn raw_direct_rounds_write_and_clean_up() {
+        let d = tempfile::tempdir().unwrap();
+        // 5000 B rounds go out as two 4 KiB blocks each, and are credited as 5000 B.
+        let b = raw_group_commit_direct(d.path(), 5000, Duration::from_millis(30))
+            .unwrap()
+            .expect("the test directory's file system does direct I/O");
+        assert!(b.ops >= 1, "{b:?}");
+        assert_eq!(b.bytes, b.ops * 5000);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]
