@@ -28,7 +28,8 @@ const READ_CHUNK_MIN: usize = 64 << 10;
 /// The tail cache budget is shared by up to this many stream logs (see `Log::tail_share`).
 const TAIL_SHARES_MAX: usize = 8;
 /// T2 appends leave their batches to the sync thread's round (many to a `pwrite`) until
-/// this much is pending; the append that reaches it writes them itself.
+/// this much is pending; the append that reaches it writes them itself (through the page
+/// cache only: a log writing directly leaves it all to the round).
 const EAGER_WRITE_BYTES: usize = 256 << 10;
 const READ_CHUNK_MAX: usize = 16 << 20;
 /// Chunks from this size on hint the next chunk to the kernel (`FileIo::will_need`).
@@ -667,8 +668,13 @@ impl Log {
         let sync_file = behind.then(|| st.active.file.clone());
         // Enough is pending for a large `pwrite`: this appender writes it now (without the
         // lock), so that its copy into the page cache overlaps the fsync of the round in
-        // progress instead of lengthening the next one.
-        let write_now = behind && !st.writing && st.pending.len() >= EAGER_WRITE_BYTES;
+        // progress instead of lengthening the next one. Not with direct writes: there is no
+        // copy to overlap, the appender (a tokio worker) would wait for the device, and
+        // Kafka T2 over one partition measured 5-20% more without it (A/B alternated).
+        let write_now = behind
+            && !st.writing
+            && st.active.direct.is_none()
+            && st.pending.len() >= EAGER_WRITE_BYTES;
         drop(guard);
         Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
         Counters::add(&self.ctx.counters.batches_written, 1);
@@ -1773,7 +1779,13 @@ mod tests {
         thread: std::thread::ThreadId,
         on_thread: AtomicU64,
         elsewhere: AtomicU64,
+        /// Writes through a direct handle made on that thread.
+        direct_on_thread: AtomicU64,
     }
+
+    /// A direct handle, watched.
+    #[derive(Debug)]
+    struct WatchedDirect(Arc<dyn FileIo>, Arc<SyncWatch>);
 
     #[derive(Debug)]
     struct WatchedVfs(Arc<SyncWatch>);
@@ -1785,6 +1797,31 @@ mod tests {
         fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn FileIo>> {
             let f = crate::vfs::StdVfs.open(path, create)?;
             Ok(Arc::new(WatchedFile(f, self.0.clone())))
+        }
+        fn open_direct(&self, path: &Path) -> std::io::Result<Option<Arc<dyn FileIo>>> {
+            let d = crate::vfs::StdVfs.open_direct(path)?;
+            Ok(d.map(|d| Arc::new(WatchedDirect(d, self.0.clone())) as Arc<dyn FileIo>))
+        }
+    }
+
+    impl FileIo for WatchedDirect {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            self.0.read_at(buf, pos)
+        }
+        fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
+            if std::thread::current().id() == self.1.thread {
+                self.1.direct_on_thread.fetch_add(1, Ordering::SeqCst);
+            }
+            self.0.write_at(buf, pos)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.0.sync_data()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.0.size()
         }
     }
 
@@ -1842,6 +1879,7 @@ mod tests {
             thread: std::thread::current().id(),
             on_thread: AtomicU64::new(0),
             elsewhere: AtomicU64::new(0),
+            direct_on_thread: AtomicU64::new(0),
         });
         let mut expect = Vec::new();
         {
@@ -1880,6 +1918,40 @@ mod tests {
         let s = Storage::open(dir.path(), cfg()).unwrap();
         let log = s.open_log("logs", "t2", LogOptions::default()).unwrap();
         assert_eq!(all(&log), expect);
+    }
+
+    #[test]
+    fn with_direct_writes_a_large_append_leaves_the_write_to_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = Arc::new(SyncWatch {
+            thread: std::thread::current().id(),
+            on_thread: AtomicU64::new(0),
+            elsewhere: AtomicU64::new(0),
+            direct_on_thread: AtomicU64::new(0),
+        });
+        let vfs = Arc::new(WatchedVfs(watch.clone()));
+        let config = StorageConfig {
+            segment_bytes: 16 << 20,
+            ..cfg()
+        };
+        let s = Storage::open_with_vfs(dir.path(), config, vfs).unwrap();
+        let opts = LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let log = s.open_log("logs", "big", opts).unwrap();
+        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        let big = Bytes::from(vec![7u8; 2 * EAGER_WRITE_BYTES]);
+        for i in 0..4 {
+            let a = log.append(std::slice::from_ref(&big), i).unwrap();
+            a.commit.wait().unwrap();
+        }
+        assert_eq!(
+            watch.direct_on_thread.load(Ordering::SeqCst),
+            0,
+            "the appending thread never waited for a direct write"
+        );
+        assert_eq!(all(&log).len(), 4);
     }
 
     #[test]
