@@ -48,6 +48,33 @@ pub fn main(config: Config) -> ExitCode {
     code
 }
 
+/// Raises the soft limit on open files to the hard one, as Kafka's and RabbitMQ's operators
+/// are told to: every durable queue and stream keeps its active segment open (its data file,
+/// a direct-write handle at T2, two index files), sealed segments up to the index cache's
+/// size, and every connection a socket; the usual soft default (1024) runs out at a few
+/// hundred queues. A failure is logged and the broker goes on with the limit it has.
+fn raise_open_files_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return;
+    }
+    let old = r.rlim_cur;
+    if old < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: setrlimit only reads the struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            info!(from = old, to = r.rlim_max, "open files limit raised");
+        } else {
+            warn!(limit = old, hard = r.rlim_max, error = %std::io::Error::last_os_error(),
+                "cannot raise the open files limit");
+        }
+    }
+}
+
 async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
     // Before anything slow, so that no signal falls back to the default (kill) action.
     let mut signals = Signals::install().context("cannot install signal handlers")?;
@@ -55,6 +82,7 @@ async fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
         .context("cannot install the SIGHUP handler")?;
 
     config.data_dir = prepare_data_dir(&config.data_dir)?;
+    raise_open_files_limit();
     let data_dir = config.data_dir.display().to_string();
     info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -27,6 +27,52 @@ fn starts_with_no_configuration_in_an_empty_directory() {
     assert_eq!(server.count("FerryMQ ready"), 1, "{}", server.log());
 }
 
+/// The soft limit on open files a server starts with is raised to the hard one.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = ferrymq(tmp.path());
+    cmd.arg("serve");
+    // SAFETY: between fork and exec, only setrlimit (async-signal-safe) runs.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            r.rlim_cur = r.rlim_max.min(256);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Server::start(cmd);
+    server.wait_for("FerryMQ ready");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (f[3], f[4]);
+    assert_eq!(soft, hard, "{line}");
+    if hard != "256" {
+        assert!(
+            server.log().contains("open files limit raised"),
+            "{}",
+            server.log()
+        );
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0), "{}", server.log());
+}
+
 fn clean_exit_on(sig: libc::c_int, name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut server = serve_in(tmp.path(), &[]);
