@@ -85,7 +85,14 @@ pub fn loopback_tcp(d: Duration) -> Result<Bandwidth> {
 /// # Errors
 /// File failures.
 pub fn raw_group_commit(dir: &Path, round_bytes: usize, d: Duration) -> Result<Bandwidth> {
-    appends(dir, "raw", round_bytes, true, d)
+    appends(
+        dir,
+        "raw",
+        &vec![0xa5u8; round_bytes.max(1)],
+        true,
+        false,
+        d,
+    )
 }
 
 /// Rounds of (direct `pwrite`, `O_DIRECT`, of `round_bytes` rounded up to 4 KiB blocks at
@@ -101,42 +108,27 @@ pub fn raw_group_commit_direct(
     round_bytes: usize,
     d: Duration,
 ) -> Result<Option<Bandwidth>> {
-    use std::os::unix::fs::OpenOptionsExt;
     const ALIGN: usize = 4096;
-    let path = dir.join(format!("ferrymq-bench-raw-direct-{}", std::process::id()));
-    let f = match std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let _ = std::fs::remove_file(&path);
-            return Ok(None);
-        }
-        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-    };
     let len = round_bytes.max(1).next_multiple_of(ALIGN);
     let v = vec![0xa5u8; len + ALIGN];
     let off = v.as_ptr().align_offset(ALIGN);
-    let buf = &v[off..off + len];
-    let (t0, mut pos, mut ops) = (Instant::now(), 0u64, 0u64);
-    let r = (|| -> std::io::Result<()> {
-        while t0.elapsed() < d {
-            f.write_all_at(buf, pos)?;
-            f.sync_data()?;
-            pos += len as u64;
-            ops += 1;
-        }
-        Ok(())
-    })();
-    let secs = t0.elapsed().as_secs_f64();
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    r.with_context(|| format!("writing {}", path.display()))?;
-    Ok(Some(Bandwidth::new(ops * round_bytes as u64, ops, secs)))
+    match appends(dir, "raw-direct", &v[off..off + len], true, true, d) {
+        Ok(b) => Ok(Some(Bandwidth::new(
+            b.ops * round_bytes as u64,
+            b.ops,
+            b.seconds,
+        ))),
+        Err(e) if is_einval(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e` comes from an `EINVAL` (a file system refusing `O_DIRECT`).
+fn is_einval(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL))
+    })
 }
 
 /// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, with no fsync: the
@@ -146,24 +138,39 @@ pub fn raw_group_commit_direct(
 /// # Errors
 /// File failures.
 pub fn page_cache_write(dir: &Path, chunk: usize, d: Duration) -> Result<Bandwidth> {
-    appends(dir, "cache", chunk, false, d)
+    appends(dir, "cache", &vec![0xa5u8; chunk.max(1)], false, false, d)
 }
 
-/// `pwrite`s of `chunk` bytes at the end of a new file in `dir` for `d`, each followed by an
-/// `fdatasync` when `sync`; the file is removed afterwards.
-fn appends(dir: &Path, name: &str, chunk: usize, sync: bool, d: Duration) -> Result<Bandwidth> {
+/// `pwrite`s of `buf` at the end of a new file in `dir` for `d` (with `O_DIRECT` when
+/// `direct`: `buf` is then aligned), each followed by an `fdatasync` when `sync`; the file is
+/// removed afterwards.
+fn appends(
+    dir: &Path,
+    name: &str,
+    buf: &[u8],
+    sync: bool,
+    direct: bool,
+    d: Duration,
+) -> Result<Bandwidth> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!("ferrymq-bench-{name}-{}", std::process::id()));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let buf = vec![0xa5u8; chunk.max(1)];
+        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+        .open(&path);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e).with_context(|| format!("creating {}", path.display()));
+        }
+    };
     let (t0, mut pos, mut ops) = (Instant::now(), 0u64, 0u64);
     let r = (|| -> std::io::Result<()> {
         while t0.elapsed() < d {
-            f.write_all_at(&buf, pos)?;
+            f.write_all_at(buf, pos)?;
             if sync {
                 f.sync_data()?;
             }
