@@ -129,8 +129,9 @@ struct Direct {
 }
 
 thread_local! {
-    /// Each thread's aligned staging buffer for direct writes (the sync thread's, or an
-    /// appender's eager write-behind): one allocation per thread, not per log.
+    /// Each thread's aligned staging buffer for direct writes (the sync thread's rounds, or a
+    /// reader, roll, `sync` or `Drop` writing the pending batches first): one allocation per
+    /// thread, not per log.
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
