@@ -1774,80 +1774,87 @@ mod tests {
         assert_eq!(s.list_logs("logs").unwrap(), vec!["a/b".to_string()]);
     }
 
-    /// Files that count the `fdatasync`s made on one thread (the test's, which appends).
+    /// Files that count the `fdatasync`s made on one thread (the test's, which appends), and
+    /// the writes through direct handles made on it.
     #[derive(Debug)]
     struct SyncWatch {
         thread: std::thread::ThreadId,
         on_thread: AtomicU64,
         elsewhere: AtomicU64,
-        /// Writes through a direct handle made on that thread.
         direct_on_thread: AtomicU64,
     }
 
-    /// A direct handle, watched.
-    #[derive(Debug)]
-    struct WatchedDirect(Arc<dyn FileIo>, Arc<SyncWatch>);
+    impl SyncWatch {
+        /// Watches the calling thread.
+        fn here() -> Arc<SyncWatch> {
+            Arc::new(SyncWatch {
+                thread: std::thread::current().id(),
+                on_thread: AtomicU64::new(0),
+                elsewhere: AtomicU64::new(0),
+                direct_on_thread: AtomicU64::new(0),
+            })
+        }
+    }
 
     #[derive(Debug)]
     struct WatchedVfs(Arc<SyncWatch>);
 
+    /// A watched file; `direct` for a direct-write handle.
     #[derive(Debug)]
-    struct WatchedFile(Arc<dyn FileIo>, Arc<SyncWatch>);
+    struct WatchedFile {
+        inner: Arc<dyn FileIo>,
+        watch: Arc<SyncWatch>,
+        direct: bool,
+    }
 
     impl crate::vfs::Vfs for WatchedVfs {
         fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn FileIo>> {
-            let f = crate::vfs::StdVfs.open(path, create)?;
-            Ok(Arc::new(WatchedFile(f, self.0.clone())))
+            let inner = crate::vfs::StdVfs.open(path, create)?;
+            let watch = self.0.clone();
+            Ok(Arc::new(WatchedFile {
+                inner,
+                watch,
+                direct: false,
+            }))
         }
         fn open_direct(&self, path: &Path) -> std::io::Result<Option<Arc<dyn FileIo>>> {
             let d = crate::vfs::StdVfs.open_direct(path)?;
-            Ok(d.map(|d| Arc::new(WatchedDirect(d, self.0.clone())) as Arc<dyn FileIo>))
-        }
-    }
-
-    impl FileIo for WatchedDirect {
-        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-            self.0.read_at(buf, pos)
-        }
-        fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
-            if std::thread::current().id() == self.1.thread {
-                self.1.direct_on_thread.fetch_add(1, Ordering::SeqCst);
-            }
-            self.0.write_at(buf, pos)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.0.sync_data()
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.0.set_len(len)
-        }
-        fn size(&self) -> std::io::Result<u64> {
-            self.0.size()
+            Ok(d.map(|inner| {
+                let watch = self.0.clone();
+                Arc::new(WatchedFile {
+                    inner,
+                    watch,
+                    direct: true,
+                }) as Arc<dyn FileIo>
+            }))
         }
     }
 
     impl FileIo for WatchedFile {
         fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-            self.0.read_at(buf, pos)
+            self.inner.read_at(buf, pos)
         }
         fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
-            self.0.write_at(buf, pos)
+            if self.direct && std::thread::current().id() == self.watch.thread {
+                self.watch.direct_on_thread.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.write_at(buf, pos)
         }
         fn sync_data(&self) -> std::io::Result<()> {
-            let w = &self.1;
+            let w = &self.watch;
             let n = if std::thread::current().id() == w.thread {
                 &w.on_thread
             } else {
                 &w.elsewhere
             };
             n.fetch_add(1, Ordering::SeqCst);
-            self.0.sync_data()
+            self.inner.sync_data()
         }
         fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.0.set_len(len)
+            self.inner.set_len(len)
         }
         fn size(&self) -> std::io::Result<u64> {
-            self.0.size()
+            self.inner.size()
         }
     }
 
@@ -1876,12 +1883,7 @@ mod tests {
     #[test]
     fn a_t2_roll_leaves_its_fsyncs_to_the_sync_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = Arc::new(SyncWatch {
-            thread: std::thread::current().id(),
-            on_thread: AtomicU64::new(0),
-            elsewhere: AtomicU64::new(0),
-            direct_on_thread: AtomicU64::new(0),
-        });
+        let watch = SyncWatch::here();
         let mut expect = Vec::new();
         {
             let vfs = Arc::new(WatchedVfs(watch.clone()));
@@ -1924,12 +1926,7 @@ mod tests {
     #[test]
     fn with_direct_writes_a_large_append_leaves_the_write_to_the_round() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = Arc::new(SyncWatch {
-            thread: std::thread::current().id(),
-            on_thread: AtomicU64::new(0),
-            elsewhere: AtomicU64::new(0),
-            direct_on_thread: AtomicU64::new(0),
-        });
+        let watch = SyncWatch::here();
         let vfs = Arc::new(WatchedVfs(watch.clone()));
         let config = StorageConfig {
             segment_bytes: 16 << 20,
