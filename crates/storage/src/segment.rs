@@ -9,11 +9,14 @@ use crate::format::{
     self, BatchHeader, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
 };
 use crate::metrics::Counters;
-use crate::vfs::{FileIo, Vfs};
+use crate::vfs::{FileIo, Vfs, DIRECT_ALIGN, DIRECT_ZERO_AHEAD_MAX};
 use crate::Result;
 
 /// Read window of the scanner.
 const SCAN_WINDOW_BYTES: usize = 1 << 20;
+
+/// Read size when checking that a region is all zeros.
+const ZERO_CHECK_CHUNK: usize = 64 << 10;
 
 /// File names of one segment.
 #[derive(Debug, Clone)]
@@ -115,6 +118,22 @@ impl<'a> Scanner<'a> {
         })
     }
 
+    /// The position of the last non-zero byte in `from..limit`, if any.
+    fn last_nonzero(&self, from: u64) -> std::io::Result<Option<u64>> {
+        let mut b = vec![0u8; ZERO_CHECK_CHUNK];
+        let mut end = self.limit;
+        while end > from {
+            let n = ((end - from) as usize).min(ZERO_CHECK_CHUNK);
+            let at = end - n as u64;
+            self.file.read_exact_at(&mut b[..n], at)?;
+            if let Some(i) = b[..n].iter().rposition(|&x| x != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            end = at;
+        }
+        Ok(None)
+    }
+
     /// After a bad batch at `pos`: the position of the next verifiable batch, trying the
     /// length claimed by the bad header first, then a byte-wise search. `None` = nothing
     /// valid follows (a torn tail).
@@ -128,8 +147,13 @@ impl<'a> Scanner<'a> {
                 return Ok(Some(q));
             }
         }
+        // No batch starts in the zeros at the end (direct writes' padding and preallocation,
+        // or blocks a crash left unwritten): its length is never zero.
+        let Some(last) = self.last_nonzero(pos + 1)? else {
+            return Ok(None);
+        };
         let mut q = pos + 1;
-        while q + BATCH_HEADER_LEN as u64 <= self.limit {
+        while q <= last && q + BATCH_HEADER_LEN as u64 <= self.limit {
             if self.probe(q, min_offset)?.is_some() {
                 return Ok(Some(q));
             }
@@ -431,16 +455,24 @@ pub(crate) fn recover_active(
     })
 }
 
-/// Whether `from..size` is the zero padding a direct write leaves after the data: less than
-/// a block, ending at a block boundary, all zeros.
+/// Whether `from..size` is what direct writes leave after the data: zeros up to a block
+/// boundary, and at most [`DIRECT_ZERO_AHEAD_MAX`] more written ahead of it.
 fn is_direct_padding(file: &dyn FileIo, from: u64, size: u64) -> std::io::Result<bool> {
-    let align = crate::vfs::DIRECT_ALIGN as u64;
-    if !size.is_multiple_of(align) || size - from >= align {
+    let align = DIRECT_ALIGN as u64;
+    if !size.is_multiple_of(align) || size - from >= align + DIRECT_ZERO_AHEAD_MAX as u64 {
         return Ok(false);
     }
-    let mut b = vec![0u8; (size - from) as usize];
-    file.read_exact_at(&mut b, from)?;
-    Ok(b.iter().all(|&x| x == 0))
+    let mut b = vec![0u8; ((size - from) as usize).min(ZERO_CHECK_CHUNK)];
+    let mut pos = from;
+    while pos < size {
+        let n = ((size - pos) as usize).min(b.len());
+        file.read_exact_at(&mut b[..n], pos)?;
+        if b[..n].iter().any(|&x| x != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
 }
 
 /// A sealed segment's open file and full index (without the seal).

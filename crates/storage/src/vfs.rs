@@ -87,6 +87,11 @@ pub trait FileIo: Send + Sync + fmt::Debug {
 /// buffer's address. 4096 covers devices with 512-byte and 4 KiB logical blocks.
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// The most zeros a direct write puts ahead of the data of a T2 segment (see `log::Direct`):
+/// a crash leaves at most this much plus a block after the data, which recovery cuts as
+/// the preallocation it is.
+pub const DIRECT_ZERO_AHEAD_MAX: usize = 1 << 20;
+
 /// Opens data files. Directory operations (create, list, rename, remove, fsync of a
 /// directory) go straight to `std::fs`.
 pub trait Vfs: Send + Sync + fmt::Debug {
