@@ -77,9 +77,15 @@ fn raw_group_commit(dir: &Path, bytes: usize, d: Duration) -> f64 {
 }
 
 /// Raw disk with direct I/O: rounds of (`O_DIRECT` pwrite of `bytes` rounded up to 4 KiB
-/// blocks at the end + fdatasync), for `d`. Returns rounds/s, or `None` where the file system
-/// has no direct I/O.
-fn raw_group_commit_direct(dir: &Path, bytes: usize, d: Duration) -> Option<f64> {
+/// blocks at the end + fdatasync), for `d`. With `zeros_ahead`, a round that extends the file
+/// writes zeros after its data as the engine's direct writes do
+/// (`vfs::direct_zero_ahead`), so that the next rounds overwrite blocks the file has. Returns rounds/s, or `None` where the file system has no direct I/O.
+fn raw_group_commit_direct(
+    dir: &Path,
+    bytes: usize,
+    d: Duration,
+    zeros_ahead: bool,
+) -> Option<f64> {
     use std::os::unix::fs::OpenOptionsExt;
     const ALIGN: usize = 4096;
     let f = OpenOptions::new()
@@ -90,13 +96,26 @@ fn raw_group_commit_direct(dir: &Path, bytes: usize, d: Duration) -> Option<f64>
         .open(dir.join("raw-direct"))
         .ok()?;
     let len = bytes.next_multiple_of(ALIGN);
-    let mut v = vec![0x5au8; len + ALIGN];
+    let ahead = if zeros_ahead {
+        ferrymq_storage::vfs::direct_zero_ahead(len)
+    } else {
+        0
+    };
+    let mut v = vec![0u8; len + ahead + ALIGN];
     let off = v.as_ptr().align_offset(ALIGN);
-    let buf = &mut v[off..off + len];
-    let (mut pos, mut n) = (0u64, 0u64);
+    let buf = &mut v[off..off + len + ahead];
+    buf[..len].fill(0x5a);
+    let (mut pos, mut n, mut file_end) = (0u64, 0u64, 0u64);
     let t = Instant::now();
     while t.elapsed() < d {
-        f.write_all_at(buf, pos).expect("raw direct write");
+        let end = pos + len as u64;
+        let w = if end > file_end {
+            &buf[..]
+        } else {
+            &buf[..len]
+        };
+        f.write_all_at(w, pos).expect("raw direct write");
+        file_end = file_end.max(pos + w.len() as u64);
         f.sync_data().expect("raw direct fsync");
         pos += len as u64;
         n += 1;
@@ -292,6 +311,7 @@ fn point(
     let (mut ours, mut best, mut achieved, mut per_round) = (vec![], vec![], vec![], vec![]);
     let (mut fsyncs, mut cpu, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut direct, mut direct_ratios) = (Vec::new(), Vec::new());
+    let (mut ahead, mut ahead_ratios) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat {
         let d = b.fresh();
         // Each measurement starts after all dirty data is written back, so that writeback of
@@ -327,6 +347,7 @@ fn point(
             (0.0, 0.0, 0u64, 0u64, 0.0, 0.0, 0.0);
         let mut rounds_sum = 0u64;
         let (mut direct_sum, mut direct_ratio_sum) = (0.0, 0.0);
+        let (mut ahead_sum, mut ahead_ratio_sum) = (0.0, 0.0);
         for _ in 0..SLICES {
             settle_disk();
             let slice = b.dur(secs) / SLICES;
@@ -339,10 +360,15 @@ fn point(
             let raw = raw_group_commit(&d, round_bytes, slice / 2) * k * per_batch as f64;
             let _ = std::fs::remove_file(d.join("raw"));
             settle_disk();
-            let raw_direct = raw_group_commit_direct(&d, round_bytes, slice / 2)
+            let raw_direct = raw_group_commit_direct(&d, round_bytes, slice / 2, false)
                 .map_or(f64::NAN, |r| r * k * per_batch as f64);
             direct_sum += raw_direct;
             direct_ratio_sum += s.rate / raw_direct;
+            settle_disk();
+            let raw_ahead = raw_group_commit_direct(&d, round_bytes, slice / 2, true)
+                .map_or(f64::NAN, |r| r * k * per_batch as f64);
+            ahead_sum += raw_ahead;
+            ahead_ratio_sum += s.rate / raw_ahead;
             n += s.rate * slice.as_secs_f64();
             t += slice.as_secs_f64();
             f += s.fsyncs;
@@ -361,6 +387,8 @@ fn point(
         ratios.push(ratio_sum / f64::from(SLICES));
         direct.push(direct_sum / f64::from(SLICES));
         direct_ratios.push(direct_ratio_sum / f64::from(SLICES));
+        ahead.push(ahead_sum / f64::from(SLICES));
+        ahead_ratios.push(ahead_ratio_sum / f64::from(SLICES));
     }
     let rate = median(ours);
     let best = median(best);
@@ -371,12 +399,13 @@ fn point(
         (n, Mode::Tasks) => format!("append, batches of {n}, tokio tasks (2 workers)"),
     };
     let tier_s = if tier == Durability::T1 { "T1" } else { "T2" };
-    let (k_s, fair_s, fair_ratio, best_s, direct_s) = if tier == Durability::T1 {
+    let (k_s, fair_s, fair_ratio, best_s, direct_s, ahead_s) = if tier == Durability::T1 {
         (
             "-".to_string(),
             format!("{best:.0} rec/s (pwrite {bytes} B)"),
             format!("{:.0}%", 100.0 * rate / best),
             "same".to_string(),
+            "-".to_string(),
             "-".to_string(),
         )
     } else {
@@ -399,10 +428,15 @@ fn point(
                 median(direct),
                 100.0 * median(direct_ratios)
             ),
+            format!(
+                "{:.0} rec/s: {:.0}%",
+                median(ahead),
+                100.0 * median(ahead_ratios)
+            ),
         )
     };
     println!(
-        "| {label} | {tier_s} | {size} B | {writers} | {rate:.0} | {:.1} | {k_s} | {fair_s} | {fair_ratio} | {best_s} | {direct_s} | {:.0} | {:.1} |",
+        "| {label} | {tier_s} | {size} B | {writers} | {rate:.0} | {:.1} | {k_s} | {fair_s} | {fair_ratio} | {best_s} | {direct_s} | {ahead_s} | {:.0} | {:.1} |",
         rate * size as f64 / 1e6,
         median(fsyncs),
         median(cpu),
@@ -449,8 +483,8 @@ fn main() {
         dir.display()
     );
     println!();
-    println!("| test | tier | record | writers | records/s | MB/s | appends per fsync | raw, same bytes in that batch size | ratio | raw best: ratio | raw O_DIRECT, same batch size: ratio | fsyncs | CPU µs/record |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| test | tier | record | writers | records/s | MB/s | appends per fsync | raw, same bytes in that batch size | ratio | raw best: ratio | raw O_DIRECT, same batch size: ratio | raw O_DIRECT with zeros ahead: ratio | fsyncs | CPU µs/record |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let secs = 2.0;
     let only: Vec<String> = std::env::var("FERRYMQ_BENCH_ONLY")
         .map(|s| s.split(',').map(str::to_string).collect())

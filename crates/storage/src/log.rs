@@ -18,7 +18,7 @@ use crate::metrics::Counters;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
 use crate::storage::Ctx;
 use crate::sync::{lock, Commit, IntervalSync, LogHealth, WriteBehind};
-use crate::vfs::{sync_dir, FileIo, DIRECT_ALIGN, DIRECT_ZERO_AHEAD_MAX};
+use crate::vfs::{direct_zero_ahead, sync_dir, FileIo, DIRECT_ALIGN};
 use crate::{Durability, Result, StorageError};
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
@@ -121,12 +121,11 @@ struct Active {
 /// block boundary.
 ///
 /// A small write that reaches past the end of the file also writes zeros ahead of the data
-/// (16 times its size, 64 KiB to [`DIRECT_ZERO_AHEAD_MAX`]): the writes after it then land on
+/// ([`direct_zero_ahead`]; never past the segment's roll size): the writes after it land on
 /// blocks the file already has, and their `fdatasync` only flushes the device, without a
 /// journal commit for a new file size and new blocks. On this project's test machines that
 /// takes a round of 4-64 KiB from 190-290 µs to 105-160 µs (docs/benchmarks.md). Large
-/// writes (above [`ZERO_AHEAD_WRITE_MAX`]) append plainly: their transfer, not the fsync's
-/// fixed cost, dominates, and writing the zeros would double it.
+/// writes append plainly.
 ///
 /// The file is thus longer than its data while it is the active segment; a roll, `sync` and
 /// closing cut it back, and recovery drops zeros left at the end by a crash as the padding
@@ -138,18 +137,6 @@ struct Direct {
     head: Vec<u8>,
     /// The file's size: the end of the data, its padding and the zeros written ahead.
     file_end: u64,
-}
-
-/// The largest direct write (padding included) that writes zeros ahead of the data.
-const ZERO_AHEAD_WRITE_MAX: usize = 96 << 10;
-
-/// How many zeros a direct write of `padded` bytes that extends the file writes ahead.
-fn zero_ahead(padded: usize) -> usize {
-    if padded > ZERO_AHEAD_WRITE_MAX {
-        0
-    } else {
-        (padded * 16).clamp(64 << 10, DIRECT_ZERO_AHEAD_MAX)
-    }
 }
 
 thread_local! {
@@ -199,7 +186,7 @@ impl Direct {
         let end = start + padded as u64;
         let ahead = if end > self.file_end {
             let room = segment_bytes.saturating_sub(end) as usize;
-            zero_ahead(padded).min(room - room % DIRECT_ALIGN)
+            direct_zero_ahead(padded).min(room - room % DIRECT_ALIGN)
         } else {
             0
         };
@@ -2204,7 +2191,7 @@ mod tests {
         // Small writes put 64 KiB to 1 MiB of zeros ahead of the data.
         assert!(
             on_file - size > (64 << 10) - DIRECT_ALIGN as u64
-                && on_file - size <= (DIRECT_ALIGN + DIRECT_ZERO_AHEAD_MAX) as u64,
+                && on_file - size <= (DIRECT_ALIGN + crate::vfs::DIRECT_ZERO_AHEAD_MAX) as u64,
             "{on_file} {size}"
         );
         let bytes = fs::read(seg(&a)).unwrap();
@@ -2580,7 +2567,8 @@ mod tests {
         let on_file = std::fs::metadata(&seg).unwrap().len();
         let size = log.size_bytes();
         assert!(
-            on_file >= size && on_file - size <= (DIRECT_ALIGN + DIRECT_ZERO_AHEAD_MAX) as u64,
+            on_file >= size
+                && on_file - size <= (DIRECT_ALIGN + crate::vfs::DIRECT_ZERO_AHEAD_MAX) as u64,
             "{on_file} {size}"
         );
         log.sync().unwrap();

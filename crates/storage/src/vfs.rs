@@ -92,6 +92,21 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// the preallocation it is.
 pub const DIRECT_ZERO_AHEAD_MAX: usize = 1 << 20;
 
+/// The largest direct write (padding included) that writes zeros ahead of its data.
+pub const DIRECT_ZERO_AHEAD_WRITE_MAX: usize = 96 << 10;
+
+/// How many zeros a direct write of `padded` bytes that extends its file writes after its
+/// data: 16 times its size, 64 KiB to [`DIRECT_ZERO_AHEAD_MAX`], for writes up to
+/// [`DIRECT_ZERO_AHEAD_WRITE_MAX`]; none for larger ones, whose transfer (not the fsync's
+/// fixed cost) dominates and would double.
+pub fn direct_zero_ahead(padded: usize) -> usize {
+    if padded > DIRECT_ZERO_AHEAD_WRITE_MAX {
+        0
+    } else {
+        (padded * 16).clamp(64 << 10, DIRECT_ZERO_AHEAD_MAX)
+    }
+}
+
 /// Opens data files. Directory operations (create, list, rename, remove, fsync of a
 /// directory) go straight to `std::fs`.
 pub trait Vfs: Send + Sync + fmt::Debug {
@@ -328,5 +343,20 @@ mod tests {
         assert_eq!(&buf[..], b"ab");
         f.read_exact_into(&mut buf, 4, 6).unwrap();
         assert_eq!(&buf[..], b"ab6789");
+    }
+
+    #[test]
+    fn zeros_ahead_scale_with_small_writes_and_stop_at_large_ones() {
+        assert_eq!(direct_zero_ahead(DIRECT_ALIGN), 64 << 10);
+        assert_eq!(direct_zero_ahead(16 << 10), 256 << 10);
+        assert_eq!(direct_zero_ahead(64 << 10), DIRECT_ZERO_AHEAD_MAX);
+        assert_eq!(
+            direct_zero_ahead(DIRECT_ZERO_AHEAD_WRITE_MAX),
+            DIRECT_ZERO_AHEAD_MAX
+        );
+        assert_eq!(
+            direct_zero_ahead(DIRECT_ZERO_AHEAD_WRITE_MAX + DIRECT_ALIGN),
+            0
+        );
     }
 }
