@@ -121,9 +121,11 @@ struct Active {
 /// block boundary.
 ///
 /// A small write that reaches past the end of the file also writes zeros ahead of the data
-/// ([`direct_zero_ahead`]; never past the segment's roll size): the writes after it land on
-/// blocks the file already has, and their `fdatasync` only flushes the device, without a
-/// journal commit for a new file size and new blocks. On this project's test machines that
+/// ([`direct_zero_ahead`]; never past the segment's roll size; only in a group-commit round's
+/// write, which an `fdatasync` follows): the writes after it land on
+/// blocks the file already has, and their `fdatasync` only flushes the device instead of
+/// also making a new file size and new blocks durable (a journal commit, or synchronous
+/// metadata writes on a file system without a journal). On this project's test machines that
 /// takes a round of 4-64 KiB from 190-290 µs to 105-160 µs (docs/benchmarks.md). Large
 /// writes append plainly.
 ///
@@ -172,9 +174,9 @@ impl Direct {
         })))
     }
 
-    /// Writes `data` at `pos` (the end of the data on the file), in a segment that rolls at
-    /// `segment_bytes` (no zeros are written ahead beyond it).
-    fn write(&mut self, data: &[u8], pos: u64, segment_bytes: u64) -> std::io::Result<()> {
+    /// Writes `data` at `pos` (the end of the data on the file); zeros written ahead, if any,
+    /// end at or before `zeros_until` (the segment's roll size; 0 for none).
+    fn write(&mut self, data: &[u8], pos: u64, zeros_until: u64) -> std::io::Result<()> {
         let start = pos - self.head.len() as u64;
         debug_assert_eq!(
             start % DIRECT_ALIGN as u64,
@@ -185,7 +187,7 @@ impl Direct {
         let padded = n.next_multiple_of(DIRECT_ALIGN);
         let end = start + padded as u64;
         let ahead = if end > self.file_end {
-            let room = segment_bytes.saturating_sub(end) as usize;
+            let room = zeros_until.saturating_sub(end) as usize;
             direct_zero_ahead(padded).min(room - room % DIRECT_ALIGN)
         } else {
             0
@@ -222,17 +224,17 @@ impl Direct {
     }
 }
 
-/// Writes `data` at `pos`, the end of the data of the active segment (which rolls at
-/// `segment_bytes`): directly when `direct`.
+/// Writes `data` at `pos`, the end of the data of the active segment: directly when
+/// `direct`, with zeros ahead up to at most `zeros_until` (see [`Direct::write`]).
 fn write_data(
     file: &dyn FileIo,
     direct: Option<&mut Direct>,
     data: &[u8],
     pos: u64,
-    segment_bytes: u64,
+    zeros_until: u64,
 ) -> std::io::Result<()> {
     match direct {
-        Some(d) => d.write(data, pos, segment_bytes),
+        Some(d) => d.write(data, pos, zeros_until),
         None => file.write_all_at(data, pos),
     }
 }
@@ -899,7 +901,9 @@ impl Log {
                 a.direct.as_deref_mut(),
                 &st.pending,
                 a.written,
-                self.segment_bytes.load(Ordering::Relaxed),
+                // No zeros ahead: this write is not a round's (whose fsync they speed up),
+                // but a reader's, a roll's, `sync`'s or `Drop`'s.
+                0,
             ) {
                 let (pos, from, base) = (a.written, a.entries_written, st.pending_base);
                 return Err(self.pending_write_failed(st, pos, from, base, e));
@@ -2054,6 +2058,49 @@ mod tests {
         assert_eq!(all(&log), expect);
         drop(log);
         assert_eq!(on_file(), size, "closing cuts the padding");
+    }
+
+    #[test]
+    fn only_a_rounds_write_puts_zeros_ahead_not_a_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            segment_bytes: 16 << 20,
+            ..cfg()
+        };
+        let s = Storage::open(dir.path(), config).unwrap();
+        let opts = || LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        // A reader (here the test, as `snapshot` does) writes the pending batch before the
+        // sync thread's round gets to it: the first write of a fresh log, so nothing is ahead
+        // yet. The race is usually ours (the sync thread has to wake up); only won attempts
+        // count, and some must be won.
+        let mut won = 0;
+        for i in 0..50 {
+            let log = s.open_log("logs", &format!("r{i}"), opts()).unwrap();
+            let seg = dir
+                .path()
+                .join(format!("logs/r{i}"))
+                .join(format!("{:020}.seg", 0));
+            let a = log.append(&recs(2, i), 0).unwrap();
+            {
+                let mut st = log.idle(lock(&log.state));
+                if !st.pending.is_empty() {
+                    log.write_pending_locked(&mut st).unwrap();
+                    won += 1;
+                    let size = st.active.written;
+                    assert_eq!(
+                        fs::metadata(&seg).unwrap().len(),
+                        size.next_multiple_of(DIRECT_ALIGN as u64),
+                        "a reader's write puts no zeros ahead"
+                    );
+                }
+            }
+            a.commit.wait().unwrap();
+            assert_eq!(all(&log).len(), 2);
+        }
+        assert!(won > 0, "the sync thread won every race");
     }
 
     #[test]
