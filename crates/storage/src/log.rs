@@ -18,7 +18,7 @@ use crate::metrics::Counters;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
 use crate::storage::Ctx;
 use crate::sync::{lock, Commit, IntervalSync, LogHealth, WriteBehind};
-use crate::vfs::{direct_zero_ahead, sync_dir, FileIo, DIRECT_ALIGN};
+use crate::vfs::{direct_zero_ahead, sync_dir, FileIo, DIRECT_ALIGN, DIRECT_ZERO_AHEAD_MAX};
 use crate::{Durability, Result, StorageError};
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
@@ -139,6 +139,8 @@ struct Direct {
     head: Vec<u8>,
     /// The file's size: the end of the data, its padding and the zeros written ahead.
     file_end: u64,
+    /// The disk had no room for zeros ahead: none until the next segment (or reopen).
+    zeros_off: bool,
 }
 
 thread_local! {
@@ -171,6 +173,7 @@ impl Direct {
             file: d,
             head,
             file_end,
+            zeros_off: false,
         })))
     }
 
@@ -186,7 +189,7 @@ impl Direct {
         let n = self.head.len() + data.len();
         let padded = n.next_multiple_of(DIRECT_ALIGN);
         let end = start + padded as u64;
-        let ahead = if end > self.file_end {
+        let ahead = if end > self.file_end && !self.zeros_off {
             let room = zeros_until.saturating_sub(end) as usize;
             direct_zero_ahead(padded).min(room - room % DIRECT_ALIGN)
         } else {
@@ -204,11 +207,18 @@ impl Direct {
             buf[n..].fill(0);
             let mut r = self.file.write_all_at(buf, start);
             let mut file_end = end + ahead as u64;
-            if r.is_err() && ahead > 0 {
+            if ahead > 0 && r.as_ref().is_err_and(is_out_of_space) {
                 // The zeros are an optimisation: a disk too full for them may still take the
-                // data. What a failed write did write of them is left to a trim or recovery.
+                // data. Whatever part of them was written is cut off again (it would take the
+                // space other logs need), and no more are tried in this segment.
+                self.zeros_off = true;
                 r = self.file.write_all_at(&buf[..padded], start);
-                file_end = self.file.size().unwrap_or(file_end);
+                if r.is_ok() {
+                    file_end = match self.file.set_len(end) {
+                        Ok(()) => end,
+                        Err(_) => self.file.size().unwrap_or(file_end).max(end),
+                    };
+                }
             }
             if r.is_ok() {
                 let tail = n % DIRECT_ALIGN;
@@ -222,6 +232,14 @@ impl Direct {
             r
         })
     }
+}
+
+/// Whether `e` is a failure for want of space (the file system's, a quota's or the file size limit).
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+    )
 }
 
 /// Writes `data` at `pos`, the end of the data of the active segment: directly when
@@ -409,12 +427,20 @@ impl Log {
             }
         }
         let paths = SegPaths::new(&dir, active_base);
+        // Zeros a crash may leave after the data: a block's padding, and the zeros ahead of a
+        // log that writes directly.
+        let zeros_max = if durability == Durability::T2 && cfg.direct_writes {
+            (DIRECT_ALIGN + DIRECT_ZERO_AHEAD_MAX) as u64
+        } else {
+            DIRECT_ALIGN as u64
+        };
         let r = segment::recover_active(
             ctx.vfs.as_ref(),
             &paths,
             active_base,
             cfg.index_interval_bytes,
             cfg.batch_bytes_max,
+            zeros_max,
             &ctx.counters,
         )?;
         let direct = if durability == Durability::T2 && cfg.direct_writes {
@@ -1827,15 +1853,15 @@ mod tests {
     }
 
     /// Files that count the `fdatasync`s made on one thread (the test's, which appends), and
-    /// the writes through direct handles made on it; direct writes longer than
-    /// `direct_write_max` fail with ENOSPC (a disk with no room for them).
+    /// the writes through direct handles made on it; direct writes stop at the file position
+    /// `direct_end_max` with ENOSPC (a disk with no room beyond it), after writing what fits.
     #[derive(Debug)]
     struct SyncWatch {
         thread: std::thread::ThreadId,
         on_thread: AtomicU64,
         elsewhere: AtomicU64,
         direct_on_thread: AtomicU64,
-        direct_write_max: AtomicU64,
+        direct_end_max: AtomicU64,
     }
 
     impl SyncWatch {
@@ -1846,7 +1872,7 @@ mod tests {
                 on_thread: AtomicU64::new(0),
                 elsewhere: AtomicU64::new(0),
                 direct_on_thread: AtomicU64::new(0),
-                direct_write_max: AtomicU64::new(u64::MAX),
+                direct_end_max: AtomicU64::new(u64::MAX),
             })
         }
     }
@@ -1893,9 +1919,13 @@ mod tests {
             if self.direct && std::thread::current().id() == self.watch.thread {
                 self.watch.direct_on_thread.fetch_add(1, Ordering::SeqCst);
             }
-            if self.direct && buf.len() as u64 > self.watch.direct_write_max.load(Ordering::SeqCst)
-            {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            let end_max = self.watch.direct_end_max.load(Ordering::SeqCst);
+            if self.direct && pos + buf.len() as u64 > end_max {
+                let fits = end_max.saturating_sub(pos) as usize;
+                if fits == 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                return self.inner.write_at(&buf[..fits], pos);
             }
             self.inner.write_at(buf, pos)
         }
@@ -2026,6 +2056,7 @@ mod tests {
             segment_bytes: None,
         };
         let log = s.open_log("logs", "z", opts).unwrap();
+        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
         let seg = dir.path().join("logs/z").join(format!("{:020}.seg", 0));
         let on_file = || fs::metadata(&seg).unwrap().len();
         let mut expect = Vec::new();
@@ -2055,9 +2086,15 @@ mod tests {
         append(vec![Bytes::from(vec![5u8; 3 << 20])]);
         let size = log.size_bytes();
         assert_eq!(on_file(), size.next_multiple_of(DIRECT_ALIGN as u64));
+        // A roll right after a round that put zeros ahead: the sealed segment ends at its data.
+        append(vec![Bytes::from(vec![6u8; 5000])]);
+        let size = log.size_bytes();
+        assert!(on_file() >= size + (64 << 10));
+        log.set_segment_bytes(4096).unwrap();
+        append(recs(1, 8));
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(on_file(), size, "the roll cut the zeros");
         assert_eq!(all(&log), expect);
-        drop(log);
-        assert_eq!(on_file(), size, "closing cuts the padding");
     }
 
     #[test]
@@ -2068,39 +2105,35 @@ mod tests {
             ..cfg()
         };
         let s = Storage::open(dir.path(), config).unwrap();
-        let opts = || LogOptions {
+        let opts = LogOptions {
             durability: Some(Durability::T2),
             segment_bytes: None,
         };
-        // A reader (here the test, as `snapshot` does) writes the pending batch before the
-        // sync thread's round gets to it: the first write of a fresh log, so nothing is ahead
-        // yet. The race is usually ours (the sync thread has to wake up); only won attempts
-        // count, and some must be won.
-        let mut won = 0;
-        for i in 0..50 {
-            let log = s.open_log("logs", &format!("r{i}"), opts()).unwrap();
-            let seg = dir
-                .path()
-                .join(format!("logs/r{i}"))
-                .join(format!("{:020}.seg", 0));
-            let a = log.append(&recs(2, i), 0).unwrap();
-            {
-                let mut st = log.idle(lock(&log.state));
-                if !st.pending.is_empty() {
-                    log.write_pending_locked(&mut st).unwrap();
-                    won += 1;
-                    let size = st.active.written;
-                    assert_eq!(
-                        fs::metadata(&seg).unwrap().len(),
-                        size.next_multiple_of(DIRECT_ALIGN as u64),
-                        "a reader's write puts no zeros ahead"
-                    );
-                }
-            }
-            a.commit.wait().unwrap();
-            assert_eq!(all(&log).len(), 2);
+        let log = s.open_log("logs", "r", opts).unwrap();
+        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        let seg = dir.path().join("logs/r").join(format!("{:020}.seg", 0));
+        // The sync thread's round starts with `finish_roll`: holding the roll job keeps the
+        // round from writing, so the reader (the test, as `snapshot` does) writes first.
+        let held = lock(&log.roll_job);
+        let a = log.append(&recs(2, 1), 0).unwrap();
+        {
+            let mut st = log.idle(lock(&log.state));
+            assert!(!st.pending.is_empty());
+            log.write_pending_locked(&mut st).unwrap();
+            let size = st.active.written;
+            assert_eq!(
+                fs::metadata(&seg).unwrap().len(),
+                size.next_multiple_of(DIRECT_ALIGN as u64),
+                "a reader's write puts no zeros ahead"
+            );
         }
-        assert!(won > 0, "the sync thread won every race");
+        drop(held);
+        a.commit.wait().unwrap();
+        // The round's own write, past the file's end, does.
+        let b = log.append(&[Bytes::from(vec![3u8; 5000])], 0).unwrap();
+        b.commit.wait().unwrap();
+        assert!(fs::metadata(&seg).unwrap().len() >= log.size_bytes() + (64 << 10));
+        assert_eq!(all(&log).len(), 3);
     }
 
     #[test]
@@ -2108,41 +2141,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let watch = SyncWatch::here();
         let vfs = Arc::new(WatchedVfs(watch.clone()));
-        let s = Storage::open_with_vfs(dir.path(), cfg(), vfs).unwrap();
-        let opts = LogOptions {
+        let config = StorageConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        };
+        let s = Storage::open_with_vfs(dir.path(), config.clone(), vfs).unwrap();
+        let opts = || LogOptions {
             durability: Some(Durability::T2),
             segment_bytes: None,
         };
-        let log = s.open_log("logs", "full", opts).unwrap();
-        log.set_segment_bytes(1 << 20).unwrap();
+        let log = s.open_log("logs", "full", opts()).unwrap();
+        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
         let seg = dir.path().join("logs/full").join(format!("{:020}.seg", 0));
-        // Room for a few blocks per write, not for 64 KiB of zeros after them.
-        watch.direct_write_max.store(32 << 10, Ordering::SeqCst);
+        let on_file = || fs::metadata(&seg).unwrap().len();
+        // Room for 32 KiB of the segment: the first round's zeros get part of the way.
+        watch.direct_end_max.store(32 << 10, Ordering::SeqCst);
         let mut expect = Vec::new();
-        for i in 0..5u64 {
-            let r = recs(3, i);
+        let mut append = |r: Vec<Bytes>| {
             let c = log.append(&r, 0).unwrap();
             c.commit.wait().unwrap();
-            expect.extend(
-                r.into_iter()
-                    .enumerate()
-                    .map(|(j, b)| (i * 3 + j as u64, b)),
-            );
+            let base = c.base_offset;
+            expect.extend(r.into_iter().enumerate().map(|(j, b)| (base + j as u64, b)));
+        };
+        append(recs(3, 0));
+        let size = log.size_bytes();
+        assert_eq!(
+            on_file(),
+            size.next_multiple_of(DIRECT_ALIGN as u64),
+            "the zeros written before the disk filled up are cut off again"
+        );
+        // The disk has room again, but this segment tries no more zeros; its rounds past the
+        // last block still go through, without any.
+        watch.direct_end_max.store(u64::MAX, Ordering::SeqCst);
+        for i in 1..4u64 {
+            append(vec![Bytes::from(vec![i as u8; 5000])]);
             let size = log.size_bytes();
-            assert_eq!(
-                fs::metadata(&seg).unwrap().len(),
-                size.next_multiple_of(DIRECT_ALIGN as u64),
-                "no zeros ahead"
-            );
+            assert_eq!(on_file(), size.next_multiple_of(DIRECT_ALIGN as u64));
         }
         assert_eq!(all(&log), expect);
         assert!(!log.health.is_failed());
         assert_eq!(s.metrics().append_errors, 0);
-        // With room again, the next write past the file's end puts zeros ahead once more.
-        watch.direct_write_max.store(u64::MAX, Ordering::SeqCst);
+        let size = log.size_bytes();
+        drop(log);
+        assert_eq!(on_file(), size, "closing cuts the padding");
+        drop(s);
+        // Reopened, the data is all there, and a new round puts zeros ahead again.
+        let s = Storage::open(dir.path(), config).unwrap();
+        let log = s.open_log("logs", "full", opts()).unwrap();
+        assert_eq!(all(&log), expect);
+        assert_eq!(s.metrics().truncated_tail_bytes, 0);
         let c = log.append(&[Bytes::from(vec![9u8; 5000])], 0).unwrap();
         c.commit.wait().unwrap();
-        assert!(fs::metadata(&seg).unwrap().len() >= log.size_bytes() + (64 << 10));
+        assert!(on_file() >= log.size_bytes() + (64 << 10));
     }
 
     #[test]
@@ -2191,6 +2241,71 @@ mod tests {
             "a torn tail, not padding"
         );
         assert_eq!(s.metrics().corrupt_batches_total, 0);
+    }
+
+    #[test]
+    fn recovery_counts_longer_zeros_as_torn_and_keeps_batches_after_a_corrupt_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let opts = || LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let s = Storage::open(&a, cfg()).unwrap();
+        let log = s.open_log("logs", "t", opts()).unwrap();
+        log.set_segment_bytes(4 << 20).unwrap();
+        let mut expect = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..6u64 {
+            let r = vec![Bytes::from(vec![i as u8 + 1; 3000])];
+            let c = log.append(&r, 0).unwrap();
+            c.commit.wait().unwrap();
+            expect.push((i, r[0].clone()));
+            ends.push(log.size_bytes());
+        }
+        let size = log.size_bytes();
+        let seg = |root: &Path| root.join("logs/t").join(format!("{:020}.seg", 0));
+        let image = |name: &str, edit: &dyn Fn(&mut Vec<u8>)| -> PathBuf {
+            let b = dir.path().join(name);
+            fs::create_dir_all(b.join("logs/t")).unwrap();
+            for f in fs::read_dir(a.join("logs/t")).unwrap() {
+                let f = f.unwrap().path();
+                fs::copy(&f, b.join("logs/t").join(f.file_name().unwrap())).unwrap();
+            }
+            let mut bytes = fs::read(seg(&b)).unwrap();
+            edit(&mut bytes);
+            fs::write(seg(&b), &bytes).unwrap();
+            // No index: recovery scans the whole segment.
+            fs::remove_file(b.join("logs/t").join(format!("{:020}.idx", 0))).unwrap();
+            b
+        };
+        // More zeros than direct writes ever put ahead: not theirs, so counted as torn.
+        let long = image("long", &|b| b.resize(size as usize + (3 << 20), 0));
+        // A batch in the middle damaged, the zeros ahead after the last one: the batches after
+        // the damaged one are kept (the resync finds them before the zeros), the zeros cut.
+        let third = ends[1] as usize + 40;
+        let mid = image("mid", &|b| b[third] ^= 0xff);
+        drop(log);
+        drop(s);
+        let s = Storage::open(&long, cfg()).unwrap();
+        let log = s.open_log("logs", "t", opts()).unwrap();
+        assert_eq!(all(&log), expect);
+        assert_eq!(s.metrics().truncated_tail_bytes, 3 << 20);
+        drop(log);
+        drop(s);
+        let s = Storage::open(&mid, cfg()).unwrap();
+        let log = s.open_log("logs", "t", opts()).unwrap();
+        let mut want = expect.clone();
+        want.remove(2);
+        assert_eq!(all(&log), want);
+        // Counted by recovery, and again by the read that skips it.
+        assert!(s.metrics().corrupt_batches_total >= 1);
+        assert_eq!(
+            s.metrics().truncated_tail_bytes,
+            0,
+            "zeros ahead are no torn tail"
+        );
+        assert_eq!(fs::metadata(seg(&mid)).unwrap().len(), size);
     }
 
     #[test]

@@ -9,13 +9,15 @@ use crate::format::{
     self, BatchHeader, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
 };
 use crate::metrics::Counters;
-use crate::vfs::{FileIo, Vfs, DIRECT_ALIGN, DIRECT_ZERO_AHEAD_MAX};
+use crate::vfs::{FileIo, Vfs, DIRECT_ALIGN};
 use crate::Result;
 
 /// Read window of the scanner.
 const SCAN_WINDOW_BYTES: usize = 1 << 20;
 
 /// Read size when checking that a region is all zeros.
+///
+/// (The zeros direct writes put ahead are at most `vfs::DIRECT_ZERO_AHEAD_MAX`.)
 const ZERO_CHECK_CHUNK: usize = 64 << 10;
 
 /// File names of one segment.
@@ -67,6 +69,8 @@ pub(crate) struct Scanner<'a> {
     batch_max: u32,
     start: u64,
     data: Vec<u8>,
+    /// `last_nonzero` of the whole file, once computed (the limit does not change).
+    last_nonzero: Option<Option<u64>>,
 }
 
 impl<'a> Scanner<'a> {
@@ -77,6 +81,7 @@ impl<'a> Scanner<'a> {
             batch_max,
             start: 0,
             data: Vec::new(),
+            last_nonzero: None,
         }
     }
 
@@ -118,12 +123,12 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// The position of the last non-zero byte in `from..limit`, if any.
-    fn last_nonzero(&self, from: u64) -> std::io::Result<Option<u64>> {
+    /// The position of the last non-zero byte before `limit`, if any.
+    fn find_last_nonzero(&self) -> std::io::Result<Option<u64>> {
         let mut b = vec![0u8; ZERO_CHECK_CHUNK];
         let mut end = self.limit;
-        while end > from {
-            let n = ((end - from) as usize).min(ZERO_CHECK_CHUNK);
+        while end > 0 {
+            let n = (end as usize).min(ZERO_CHECK_CHUNK);
             let at = end - n as u64;
             self.file.read_exact_at(&mut b[..n], at)?;
             if let Some(i) = b[..n].iter().rposition(|&x| x != 0) {
@@ -149,7 +154,11 @@ impl<'a> Scanner<'a> {
         }
         // No batch starts in the zeros at the end (direct writes' padding and preallocation,
         // or blocks a crash left unwritten): its length is never zero.
-        let Some(last) = self.last_nonzero(pos + 1)? else {
+        let last = match self.last_nonzero {
+            Some(l) => l,
+            None => *self.last_nonzero.insert(self.find_last_nonzero()?),
+        };
+        let Some(last) = last.filter(|&l| l > pos) else {
             return Ok(None);
         };
         let mut q = pos + 1;
@@ -363,13 +372,16 @@ pub(crate) struct ActiveRecovery {
 
 /// Recovers the active segment: validates from the last index entry whose batch verifies
 /// (so the work is proportional to the unindexed tail), skips corrupt batches that have
-/// valid data after them, truncates a torn tail, and brings the index files up to date.
+/// valid data after them, truncates a torn tail, and brings the index files up to date. A
+/// tail of zeros that ends on a block boundary and is shorter than `zeros_max` is cut as the
+/// padding (and zeros ahead) of direct writes, without counting it as torn.
 pub(crate) fn recover_active(
     vfs: &dyn Vfs,
     paths: &SegPaths,
     base: u64,
     interval: u32,
     batch_max: u32,
+    zeros_max: u64,
     counters: &Counters,
 ) -> Result<ActiveRecovery> {
     let file = vfs.open(&paths.seg, true).at(&paths.seg)?;
@@ -425,7 +437,7 @@ pub(crate) fn recover_active(
     }
     let appended: Vec<IndexEntry> = fresh.collect();
     if let Some(t) = r.torn_at {
-        if is_direct_padding(file.as_ref(), t, size).at(&paths.seg)? {
+        if is_direct_padding(file.as_ref(), t, size, zeros_max).at(&paths.seg)? {
             // Zeros up to a block boundary: what direct writes pad the data with.
             tracing::debug!(file = %paths.seg.display(), position = t, bytes = size - t,
                 "direct-write padding cut");
@@ -456,10 +468,15 @@ pub(crate) fn recover_active(
 }
 
 /// Whether `from..size` is what direct writes leave after the data: zeros up to a block
-/// boundary, and at most [`DIRECT_ZERO_AHEAD_MAX`] more written ahead of it.
-fn is_direct_padding(file: &dyn FileIo, from: u64, size: u64) -> std::io::Result<bool> {
-    let align = DIRECT_ALIGN as u64;
-    if !size.is_multiple_of(align) || size - from >= align + DIRECT_ZERO_AHEAD_MAX as u64 {
+/// boundary, shorter than `zeros_max` (a block, plus [`DIRECT_ZERO_AHEAD_MAX`] for a log that
+/// writes zeros ahead).
+fn is_direct_padding(
+    file: &dyn FileIo,
+    from: u64,
+    size: u64,
+    zeros_max: u64,
+) -> std::io::Result<bool> {
+    if !size.is_multiple_of(DIRECT_ALIGN as u64) || size - from >= zeros_max {
         return Ok(false);
     }
     let mut b = vec![0u8; ((size - from) as usize).min(ZERO_CHECK_CHUNK)];
