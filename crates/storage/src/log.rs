@@ -1880,6 +1880,29 @@ mod tests {
     #[derive(Debug)]
     struct WatchedVfs(Arc<SyncWatch>);
 
+    /// A T2 log `name` that writes directly, in a storage of `segment_bytes` segments on a
+    /// `WatchedVfs` watching the calling thread.
+    fn watched_direct_log(
+        dir: &Path,
+        segment_bytes: u64,
+        name: &str,
+    ) -> (Arc<SyncWatch>, Arc<Storage>, Arc<Log>) {
+        let watch = SyncWatch::here();
+        let vfs = Arc::new(WatchedVfs(watch.clone()));
+        let config = StorageConfig {
+            segment_bytes,
+            ..cfg()
+        };
+        let s = Storage::open_with_vfs(dir, config, vfs).unwrap();
+        let opts = LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let log = s.open_log("logs", name, opts).unwrap();
+        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        (watch, s, log)
+    }
+
     /// A watched file; `direct` for a direct-write handle.
     #[derive(Debug)]
     struct WatchedFile {
@@ -2015,19 +2038,7 @@ mod tests {
     #[test]
     fn with_direct_writes_a_large_append_leaves_the_write_to_the_round() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = SyncWatch::here();
-        let vfs = Arc::new(WatchedVfs(watch.clone()));
-        let config = StorageConfig {
-            segment_bytes: 16 << 20,
-            ..cfg()
-        };
-        let s = Storage::open_with_vfs(dir.path(), config, vfs).unwrap();
-        let opts = LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
-        let log = s.open_log("logs", "big", opts).unwrap();
-        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        let (watch, _s, log) = watched_direct_log(dir.path(), 16 << 20, "big");
         let big = Bytes::from(vec![7u8; 2 * EAGER_WRITE_BYTES]);
         for i in 0..4 {
             let a = log.append(std::slice::from_ref(&big), i).unwrap();
@@ -2044,19 +2055,7 @@ mod tests {
     #[test]
     fn small_direct_writes_land_on_zeros_written_ahead_and_large_ones_append() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = SyncWatch::here();
-        let vfs = Arc::new(WatchedVfs(watch.clone()));
-        let config = StorageConfig {
-            segment_bytes: 16 << 20,
-            ..cfg()
-        };
-        let s = Storage::open_with_vfs(dir.path(), config, vfs).unwrap();
-        let opts = LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
-        let log = s.open_log("logs", "z", opts).unwrap();
-        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        let (_watch, _s, log) = watched_direct_log(dir.path(), 16 << 20, "z");
         let seg = dir.path().join("logs/z").join(format!("{:020}.seg", 0));
         let on_file = || fs::metadata(&seg).unwrap().len();
         let mut expect = Vec::new();
@@ -2139,19 +2138,7 @@ mod tests {
     #[test]
     fn a_disk_without_room_for_the_zeros_ahead_still_takes_the_data() {
         let dir = tempfile::tempdir().unwrap();
-        let watch = SyncWatch::here();
-        let vfs = Arc::new(WatchedVfs(watch.clone()));
-        let config = StorageConfig {
-            segment_bytes: 1 << 20,
-            ..cfg()
-        };
-        let s = Storage::open_with_vfs(dir.path(), config.clone(), vfs).unwrap();
-        let opts = || LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
-        let log = s.open_log("logs", "full", opts()).unwrap();
-        assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
+        let (watch, s, log) = watched_direct_log(dir.path(), 1 << 20, "full");
         let seg = dir.path().join("logs/full").join(format!("{:020}.seg", 0));
         let on_file = || fs::metadata(&seg).unwrap().len();
         // Room for 32 KiB of the segment: the first round's zeros get part of the way.
@@ -2186,8 +2173,16 @@ mod tests {
         assert_eq!(on_file(), size, "closing cuts the padding");
         drop(s);
         // Reopened, the data is all there, and a new round puts zeros ahead again.
+        let config = StorageConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        };
         let s = Storage::open(dir.path(), config).unwrap();
-        let log = s.open_log("logs", "full", opts()).unwrap();
+        let opts = LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        };
+        let log = s.open_log("logs", "full", opts).unwrap();
         assert_eq!(all(&log), expect);
         assert_eq!(s.metrics().truncated_tail_bytes, 0);
         let c = log.append(&[Bytes::from(vec![9u8; 5000])], 0).unwrap();
