@@ -1970,6 +1970,15 @@ mod tests {
         }
     }
 
+    /// Copies a log directory's files as they are now, as a crash would leave them.
+    fn crash_image(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for f in fs::read_dir(from).unwrap() {
+            let f = f.unwrap().path();
+            fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+
     fn file_names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = walk(dir)
             .into_iter()
@@ -2216,11 +2225,7 @@ mod tests {
         let seg = |root: &Path| root.join("logs/t").join(format!("{:020}.seg", 0));
         // A crash image in which the next write was torn: half a batch's worth of bytes
         // after the data, then the zeros written ahead.
-        fs::create_dir_all(b.join("logs/t")).unwrap();
-        for f in fs::read_dir(a.join("logs/t")).unwrap() {
-            let f = f.unwrap().path();
-            fs::copy(&f, b.join("logs/t").join(f.file_name().unwrap())).unwrap();
-        }
+        crash_image(&a.join("logs/t"), &b.join("logs/t"));
         let mut bytes = fs::read(seg(&b)).unwrap();
         assert!(bytes.len() as u64 >= size + (64 << 10), "zeros ahead");
         bytes[size as usize..size as usize + 700].fill(0x5a);
@@ -2262,11 +2267,7 @@ mod tests {
         let seg = |root: &Path| root.join("logs/t").join(format!("{:020}.seg", 0));
         let image = |name: &str, edit: &dyn Fn(&mut Vec<u8>)| -> PathBuf {
             let b = dir.path().join(name);
-            fs::create_dir_all(b.join("logs/t")).unwrap();
-            for f in fs::read_dir(a.join("logs/t")).unwrap() {
-                let f = f.unwrap().path();
-                fs::copy(&f, b.join("logs/t").join(f.file_name().unwrap())).unwrap();
-            }
+            crash_image(&a.join("logs/t"), &b.join("logs/t"));
             let mut bytes = fs::read(seg(&b)).unwrap();
             edit(&mut bytes);
             fs::write(seg(&b), &bytes).unwrap();
@@ -2354,11 +2355,7 @@ mod tests {
         let bytes = fs::read(seg(&a)).unwrap();
         assert!(bytes[size as usize..].iter().all(|&b| b == 0));
         // A crash image: the log's files as they are now, padding included.
-        fs::create_dir_all(b.join("logs/d")).unwrap();
-        for f in fs::read_dir(a.join("logs/d")).unwrap() {
-            let f = f.unwrap().path();
-            fs::copy(&f, b.join("logs/d").join(f.file_name().unwrap())).unwrap();
-        }
+        crash_image(&a.join("logs/d"), &b.join("logs/d"));
         drop(log);
         assert_eq!(
             fs::metadata(seg(&a)).unwrap().len(),
