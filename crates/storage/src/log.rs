@@ -1786,6 +1786,22 @@ mod tests {
         }
     }
 
+    /// `cfg()` with segments of `segment_bytes`.
+    fn cfg_segments(segment_bytes: u64) -> StorageConfig {
+        StorageConfig {
+            segment_bytes,
+            ..cfg()
+        }
+    }
+
+    /// Options of a T2 log.
+    fn t2() -> LogOptions {
+        LogOptions {
+            durability: Some(Durability::T2),
+            segment_bytes: None,
+        }
+    }
+
     fn recs(n: usize, tag: u64) -> Vec<Bytes> {
         (0..n)
             .map(|i| Bytes::from(format!("rec-{tag}-{i}")))
@@ -1894,10 +1910,7 @@ mod tests {
             ..cfg()
         };
         let s = Storage::open_with_vfs(dir, config, vfs).unwrap();
-        let opts = LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2();
         let log = s.open_log("logs", name, opts).unwrap();
         assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
         (watch, s, log)
@@ -2009,10 +2022,7 @@ mod tests {
         {
             let vfs = Arc::new(WatchedVfs(watch.clone()));
             let s = Storage::open_with_vfs(dir.path(), cfg(), vfs).unwrap();
-            let opts = LogOptions {
-                durability: Some(Durability::T2),
-                segment_bytes: None,
-            };
+            let opts = t2();
             let log = s.open_log("logs", "t2", opts).unwrap();
             let before = watch.on_thread.load(Ordering::SeqCst);
             for i in 0..400u64 {
@@ -2108,15 +2118,9 @@ mod tests {
     #[test]
     fn only_a_rounds_write_puts_zeros_ahead_not_a_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StorageConfig {
-            segment_bytes: 16 << 20,
-            ..cfg()
-        };
+        let config = cfg_segments(16 << 20);
         let s = Storage::open(dir.path(), config).unwrap();
-        let opts = LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2();
         let log = s.open_log("logs", "r", opts).unwrap();
         assert!(lock(&log.state).active.direct.is_some(), "direct I/O here");
         let seg = dir.path().join("logs/r").join(format!("{:020}.seg", 0));
@@ -2182,15 +2186,9 @@ mod tests {
         assert_eq!(on_file(), size, "closing cuts the padding");
         drop(s);
         // Reopened, the data is all there, and a new round puts zeros ahead again.
-        let config = StorageConfig {
-            segment_bytes: 1 << 20,
-            ..cfg()
-        };
+        let config = cfg_segments(1 << 20);
         let s = Storage::open(dir.path(), config).unwrap();
-        let opts = LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2();
         let log = s.open_log("logs", "full", opts).unwrap();
         assert_eq!(all(&log), expect);
         assert_eq!(s.metrics().truncated_tail_bytes, 0);
@@ -2203,10 +2201,7 @@ mod tests {
     fn recovery_truncates_a_torn_write_followed_by_the_zeros_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let opts = || LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2;
         let s = Storage::open(&a, cfg()).unwrap();
         let log = s.open_log("logs", "t", opts()).unwrap();
         log.set_segment_bytes(1 << 20).unwrap();
@@ -2247,10 +2242,7 @@ mod tests {
     fn recovery_counts_longer_zeros_as_torn_and_keeps_batches_after_a_corrupt_one() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
-        let opts = || LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2;
         let s = Storage::open(&a, cfg()).unwrap();
         let log = s.open_log("logs", "t", opts()).unwrap();
         log.set_segment_bytes(4 << 20).unwrap();
@@ -2308,14 +2300,8 @@ mod tests {
     fn direct_writes_pad_to_a_block_and_recovery_cuts_the_padding_quietly() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let config = || StorageConfig {
-            segment_bytes: 1 << 20,
-            ..cfg()
-        };
-        let opts = || LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let config = || cfg_segments(1 << 20);
+        let opts = t2;
         let s = Storage::open(&a, config()).unwrap();
         let log = s.open_log("logs", "d", opts()).unwrap();
         assert!(
@@ -2394,10 +2380,7 @@ mod tests {
         // Only the index files fail to sync: the rounds (segment files) succeed, the roll's
         // durable half (which syncs the sealed segment's indexes) does not.
         let plan = FaultPlan::new(".idx");
-        let opts = || LogOptions {
-            durability: Some(Durability::T2),
-            segment_bytes: None,
-        };
+        let opts = t2;
         let mut expect = Vec::new();
         {
             let vfs = Arc::new(FaultyVfs { plan: plan.clone() });
@@ -2530,10 +2513,7 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_and_middle_corruption_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = StorageConfig {
-            segment_bytes: 1 << 20,
-            ..cfg()
-        };
+        let c = cfg_segments(1 << 20);
         let seg;
         {
             let s = Storage::open(dir.path(), c.clone()).unwrap();
