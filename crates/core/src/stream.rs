@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use ferrymq_storage::{Batch, Commit, Retention, StreamLog};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::codec;
 use crate::error::{CoreError, Result};
@@ -125,7 +125,6 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 
 struct Partition {
     log: Arc<StreamLog>,
-    appended: Notify,
 }
 
 struct ConsumerCtl {
@@ -204,12 +203,7 @@ impl Stream {
             args,
             partitions: logs
                 .into_iter()
-                .map(|log| {
-                    Arc::new(Partition {
-                        log,
-                        appended: Notify::new(),
-                    })
-                })
+                .map(|log| Arc::new(Partition { log }))
                 .collect(),
             consumers: Arc::new(Mutex::new(HashMap::new())),
             round_robin: Arc::new(AtomicU64::new(0)),
@@ -240,12 +234,7 @@ impl Stream {
             .partitions
             .iter()
             .cloned()
-            .chain(added.into_iter().map(|log| {
-                Arc::new(Partition {
-                    log,
-                    appended: Notify::new(),
-                })
-            }))
+            .chain(added.into_iter().map(|log| Arc::new(Partition { log })))
             .collect();
         let retention = Self::retention_of(&args);
         // The same check for every partition: if the first refuses, nothing changed.
@@ -357,7 +346,6 @@ impl Stream {
         self.counters
             .published
             .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-        part.appended.notify_waiters();
         Ok((appended.base_offset, appended.commit))
     }
 
@@ -382,7 +370,6 @@ impl Stream {
         self.counters
             .published
             .fetch_add(u64::from(count), Ordering::Relaxed);
-        part.appended.notify_waiters();
         Ok((appended.base_offset, appended.commit))
     }
 
@@ -397,13 +384,15 @@ impl Stream {
         Ok(self.partition(partition)?.log.log().read(from, max_bytes)?)
     }
 
-    /// A future that completes at the next append to `partition` (long polls). Create
-    /// it, `enable()` it, then check the offsets, then await it, so no append is missed.
+    /// A future that completes when more of `partition` becomes readable (long polls): at
+    /// an append, or for T2 appends when the group-commit round writes them to the file
+    /// (see `Log::readable_next`). Create it, `enable()` it, then read, then await it, so
+    /// that no move is missed.
     ///
     /// # Errors
     /// `NotFound` for a partition out of range.
-    pub fn appended(&self, partition: u32) -> Result<tokio::sync::futures::Notified<'_>> {
-        Ok(self.partition(partition)?.appended.notified())
+    pub fn readable(&self, partition: u32) -> Result<tokio::sync::futures::Notified<'_>> {
+        Ok(self.partition(partition)?.log.log().readable())
     }
 
     /// Forgets a consumer group's offset on every partition (a group was deleted);
@@ -458,7 +447,7 @@ impl Stream {
         let log = self.partition(partition)?.log.log();
         let mut out = Vec::new();
         let mut next = from.max(log.start_offset());
-        while out.len() < max_records && next < log.next_offset() {
+        while out.len() < max_records && next < log.readable_next() {
             let batches = log.read(next, READ_CHUNK_BYTES)?;
             if batches.is_empty() {
                 break;
@@ -616,16 +605,16 @@ impl Stream {
             }
             let mut budget = 1 + credit.available_permits();
             loop {
-                let appended = part.appended.notified();
-                tokio::pin!(appended);
-                appended.as_mut().enable();
                 let log = part.log.log();
+                let readable = log.readable();
+                tokio::pin!(readable);
+                readable.as_mut().enable();
                 next = next.max(log.start_offset());
-                if next < log.next_offset() {
+                if next < log.readable_next() {
                     break;
                 }
                 tokio::select! {
-                    _ = appended => {}
+                    _ = readable => {}
                     _ = stop.changed() => return Ok(()),
                 }
             }

@@ -752,12 +752,13 @@ fn fetch(kafka: Arc<Kafka>, az: &Authz, req: FetchRequest, v: i16) -> Pending {
     Box::pin(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
-            // Register for appends before reading, so none is missed between the two.
+            // Register for what becomes readable before reading, so nothing is missed
+            // between the two.
             let waits: Vec<_> = parts
                 .iter()
                 .filter_map(|p| {
                     let st = p.stream.as_ref()?;
-                    let n = st.appended(u32::try_from(p.partition).ok()?).ok()?;
+                    let n = st.readable(u32::try_from(p.partition).ok()?).ok()?;
                     Some(Box::pin(n))
                 })
                 .collect();

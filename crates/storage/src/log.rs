@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::error::IoContext;
 use crate::format::{
@@ -291,6 +293,24 @@ struct ActiveSnap {
     max_ts: i64,
 }
 
+impl ActiveSnap {
+    /// The first `len` bytes of `a`, for a read from offset `from`.
+    fn of(a: &Active, len: u64, from: u64) -> ActiveSnap {
+        let start_pos = if from > a.base {
+            segment::lookup_offset(&a.entries, a.base, from)
+        } else {
+            SEG_HEADER_LEN
+        };
+        ActiveSnap {
+            base: a.base,
+            file: a.file.clone(),
+            len,
+            start_pos,
+            max_ts: a.max_ts,
+        }
+    }
+}
+
 /// An append-only segmented log (one directory). Cheap to share: `Arc<Log>`; all methods
 /// take `&self` and are thread-safe.
 pub struct Log {
@@ -313,6 +333,12 @@ pub struct Log {
     dirty: AtomicBool,
     /// Whether appends are kept in the tail cache (streams).
     tail_cache: AtomicBool,
+    /// Streams: readers see only what is on the file ([`Log::readable_next`]) and never write
+    /// pending T2 appends themselves; they wait on `readable` for the round's write instead.
+    follow_file: AtomicBool,
+    /// Signalled when [`Log::readable_next`] moves on (a stream's append at T1, a T2
+    /// write-behind), for readers waiting at the end ([`Log::readable`]).
+    readable: Notify,
     /// The durable half of a T2 segment roll, left to the sync thread (see [`RollJob`]).
     /// Held while the job runs, so that a second roll waits for the first to be finished.
     roll_job: Mutex<Option<RollJob>>,
@@ -487,6 +513,8 @@ impl Log {
             written_cv: Condvar::new(),
             dirty: AtomicBool::new(false),
             tail_cache: AtomicBool::new(false),
+            follow_file: AtomicBool::new(false),
+            readable: Notify::new(),
             roll_job: Mutex::new(None),
         });
         if let Durability::Interval(p) = durability {
@@ -740,6 +768,9 @@ impl Log {
             && st.active.direct.is_none()
             && st.pending.len() >= EAGER_WRITE_BYTES;
         drop(guard);
+        if !behind && self.follow_file.load(Ordering::Relaxed) {
+            self.readable.notify_waiters();
+        }
         Counters::add(&self.ctx.counters.bytes_written, u64::from(len));
         Counters::add(&self.ctx.counters.batches_written, 1);
         if write_now {
@@ -768,10 +799,20 @@ impl Log {
         })
     }
 
-    /// Keeps appended batches in memory for readers at the head of this log (a stream):
-    /// they then get them without a `pread` and without verifying their checksum again
-    /// (the bytes never left memory). Off for queues, whose messages the core holds.
-    pub(crate) fn enable_tail_cache(&self) {
+    /// Makes this log a stream's: readers see what is on the file ([`Log::readable_next`],
+    /// signalled by [`Log::readable`]), so a reader at the head never writes the pending T2
+    /// appends itself (a small direct write, then a `pread` from the device, on the reader's
+    /// thread, for every fetch of a caught-up consumer); and appended batches are kept in
+    /// memory for readers at the head: they get them without a `pread` and without
+    /// verifying their checksum again (the bytes never left memory). Off for queues, whose
+    /// messages the core holds.
+    pub(crate) fn enable_stream_reads(&self) {
+        self.follow_file.store(true, Ordering::Relaxed);
+        self.enable_tail_cache();
+    }
+
+    /// Keeps appended batches in memory (see [`Log::enable_stream_reads`]).
+    fn enable_tail_cache(&self) {
         if self.ctx.config.tail_cache_bytes > 0 && !self.tail_cache.swap(true, Ordering::Relaxed) {
             self.ctx.tail_logs.fetch_add(1, Ordering::Relaxed);
         }
@@ -937,6 +978,9 @@ impl Log {
             st.active.written += st.pending.len() as u64;
             st.pending.clear();
         }
+        if st.file_next != st.next_offset && self.follow_file.load(Ordering::Relaxed) {
+            self.readable.notify_waiters();
+        }
         st.file_next = st.next_offset;
         let a = &mut st.active;
         let to = a.entries.len();
@@ -1057,6 +1101,9 @@ impl Log {
             Ok(()) => {
                 st.active.written = pos + data.len() as u64;
                 st.file_next = end;
+                if self.follow_file.load(Ordering::Relaxed) {
+                    self.readable.notify_waiters();
+                }
                 if st.buf.capacity() < data.capacity() {
                     // Reuse the allocation for the next batches (`buf` becomes `pending`).
                     let mut data = data;
@@ -1212,25 +1259,21 @@ impl Log {
     }
 
     fn snapshot(&self, from: u64) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
+        if self.follow_file.load(Ordering::Relaxed) {
+            // A stream: what is on the file, as of now. A write in flight moves `written`
+            // and `file_next` together when it ends; the pending appends are the round's to
+            // write (readers wait for it on `readable`).
+            let st = lock(&self.state);
+            let snap = ActiveSnap::of(&st.active, st.active.written, from);
+            return (st.sealed.clone(), snap, st.file_next);
+        }
         let mut st = self.idle(lock(&self.state));
         if !st.pending.is_empty() {
             // Readers see only what is on the file: write the pending appends now. A failure
             // fails the log and takes its end back to the file's.
             let _ = self.write_pending_locked(&mut st);
         }
-        let a = &st.active;
-        let start_pos = if from > a.base {
-            segment::lookup_offset(&a.entries, a.base, from)
-        } else {
-            SEG_HEADER_LEN
-        };
-        let snap = ActiveSnap {
-            base: a.base,
-            file: a.file.clone(),
-            len: a.len,
-            start_pos,
-            max_ts: a.max_ts,
-        };
+        let snap = ActiveSnap::of(&st.active, st.active.len, from);
         (st.sealed.clone(), snap, st.next_offset)
     }
 
@@ -1537,6 +1580,24 @@ impl Log {
     /// The offset the next appended record will get.
     pub fn next_offset(&self) -> u64 {
         lock(&self.state).next_offset
+    }
+
+    /// The end of what [`Log::read`] returns now: `next_offset`, except for a stream's T2
+    /// appends that are not on the file yet (the group-commit round writes them; readers
+    /// do not). Wait for it to move with [`Log::readable`].
+    pub fn readable_next(&self) -> u64 {
+        let st = lock(&self.state);
+        if self.follow_file.load(Ordering::Relaxed) {
+            st.file_next
+        } else {
+            st.next_offset
+        }
+    }
+
+    /// A wake-up for when [`Log::readable_next`] moves on (streams only: other logs never
+    /// signal it). `enable()` it before checking `readable_next`, so that no move is missed.
+    pub fn readable(&self) -> Notified<'_> {
+        self.readable.notified()
     }
 
     /// Bytes of all segment files.
@@ -2921,6 +2982,76 @@ mod tests {
             .open_stream("s", LogOptions::default(), crate::Retention::default())
             .unwrap();
         assert_eq!(st.log().read(0, 1 << 20).unwrap(), both);
+    }
+
+    #[test]
+    fn a_stream_reader_at_the_head_waits_for_the_round_and_writes_nothing() {
+        use std::future::Future as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (s, gate) = gated_storage(dir.path(), 1 << 20);
+        let st = s
+            .open_stream("s", t2(), crate::Retention::default())
+            .unwrap();
+        let log = st.log();
+        let batch = |n: &'static [u8]| Bytes::from_static(n);
+        let first = log
+            .append_opaque_with(7, 2, &batch(b"first"), None, 5)
+            .unwrap();
+        first.commit.wait().unwrap();
+        assert_eq!(log.readable_next(), 2);
+        // The round's write of the second batch is held; the third stays pending.
+        *gate.closed.lock().unwrap() = true;
+        let second = log
+            .append_opaque_with(7, 3, &batch(b"second"), None, 6)
+            .unwrap();
+        gate.wait_blocked();
+        let third = log
+            .append_opaque_with(7, 1, &batch(b"third"), None, 7)
+            .unwrap();
+        assert_eq!((log.readable_next(), log.next_offset()), (2, 6));
+        let mut readable = std::pin::pin!(log.readable());
+        readable.as_mut().enable();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(readable.as_mut().poll(&mut cx).is_pending());
+        // Readers get what is on the file at once: they neither wait for the write in
+        // flight nor write the pending batch themselves (the gate would hold that too).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let r = (
+                    log.read(0, 1 << 20),
+                    log.read(2, 1 << 20),
+                    log.read(5, 1 << 20),
+                );
+                let _ = tx.send(r);
+            });
+            let (r0, r2, r5) = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a reader waited for the held write");
+            let r0 = r0.unwrap();
+            assert_eq!(r0.len(), 1);
+            assert_eq!(r0[0].payload(), &batch(b"first"));
+            assert!(
+                r2.unwrap().is_empty(),
+                "the second batch is not on the file yet"
+            );
+            assert!(r5.unwrap().is_empty(), "the third batch is only pending");
+            assert_eq!(gate.blocked.load(Ordering::SeqCst), 1, "no reader write");
+            assert!(readable.as_mut().poll(&mut cx).is_pending());
+            *gate.closed.lock().unwrap() = false;
+            gate.cv.notify_all();
+        });
+        second.commit.wait().unwrap();
+        third.commit.wait().unwrap();
+        // The rounds' writes woke the readers, and the cache serves the batches now.
+        assert!(readable.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(log.readable_next(), 6);
+        let hits = s.metrics().tail_cache_hits;
+        let rest = log.read(2, 1 << 20).unwrap();
+        assert_eq!(s.metrics().tail_cache_hits, hits + 1);
+        let payloads: Vec<&Bytes> = rest.iter().map(Batch::payload).collect();
+        assert_eq!(payloads, [&batch(b"second"), &batch(b"third")]);
+        assert_eq!(s.metrics().bytes_read, 0, "nothing read back from the file");
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl Storage {
             return Ok(s);
         }
         let log = self.open_log(STREAMS_DIR, name, opts)?;
-        log.enable_tail_cache();
+        log.enable_stream_reads();
         let s = StreamLog::open(log, retention)?;
         ss.retain(|_, w| w.strong_count() > 0);
         ss.insert(name.to_string(), Arc::downgrade(&s));

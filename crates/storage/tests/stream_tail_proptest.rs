@@ -93,7 +93,13 @@ fn same(got: &Batch, want: &MBatch) -> bool {
 
 fn check_read(st: &StreamLog, model: &[MBatch], from: u64, max: usize) {
     let log = st.log();
+    // A stream's reader sees what is on the file (at T2 the sync thread's round writes the
+    // pending appends, meanwhile too): at least up to the readable end before the read, at
+    // most up to the one after it.
+    let visible = log.readable_next();
     let got = log.read(from, max).unwrap();
+    let visible_after = log.readable_next();
+    assert!(visible <= visible_after && visible_after <= log.next_offset());
     let start = log.start_offset();
     let from = from.max(start);
     let i = model.partition_point(|b| b.base + u64::from(b.count) <= from);
@@ -103,6 +109,19 @@ fn check_read(st: &StreamLog, model: &[MBatch], from: u64, max: usize) {
     if live.is_empty() {
         assert!(got.is_empty(), "read from {from} past the end: {got:?}");
         return;
+    }
+    if let Some(last) = got.last() {
+        assert!(
+            last.next_offset() <= visible_after,
+            "read from {from} returned {} past the readable end {visible_after}",
+            last.next_offset()
+        );
+    }
+    if live[0].base + u64::from(live[0].count) > visible {
+        // Not on the file yet when the read started: nothing, or what the round wrote since.
+        if got.is_empty() {
+            return;
+        }
     }
     assert!(!got.is_empty(), "read from {from} returned nothing");
     assert!(got.len() <= live.len());
@@ -167,6 +186,10 @@ fn run(t2: bool, ops: Vec<Op>) {
             Op::Wait => {
                 for c in commits.drain(..) {
                     c.wait().unwrap();
+                }
+                // A committed append is on the file: readable.
+                for st in &streams {
+                    assert_eq!(st.log().readable_next(), st.log().next_offset());
                 }
             }
             Op::Retain(which, n) => {
