@@ -124,11 +124,18 @@ impl RxTracker {
         }
     }
 
-    /// Records one delivery.
+    /// Records one delivery (in lane `seq % lanes`).
     pub fn record(&mut self, producer: u32, seq: u64) {
+        self.record_in(producer, seq, (seq % self.lanes.max(1)) as usize);
+    }
+
+    /// Records one delivery in a lane the caller knows (Kafka: the partition it came from);
+    /// a lane out of range counts as foreign.
+    pub fn record_in(&mut self, producer: u32, seq: u64, lane: usize) {
         self.deliveries += 1;
         let p = producer as usize;
-        if p >= self.seen.len() {
+        let lanes = self.lanes.max(1) as usize;
+        if p >= self.seen.len() || lane >= lanes {
             self.foreign += 1;
             return;
         }
@@ -136,8 +143,7 @@ impl RxTracker {
             self.duplicates += 1;
             return;
         }
-        let lanes = self.lanes.max(1);
-        let l = p * lanes as usize + (seq % lanes) as usize;
+        let l = p * lanes + lane;
         match self.last[l] {
             Some(last) if seq < last => self.out_of_order += 1,
             _ => self.last[l] = Some(seq),
@@ -252,6 +258,25 @@ pub fn tally_fanout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_given_by_the_caller() {
+        // Runs of two records per lane (Kafka sticky partitioning over 2 partitions):
+        // 0, 1 in lane 0; 2, 3 in lane 1; 4, 5 in lane 0.
+        let mut t = RxTracker::with_lanes(1, 2);
+        for (seq, lane) in [(2, 1), (0, 0), (3, 1), (1, 0), (4, 0), (5, 0)] {
+            t.record_in(0, seq, lane);
+        }
+        assert_eq!((t.deliveries, t.out_of_order, t.duplicates), (6, 0, 0));
+        // Lane 0 going back is out of order; an unknown lane is foreign.
+        t.record_in(0, 3, 0);
+        assert_eq!(t.duplicates, 1, "3 was seen in lane 1");
+        t.record_in(0, 7, 0);
+        t.record_in(0, 6, 0);
+        assert_eq!(t.out_of_order, 1);
+        t.record_in(0, 8, 2);
+        assert_eq!(t.foreign, 1);
+    }
 
     #[test]
     fn lanes_order_per_lane_only() {

@@ -2,9 +2,10 @@
 //!
 //! A run creates its topics `<prefix>-<t>` with `--partitions` partitions each (CreateTopics;
 //! deleted again afterwards unless `--keep-queues`). Producer `i` writes to topic `i % topics`,
-//! message `n` to partition `(n + i) % partitions` (explicit, so that every partition gets its
-//! share and the order of each partition is known: out-of-order counting is per producer and
-//! partition, [`crate::accounting::RxTracker::with_lanes`]). The consumers of a topic share its
+//! message `n` to partition `(n / run + i) % partitions` with `run` = `--partition-run`
+//! (explicit, so that every partition gets its share; out-of-order counting is per producer
+//! and partition, [`crate::accounting::RxTracker::with_lanes`], by the partition each record
+//! is consumed from). The consumers of a topic share its
 //! partitions by manual assignment (consumer `r` of `k` on a topic reads the partitions
 //! `p % k == r`, from the beginning), so no group rebalance delays the start and each message
 //! is due to exactly one consumer, as with a queue.
@@ -126,7 +127,7 @@ pub fn topic(s: &Scenario, t: usize) -> String {
 
 /// The partition of producer `id`'s message `seq`.
 pub fn partition_of(s: &Scenario, id: usize, seq: u64) -> i32 {
-    ((seq + id as u64) % s.partitions as u64) as i32
+    ((seq / s.partition_run.max(1) as u64 + id as u64) % s.partitions as u64) as i32
 }
 
 /// The partitions consumer `id` reads: consumers `j` with `j % topics == id % topics` share
@@ -401,7 +402,8 @@ fn consumer(
         ctx.received.fetch_add(1, Ordering::Relaxed);
         match m.payload().and_then(payload::decode) {
             Some(h) => {
-                out.rx.record(h.producer, h.seq);
+                out.rx
+                    .record_in(h.producer, h.seq, m.partition().max(0) as usize);
                 if w.contains(h.send_ns) {
                     out.latency(&s, h.send_ns, now);
                 }
@@ -541,5 +543,9 @@ mod tests {
         s.queues = 2;
         assert_eq!(partitions_of(&s, 1), (0..8).collect::<Vec<_>>());
         assert_eq!(partitions_of(&s, 2), [1, 3, 5, 7]);
+        // Sticky runs of 3 records, from partition 1 for producer 1.
+        s.partition_run = 3;
+        let ps: Vec<i32> = (0..7).map(|n| partition_of(&s, 1, n)).collect();
+        assert_eq!(ps, [1, 1, 1, 2, 2, 2, 3]);
     }
 }

@@ -112,6 +112,11 @@ struct RunArgs {
     /// them round-robin; the consumers of a topic share them).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
+    /// Kafka: records a producer sends to one partition before the next: 1 = round-robin
+    /// record by record; N = sticky runs of N records, as the Java producer's and
+    /// librdkafka's sticky partitioners send records without a key.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    partition_run: u32,
     /// Kafka: the producers' acks: 0, 1 or all (0: nothing is confirmed).
     #[arg(long, default_value = "all", value_parser = parse_acks)]
     acks: i16,
@@ -245,6 +250,7 @@ fn scenario(a: &RunArgs) -> Scenario {
     s.qos = a.qos;
     s.http_batch = a.http_batch;
     s.partitions = a.partitions;
+    s.partition_run = a.partition_run as usize;
     s.acks = a.acks;
     s.linger_ms = a.linger_ms;
     s.batch_bytes = a.batch_bytes;

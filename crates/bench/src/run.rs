@@ -153,6 +153,12 @@ pub struct Scenario {
     /// partition `(n + i) % partitions`, and the consumers of a topic share its partitions.
     #[serde(default = "one")]
     pub partitions: usize,
+    /// Kafka: records a producer sends to one partition before it moves on to the next
+    /// (round-robin): 1 = record by record; more = sticky runs, as Kafka's Java producer
+    /// (KIP-480, KIP-794) and librdkafka (`sticky.partitioning.linger.ms`) partition records
+    /// without a key.
+    #[serde(default = "one")]
+    pub partition_run: usize,
     /// Kafka: the producers' `acks` (0, 1, or -1 = all).
     #[serde(default = "acks_all")]
     pub acks: i16,
@@ -207,6 +213,7 @@ impl Scenario {
             qos: 0,
             http_batch: 1,
             partitions: 1,
+            partition_run: 1,
             acks: -1,
             linger_ms: None,
             batch_bytes: None,
@@ -319,11 +326,12 @@ impl Scenario {
             Protocol::Kafka => {
                 let opt = |v: Option<String>| v.unwrap_or_else(|| "default".into());
                 return format!(
-                    "librdkafka, {} → {} over {} topic(s) × {} partition(s), {} B, acks={}, linger.ms {}, batch.size {}, max.partition.fetch.bytes {}, {}, {}",
+                    "librdkafka, {} → {} over {} topic(s) × {} partition(s) (runs of {} record(s)), {} B, acks={}, linger.ms {}, batch.size {}, max.partition.fetch.bytes {}, {}, {}",
                     self.producers,
                     self.consumers,
                     self.queues,
                     self.partitions,
+                    self.partition_run,
                     self.size,
                     if self.acks < 0 { "all".to_string() } else { self.acks.to_string() },
                     opt(self.linger_ms.map(|v| v.to_string())),
