@@ -31,6 +31,7 @@ mod index;
 mod log;
 mod metrics;
 mod name;
+mod pending;
 mod queue;
 mod segment;
 mod storage;

@@ -17,6 +17,7 @@ use crate::format::{
     self, BatchBody, IndexEntry, BATCH_HEADER_LEN, IDX_ENTRY_LEN, SEG_HEADER_LEN, TIX_ENTRY_LEN,
 };
 use crate::metrics::Counters;
+use crate::pending::PendingBuf;
 use crate::segment::{self, SealedHandle, SegMeta, SegPaths};
 use crate::storage::Ctx;
 use crate::sync::{lock, Commit, IntervalSync, LogHealth, WriteBehind};
@@ -180,8 +181,10 @@ impl Direct {
     }
 
     /// Writes `data` at `pos` (the end of the data on the file); zeros written ahead, if any,
-    /// end at or before `zeros_until` (the segment's roll size; 0 for none).
-    fn write(&mut self, data: &[u8], pos: u64, zeros_until: u64) -> std::io::Result<()> {
+    /// end at or before `zeros_until` (the segment's roll size; 0 for none). Out of `data`'s
+    /// own allocation where its layout allows ([`PendingBuf::in_place`]: a large write), else
+    /// through the thread's aligned staging buffer (one copy).
+    fn write(&mut self, data: &mut PendingBuf, pos: u64, zeros_until: u64) -> std::io::Result<()> {
         let start = pos - self.head.len() as u64;
         debug_assert_eq!(
             start % DIRECT_ALIGN as u64,
@@ -197,8 +200,16 @@ impl Direct {
         } else {
             0
         };
+        let total = padded + ahead;
+        let len = data.len();
+        if let Some(buf) = data.in_place(&self.head, total) {
+            // `buf` is owned by `data`, not borrowed from `self`: write it from there.
+            let r = Self::write_blocks(&self.file, buf, start, padded, ahead, &mut self.zeros_off);
+            let r = self.written(r, buf, n, end);
+            data.restore(len);
+            return r;
+        }
         DIRECT_BUF.with_borrow_mut(|v| {
-            let total = padded + ahead;
             if v.len() < total + DIRECT_ALIGN {
                 v.resize(total + DIRECT_ALIGN, 0);
             }
@@ -207,32 +218,56 @@ impl Direct {
             buf[..self.head.len()].copy_from_slice(&self.head);
             buf[self.head.len()..n].copy_from_slice(data);
             buf[n..].fill(0);
-            let mut r = self.file.write_all_at(buf, start);
-            let mut file_end = end + ahead as u64;
-            if ahead > 0 && r.as_ref().is_err_and(is_out_of_space) {
-                // The zeros are an optimisation: a disk too full for them may still take the
-                // data. Whatever part of them was written is cut off again (it would take the
-                // space other logs need), and no more are tried in this segment.
-                self.zeros_off = true;
-                r = self.file.write_all_at(&buf[..padded], start);
-                if r.is_ok() {
-                    file_end = match self.file.set_len(end) {
-                        Ok(()) => end,
-                        Err(_) => self.file.size().unwrap_or(file_end).max(end),
-                    };
-                }
-            }
-            if r.is_ok() {
-                let tail = n % DIRECT_ALIGN;
-                self.head.clear();
-                self.head.extend_from_slice(&buf[n - tail..n]);
-                self.file_end = self.file_end.max(file_end).max(end);
-            }
+            let r = Self::write_blocks(&self.file, buf, start, padded, ahead, &mut self.zeros_off);
+            let r = self.written(r, buf, n, end);
             if v.len() > DIRECT_BUF_KEEP {
                 *v = Vec::new();
             }
             r
         })
+    }
+
+    /// Writes the aligned `buf` (the head, the data, zeros to the block boundary at `padded`
+    /// bytes, then `ahead` bytes of zeros) at `start`; returns the file's new size.
+    fn write_blocks(
+        file: &Arc<dyn FileIo>,
+        buf: &[u8],
+        start: u64,
+        padded: usize,
+        ahead: usize,
+        zeros_off: &mut bool,
+    ) -> std::io::Result<u64> {
+        let end = start + padded as u64;
+        let r = file.write_all_at(buf, start);
+        if ahead > 0 && r.as_ref().is_err_and(is_out_of_space) {
+            // The zeros are an optimisation: a disk too full for them may still take the
+            // data. Whatever part of them was written is cut off again (it would take the
+            // space other logs need), and no more are tried in this segment.
+            *zeros_off = true;
+            file.write_all_at(&buf[..padded], start)?;
+            return Ok(match file.set_len(end) {
+                Ok(()) => end,
+                Err(_) => file.size().unwrap_or(end + ahead as u64).max(end),
+            });
+        }
+        r.map(|()| end + ahead as u64)
+    }
+
+    /// After a write of `buf` (data ending at `n`, blocks ending at `end`): the new head and
+    /// file size.
+    fn written(
+        &mut self,
+        r: std::io::Result<u64>,
+        buf: &[u8],
+        n: usize,
+        end: u64,
+    ) -> std::io::Result<()> {
+        let file_end = r?;
+        let tail = n % DIRECT_ALIGN;
+        self.head.clear();
+        self.head.extend_from_slice(&buf[n - tail..n]);
+        self.file_end = self.file_end.max(file_end).max(end);
+        Ok(())
     }
 }
 
@@ -249,7 +284,7 @@ fn is_out_of_space(e: &std::io::Error) -> bool {
 fn write_data(
     file: &dyn FileIo,
     direct: Option<&mut Direct>,
-    data: &[u8],
+    data: &mut PendingBuf,
     pos: u64,
     zeros_until: u64,
 ) -> std::io::Result<()> {
@@ -266,8 +301,9 @@ struct State {
     next_offset: u64,
     buf: Vec<u8>,
     /// T2 write-behind: encoded batches appended but not yet written, to go at
-    /// `active.written`; the first of them has offset `pending_base`.
-    pending: Vec<u8>,
+    /// `active.written`, laid out for a direct write in place; the first of them has offset
+    /// `pending_base`.
+    pending: PendingBuf,
     pending_base: u64,
     /// The sync thread is writing pending appends it took out of `pending` (at
     /// `active.written`), without the lock: appends go on into a fresh `pending`, while
@@ -479,7 +515,7 @@ impl Log {
             sealed_bytes,
             next_offset: r.next_offset,
             buf: Vec::new(),
-            pending: Vec::new(),
+            pending: PendingBuf::default(),
             pending_base: r.next_offset,
             writing: false,
             file_next: r.next_offset,
@@ -649,11 +685,12 @@ impl Log {
         let written = if behind {
             if st.pending.is_empty() {
                 st.pending_base = base_offset;
-                // The allocation a finished write-behind left in `buf`, reused.
-                std::mem::swap(&mut st.pending, &mut st.buf);
-                st.pending.clear();
+                // The allocation a finished write-behind left in `buf`, reused; the batches
+                // go at `pos` once the write in flight (if any) has ended.
+                st.buf = st.pending.start(pos, std::mem::take(&mut st.buf));
             }
-            format::append_batch(&mut st.pending, len, base_offset, timestamp_ms, body);
+            st.pending.reserve(len as usize);
+            format::append_batch(st.pending.vec(), len, base_offset, timestamp_ms, body);
             Ok(())
         } else if let BatchBody::Opaque {
             format,
@@ -966,7 +1003,7 @@ impl Log {
             if let Err(e) = write_data(
                 a.file.as_ref(),
                 a.direct.as_deref_mut(),
-                &st.pending,
+                &mut st.pending,
                 a.written,
                 // No zeros ahead: this write is not a round's (whose fsync they speed up),
                 // but a reader's, a roll's, `sync`'s or `Drop`'s.
@@ -1060,7 +1097,7 @@ impl Log {
         if st.pending.is_empty() && from == to {
             return Ok(());
         }
-        let data = std::mem::take(&mut st.pending);
+        let mut data = std::mem::take(&mut st.pending);
         let (pos, base, end) = (a.written, st.pending_base, st.next_offset);
         let (file, idx_file, tix_file) = (a.file.clone(), a.idx.clone(), a.tix.clone());
         let (seg_path, idx_path, tix_path) = (
@@ -1075,7 +1112,7 @@ impl Log {
         let data_r = write_data(
             file.as_ref(),
             direct.as_deref_mut(),
-            &data,
+            &mut data,
             pos,
             self.segment_bytes.load(Ordering::Relaxed),
         );
@@ -1106,9 +1143,7 @@ impl Log {
                 }
                 if st.buf.capacity() < data.capacity() {
                     // Reuse the allocation for the next batches (`buf` becomes `pending`).
-                    let mut data = data;
-                    data.clear();
-                    st.buf = data;
+                    st.buf = data.into_vec();
                 }
                 self.index_written(&mut st.active, to, index_r)
             }
@@ -1939,6 +1974,10 @@ mod tests {
         elsewhere: AtomicU64,
         direct_on_thread: AtomicU64,
         direct_end_max: AtomicU64,
+        /// Direct writes made through the writing thread's staging buffer (it is borrowed
+        /// during the write), and out of the pending buffer itself.
+        direct_staged: AtomicU64,
+        direct_in_place: AtomicU64,
     }
 
     impl SyncWatch {
@@ -1950,6 +1989,8 @@ mod tests {
                 elsewhere: AtomicU64::new(0),
                 direct_on_thread: AtomicU64::new(0),
                 direct_end_max: AtomicU64::new(u64::MAX),
+                direct_staged: AtomicU64::new(0),
+                direct_in_place: AtomicU64::new(0),
             })
         }
     }
@@ -2015,6 +2056,15 @@ mod tests {
         fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<usize> {
             if self.direct && std::thread::current().id() == self.watch.thread {
                 self.watch.direct_on_thread.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.direct {
+                let staged = DIRECT_BUF.with(|v| v.try_borrow().is_err());
+                let n = if staged {
+                    &self.watch.direct_staged
+                } else {
+                    &self.watch.direct_in_place
+                };
+                n.fetch_add(1, Ordering::SeqCst);
             }
             let end_max = self.watch.direct_end_max.load(Ordering::SeqCst);
             if self.direct && pos + buf.len() as u64 > end_max {
@@ -2129,7 +2179,18 @@ mod tests {
             0,
             "the appending thread never waited for a direct write"
         );
-        assert_eq!(all(&log).len(), 4);
+        // Large rounds go out of the pending buffer itself, without a staging copy.
+        assert_eq!(watch.direct_in_place.load(Ordering::SeqCst), 4);
+        assert_eq!(watch.direct_staged.load(Ordering::SeqCst), 0);
+        let got = all(&log);
+        assert_eq!(got.len(), 4);
+        assert!(got.iter().all(|(_, b)| b == &big));
+        // And the file holds exactly that.
+        drop(log);
+        drop(_s);
+        let s = Storage::open(dir.path(), cfg_segments(16 << 20)).unwrap();
+        let log = s.open_log("logs", "big", t2()).unwrap();
+        assert_eq!(all(&log), got);
     }
 
     #[test]
