@@ -384,6 +384,15 @@ impl Stream {
         Ok(self.partition(partition)?.log.log().read(from, max_bytes)?)
     }
 
+    /// Makes everything appended to `partition` readable now (see `Log::make_readable`): for
+    /// a reader that must see the newest batches at once, not at the next round.
+    ///
+    /// # Errors
+    /// `NotFound` for a partition out of range; storage errors.
+    pub fn make_readable(&self, partition: u32) -> Result<()> {
+        Ok(self.partition(partition)?.log.log().make_readable()?)
+    }
+
     /// A future that completes when more of `partition` becomes readable (long polls): at
     /// an append, or for T2 appends when the group-commit round writes them to the file
     /// (see `Log::readable_next`). Create it, `enable()` it, then read, then await it, so

@@ -673,6 +673,11 @@ fn producer_state_current(kafka: &Kafka, key: &(String, u32), st: &Arc<Stream>) 
 /// are then answered as duplicates instead of being appended twice.
 fn rebuild_producers(st: &Stream, partition: u32, now: i64) -> PartitionProducers {
     let mut state = PartitionProducers::default();
+    // The newest batches may still wait for the group-commit round: they count most here.
+    if let Err(e) = st.make_readable(partition) {
+        tracing::warn!(stream = %st.name(), partition, error = %e,
+            "cannot write the pending batches to rebuild idempotent producers");
+    }
     let Ok((start, next)) = st.bounds(partition) else {
         return state;
     };

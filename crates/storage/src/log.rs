@@ -1293,8 +1293,12 @@ impl Log {
         Ok(())
     }
 
-    fn snapshot(&self, from: u64) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
-        if self.follow_file.load(Ordering::Relaxed) {
+    /// What a read from `from` sees of the log: the sealed segments, the active one and the
+    /// end. A stream's reader (`all` false) sees what is on the file; every other read, and a
+    /// stream's lookup that must see everything appended (`all`: a timestamp lookup), first
+    /// writes the pending T2 appends.
+    fn snapshot(&self, from: u64, all: bool) -> (Arc<Vec<SegMeta>>, ActiveSnap, u64) {
+        if !all && self.follow_file.load(Ordering::Relaxed) {
             // A stream: what is on the file, as of now. A write in flight moves `written`
             // and `file_next` together when it ends; the pending appends are the round's to
             // write (readers wait for it on `readable`).
@@ -1358,7 +1362,7 @@ impl Log {
             Counters::add(&self.ctx.counters.tail_cache_hits, 1);
             return Ok(cached);
         }
-        let (sealed, active, next) = self.snapshot(from_offset);
+        let (sealed, active, next) = self.snapshot(from_offset, false);
         let mut out = Vec::new();
         if from_offset >= next {
             return Ok(out);
@@ -1522,7 +1526,9 @@ impl Log {
     }
 
     fn stored_offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let (sealed, active, next) = self.snapshot(0);
+        // Every batch appended, pending ones too: a consumer starting at a time just past the
+        // last round must not start after the records of the next one.
+        let (sealed, active, next) = self.snapshot(0, true);
         let batch_max = self.ctx.config.batch_bytes_max;
         for m in sealed
             .iter()
@@ -1629,6 +1635,20 @@ impl Log {
         }
     }
 
+    /// Writes a stream's pending T2 appends now (as a roll does), so that reads see everything
+    /// appended: for the rare reader that must (a rebuild from the log's end). Readers at the
+    /// head wait for the group-commit round instead ([`Log::readable`]).
+    ///
+    /// # Errors
+    /// The write's failure (the log is failed then, its end back to the file's).
+    pub fn make_readable(&self) -> Result<()> {
+        let mut st = self.idle(lock(&self.state));
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        self.write_pending_locked(&mut st)
+    }
+
     /// A wake-up for when [`Log::readable_next`] moves on (streams only: other logs never
     /// signal it). `enable()` it before checking `readable_next`, so that no move is missed.
     pub fn readable(&self) -> Notified<'_> {
@@ -1674,7 +1694,12 @@ impl Log {
     /// segment instead of the log. `None` when the log is empty.
     pub fn max_timestamp_segment(&self) -> Option<(i64, u64, u64)> {
         let start = self.start_offset();
-        let st = lock(&self.state);
+        let mut st = self.idle(lock(&self.state));
+        if self.follow_file.load(Ordering::Relaxed) && !st.pending.is_empty() {
+            // A stream's readers see what is on the file: the range returned must be readable
+            // (a failure fails the log and takes its end back to the file's).
+            let _ = self.write_pending_locked(&mut st);
+        }
         let mut best: Option<(i64, u64, u64)> = None;
         for m in st
             .sealed
@@ -3113,6 +3138,50 @@ mod tests {
         let payloads: Vec<&Bytes> = rest.iter().map(Batch::payload).collect();
         assert_eq!(payloads, [&batch(b"second"), &batch(b"third")]);
         assert_eq!(s.metrics().bytes_read, 0, "nothing read back from the file");
+    }
+
+    #[test]
+    fn a_streams_timestamp_lookups_see_the_pending_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        let st = s
+            .open_stream("s", t2(), crate::Retention::default())
+            .unwrap();
+        let log = st.log();
+        let old = log
+            .append_opaque_with(7, 2, &Bytes::from_static(b"old"), None, 5)
+            .unwrap();
+        old.commit.wait().unwrap();
+        // The sync thread's round starts with the roll job: holding it keeps the next batch
+        // pending.
+        let held = lock(&log.roll_job);
+        let new = log
+            .append_opaque_with(7, 3, &Bytes::from_static(b"new"), None, 100)
+            .unwrap();
+        assert_eq!((log.readable_next(), log.next_offset()), (2, 5));
+        // A consumer starting at time 50 starts at the pending batch, not after it.
+        assert_eq!(log.offset_for_timestamp(50).unwrap(), Some(2));
+        assert_eq!(log.readable_next(), 5, "the lookup wrote it");
+        let got = log.read(2, 1 << 20).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload(), &Bytes::from_static(b"new"));
+        // The newest timestamp's range is readable too.
+        let more = log
+            .append_opaque_with(7, 1, &Bytes::from_static(b"newest"), None, 200)
+            .unwrap();
+        assert_eq!(log.max_timestamp_segment(), Some((200, 0, 6)));
+        assert_eq!(log.readable_next(), 6);
+        // And a rebuild from the log's end may ask for everything at once.
+        let last = log
+            .append_opaque_with(7, 1, &Bytes::from_static(b"last"), None, 300)
+            .unwrap();
+        assert_eq!(log.readable_next(), 6);
+        log.make_readable().unwrap();
+        assert_eq!(log.readable_next(), 7);
+        drop(held);
+        for c in [new, more, last] {
+            c.commit.wait().unwrap();
+        }
     }
 
     #[test]
