@@ -384,6 +384,16 @@ impl Stream {
         Ok(self.partition(partition)?.log.log().read(from, max_bytes)?)
     }
 
+    /// A handle on `partition`'s log that stays the same across reconfigurations of this
+    /// stream (which share the logs) and differs for a stream deleted and created again: for
+    /// state an adapter keeps per partition (Kafka's idempotent producers).
+    ///
+    /// # Errors
+    /// `NotFound` for a partition out of range.
+    pub fn partition_log(&self, partition: u32) -> Result<std::sync::Weak<StreamLog>> {
+        Ok(Arc::downgrade(&self.partition(partition)?.log))
+    }
+
     /// Makes everything appended to `partition` readable now (see `Log::make_readable`): for
     /// a reader that must see the newest batches at once, not at the next round.
     ///

@@ -57,6 +57,18 @@ async fn reconfigure_adds_partitions_applies_retention_keeps_consumers_and_persi
         assert_eq!(old.retention().max_messages, Some(10), "logs are shared");
         assert_eq!(new.segment_bytes(), 4096);
         assert_eq!(new.consumer_count(), 1, "consumers are shared");
+        // Per-partition state of adapters (Kafka's idempotent producers) is keyed on the
+        // partition's log, which the reconfigured object shares.
+        for p in 0..2 {
+            assert!(old
+                .partition_log(p)
+                .unwrap()
+                .ptr_eq(&new.partition_log(p).unwrap()));
+        }
+        assert!(!new
+            .partition_log(0)
+            .unwrap()
+            .ptr_eq(&new.partition_log(2).unwrap()));
 
         // An append through the new object wakes the old object's consumer task.
         let _ = new.append(0, &[&msg("t", "after")], 1).unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferrymq_core::stream::Stream;
 use ferrymq_core::{Access, StreamOffset};
-use ferrymq_storage::Commit;
+use ferrymq_storage::{Commit, StreamLog};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -541,16 +541,19 @@ fn append_partition(
     };
     let idempotent = batches.iter().any(|b| b.producer_id >= 0);
     let key = (topic.to_string(), partition);
-    if idempotent && !producer_state_current(kafka, &key, st) {
+    let log = st.partition_log(partition).unwrap_or_default();
+    if idempotent && !producer_state_current(kafka, &key, &log) {
         // First idempotent produce to this partition in this process (or to a new stream
         // under the name): rebuild from the log's tail, outside the lock (reads from disk).
+        // A reconfigured stream (AlterConfigs, CreatePartitions) shares its partitions' logs
+        // and keeps the state, with the batches still waiting for their round.
         let rebuilt = ProducerState {
-            stream: Arc::downgrade(st),
+            log: log.clone(),
             producers: rebuild_producers(st, partition, now),
         };
         let mut map = kafka.producers.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&key) {
-            Some(cur) if cur.stream.ptr_eq(&rebuilt.stream) => {} // another request won
+            Some(cur) if cur.log.ptr_eq(&rebuilt.log) => {} // another request won
             _ => {
                 map.insert(key.clone(), rebuilt);
             }
@@ -582,7 +585,7 @@ fn append_partition(
             let state = &mut map
                 .entry(key.clone())
                 .or_insert_with(|| ProducerState {
-                    stream: Arc::downgrade(st),
+                    log: log.clone(),
                     producers: PartitionProducers::default(),
                 })
                 .producers;
@@ -644,10 +647,10 @@ fn append_partition(
     pa.log_start = st.bounds(partition).map(|(s, _)| s as i64).unwrap_or(-1);
 }
 
-/// Idempotent-producer state of one partition and the stream object it belongs to.
+/// Idempotent-producer state of one partition and the partition's log it belongs to.
 #[derive(Debug)]
 pub(crate) struct ProducerState {
-    stream: Weak<Stream>,
+    log: Weak<StreamLog>,
     producers: PartitionProducers,
 }
 
@@ -660,10 +663,9 @@ const PRODUCER_REBUILD_RECORDS: u64 = 100_000;
 const PRODUCER_REBUILD_BYTES: usize = 256 << 20;
 
 /// Whether the state held for `key` was built for this very stream object.
-fn producer_state_current(kafka: &Kafka, key: &(String, u32), st: &Arc<Stream>) -> bool {
+fn producer_state_current(kafka: &Kafka, key: &(String, u32), log: &Weak<StreamLog>) -> bool {
     let map = kafka.producers.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(key)
-        .is_some_and(|cur| cur.stream.ptr_eq(&Arc::downgrade(st)))
+    map.get(key).is_some_and(|cur| cur.log.ptr_eq(log))
 }
 
 /// The idempotent producers of a partition as its stored Kafka batches show them (Kafka
