@@ -1359,7 +1359,10 @@ impl Log {
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
         let from_offset = from_offset.max(self.start_floor.load(Ordering::Acquire));
         if let Some(cached) = self.read_tail(from_offset, max_bytes) {
-            Counters::add(&self.ctx.counters.tail_cache_hits, 1);
+            // A read at the end (nothing to return) is no hit.
+            if !cached.is_empty() {
+                Counters::add(&self.ctx.counters.tail_cache_hits, 1);
+            }
             return Ok(cached);
         }
         let (sealed, active, next) = self.snapshot(from_offset, false);
@@ -3135,6 +3138,8 @@ mod tests {
         let hits = s.metrics().tail_cache_hits;
         let rest = log.read(2, 1 << 20).unwrap();
         assert_eq!(s.metrics().tail_cache_hits, hits + 1);
+        assert!(log.read(6, 1 << 20).unwrap().is_empty());
+        assert_eq!(s.metrics().tail_cache_hits, hits + 1, "a read at the end is no hit");
         let payloads: Vec<&Bytes> = rest.iter().map(Batch::payload).collect();
         assert_eq!(payloads, [&batch(b"second"), &batch(b"third")]);
         assert_eq!(s.metrics().bytes_read, 0, "nothing read back from the file");
