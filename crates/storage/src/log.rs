@@ -2224,7 +2224,7 @@ mod tests {
     #[test]
     fn small_direct_writes_land_on_zeros_written_ahead_and_large_ones_append() {
         let dir = tempfile::tempdir().unwrap();
-        let (_watch, _s, log) = watched_direct_log(dir.path(), 16 << 20, "z");
+        let (watch, _s, log) = watched_direct_log(dir.path(), 16 << 20, "z");
         let seg = dir.path().join("logs/z").join(format!("{:020}.seg", 0));
         let on_file = || fs::metadata(&seg).unwrap().len();
         let mut expect = Vec::new();
@@ -2239,11 +2239,16 @@ mod tests {
         let size = log.size_bytes();
         assert!(first >= size + (64 << 10), "zeros ahead: {first} {size}");
         // The next small writes land on those zeros: the file keeps its size (and blocks).
+        let staged = watch.direct_staged.load(Ordering::SeqCst);
+        assert!(staged >= 1, "the zeros ahead do not fit the pending buffer");
         for i in 0..20 {
             append(recs(2, 10 + i));
             assert!(log.size_bytes() < first);
             assert_eq!(on_file(), first, "write {i} stayed within the zeros ahead");
         }
+        // Writes onto the zeros need no more than their padding: they go out in place.
+        assert_eq!(watch.direct_staged.load(Ordering::SeqCst), staged);
+        assert!(watch.direct_in_place.load(Ordering::SeqCst) >= 20);
         // Once past them, a small write puts more ahead.
         while log.size_bytes() < first {
             append(recs(3, 7));
