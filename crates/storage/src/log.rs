@@ -3144,7 +3144,11 @@ mod tests {
         let rest = log.read(2, 1 << 20).unwrap();
         assert_eq!(s.metrics().tail_cache_hits, hits + 1);
         assert!(log.read(6, 1 << 20).unwrap().is_empty());
-        assert_eq!(s.metrics().tail_cache_hits, hits + 1, "a read at the end is no hit");
+        assert_eq!(
+            s.metrics().tail_cache_hits,
+            hits + 1,
+            "a read at the end is no hit"
+        );
         let payloads: Vec<&Bytes> = rest.iter().map(Batch::payload).collect();
         assert_eq!(payloads, [&batch(b"second"), &batch(b"third")]);
         assert_eq!(s.metrics().bytes_read, 0, "nothing read back from the file");
