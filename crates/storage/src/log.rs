@@ -2026,6 +2026,14 @@ mod tests {
     #[derive(Debug)]
     struct WatchedVfs(Arc<SyncWatch>);
 
+    /// Appends `r` as one batch, waits for its commit and adds its records to `expect`.
+    fn append_committed(log: &Log, r: Vec<Bytes>, expect: &mut Vec<(u64, Bytes)>) {
+        let c = log.append(&r, 0).unwrap();
+        c.commit.wait().unwrap();
+        let base = c.base_offset;
+        expect.extend(r.into_iter().enumerate().map(|(j, b)| (base + j as u64, b)));
+    }
+
     /// A T2 log `name` that writes directly, in a storage of `segment_bytes` segments on a
     /// `WatchedVfs` watching the calling thread.
     fn watched_direct_log(
@@ -2228,12 +2236,7 @@ mod tests {
         let seg = dir.path().join("logs/z").join(format!("{:020}.seg", 0));
         let on_file = || fs::metadata(&seg).unwrap().len();
         let mut expect = Vec::new();
-        let mut append = |r: Vec<Bytes>| {
-            let c = log.append(&r, 0).unwrap();
-            c.commit.wait().unwrap();
-            let base = c.base_offset;
-            expect.extend(r.into_iter().enumerate().map(|(j, b)| (base + j as u64, b)));
-        };
+        let mut append = |r: Vec<Bytes>| append_committed(&log, r, &mut expect);
         append(recs(2, 1));
         let first = on_file();
         let size = log.size_bytes();
@@ -2312,12 +2315,7 @@ mod tests {
         // Room for 32 KiB of the segment: the first round's zeros get part of the way.
         watch.direct_end_max.store(32 << 10, Ordering::SeqCst);
         let mut expect = Vec::new();
-        let mut append = |r: Vec<Bytes>| {
-            let c = log.append(&r, 0).unwrap();
-            c.commit.wait().unwrap();
-            let base = c.base_offset;
-            expect.extend(r.into_iter().enumerate().map(|(j, b)| (base + j as u64, b)));
-        };
+        let mut append = |r: Vec<Bytes>| append_committed(&log, r, &mut expect);
         append(recs(3, 0));
         let size = log.size_bytes();
         assert_eq!(
